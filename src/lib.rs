@@ -1,0 +1,14 @@
+//! rejoin: a resumable encrypted stream, and a reverse tunnel built on it.
+//!
+//! ```text
+//! visitor ─ tunnel::server ─ mux ─ Stream ═ TCP, replaced on every reconnect ═ Stream ─ mux ─ tunnel::client ─ local service
+//! ```
+//!
+//! - [`proto`]: the snet wire protocol as a sans-IO core: bytes, counts and
+//!   keys, with no sockets, clocks or OS randomness inside.
+//!
+//! `PROTOCOL.md` specifies every byte on the wire.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod proto;

@@ -1,0 +1,175 @@
+//! The snet protocol core, sans-IO.
+//!
+//! Nothing in this module touches a socket, a clock or the OS random number
+//! generator: bytes go in through `handle_*` methods, bytes to send come out of
+//! `poll_*` methods, and randomness is passed in. That keeps every state machine
+//! deterministic, so tests can cut a simulated link at any byte and replay any
+//! schedule (see `tests/proto_sim.rs`).
+//!
+//! The pieces, bottom up:
+//!
+//! - [`dh`]: dh64 key agreement (p = 2^64 − 59, g = 5).
+//! - [`cipher`]: the RC4 states and snet's keystream layout.
+//! - [`auth`]: the MD5 tags, compared in constant time.
+//! - [`message`]: every handshake message, with pure `encode` and bounded `decode`.
+//! - [`history`]: the ring of sent ciphertext that a resume resends from.
+//! - [`session`]: an established session: counts, ciphers and history.
+//! - [`handshake`]: client and server state machines for a new connection.
+//! - [`resume`]: client and server state machines for a reconnect.
+//!
+//! `PROTOCOL.md` at the crate root is the normative description of the bytes.
+
+pub mod auth;
+pub mod cipher;
+pub mod dh;
+pub mod handshake;
+pub mod history;
+pub mod message;
+pub mod resume;
+pub mod session;
+
+pub use dh::Key;
+pub use handshake::{ClientHandshake, Incoming, ServerHandshake};
+pub use message::{ClientHello, ReconnectRequest, ResumeReply, Welcome};
+pub use resume::{ClientResume, ResumePoint, ServerResume};
+pub use session::Session;
+
+/// The smallest history a session may be configured with.
+pub const MIN_HISTORY: usize = 1024;
+/// The largest history a session may be configured with (1 GiB).
+pub const MAX_HISTORY: usize = 1 << 30;
+
+/// Which snet wire version to speak.
+///
+/// v2 is what current snet peers speak (a type byte, a challenge after the
+/// welcome and on every reconnect, and an explicit refusal). v1 is the older
+/// format without a type byte or challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Version {
+    /// The older format: 40-byte requests, no challenge, refusal is a close.
+    V1,
+    /// The current format.
+    #[default]
+    V2,
+}
+
+/// Which end of a session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The side that dials, and redials after a break.
+    Client,
+    /// The side that accepts, and waits for the client to come back.
+    Server,
+}
+
+/// The protocol parameters of one side of a session.
+///
+/// `version` and `encrypt` must match the peer's: snet negotiates neither.
+/// `history` and `in_flight` are this side's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// The wire version.
+    pub version: Version,
+    /// Whether application data is RC4-encrypted (the conn ID always is).
+    pub encrypt: bool,
+    /// How many bytes of sent ciphertext this side keeps for resends.
+    pub history: usize,
+    /// The most bytes that can be lost in transit when a connection breaks:
+    /// this side's send buffer, whatever the path buffers, and the peer's
+    /// receive buffer. snet has no acknowledgements, so a side treats bytes it
+    /// handed to the transport more than `in_flight` bytes ago as received,
+    /// and never lets unconfirmed bytes exceed `history`: that is what makes a
+    /// resume never fail for lack of history. Must be below `history`.
+    pub in_flight: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            version: Version::V2,
+            encrypt: true,
+            history: 4 << 20,
+            in_flight: 2 << 20,
+        }
+    }
+}
+
+/// Why a server turns a reconnect down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// No session with that conn ID is waiting.
+    #[error("unknown conn ID")]
+    UnknownId,
+    /// The tag does not match the session's key.
+    #[error("authentication tag mismatch (wrong key)")]
+    BadTag,
+    /// The client claims to have written less than the server already read.
+    #[error("client write count {client_write} is below server read count {server_read}")]
+    WriteCountBelowRead {
+        /// What the client says it wrote.
+        client_write: u64,
+        /// What the server has read.
+        server_read: u64,
+    },
+    /// The client claims to have read more than the server ever wrote.
+    #[error("client read count {client_read} is above server write count {server_write}")]
+    ReadCountAboveWrite {
+        /// What the client says it read.
+        client_read: u64,
+        /// What the server has written.
+        server_write: u64,
+    },
+    /// Resending what the peer missed needs bytes the history no longer holds.
+    #[error("resend of {need} bytes needed, history holds {held}")]
+    HistoryTooShort {
+        /// Bytes that would have to be resent.
+        need: u64,
+        /// Bytes the history holds.
+        held: u64,
+    },
+}
+
+/// Everything the protocol core can reject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer's public key is 0, 1, p − 1 or not below p.
+    #[error("degenerate public key {0:#018x}")]
+    BadPublicKey(u64),
+    /// The first byte of a v2 request is neither a new connection nor a reconnect.
+    #[error("unknown request type {0:#04x}")]
+    UnknownType(u8),
+    /// A field that must be zero or well-formed is not.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// The peer's MD5 answer to our challenge is wrong: it does not hold the key.
+    #[error("challenge answer mismatch (peer does not hold the key)")]
+    BadAnswer,
+    /// The server refused our reconnect (v2 sends 24 zero bytes).
+    #[error("reconnect refused by the server")]
+    Refused,
+    /// We refuse the peer's reconnect.
+    #[error("reconnect refused: {0}")]
+    Refuse(RefuseReason),
+    /// The server's counts cannot be right for this session.
+    #[error("impossible counts from server: {0}")]
+    BadCounts(&'static str),
+    /// Our history no longer holds what the peer missed.
+    #[error("history too short: resend of {need} bytes needed, history holds {held}")]
+    HistoryTooShort {
+        /// Bytes that would have to be resent.
+        need: u64,
+        /// Bytes the history holds.
+        held: u64,
+    },
+}
+
+impl From<RefuseReason> for Error {
+    fn from(reason: RefuseReason) -> Self {
+        Error::Refuse(reason)
+    }
+}
+
+/// Shorthand for results of the protocol core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,276 @@
+//! An established session: the counts, the ciphers and the history.
+//!
+//! The data path is the same for both roles:
+//!
+//! - [`Session::handle_write`] encrypts application bytes straight into the
+//!   history; [`Session::poll_transmit`] shows what of it the current transport
+//!   has not yet taken, and [`Session::handle_transmitted`] records what it took.
+//!   Unsent bytes are simply the tail of the history, so a resume needs no
+//!   separate send queue: it moves the transmit position back to the peer's
+//!   read count.
+//! - [`Session::handle_input`] decrypts received bytes in place and counts them.
+//!   Every transport starts at a known stream position, so bytes the session
+//!   already has (a resend overlapping what arrived on the old transport) are
+//!   dropped: each byte is delivered exactly once.
+//!
+//! Write flow control: the peer's read count is only learnt on a resume, so a
+//! side bounds what it may still be asked to resend. Bytes handed to the
+//! transport more than `in_flight` bytes ago count as received; everything
+//! newer, sent or not, must fit in the history. [`Session::write_capacity`] is
+//! what is left.
+
+use super::cipher::Ciphers;
+use super::history::History;
+use super::resume::ResumePoint;
+use super::{Error, Key, Params, Result, Role, Version};
+
+/// One side of an established session.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    key: Key,
+    role: Role,
+    params: Params,
+    extended: bool,
+    ciphers: Ciphers,
+    history: History,
+    /// Bytes received from the peer (decrypted and handed up, or not).
+    read_count: u64,
+    /// Everything below this count is confirmed received by the peer.
+    floor: u64,
+    /// Stream count of the next history byte to hand to the transport.
+    sent: u64,
+    /// Stream count of the next byte to arrive on the current transport.
+    in_pos: u64,
+}
+
+impl Session {
+    pub(crate) fn new(
+        role: Role,
+        id: u64,
+        key: Key,
+        params: Params,
+        extended: bool,
+        ciphers: Ciphers,
+    ) -> Self {
+        Session {
+            id,
+            key,
+            role,
+            params,
+            extended,
+            ciphers,
+            history: History::new(params.history),
+            read_count: 0,
+            floor: 0,
+            sent: 0,
+            in_pos: 0,
+        }
+    }
+
+    /// The conn ID the server assigned.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The session key (never log it).
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Which end this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The wire version.
+    pub fn version(&self) -> Version {
+        self.params.version
+    }
+
+    /// This side's parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Whether rejoin's record layer is on (see `PROTOCOL.md`).
+    pub fn extended(&self) -> bool {
+        self.extended
+    }
+
+    /// Whether application data is encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.ciphers.write.is_encrypting()
+    }
+
+    /// Bytes written into the session (sent or queued).
+    pub fn write_count(&self) -> u64 {
+        self.history.end()
+    }
+
+    /// Bytes received from the peer.
+    pub fn read_count(&self) -> u64 {
+        self.read_count
+    }
+
+    /// Stream count up to which the current transport has taken bytes.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// The history of sent ciphertext.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The lowest count the peer may still ask us to resend.
+    fn safe_floor(&self) -> u64 {
+        let assumed = self.sent.saturating_sub(self.params.in_flight as u64);
+        self.floor.max(assumed)
+    }
+
+    /// How many more bytes [`Session::handle_write`] accepts now.
+    pub fn write_capacity(&self) -> usize {
+        let needed = self.write_count() - self.safe_floor();
+        self.history.capacity().saturating_sub(needed as usize)
+    }
+
+    /// Encrypts as much of `plain` as fits into the history and returns how
+    /// many bytes it took. They are then pending in [`Session::poll_transmit`].
+    pub fn handle_write(&mut self, plain: &[u8]) -> usize {
+        let n = plain.len().min(self.write_capacity());
+        let mut done = 0;
+        let cipher = &mut self.ciphers.write;
+        self.history.append_with(n, |out| {
+            cipher.apply_into(&plain[done..done + out.len()], out);
+            done += out.len();
+        });
+        n
+    }
+
+    /// The bytes the current transport has yet to take, as up to two slices.
+    pub fn poll_transmit(&self) -> (&[u8], &[u8]) {
+        // `sent` never falls outside the history: write_capacity keeps every
+        // byte at or above it, and resume() checks it.
+        self.history.slices_from(self.sent).unwrap_or((&[], &[]))
+    }
+
+    /// Whether bytes are waiting for the transport.
+    pub fn has_pending(&self) -> bool {
+        self.sent < self.write_count()
+    }
+
+    /// Records that the transport took `n` more bytes.
+    pub fn handle_transmitted(&mut self, n: usize) {
+        self.sent = (self.sent + n as u64).min(self.write_count());
+    }
+
+    /// Decrypts bytes that arrived on the current transport, in place, and
+    /// returns the part that is new to the session (empty if all of it is a
+    /// resend of what already arrived).
+    pub fn handle_input<'a>(&mut self, data: &'a mut [u8]) -> &'a mut [u8] {
+        let pos = self.in_pos;
+        self.in_pos += data.len() as u64;
+        if self.in_pos <= self.read_count {
+            return &mut data[..0];
+        }
+        // in_pos never exceeds read_count before this call, so pos <= read_count.
+        let skip = (self.read_count - pos) as usize;
+        let fresh = &mut data[skip..];
+        self.read_count = self.in_pos;
+        self.ciphers.read.apply(fresh);
+        fresh
+    }
+
+    /// Confirms that the peer holds everything below `count` (learnt from a
+    /// reconnect request or reply).
+    pub(crate) fn confirm(&mut self, count: u64) {
+        self.floor = self.floor.max(count.min(self.write_count()));
+    }
+
+    /// Switches the session onto a new transport after a successful resume:
+    /// transmission restarts at the peer's read count, and the new transport's
+    /// input starts at the read count we reported.
+    pub fn resume(&mut self, point: ResumePoint) -> Result<()> {
+        if point.peer_read < self.history.start() || point.peer_read > self.write_count() {
+            return Err(Error::HistoryTooShort {
+                need: self.write_count().saturating_sub(point.peer_read),
+                held: self.history.len() as u64,
+            });
+        }
+        self.confirm(point.peer_read);
+        self.sent = point.peer_read;
+        self.in_pos = point.reported_read.min(self.read_count);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cipher::{client_ciphers, server_ciphers};
+
+    fn pair(history: usize, in_flight: usize) -> (Session, Session) {
+        let key = Key(*b"01234567");
+        let params = Params {
+            history,
+            in_flight,
+            ..Params::default()
+        };
+        let (sc, enc) = server_ciphers(&key, true, 9);
+        let (cc, id) = client_ciphers(&key, true, enc);
+        (
+            Session::new(Role::Client, id, key, params, false, cc),
+            Session::new(Role::Server, 9, key, params, false, sc),
+        )
+    }
+
+    fn pump(from: &mut Session, to: &mut Session) -> Vec<u8> {
+        let (a, b) = from.poll_transmit();
+        let mut wire = [a, b].concat();
+        from.handle_transmitted(wire.len());
+        to.handle_input(&mut wire).to_vec()
+    }
+
+    #[test]
+    fn data_round_trip() {
+        let (mut c, mut s) = pair(64, 16);
+        assert_eq!(c.handle_write(b"hello"), 5);
+        assert_eq!(pump(&mut c, &mut s), b"hello");
+        assert_eq!(s.handle_write(b"world"), 5);
+        assert_eq!(pump(&mut s, &mut c), b"world");
+        assert_eq!((c.write_count(), c.read_count()), (5, 5));
+    }
+
+    #[test]
+    fn write_capacity_keeps_unconfirmed_bytes_in_history() {
+        let (mut c, _s) = pair(64, 16);
+        // Nothing sent yet: the whole history is free.
+        assert_eq!(c.handle_write(&[0; 100]), 64);
+        assert_eq!(c.write_capacity(), 0);
+        // Handing bytes to the transport frees what is older than in_flight.
+        c.handle_transmitted(40);
+        assert_eq!(c.write_capacity(), 24);
+        c.handle_transmitted(24);
+        assert_eq!(c.write_capacity(), 48);
+    }
+
+    #[test]
+    fn overlapping_resend_is_delivered_once() {
+        let (mut c, mut s) = pair(64, 16);
+        c.handle_write(b"abcdef");
+        let (a, _) = c.poll_transmit();
+        let mut first = a[..4].to_vec();
+        assert_eq!(s.handle_input(&mut first), b"abcd");
+        // New transport: the server reported read count 2 but had 4.
+        c.resume(ResumePoint {
+            peer_read: 2,
+            peer_write: 0,
+            reported_read: 0,
+        })
+        .unwrap();
+        s.in_pos = 2;
+        assert_eq!(pump(&mut c, &mut s), b"ef");
+        assert_eq!(s.read_count(), 6);
+    }
+}
