@@ -147,8 +147,8 @@ mod tests {
             let mut all = Vec::new();
             for n in writes {
                 let base = all.len();
-                let mut i = 0;
-                h.append_with(n, |s| for b in s { *b = ((base + i) % 251) as u8; i += 1; });
+                let mut next = base;
+                h.append_with(n, |s| s.fill_with(|| { next += 1; ((next - 1) % 251) as u8 }));
                 all.extend((base..base + n).map(|x| (x % 251) as u8));
             }
             let held = all.len().min(cap);

@@ -155,6 +155,9 @@ pub enum Error {
     /// The server's counts cannot be right for this session.
     #[error("impossible counts from server: {0}")]
     BadCounts(&'static str),
+    /// Another resume of the session completed after this one began.
+    #[error("stale resume: a newer reconnect already took over the session")]
+    StaleResume,
     /// Our history no longer holds what the peer missed.
     #[error("history too short: resend of {need} bytes needed, history holds {held}")]
     HistoryTooShort {

@@ -30,6 +30,9 @@ pub struct ResumePoint {
     pub peer_write: u64,
     /// The read count we reported: the peer's resend starts here.
     pub reported_read: u64,
+    /// How many resumes the session had completed when this one began: a
+    /// resume that began before another completed is stale.
+    pub epoch: u64,
 }
 
 /// The server's checks on a reconnect request, in the order snet makes them.
@@ -73,11 +76,10 @@ enum ClientState {
 
 /// The client side of a reconnect.
 pub struct ClientResume {
+    epoch: u64,
     version: Version,
     write_count: u64,
     read_count: u64,
-    history_start: u64,
-    history_len: u64,
     key: super::Key,
     state: ClientState,
     transmit: BytesMut,
@@ -101,11 +103,10 @@ impl ClientResume {
         let mut transmit = BytesMut::new();
         ClientHello::Reconnect(request).encode(session.version(), &mut transmit);
         ClientResume {
+            epoch: session.epoch(),
             version: session.version(),
             write_count: request.write_count,
             read_count: request.read_count,
-            history_start: session.history().start(),
-            history_len: session.history().len() as u64,
             key: *session.key(),
             state: ClientState::AwaitReply,
             transmit,
@@ -147,19 +148,15 @@ impl ClientResume {
         if let Some(challenge) = challenge {
             Answer(auth::answer(&challenge, &self.key)).encode(&mut self.transmit);
         }
-        // snet checks its own side only after answering, then closes.
-        self.outcome = Some(if read_count < self.history_start {
-            Err(Error::HistoryTooShort {
-                need: self.write_count - read_count,
-                held: self.history_len,
-            })
-        } else {
-            Ok(ResumePoint {
-                peer_read: read_count,
-                peer_write: write_count,
-                reported_read: self.read_count,
-            })
-        });
+        // Like snet, the client checks its own side only after answering:
+        // Session::resume fails if the history no longer holds what the server
+        // missed (the app may have written more since the request was made).
+        self.outcome = Some(Ok(ResumePoint {
+            peer_read: read_count,
+            peer_write: write_count,
+            reported_read: self.read_count,
+            epoch: self.epoch,
+        }));
         Ok(())
     }
 
@@ -168,7 +165,10 @@ impl ClientResume {
         (!self.transmit.is_empty()).then(|| self.transmit.split().freeze())
     }
 
-    /// The result, once the reply is in. Send any pending transmit first.
+    /// The resume point, once the reply is in. Send any pending transmit (the
+    /// v2 answer) first, then switch with [`Session::resume`], which fails with
+    /// [`Error::HistoryTooShort`] if this side cannot resend what the server
+    /// missed: then close.
     pub fn poll_outcome(&mut self) -> Option<Result<ResumePoint>> {
         self.outcome.take()
     }
@@ -210,6 +210,7 @@ impl ServerResume {
             peer_read: request.read_count,
             peer_write: request.write_count,
             reported_read: session.read_count(),
+            epoch: session.epoch(),
         };
         let mut transmit = BytesMut::new();
         ResumeReply::Accept {

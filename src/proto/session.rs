@@ -42,6 +42,8 @@ pub struct Session {
     sent: u64,
     /// Stream count of the next byte to arrive on the current transport.
     in_pos: u64,
+    /// Resumes completed.
+    epoch: u64,
 }
 
 impl Session {
@@ -65,6 +67,7 @@ impl Session {
             floor: 0,
             sent: 0,
             in_pos: 0,
+            epoch: 0,
         }
     }
 
@@ -116,6 +119,11 @@ impl Session {
     /// Stream count up to which the current transport has taken bytes.
     pub fn sent(&self) -> u64 {
         self.sent
+    }
+
+    /// How many resumes this session has completed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The history of sent ciphertext.
@@ -191,7 +199,15 @@ impl Session {
     /// Switches the session onto a new transport after a successful resume:
     /// transmission restarts at the peer's read count, and the new transport's
     /// input starts at the read count we reported.
+    ///
+    /// Fails, leaving the session as it was, if another resume completed since
+    /// this one began ([`Error::StaleResume`]: an older reconnect never
+    /// displaces a newer one) or if the history no longer holds what the peer
+    /// missed.
     pub fn resume(&mut self, point: ResumePoint) -> Result<()> {
+        if point.epoch != self.epoch {
+            return Err(Error::StaleResume);
+        }
         if point.peer_read < self.history.start() || point.peer_read > self.write_count() {
             return Err(Error::HistoryTooShort {
                 need: self.write_count().saturating_sub(point.peer_read),
@@ -201,6 +217,7 @@ impl Session {
         self.confirm(point.peer_read);
         self.sent = point.peer_read;
         self.in_pos = point.reported_read.min(self.read_count);
+        self.epoch += 1;
         Ok(())
     }
 }
@@ -267,6 +284,7 @@ mod tests {
             peer_read: 2,
             peer_write: 0,
             reported_read: 0,
+            epoch: 0,
         })
         .unwrap();
         s.in_pos = 2;
