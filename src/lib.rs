@@ -7,8 +7,15 @@
 //! - [`proto`]: the snet wire protocol as a sans-IO core: bytes, counts and
 //!   keys, with no sockets, clocks or OS randomness inside.
 //!
+//! - [`stream`]: the resumable stream on tokio: [`stream::connect`],
+//!   [`stream::Listener`], [`stream::Stream`].
+//!
+//! - [`chaos`]: a link-cutting proxy for demos and tests.
+//!
 //! `PROTOCOL.md` specifies every byte on the wire.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chaos;
 pub mod proto;
+pub mod stream;

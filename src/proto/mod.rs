@@ -16,6 +16,7 @@
 //! - [`session`]: an established session: counts, ciphers and history.
 //! - [`handshake`]: client and server state machines for a new connection.
 //! - [`resume`]: client and server state machines for a reconnect.
+//! - [`record`]: the opt-in record layer (close and heartbeat) inside a session.
 //!
 //! `PROTOCOL.md` at the crate root is the normative description of the bytes.
 
@@ -25,6 +26,7 @@ pub mod dh;
 pub mod handshake;
 pub mod history;
 pub mod message;
+pub mod record;
 pub mod resume;
 pub mod session;
 

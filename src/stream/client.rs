@@ -1,0 +1,264 @@
+//! The client: the first connection, and reconnecting after every break.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, timeout};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::pump::{PumpEnd, pump};
+use super::shared::{Shared, State, Wake};
+use super::transport::{Dialed, Dialer, TcpDialer};
+use super::{Config, Error, Event, Stream};
+use crate::proto::{ClientHandshake, ClientResume, Session, Version};
+
+/// Connects to a rejoin or snet server over TCP.
+///
+/// `addr` is `host:port`; it is resolved again on every reconnect.
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// let mut stream = rejoin::stream::connect("example.com:9000", Default::default()).await?;
+/// stream.write_all(b"hello").await?;
+/// let mut reply = [0u8; 5];
+/// stream.read_exact(&mut reply).await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(addr: impl Into<String>, config: Config) -> io::Result<Stream> {
+    let dialer = TcpDialer::new(addr, &config);
+    connect_with(dialer, config).await
+}
+
+/// Connects through any [`Dialer`]: the first transport comes from it, and so
+/// does every reconnect.
+pub async fn connect_with<D: Dialer>(dialer: D, config: Config) -> io::Result<Stream> {
+    config.validate().map_err(Error::from)?;
+    let first = timeout(config.handshake_timeout, handshake(&dialer, &config))
+        .await
+        .map_err(|_| Error::HandshakeTimeout(config.handshake_timeout))??;
+    let (io, session, leftover, peer) = first;
+    let id = session.id();
+    let mut state = State::new(session, config.recv_buffer, config.close_timeout, peer);
+    if !leftover.is_empty() {
+        let start = state.rx.len();
+        state.rx.extend_from_slice(&leftover);
+        let controls = state.received(start)?;
+        state.apply_controls(controls);
+    }
+    let shared = Arc::new(Shared::new(state));
+    let span = info_span!("session", id = %format_args!("{id:016x}"), role = "client");
+    span.in_scope(|| info!(?peer, "session up"));
+    tokio::spawn(run(shared.clone(), dialer, config, io).instrument(span));
+    Ok(Stream::new(shared))
+}
+
+type First<T> = (T, Session, BytesMut, Option<SocketAddr>);
+
+async fn handshake<D: Dialer>(dialer: &D, config: &Config) -> Result<First<D::Io>, Error> {
+    let Dialed { mut io, peer } = dialer.dial().await?;
+    let mut hs = ClientHandshake::new(config.params(), config.records, &mut rand::rng());
+    let mut buf = BytesMut::with_capacity(64);
+    loop {
+        if let Some(out) = hs.poll_transmit() {
+            io.write_all(&out).await?;
+        }
+        if let Some(session) = hs.poll_outcome() {
+            io.flush().await?;
+            return Ok((io, session, buf, peer));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection during the handshake",
+            )
+            .into());
+        }
+        hs.handle_input(&mut buf).map_err(Error::Handshake)?;
+    }
+}
+
+/// Why one reconnect attempt failed.
+enum Attempt {
+    /// Worth another try: dial failed, transport broke, timed out.
+    Retry(String),
+    /// The server closed before replying: a v1 refusal, or a broken link.
+    ClosedBeforeReply,
+    /// The session cannot be resumed.
+    Fatal(Error),
+}
+
+impl From<io::Error> for Attempt {
+    fn from(e: io::Error) -> Self {
+        Attempt::Retry(e.to_string())
+    }
+}
+
+/// The pump settings of a client.
+fn pump_config(config: &Config, records: bool) -> super::pump::PumpConfig {
+    super::pump::PumpConfig {
+        idle: config.idle_timeout,
+        ping: config.idle_timeout.filter(|_| records).map(|d| d / 3),
+    }
+}
+
+/// Marks the transport lost and tells the listeners.
+fn disconnected(shared: &Shared, reason: String) {
+    {
+        let mut st = shared.state.lock();
+        st.connected = false;
+    }
+    info!(%reason, "disconnected; reconnecting");
+    shared.emit(Event::Disconnected { reason });
+}
+
+/// The client's driver: pumps the transport, and replaces it whenever it breaks.
+async fn run<D: Dialer>(shared: Arc<Shared>, dialer: D, config: Config, io: D::Io) {
+    let records = shared.state.lock().records.is_some();
+    let cfg = pump_config(&config, records);
+    let mut io = Some(io);
+    loop {
+        let Some(transport) = io.as_mut() else {
+            return;
+        };
+        match pump(&shared, transport, cfg).await {
+            PumpEnd::Finished => {
+                let _ = timeout(config.close_timeout, transport.shutdown()).await;
+                shared.end(Ok(()));
+                info!("session closed");
+                return;
+            }
+            PumpEnd::Ended => {
+                debug!("session ended");
+                return;
+            }
+            PumpEnd::Forced => disconnected(&shared, "reconnect forced by the application".into()),
+            PumpEnd::Broken(reason) => disconnected(&shared, reason),
+        }
+        // Close the old transport before dialling: some servers cannot take a
+        // reconnect while the old connection is still open.
+        drop(io.take());
+        match reconnect(&shared, &dialer, &config).await {
+            Ok(transport) => io = Some(transport),
+            Err(None) => {
+                shared.end(Ok(()));
+                info!("session closed while disconnected");
+                return;
+            }
+            Err(Some(e)) => {
+                warn!(error = %e, "session lost");
+                shared.end(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Whether a disconnected session has nothing left worth reconnecting for.
+fn nothing_to_finish(st: &State) -> bool {
+    if st.ended.is_some() {
+        return true;
+    }
+    if !st.abandoned() {
+        return false;
+    }
+    let past_deadline = st.close_deadline.is_some_and(|d| Instant::now() >= d);
+    past_deadline || (st.records.is_none() && !st.session.has_pending())
+}
+
+/// Redials with backoff until a resume succeeds (`Ok`), the session cannot
+/// be resumed (`Err(Some)`), or nobody needs it any more (`Err(None)`).
+async fn reconnect<D: Dialer>(
+    shared: &Shared,
+    dialer: &D,
+    config: &Config,
+) -> Result<D::Io, Option<Error>> {
+    let started = Instant::now();
+    let mut closed_before_reply = 0;
+    for retry in 0u32.. {
+        tokio::time::sleep(config.redial.delay(retry, rand::random())).await;
+        if nothing_to_finish(&shared.state.lock()) {
+            return Err(None);
+        }
+        if let Some(limit) = config.redial.give_up
+            && started.elapsed() >= limit
+        {
+            return Err(Some(Error::GaveUp(limit)));
+        }
+        let outcome = timeout(config.handshake_timeout, attempt(shared, dialer))
+            .await
+            .unwrap_or_else(|_| Err(Attempt::Retry("reconnect timed out".into())));
+        match outcome {
+            Ok(io) => return Ok(io),
+            Err(Attempt::Fatal(e)) => return Err(Some(e)),
+            Err(Attempt::ClosedBeforeReply) if config.version == Version::V1 => {
+                // v1 refuses by closing, but a close is also what a broken
+                // link or an older reconnect taking over looks like.
+                closed_before_reply += 1;
+                debug!(retry, "server closed before replying");
+                if closed_before_reply >= 3 {
+                    return Err(Some(Error::Refused));
+                }
+            }
+            Err(Attempt::ClosedBeforeReply) => debug!(retry, "server closed before replying"),
+            Err(Attempt::Retry(reason)) => debug!(retry, %reason, "reconnect failed"),
+        }
+    }
+    unreachable!("the retry counter does not run out")
+}
+
+/// One reconnect: dial, exchange counts, and switch the session over.
+async fn attempt<D: Dialer>(shared: &Shared, dialer: &D) -> Result<D::Io, Attempt> {
+    let Dialed { mut io, peer } = dialer.dial().await?;
+    let mut resume = ClientResume::new(&shared.state.lock().session);
+    let mut buf = BytesMut::with_capacity(64);
+    let point = loop {
+        if let Some(out) = resume.poll_transmit() {
+            io.write_all(&out).await?;
+        }
+        if let Some(outcome) = resume.poll_outcome() {
+            break outcome.map_err(|e| Attempt::Fatal(e.into()))?;
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(Attempt::ClosedBeforeReply);
+        }
+        resume
+            .handle_input(&mut buf)
+            .map_err(|e| Attempt::Fatal(e.into()))?;
+    };
+    io.flush().await?;
+
+    let mut wake = Wake::default();
+    let resent = {
+        let mut st = shared.state.lock();
+        // Bytes the old transport took that the peer never got.
+        let sent_before = st.session.sent();
+        st.session
+            .resume(point)
+            .map_err(|e| Attempt::Fatal(e.into()))?;
+        let resent = sent_before.saturating_sub(point.peer_read);
+        st.stats.resent += resent;
+        st.stats.reconnects += 1;
+        st.connected = true;
+        st.flushed = false;
+        st.peer = peer;
+        st.last_rx = Instant::now();
+        st.ping_out = false;
+        if !buf.is_empty() {
+            let start = st.rx.len();
+            st.rx.extend_from_slice(&buf);
+            let controls = st.received(start).map_err(Attempt::Fatal)?;
+            st.apply_controls(controls);
+            st.take_read_waker(&mut wake);
+        }
+        st.take_write_waker(&mut wake);
+        resent
+    };
+    wake.fire();
+    info!(?peer, resent, "resumed");
+    shared.emit(Event::Resumed { peer, resent });
+    Ok(io)
+}

@@ -1,0 +1,115 @@
+//! The stream's typed errors, and how they surface as `io::Error`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proto;
+
+/// Why a stream failed. At the `AsyncRead`/`AsyncWrite` boundary it becomes an
+/// [`io::Error`] with a matching [`io::ErrorKind`] and this as its source;
+/// [`Error::from_io`] gets it back.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server turned our reconnect down: it closed the session, the
+    /// session expired, or it never had it.
+    #[error("the server refused to resume the session (closed, expired or unknown)")]
+    Refused,
+    /// Server: the client did not come back in time.
+    #[error("session expired: the client did not reconnect within {0:?}")]
+    Expired(Duration),
+    /// Client: no reconnect succeeded in time.
+    #[error("gave up reconnecting after {0:?}")]
+    GaveUp(Duration),
+    /// A resume needs bytes the history no longer holds.
+    #[error("cannot resume: {need} bytes must be resent but the history holds {held}")]
+    HistoryTooShort {
+        /// Bytes that would have to be resent.
+        need: u64,
+        /// Bytes the history holds.
+        held: u64,
+    },
+    /// The handshake failed: wrong key, bad public key, garbage.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] proto::Error),
+    /// The handshake did not complete in time.
+    #[error("handshake timed out after {0:?}")]
+    HandshakeTimeout(Duration),
+    /// A configured limit was reached.
+    #[error("limit reached: {0}")]
+    LimitReached(&'static str),
+    /// The peer broke the protocol after the handshake.
+    #[error("protocol violation: {0}")]
+    Protocol(#[source] proto::Error),
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] super::ConfigError),
+    /// The stream was closed (written to after shutdown, or used after the
+    /// session ended).
+    #[error("the stream is closed")]
+    Closed,
+    /// The transport failed where no retry applies (the first connection).
+    #[error("transport: {0}")]
+    Transport(#[source] Arc<io::Error>),
+}
+
+impl Error {
+    /// The matching `io::ErrorKind`.
+    pub fn kind(&self) -> io::ErrorKind {
+        use io::ErrorKind as K;
+        match self {
+            Error::Refused => K::ConnectionRefused,
+            Error::Expired(_) | Error::GaveUp(_) | Error::HandshakeTimeout(_) => K::TimedOut,
+            Error::HistoryTooShort { .. } | Error::LimitReached(_) => K::ConnectionAborted,
+            Error::Handshake(proto::Error::BadAnswer) => K::PermissionDenied,
+            Error::Handshake(_) | Error::Protocol(_) => K::InvalidData,
+            Error::Config(_) => K::InvalidInput,
+            Error::Closed => K::BrokenPipe,
+            Error::Transport(e) => e.kind(),
+        }
+    }
+
+    /// The stream error inside an `io::Error` from this crate, if any.
+    pub fn from_io(e: &io::Error) -> Option<&Error> {
+        e.get_ref()?.downcast_ref::<Error>()
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Transport(Arc::new(e))
+    }
+}
+
+impl From<proto::Error> for Error {
+    fn from(e: proto::Error) -> Self {
+        match e {
+            proto::Error::Refused => Error::Refused,
+            proto::Error::HistoryTooShort { need, held } => Error::HistoryTooShort { need, held },
+            other => Error::Protocol(other),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_the_io_boundary() {
+        let e: io::Error = Error::Refused.into();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(matches!(Error::from_io(&e), Some(Error::Refused)));
+        let e: io::Error = Error::Expired(Duration::from_secs(3)).into();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("3s"));
+        assert!(Error::from_io(&io::Error::other("x")).is_none());
+    }
+}

@@ -1,0 +1,398 @@
+//! The application's side: [`Stream`], its owned halves, and [`Handle`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::Error;
+use super::shared::{Shared, State, Wake};
+use crate::proto::record::Control;
+
+/// Counters of one session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Bytes the application wrote.
+    pub app_written: u64,
+    /// Bytes the application read.
+    pub app_read: u64,
+    /// Session write count: bytes put on the wire once (record headers
+    /// included), resends not counted.
+    pub wire_written: u64,
+    /// Session read count: bytes received from the peer.
+    pub wire_read: u64,
+    /// Bytes resent after reconnects.
+    pub resent: u64,
+    /// Successful resumes.
+    pub reconnects: u64,
+    /// Whether a transport is attached now.
+    pub connected: bool,
+}
+
+/// Something that happened to a session.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The transport broke; a client is reconnecting, a server waiting.
+    Disconnected {
+        /// What broke it.
+        reason: String,
+    },
+    /// The session resumed on a new transport.
+    Resumed {
+        /// The new transport's peer, if known.
+        peer: Option<SocketAddr>,
+        /// Bytes this side resent.
+        resent: u64,
+    },
+    /// The session ended; `None` for a clean close.
+    Closed {
+        /// Why, if it did not end cleanly.
+        error: Option<Error>,
+    },
+}
+
+/// A cloneable handle on a session's controls and counters, usable while the
+/// stream itself is busy in another task.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("id", &format_args!("{:#018x}", self.shared.id))
+            .finish()
+    }
+}
+
+impl Handle {
+    /// The session's conn ID.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer of the current (or last) transport, if known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.shared.state.lock().peer
+    }
+
+    /// A snapshot of the session's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.state.lock().stats()
+    }
+
+    /// Subscribes to the session's events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Drops the current transport at once: a client reconnects (for apps
+    /// that know the network changed), a server waits for its client. No data
+    /// is lost either way.
+    pub fn force_reconnect(&self) {
+        let mut wake = Wake::default();
+        {
+            let mut st = self.shared.state.lock();
+            st.force_reconnect = true;
+            st.take_driver_waker(&mut wake);
+        }
+        wake.fire();
+    }
+
+    /// Whether the session has ended; `Some(None)` for a clean close.
+    pub fn ended(&self) -> Option<Option<Error>> {
+        self.shared.state.lock().ended.clone().map(|r| r.err())
+    }
+}
+
+fn end_error(ended: &Result<(), Error>) -> io::Error {
+    match ended {
+        Err(e) => e.clone().into(),
+        Ok(()) => Error::Closed.into(),
+    }
+}
+
+/// The reading half of a [`Stream`].
+pub struct ReadHalf {
+    shared: Arc<Shared>,
+}
+
+/// The writing half of a [`Stream`].
+///
+/// `poll_flush` completes once everything written has been handed to the
+/// transport (across reconnects if need be). `poll_shutdown` flushes and
+/// stops writes; with the record layer it also sends FIN, so the peer reads
+/// end-of-file. Dropping it does the same in the background.
+pub struct WriteHalf {
+    shared: Arc<Shared>,
+}
+
+/// A resumable stream: `AsyncRead + AsyncWrite` that survives broken
+/// transports.
+///
+/// Get one from [`super::connect`], [`super::connect_with`] or
+/// [`super::Listener::accept`].
+pub struct Stream {
+    read: ReadHalf,
+    write: WriteHalf,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.handle().fmt(f)
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Stream {
+            read: ReadHalf {
+                shared: shared.clone(),
+            },
+            write: WriteHalf { shared },
+        }
+    }
+
+    /// A handle on the session's controls and counters.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.read.shared.clone(),
+        }
+    }
+
+    /// The session's conn ID.
+    pub fn id(&self) -> u64 {
+        self.read.shared.id
+    }
+
+    /// The peer of the current (or last) transport, if known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.handle().peer_addr()
+    }
+
+    /// A snapshot of the session's counters.
+    pub fn stats(&self) -> Stats {
+        self.handle().stats()
+    }
+
+    /// Subscribes to the session's events.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.handle().events()
+    }
+
+    /// See [`Handle::force_reconnect`].
+    pub fn force_reconnect(&self) {
+        self.handle().force_reconnect()
+    }
+
+    /// Splits into owned halves that can move to different tasks.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        (self.read, self.write)
+    }
+}
+
+impl ReadHalf {
+    /// A handle on the session's controls and counters.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl WriteHalf {
+    /// A handle on the session's controls and counters.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut wake = Wake::default();
+        let poll = {
+            let mut st = self.shared.state.lock();
+            if !st.rx.is_empty() {
+                let was_full = !st.can_receive();
+                st.read_into(buf);
+                if was_full {
+                    st.take_driver_waker(&mut wake);
+                }
+                Poll::Ready(Ok(()))
+            } else if st.peer_fin() {
+                Poll::Ready(Ok(()))
+            } else {
+                match &st.ended {
+                    Some(Ok(())) => Poll::Ready(Ok(())),
+                    Some(ended) => Poll::Ready(Err(end_error(ended))),
+                    None => {
+                        st.read_waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
+        };
+        wake.fire();
+        poll
+    }
+}
+
+/// Flush: done once nothing is pending and the transport is flushed.
+fn poll_sent(st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    if st.all_sent() && st.connected {
+        return Poll::Ready(Ok(()));
+    }
+    if let Some(ended) = &st.ended {
+        return match ended {
+            Ok(()) if st.all_sent() => Poll::Ready(Ok(())),
+            _ => Poll::Ready(Err(end_error(ended))),
+        };
+    }
+    st.write_waker = Some(cx.waker().clone());
+    Poll::Pending
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut wake = Wake::default();
+        let poll = {
+            let mut st = self.shared.state.lock();
+            if let Some(ended) = &st.ended {
+                Poll::Ready(Err(end_error(ended)))
+            } else if st.write_shut {
+                Poll::Ready(Err(Error::Closed.into()))
+            } else {
+                match st.write(buf) {
+                    0 => {
+                        st.write_waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                    n => {
+                        st.flushed = false;
+                        st.take_driver_waker(&mut wake);
+                        Poll::Ready(Ok(n))
+                    }
+                }
+            }
+        };
+        wake.fire();
+        poll
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_sent(&mut self.shared.state.lock(), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut wake = Wake::default();
+        let poll = {
+            let mut st = self.shared.state.lock();
+            shut_write(&mut st, &mut wake);
+            poll_sent(&mut st, cx)
+        };
+        wake.fire();
+        poll
+    }
+}
+
+/// Stops writes; with the record layer, queues FIN.
+fn shut_write(st: &mut State, wake: &mut Wake) {
+    if st.write_shut {
+        return;
+    }
+    st.write_shut = true;
+    if st.records.is_some() && st.ended.is_none() {
+        st.queue_control(Control::Fin);
+        st.flushed = false;
+    }
+    st.take_driver_waker(wake);
+}
+
+/// Both halves gone: the driver finishes the close on its own, within the
+/// configured close timeout.
+fn maybe_closing(st: &mut State, close_timeout: std::time::Duration) {
+    if !st.read_open && !st.write_open && st.close_deadline.is_none() {
+        st.close_deadline = Some(Instant::now() + close_timeout);
+    }
+}
+
+impl Drop for ReadHalf {
+    fn drop(&mut self) {
+        let mut wake = Wake::default();
+        {
+            let mut st = self.shared.state.lock();
+            st.read_open = false;
+            st.rx.clear();
+            let t = st.close_timeout;
+            maybe_closing(&mut st, t);
+            st.take_driver_waker(&mut wake);
+        }
+        wake.fire();
+    }
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        let mut wake = Wake::default();
+        {
+            let mut st = self.shared.state.lock();
+            st.write_open = false;
+            shut_write(&mut st, &mut wake);
+            let t = st.close_timeout;
+            maybe_closing(&mut st, t);
+        }
+        wake.fire();
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_shutdown(cx)
+    }
+}

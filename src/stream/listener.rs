@@ -1,0 +1,586 @@
+//! The server: accepting sessions, and routing reconnects to them.
+//!
+//! Every incoming transport gets a handshake task, bounded in number
+//! (`max_handshakes`) and in time (`handshake_timeout`). A new session gets a
+//! driver task and goes to [`Listener::accept`]; a reconnect is checked
+//! against its session here and, only once it succeeded, handed to that
+//! session's driver, which swaps transports. A failed or forged reconnect
+//! never touches the live transport.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use rand::RngExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::pump::{PumpConfig, PumpEnd, pump};
+use super::shared::{Shared, State, Wake};
+use super::transport::SocketOptions;
+use super::{Config, Error, Event, Stream};
+use crate::proto::{
+    Incoming, ReconnectRequest, RefuseReason, ResumePoint, ServerHandshake, ServerResume, Session,
+};
+
+/// Completes at the application's next call that wakes the driver (a write,
+/// a dropped half, a forced reconnect).
+fn app_event(shared: &Shared) -> impl std::future::Future<Output = ()> + '_ {
+    let mut first = true;
+    std::future::poll_fn(move |cx| {
+        if !first {
+            return std::task::Poll::Ready(());
+        }
+        first = false;
+        shared.state.lock().driver_waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    })
+}
+
+/// A transport a listener can serve.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// A resumed transport on its way to its session's driver.
+struct Commit<T> {
+    io: T,
+    point: ResumePoint,
+    leftover: BytesMut,
+    peer: Option<SocketAddr>,
+}
+
+struct Entry<T> {
+    shared: Arc<Shared>,
+    commits: mpsc::Sender<Commit<T>>,
+}
+
+/// Counters of a listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerStats {
+    /// Live sessions, connected or waiting for their client.
+    pub sessions: usize,
+    /// Sessions waiting for their client.
+    pub parked: usize,
+    /// Handshakes in progress.
+    pub handshakes: usize,
+    /// Sessions established since start.
+    pub established: u64,
+    /// Reconnects that resumed a session.
+    pub resumed: u64,
+    /// Reconnects refused.
+    pub refused: u64,
+    /// Handshakes that failed or timed out.
+    pub failed: u64,
+    /// Connections closed at once because `max_handshakes` were in progress.
+    pub shed: u64,
+}
+
+struct Inner<T> {
+    config: Config,
+    sessions: Mutex<HashMap<u64, Entry<T>>>,
+    parked: AtomicUsize,
+    handshakes: Arc<Semaphore>,
+    new_sessions: mpsc::Sender<Stream>,
+    established: AtomicU64,
+    resumed: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    shed: AtomicU64,
+}
+
+/// Accepts resumable sessions.
+///
+/// Bind one to a TCP address with [`Listener::bind`], or build one with
+/// [`Listener::new`] and feed it transports of any kind with
+/// [`Listener::serve`]. [`Listener::accept`] yields new sessions only;
+/// reconnects are routed to their sessions inside.
+pub struct Listener<T: Transport = TcpStream> {
+    inner: Arc<Inner<T>>,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<Stream>>,
+    local_addr: Option<SocketAddr>,
+    accept_task: Option<JoinHandle<()>>,
+}
+
+impl Listener<TcpStream> {
+    /// Binds a TCP listener (the first address `addr` resolves to).
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// use rejoin::stream::{Config, Listener};
+    /// let listener = Listener::bind("127.0.0.1:0", Config::default()).await?;
+    /// println!("listening on {}", listener.local_addr().unwrap());
+    /// while let Ok(stream) = listener.accept().await {
+    ///     tokio::spawn(async move {
+    ///         let (mut r, mut w) = tokio::io::split(stream);
+    ///         let _ = tokio::io::copy(&mut r, &mut w).await;
+    ///     });
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
+        let mut listener = Self::new(config)?;
+        let options = SocketOptions::from_config(&listener.inner.config);
+        let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
+        })?;
+        let tcp = options.bind(addr)?;
+        listener.local_addr = Some(tcp.local_addr()?);
+        let inner = listener.inner.clone();
+        listener.accept_task = Some(tokio::spawn(async move {
+            loop {
+                match tcp.accept().await {
+                    Ok((io, peer)) => {
+                        if let Err(e) = options.apply(&io) {
+                            debug!(%peer, error = %e, "socket options");
+                        }
+                        Inner::serve(&inner, io, Some(peer));
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: back off briefly.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+        Ok(listener)
+    }
+}
+
+impl<T: Transport> Listener<T> {
+    /// A listener without a socket: hand it transports with [`Listener::serve`].
+    pub fn new(config: Config) -> io::Result<Self> {
+        config.validate().map_err(Error::from)?;
+        let (tx, rx) = mpsc::channel(config.accept_backlog);
+        let inner = Arc::new(Inner {
+            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            parked: AtomicUsize::new(0),
+            new_sessions: tx,
+            established: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+        });
+        Ok(Listener {
+            inner,
+            accepted: tokio::sync::Mutex::new(rx),
+            local_addr: None,
+            accept_task: None,
+        })
+    }
+
+    /// Serves one incoming transport: a new session or a reconnect.
+    pub fn serve(&self, io: T, peer: Option<SocketAddr>) {
+        Inner::serve(&self.inner, io, peer);
+    }
+
+    /// The next new session.
+    pub async fn accept(&self) -> io::Result<Stream> {
+        self.accepted
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "listener closed"))
+    }
+
+    /// The bound address, for a listener made by [`Listener::bind`].
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// A snapshot of the listener's counters.
+    pub fn stats(&self) -> ListenerStats {
+        let i = &self.inner;
+        ListenerStats {
+            sessions: i.sessions.lock().len(),
+            parked: i.parked.load(Ordering::Relaxed),
+            handshakes: i.config.max_handshakes - i.handshakes.available_permits(),
+            established: i.established.load(Ordering::Relaxed),
+            resumed: i.resumed.load(Ordering::Relaxed),
+            refused: i.refused.load(Ordering::Relaxed),
+            failed: i.failed.load(Ordering::Relaxed),
+            shed: i.shed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<T: Transport> Drop for Listener<T> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.accept_task {
+            task.abort();
+        }
+    }
+}
+
+impl<T: Transport> Inner<T> {
+    fn serve(this: &Arc<Self>, io: T, peer: Option<SocketAddr>) {
+        let Ok(permit) = this.handshakes.clone().try_acquire_owned() else {
+            this.shed.fetch_add(1, Ordering::Relaxed);
+            debug!(?peer, "too many handshakes in progress; connection closed");
+            return;
+        };
+        let inner = this.clone();
+        tokio::spawn(async move {
+            let limit = inner.config.handshake_timeout;
+            let result = match timeout(limit, inner.handshake(io, peer)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::HandshakeTimeout(limit)),
+            };
+            drop(permit);
+            if let Err(e) = result {
+                inner.failed.fetch_add(1, Ordering::Relaxed);
+                debug!(?peer, error = %e, "handshake failed");
+            }
+        });
+    }
+
+    /// A random conn ID that no live session has.
+    fn fresh_id(&self) -> u64 {
+        let sessions = self.sessions.lock();
+        loop {
+            let id: u64 = rand::rng().random();
+            if id != 0 && !sessions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    async fn handshake(self: &Arc<Self>, mut io: T, peer: Option<SocketAddr>) -> Result<(), Error> {
+        let mut hs = ServerHandshake::new(self.config.params(), self.fresh_id());
+        let mut buf = BytesMut::with_capacity(64);
+        let incoming = loop {
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed during the handshake",
+                )
+                .into());
+            }
+            hs.handle_input(&mut buf, &mut rand::rng())
+                .map_err(Error::Handshake)?;
+            if let Some(out) = hs.poll_transmit() {
+                io.write_all(&out).await?;
+            }
+            if let Some(incoming) = hs.poll_outcome() {
+                break incoming;
+            }
+        };
+        match incoming {
+            Incoming::Session(session) => self.establish(io, session, buf, peer).await,
+            Incoming::Reconnect(request) => self.resume(io, request, buf, peer).await,
+        }
+    }
+
+    async fn establish(
+        self: &Arc<Self>,
+        io: T,
+        session: Session,
+        leftover: BytesMut,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Error> {
+        let id = session.id();
+        let mut state = State::new(
+            session,
+            self.config.recv_buffer,
+            self.config.close_timeout,
+            peer,
+        );
+        if !leftover.is_empty() {
+            state.rx.extend_from_slice(&leftover);
+            let controls = state.received(0)?;
+            state.apply_controls(controls);
+        }
+        let shared = Arc::new(Shared::new(state));
+        let (tx, rx) = mpsc::channel(4);
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions.len() >= self.config.max_sessions {
+                return Err(Error::LimitReached("max_sessions"));
+            }
+            if sessions.contains_key(&id) {
+                return Err(Error::LimitReached("conn ID collision"));
+            }
+            sessions.insert(
+                id,
+                Entry {
+                    shared: shared.clone(),
+                    commits: tx,
+                },
+            );
+        }
+        self.established.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("session", id = %format_args!("{id:016x}"), role = "server");
+        span.in_scope(|| info!(?peer, "session up"));
+        tokio::spawn(self.clone().run(shared.clone(), io, rx).instrument(span));
+        // Waits for room in the accept backlog, within the handshake timeout;
+        // if that runs out the stream is dropped and the session closes.
+        if self.new_sessions.send(Stream::new(shared)).await.is_err() {
+            debug!("listener gone; session dropped");
+        }
+        Ok(())
+    }
+
+    async fn resume(
+        self: &Arc<Self>,
+        mut io: T,
+        request: ReconnectRequest,
+        mut buf: BytesMut,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Error> {
+        let entry = {
+            let sessions = self.sessions.lock();
+            sessions
+                .get(&request.id)
+                .map(|e| (e.shared.clone(), e.commits.clone()))
+        };
+        let Some((shared, commits)) = entry else {
+            return self
+                .refuse(io, &request, peer, RefuseReason::UnknownId)
+                .await;
+        };
+        let offer = {
+            let mut st = shared.state.lock();
+            if st.ended.is_some() {
+                Err(RefuseReason::UnknownId)
+            } else {
+                ServerResume::new(&mut st.session, &request, &mut rand::rng())
+            }
+        };
+        let mut offer = match offer {
+            Ok(offer) => offer,
+            Err(reason) => return self.refuse(io, &request, peer, reason).await,
+        };
+        let point = loop {
+            if let Some(out) = offer.poll_transmit() {
+                io.write_all(&out).await?;
+            }
+            if let Some(outcome) = offer.poll_outcome() {
+                break outcome.map_err(Error::Handshake)?;
+            }
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed during the reconnect",
+                )
+                .into());
+            }
+            offer.handle_input(&mut buf).map_err(Error::Handshake)?;
+        };
+        io.flush().await?;
+        let commit = Commit {
+            io,
+            point,
+            leftover: buf,
+            peer,
+        };
+        if commits.send(commit).await.is_err() {
+            debug!("session ended before the reconnect could commit");
+        }
+        Ok(())
+    }
+
+    /// Turns a reconnect down; the session, if any, is untouched.
+    async fn refuse(
+        &self,
+        mut io: T,
+        request: &ReconnectRequest,
+        peer: Option<SocketAddr>,
+        reason: RefuseReason,
+    ) -> Result<(), Error> {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        info!(id = %format_args!("{:016x}", request.id), ?peer, %reason, "reconnect refused");
+        io.write_all(&ServerResume::refusal(self.config.version))
+            .await?;
+        let _ = io.shutdown().await;
+        Ok(())
+    }
+
+    /// The server's driver for one session.
+    async fn run(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        io: T,
+        mut commits: mpsc::Receiver<Commit<T>>,
+    ) {
+        let records = shared.state.lock().records.is_some();
+        // snet peers send no heartbeat, so a quiet compatible session is not
+        // a dead one: only the record layer lets the server judge silence.
+        let cfg = PumpConfig {
+            idle: self.config.idle_timeout.filter(|_| records),
+            ping: self.config.idle_timeout.filter(|_| records).map(|d| d / 3),
+        };
+        let result = self.drive(&shared, io, &mut commits, cfg).await;
+        self.sessions.lock().remove(&shared.id);
+        match &result {
+            Ok(()) => info!("session closed"),
+            Err(e) => info!(error = %e, "session ended"),
+        }
+        shared.end(result);
+    }
+
+    async fn drive(
+        &self,
+        shared: &Shared,
+        io: T,
+        commits: &mut mpsc::Receiver<Commit<T>>,
+        cfg: PumpConfig,
+    ) -> Result<(), Error> {
+        let mut io = Some(io);
+        loop {
+            if let Some(transport) = io.as_mut() {
+                let end = tokio::select! {
+                    end = pump(shared, transport, cfg) => Ok(end),
+                    commit = commits.recv() => Err(commit),
+                };
+                match end {
+                    Err(Some(commit)) => {
+                        if let Some(new) = self.commit(shared, commit) {
+                            io = Some(new);
+                        }
+                    }
+                    Err(None) => return Err(Error::Closed),
+                    Ok(PumpEnd::Finished) => {
+                        let _ = timeout(self.config.close_timeout, transport.shutdown()).await;
+                        return Ok(());
+                    }
+                    Ok(PumpEnd::Ended) => {
+                        return shared.state.lock().ended.clone().unwrap_or(Ok(()));
+                    }
+                    Ok(PumpEnd::Forced) => {
+                        self.disconnected(shared, "transport dropped by the application".into());
+                        io = None;
+                    }
+                    Ok(PumpEnd::Broken(reason)) => {
+                        self.disconnected(shared, reason);
+                        io = None;
+                    }
+                }
+                continue;
+            }
+            match self.park(shared, commits).await? {
+                Some(transport) => io = Some(transport),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn disconnected(&self, shared: &Shared, reason: String) {
+        shared.state.lock().connected = false;
+        info!(%reason, "disconnected; waiting for the client");
+        shared.emit(Event::Disconnected { reason });
+    }
+
+    /// Waits for the client to come back: `Ok(None)` if the application
+    /// closed meanwhile and nothing is left to deliver.
+    async fn park(
+        &self,
+        shared: &Shared,
+        commits: &mut mpsc::Receiver<Commit<T>>,
+    ) -> Result<Option<T>, Error> {
+        if self.parked.fetch_add(1, Ordering::Relaxed) >= self.config.max_parked {
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::LimitReached("max_parked"));
+        }
+        let wait = self.config.reconnect_wait;
+        let expiry = Instant::now() + wait;
+        let result = loop {
+            let (deadline, abandoned_clean) = {
+                let st = shared.state.lock();
+                let nothing_left =
+                    st.abandoned() && st.records.is_none() && !st.session.has_pending();
+                let deadline = st.close_deadline.map_or(expiry, |d| d.min(expiry));
+                (deadline, nothing_left)
+            };
+            if abandoned_clean {
+                break Err(None);
+            }
+            tokio::select! {
+                commit = commits.recv() => match commit {
+                    Some(commit) => {
+                        if let Some(io) = self.commit(shared, commit) {
+                            break Ok(io);
+                        }
+                    }
+                    None => break Err(Some(Error::Closed)),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Err(Some(if Instant::now() >= expiry { Error::Expired(wait) } else { Error::Closed }));
+                }
+                _ = app_event(shared) => {}
+            }
+        };
+        self.parked.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(io) => Ok(Some(io)),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// Switches the session onto a resumed transport, unless a newer resume
+    /// got there first.
+    fn commit(&self, shared: &Shared, commit: Commit<T>) -> Option<T> {
+        let Commit {
+            io,
+            point,
+            leftover,
+            peer,
+        } = commit;
+        let mut wake = Wake::default();
+        let resent = {
+            let mut st = shared.state.lock();
+            if st.ended.is_some() {
+                return None;
+            }
+            // Bytes the old transport took that the peer never got.
+            let sent_before = st.session.sent();
+            if let Err(e) = st.session.resume(point) {
+                debug!(error = %e, "reconnect not committed");
+                return None;
+            }
+            let resent = sent_before.saturating_sub(point.peer_read);
+            st.stats.resent += resent;
+            st.stats.reconnects += 1;
+            st.connected = true;
+            st.flushed = false;
+            st.peer = peer;
+            st.last_rx = Instant::now();
+            st.ping_out = false;
+            if !leftover.is_empty() {
+                let start = st.rx.len();
+                st.rx.extend_from_slice(&leftover);
+                match st.received(start) {
+                    Ok(controls) => st.apply_controls(controls),
+                    Err(e) => {
+                        st.end(Err(e), &mut wake);
+                        drop(st);
+                        wake.fire();
+                        return None;
+                    }
+                }
+                st.take_read_waker(&mut wake);
+            }
+            st.take_write_waker(&mut wake);
+            st.take_driver_waker(&mut wake);
+            resent
+        };
+        wake.fire();
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+        info!(?peer, resent, "resumed");
+        shared.emit(Event::Resumed { peer, resent });
+        Some(io)
+    }
+}

@@ -1,0 +1,37 @@
+//! The resumable stream: a tokio `AsyncRead + AsyncWrite` that survives
+//! broken transports.
+//!
+//! ```text
+//! app ⇄ Stream ⇄ shared state ⇄ driver task ⇄ transport (replaced on every reconnect)
+//! ```
+//!
+//! A client gets a [`Stream`] from [`connect`] (TCP) or [`connect_with`] (any
+//! [`Dialer`]); a server from [`Listener::accept`]. Each session has a driver
+//! task that owns the transport: it moves bytes, detects dead links, and on a
+//! client redials and resumes (on a server, waits for the client), while the
+//! application keeps reading and writing. Data is delivered exactly once and
+//! in order across any number of reconnects.
+//!
+//! Close semantics, in short (`docs/stream.md` has the full story): snet has
+//! no close message, so in the compatible protocol a closed client looks like
+//! a lost one to the server (its reads fail with [`Error::Expired`] once
+//! `reconnect_wait` runs out), and a closed server shows up on the client as a
+//! refused reconnect ([`Error::Refused`]). The opt-in record layer
+//! ([`Config::records`]) adds FIN and DONE: `shutdown` then gives the peer a
+//! clean end-of-file and frees the session at once.
+
+mod client;
+mod config;
+mod error;
+mod handle;
+mod listener;
+mod pump;
+mod shared;
+mod transport;
+
+pub use client::{connect, connect_with};
+pub use config::{Config, ConfigError, Keepalive, Redial};
+pub use error::Error;
+pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
+pub use listener::{Listener, ListenerStats, Transport};
+pub use transport::{Dialed, Dialer, SocketOptions, TcpDialer};

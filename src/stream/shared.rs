@@ -1,0 +1,307 @@
+//! The state a session's handles and its driver task share.
+//!
+//! The application's handles ([`super::Stream`] and its halves) and the
+//! driver (which owns the transport) meet here, under one short-held lock:
+//! writes are encrypted straight into the session's history (which doubles as
+//! the send queue), and the driver decrypts what arrives straight into `rx`.
+
+use std::net::SocketAddr;
+use std::task::Waker;
+
+use bytes::{Buf, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{Error, Event, Stats};
+use crate::proto::Session;
+use crate::proto::record::{self, Control, RecordReader};
+
+/// The session state behind one lock.
+pub(crate) struct State {
+    pub session: Session,
+    /// Received data for the application (record headers already removed).
+    pub rx: BytesMut,
+    pub rx_limit: usize,
+    /// Record layer: the parser of incoming records.
+    pub records: Option<RecordReader>,
+    /// Record layer: control records waiting for history space.
+    pub controls: Vec<Control>,
+    /// Record layer: the write count just after our FIN, once queued.
+    pub fin_at: Option<u64>,
+    /// Record layer: the write count just after our DONE, once queued.
+    pub done_at: Option<u64>,
+    /// Record layer: the peer sent DONE.
+    pub done_seen: bool,
+    /// Record layer: a PING is outstanding.
+    pub ping_out: bool,
+    /// The application will write no more.
+    pub write_shut: bool,
+    /// Handles still open.
+    pub read_open: bool,
+    pub write_open: bool,
+    /// A transport is attached and working.
+    pub connected: bool,
+    /// Everything handed to the transport has been flushed.
+    pub flushed: bool,
+    /// The driver should drop the transport and reconnect (client) or wait
+    /// for one (server).
+    pub force_reconnect: bool,
+    /// When the last byte arrived (idle detection).
+    pub last_rx: Instant,
+    /// Both handles are gone: finish closing by then.
+    pub close_deadline: Option<Instant>,
+    pub close_timeout: std::time::Duration,
+    /// Why the session ended, if it did; `Ok` for a clean close.
+    pub ended: Option<Result<(), Error>>,
+    pub peer: Option<SocketAddr>,
+    pub stats: Stats,
+    pub read_waker: Option<Waker>,
+    pub write_waker: Option<Waker>,
+    pub driver_waker: Option<Waker>,
+}
+
+/// Wakers to call once the lock is released.
+#[derive(Default)]
+pub(crate) struct Wake {
+    wakers: [Option<Waker>; 3],
+}
+
+impl Wake {
+    /// Keeps a taken waker; taking twice must not lose the first.
+    fn add(&mut self, slot: usize, waker: Option<Waker>) {
+        if waker.is_some() {
+            self.wakers[slot] = waker;
+        }
+    }
+
+    pub fn fire(self) {
+        for w in self.wakers.into_iter().flatten() {
+            w.wake();
+        }
+    }
+}
+
+impl State {
+    pub fn new(
+        session: Session,
+        rx_limit: usize,
+        close_timeout: std::time::Duration,
+        peer: Option<SocketAddr>,
+    ) -> Self {
+        let records = session.extended().then(RecordReader::new);
+        State {
+            session,
+            rx: BytesMut::new(),
+            rx_limit,
+            records,
+            controls: Vec::new(),
+            fin_at: None,
+            done_at: None,
+            done_seen: false,
+            ping_out: false,
+            write_shut: false,
+            read_open: true,
+            write_open: true,
+            connected: true,
+            flushed: true,
+            force_reconnect: false,
+            last_rx: Instant::now(),
+            close_deadline: None,
+            close_timeout,
+            ended: None,
+            peer,
+            stats: Stats::default(),
+            read_waker: None,
+            write_waker: None,
+            driver_waker: None,
+        }
+    }
+
+    pub fn take_read_waker(&mut self, wake: &mut Wake) {
+        wake.add(0, self.read_waker.take());
+    }
+
+    pub fn take_write_waker(&mut self, wake: &mut Wake) {
+        wake.add(1, self.write_waker.take());
+    }
+
+    pub fn take_driver_waker(&mut self, wake: &mut Wake) {
+        wake.add(2, self.driver_waker.take());
+    }
+
+    /// Ends the session (first reason wins) and wakes everyone.
+    pub fn end(&mut self, result: Result<(), Error>, wake: &mut Wake) {
+        if self.ended.is_none() {
+            self.ended = Some(result);
+        }
+        self.connected = false;
+        self.take_read_waker(wake);
+        self.take_write_waker(wake);
+        self.take_driver_waker(wake);
+    }
+
+    /// Whether the driver can take more bytes from the transport.
+    pub fn can_receive(&self) -> bool {
+        self.rx.len() < self.rx_limit || !self.read_open
+    }
+
+    /// Handles bytes just appended to `rx` from the transport, starting at
+    /// `start`: decrypts them, drops duplicates, strips records. Returns the
+    /// control records received.
+    pub fn received(&mut self, start: usize) -> Result<Vec<Control>, Error> {
+        let fresh_len = self.session.handle_input(&mut self.rx[start..]).len();
+        let dup = self.rx.len() - start - fresh_len;
+        if dup > 0 {
+            self.rx.copy_within(start + dup.., start);
+            self.rx.truncate(self.rx.len() - dup);
+        }
+        self.last_rx = Instant::now();
+        self.ping_out = false;
+        let mut controls = Vec::new();
+        if let Some(reader) = &mut self.records {
+            let data = reader
+                .filter(&mut self.rx[start..], |c| controls.push(c))
+                .map_err(Error::Protocol)?;
+            self.rx.truncate(start + data);
+        }
+        if !self.read_open {
+            // Nobody will read it: count it, then let it go.
+            self.rx.clear();
+        }
+        Ok(controls)
+    }
+
+    /// Acts on received control records.
+    pub fn apply_controls(&mut self, controls: Vec<Control>) {
+        for c in controls {
+            match c {
+                Control::Ping => self.queue_control(Control::Pong),
+                Control::Done => self.done_seen = true,
+                Control::Pong | Control::Fin => {}
+            }
+        }
+    }
+
+    /// Whether both handles are gone.
+    pub fn abandoned(&self) -> bool {
+        !self.read_open && !self.write_open
+    }
+
+    /// Record layer: whether the peer's FIN has arrived.
+    pub fn peer_fin(&self) -> bool {
+        self.records.as_ref().is_some_and(RecordReader::fin_seen)
+    }
+
+    /// Queues control records that fit into the history now.
+    pub fn flush_controls(&mut self) {
+        while let Some(&c) = self.controls.first() {
+            if self.session.write_capacity() == 0 {
+                return;
+            }
+            self.session.handle_write(&[c.byte()]);
+            match c {
+                Control::Fin => self.fin_at = Some(self.session.write_count()),
+                Control::Done => self.done_at = Some(self.session.write_count()),
+                _ => {}
+            }
+            self.controls.remove(0);
+        }
+    }
+
+    /// Queues a control record.
+    pub fn queue_control(&mut self, c: Control) {
+        self.controls.push(c);
+        self.flush_controls();
+    }
+
+    /// Accepts application bytes into the history; 0 means "no room now".
+    pub fn write(&mut self, buf: &[u8]) -> usize {
+        if self.records.is_none() {
+            let n = self.session.handle_write(buf);
+            self.stats.app_written += n as u64;
+            return n;
+        }
+        // Never let app data overtake a queued control record.
+        self.flush_controls();
+        if !self.controls.is_empty() {
+            return 0;
+        }
+        let room = self.session.write_capacity();
+        if room <= record::DATA_HEADER {
+            return 0;
+        }
+        let n = buf
+            .len()
+            .min(record::MAX_DATA)
+            .min(room - record::DATA_HEADER);
+        self.session.handle_write(&record::data_header(n));
+        self.session.handle_write(&buf[..n]);
+        self.stats.app_written += n as u64;
+        n
+    }
+
+    /// Copies received data out for the application.
+    pub fn read_into(&mut self, out: &mut tokio::io::ReadBuf<'_>) -> usize {
+        let n = self.rx.len().min(out.remaining());
+        out.put_slice(&self.rx[..n]);
+        self.rx.advance(n);
+        self.stats.app_read += n as u64;
+        n
+    }
+
+    /// Whether everything the application wrote has reached the transport.
+    pub fn all_sent(&self) -> bool {
+        !self.session.has_pending() && self.controls.is_empty() && self.flushed
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            wire_written: self.session.write_count(),
+            wire_read: self.session.read_count(),
+            connected: self.connected,
+            ..self.stats.clone()
+        }
+    }
+}
+
+/// The state, and the channel events are published on.
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub events: broadcast::Sender<Event>,
+    pub id: u64,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        let id = state.session.id();
+        Shared {
+            state: Mutex::new(state),
+            events: broadcast::channel(64).0,
+            id,
+        }
+    }
+
+    /// Publishes an event (nobody listening is fine).
+    pub fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Ends the session and wakes everyone.
+    pub fn end(&self, result: Result<(), Error>) {
+        let mut wake = Wake::default();
+        let event = {
+            let mut st = self.state.lock();
+            st.end(result, &mut wake);
+            match &st.ended {
+                Some(Err(e)) => Event::Closed {
+                    error: Some(e.clone()),
+                },
+                _ => Event::Closed { error: None },
+            }
+        };
+        wake.fire();
+        self.emit(event);
+    }
+}

@@ -1,0 +1,195 @@
+//! Transports: what a client dials, and the TCP socket options both sides set.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::Config;
+
+/// A freshly dialled transport and, if known, the address of its peer.
+#[derive(Debug)]
+pub struct Dialed<T> {
+    /// The transport.
+    pub io: T,
+    /// The peer's address, reported by [`super::Stream::peer_addr`].
+    pub peer: Option<SocketAddr>,
+}
+
+/// Opens a new transport to the server: once for the first connection and
+/// again for every reconnect.
+///
+/// Any closure returning a future of `io::Result<T>` is a dialer (the peer
+/// address is then unknown), so a stream can run over TLS, a Unix socket or
+/// an in-memory pipe:
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// use rejoin::stream::{connect_with, Config};
+/// let stream = connect_with(
+///     || tokio::net::UnixStream::connect("/run/app.sock"),
+///     Config::default(),
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub trait Dialer: Send + Sync + 'static {
+    /// The transport this dialer opens.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens one transport.
+    fn dial(&self) -> impl Future<Output = io::Result<Dialed<Self::Io>>> + Send;
+}
+
+impl<F, Fut, T> Dialer for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = io::Result<T>> + Send,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = T;
+
+    fn dial(&self) -> impl Future<Output = io::Result<Dialed<T>>> + Send {
+        let connecting = self();
+        async move {
+            Ok(Dialed {
+                io: connecting.await?,
+                peer: None,
+            })
+        }
+    }
+}
+
+/// Socket options for TCP transports, taken from a [`Config`].
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    buffer: usize,
+    nodelay: bool,
+    keepalive: Option<super::Keepalive>,
+    user_timeout: Option<std::time::Duration>,
+}
+
+impl SocketOptions {
+    /// The options `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        SocketOptions {
+            buffer: config.socket_buffer,
+            nodelay: config.nodelay,
+            keepalive: config.keepalive,
+            user_timeout: config.user_timeout,
+        }
+    }
+
+    /// Sizes the buffers of a socket that is not yet connected (window
+    /// scaling is agreed at connect time, so this must come first).
+    pub fn size(&self, socket: &TcpSocket) -> io::Result<()> {
+        socket.set_send_buffer_size(self.buffer as u32)?;
+        socket.set_recv_buffer_size(self.buffer as u32)?;
+        Ok(())
+    }
+
+    /// Applies the remaining options to a connected stream.
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(self.nodelay)?;
+        let sock = SockRef::from(stream);
+        // Accepted sockets inherit the listener's sizes; set them anyway, in
+        // case the listener came from elsewhere.
+        sock.set_send_buffer_size(self.buffer)?;
+        sock.set_recv_buffer_size(self.buffer)?;
+        if let Some(k) = &self.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval);
+            #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+            let params = params.with_retries(k.retries);
+            sock.set_tcp_keepalive(&params)?;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(t) = self.user_timeout {
+            sock.set_tcp_user_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+
+    /// Binds a listener with these options.
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        self.size(&socket)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    }
+}
+
+/// Dials TCP, resolving the target anew on every dial (so a changed DNS
+/// answer is picked up on reconnect) and applying [`SocketOptions`].
+#[derive(Debug, Clone)]
+pub struct TcpDialer {
+    target: String,
+    local: Option<IpAddr>,
+    options: SocketOptions,
+}
+
+impl TcpDialer {
+    /// Dials `target` (`host:port`) with the socket options of `config`.
+    pub fn new(target: impl Into<String>, config: &Config) -> Self {
+        TcpDialer {
+            target: target.into(),
+            local: None,
+            options: SocketOptions::from_config(config),
+        }
+    }
+
+    /// Binds outgoing connections to this local address.
+    pub fn bind(mut self, local: IpAddr) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    async fn dial_one(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        self.options.size(&socket)?;
+        if let Some(ip) = self.local {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(addr).await?;
+        self.options.apply(&stream)?;
+        Ok(stream)
+    }
+}
+
+impl Dialer for TcpDialer {
+    type Io = TcpStream;
+
+    async fn dial(&self) -> io::Result<Dialed<TcpStream>> {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(&self.target).await? {
+            match self.dial_one(addr).await {
+                Ok(io) => {
+                    return Ok(Dialed {
+                        io,
+                        peer: Some(addr),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} resolves to no address", self.target),
+            )
+        }))
+    }
+}

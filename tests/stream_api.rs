@@ -1,0 +1,329 @@
+//! The stream's API on loopback: echo in every protocol flavour, split halves,
+//! forced reconnects with events and counters, generic transports, and close
+//! semantics with and without the record layer.
+
+mod common;
+
+use std::io;
+use std::time::Duration;
+
+use common::{recv_digest, send_random};
+use rejoin::proto::Version;
+use rejoin::stream::{self, Config, Dialed, Error, Event, Listener, Stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn config(version: Version, encrypt: bool, records: bool) -> Config {
+    let mut c = Config::default();
+    c.version = version;
+    c.encrypt = encrypt;
+    c.records = records;
+    c
+}
+
+/// A listener, a connected client, and the server's end of it.
+async fn pair(config: &Config) -> (Listener, Stream, Stream) {
+    let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let client = stream::connect(addr, config.clone()).await.unwrap();
+    let server = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+    (listener, client, server)
+}
+
+/// `from` sends `len` random bytes, `to` reads them; the digests must match.
+async fn one_way(from: &mut Stream, to: &mut Stream, seed: u64, len: u64) {
+    let (sent, got) = timeout(LIMIT, async {
+        tokio::join!(send_random(from, seed, len), recv_digest(to, len))
+    })
+    .await
+    .expect("transfer in time");
+    assert_eq!(sent.unwrap(), got.unwrap());
+}
+
+/// Both directions at once.
+async fn both_ways(a: &mut Stream, b: &mut Stream, len: u64) {
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let (s1, g1, s2, g2) = timeout(LIMIT, async {
+        tokio::join!(
+            send_random(&mut aw, 1, len),
+            recv_digest(&mut br, len),
+            send_random(&mut bw, 2, len),
+            recv_digest(&mut ar, len)
+        )
+    })
+    .await
+    .expect("transfer in time");
+    assert_eq!(s1.unwrap(), g1.unwrap());
+    assert_eq!(s2.unwrap(), g2.unwrap());
+}
+
+#[tokio::test]
+async fn echo_in_every_flavour() {
+    common::logs();
+    for (version, encrypt, records) in [
+        (Version::V2, true, false),
+        (Version::V2, false, false),
+        (Version::V1, true, false),
+        (Version::V1, false, false),
+        (Version::V2, true, true),
+        (Version::V2, false, true),
+    ] {
+        let (_l, mut client, mut server) = pair(&config(version, encrypt, records)).await;
+        assert_eq!(client.id(), server.id());
+        both_ways(&mut client, &mut server, 1 << 20).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halves_work_from_separate_tasks() {
+    let (_l, client, server) = pair(&Config::default()).await;
+    let (mut sr, mut sw) = server.into_split();
+    let echo = tokio::spawn(async move {
+        let n = tokio::io::copy(&mut sr, &mut sw).await.unwrap();
+        sw.shutdown().await.unwrap();
+        n
+    });
+    let (mut r, mut w) = client.into_split();
+    let reader = tokio::spawn(async move { recv_digest(&mut r, 4 << 20).await.unwrap() });
+    let writer = tokio::spawn(async move {
+        let d = send_random(&mut w, 9, 4 << 20).await.unwrap();
+        (d, w)
+    });
+    let (sent, _w) = writer.await.unwrap();
+    assert_eq!(reader.await.unwrap(), sent);
+    drop(echo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_reconnects_lose_nothing_and_are_reported() {
+    common::logs();
+    let (listener, mut client, mut server) = pair(&Config::default()).await;
+    let handle = client.handle();
+    let mut events = client.events();
+    let server_handle = server.handle();
+    let forcing = tokio::spawn(async move {
+        for i in 0..6 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            // Alternate which side drops the transport.
+            if i % 2 == 0 {
+                handle.force_reconnect();
+            } else {
+                server_handle.force_reconnect();
+            }
+        }
+    });
+    both_ways(&mut client, &mut server, 32 << 20).await;
+    forcing.await.unwrap();
+    // Every forced drop ends in a resume; wait for the last one.
+    let mut resumed = 0;
+    let mut disconnected = 0;
+    while resumed < 6 {
+        match timeout(LIMIT, events.recv()).await.unwrap().unwrap() {
+            Event::Resumed { peer, .. } => {
+                assert_eq!(peer, listener.local_addr());
+                resumed += 1;
+            }
+            Event::Disconnected { .. } => disconnected += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(disconnected, 6);
+    let stats = client.stats();
+    assert_eq!(stats.reconnects, 6);
+    assert!(stats.connected);
+    assert_eq!(stats.app_written, 32 << 20);
+    assert_eq!(stats.app_read, 32 << 20);
+    assert_eq!(server.stats().reconnects, 6);
+    assert_eq!(client.peer_addr(), listener.local_addr());
+    assert!(server.peer_addr().is_some());
+}
+
+/// A dialer over in-memory pipes, served by a listener that was handed the
+/// other ends: no sockets at all.
+#[tokio::test]
+async fn runs_over_any_transport() {
+    common::logs();
+    let config = Config::default();
+    let listener = std::sync::Arc::new(Listener::<DuplexStream>::new(config.clone()).unwrap());
+    let serving = listener.clone();
+    let dialer = move || {
+        let serving = serving.clone();
+        async move {
+            let (near, far) = tokio::io::duplex(64 << 10);
+            serving.serve(far, None);
+            Ok::<_, io::Error>(near)
+        }
+    };
+    let mut client = stream::connect_with(dialer, config).await.unwrap();
+    let mut server = listener.accept().await.unwrap();
+    assert_eq!(client.peer_addr(), None);
+    one_way(&mut client, &mut server, 3, 2 << 20).await;
+    client.force_reconnect();
+    one_way(&mut server, &mut client, 4, 2 << 20).await;
+    assert_eq!(client.stats().reconnects, 1);
+    assert_eq!(listener.stats().resumed, 1);
+}
+
+/// A dialer that reports peers through `Dialed`.
+#[tokio::test]
+async fn dialers_can_report_the_peer() {
+    struct Tcp(std::net::SocketAddr);
+    impl stream::Dialer for Tcp {
+        type Io = tokio::net::TcpStream;
+        async fn dial(&self) -> io::Result<Dialed<Self::Io>> {
+            Ok(Dialed {
+                io: tokio::net::TcpStream::connect(self.0).await?,
+                peer: Some(self.0),
+            })
+        }
+    }
+    let listener = Listener::bind("127.0.0.1:0", Config::default())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = stream::connect_with(Tcp(addr), Config::default())
+        .await
+        .unwrap();
+    assert_eq!(client.peer_addr(), Some(addr));
+}
+
+#[tokio::test]
+async fn record_layer_close_is_clean_and_immediate() {
+    common::logs();
+    let (listener, mut client, mut server) = pair(&config(Version::V2, true, true)).await;
+    client.write_all(b"bye").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert!(client.write_all(b"more").await.unwrap_err().kind() == io::ErrorKind::BrokenPipe);
+
+    let mut got = Vec::new();
+    timeout(LIMIT, server.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"bye", "server reads the data, then end-of-file");
+
+    server.write_all(b"ok").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    timeout(LIMIT, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"ok");
+
+    // Both sides closed: the session ends at once, not after reconnect_wait.
+    let handle = client.handle();
+    let server_handle = server.handle();
+    for _ in 0..200 {
+        if listener.stats().sessions == 0 && handle.ended().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listener.stats().sessions, 0);
+    assert!(matches!(handle.ended(), Some(None)), "{:?}", handle.ended());
+    assert!(matches!(server_handle.ended(), Some(None)));
+}
+
+#[tokio::test]
+async fn record_layer_close_survives_a_cut_in_the_middle() {
+    let (listener, mut client, mut server) = pair(&config(Version::V2, true, true)).await;
+    client.write_all(b"last words").await.unwrap();
+    client.shutdown().await.unwrap();
+    client.force_reconnect();
+    let mut got = Vec::new();
+    timeout(LIMIT, server.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"last words");
+    server.force_reconnect();
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    timeout(LIMIT, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.is_empty());
+    for _ in 0..200 {
+        if listener.stats().sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listener.stats().sessions, 0);
+}
+
+/// snet has no close message: a client that goes away looks lost, and the
+/// server's reads fail once `reconnect_wait` runs out.
+#[tokio::test]
+async fn compatible_client_close_expires_on_the_server() {
+    let mut c = Config::default();
+    c.reconnect_wait = Duration::from_millis(300);
+    let (listener, mut client, mut server) = pair(&c).await;
+    client.write_all(b"data").await.unwrap();
+    client.shutdown().await.unwrap();
+    drop(client);
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"data");
+    let err = timeout(LIMIT, server.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(
+        matches!(Error::from_io(&err), Some(Error::Expired(_))),
+        "{err}"
+    );
+    assert_eq!(listener.stats().sessions, 0);
+}
+
+/// ...and a server that goes away shows up as a refused reconnect.
+#[tokio::test]
+async fn compatible_server_close_is_refused_on_the_client() {
+    let (_listener, mut client, mut server) = pair(&Config::default()).await;
+    server.write_all(b"farewell").await.unwrap();
+    server.flush().await.unwrap();
+    drop(server);
+    let mut buf = [0u8; 8];
+    client.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"farewell");
+    let err = timeout(LIMIT, client.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    assert!(
+        matches!(Error::from_io(&err), Some(Error::Refused)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn writes_after_shutdown_fail_and_reads_go_on() {
+    let (_l, mut client, mut server) = pair(&Config::default()).await;
+    client.shutdown().await.unwrap();
+    let err = client.write(b"x").await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    server.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    timeout(LIMIT, client.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+#[tokio::test]
+async fn bad_configs_are_refused_up_front() {
+    let mut c = Config::default();
+    c.history = 64 << 10;
+    let err = stream::connect("127.0.0.1:1", c.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("history"), "{err}");
+    assert!(Listener::bind("127.0.0.1:0", c).await.is_err());
+}

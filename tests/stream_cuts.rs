@@ -1,0 +1,124 @@
+//! 64 MiB each way through a proxy that resets and silently drops the link at
+//! random byte offsets, at least 50 times: both SHA-256 digests must match.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{digest_of, recv_digest, send_random};
+use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
+use rejoin::proto::Version;
+use rejoin::stream::{self, Config, Listener};
+use tokio::time::timeout;
+
+const LEN: u64 = 64 << 20;
+const CLIENT_SEED: u64 = 1;
+const SERVER_SEED: u64 = 2;
+const MIN_CUTS: u64 = 50;
+
+/// Short timers so silent drops are found quickly on loopback.
+fn config(version: Version, encrypt: bool, records: bool) -> Config {
+    let mut c = Config::default();
+    c.version = version;
+    c.encrypt = encrypt;
+    c.records = records;
+    c.idle_timeout = Some(Duration::from_millis(1500));
+    c.user_timeout = Some(Duration::from_secs(2));
+    c.redial.initial = Duration::from_millis(20);
+    c.redial.max = Duration::from_millis(200);
+    c
+}
+
+async fn transfer_through_cuts(version: Version, encrypt: bool, records: bool, seed: u64) {
+    common::logs();
+    let config = config(version, encrypt, records);
+    let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let target = listener.local_addr().unwrap();
+    // 128 MiB cross the proxy; a cut every 1–2.5 MiB gives about 70.
+    let plan = Plan {
+        every: (1 << 20)..=(5 << 19),
+        silent: 0.15,
+        seed,
+    };
+    let proxy = CutProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target,
+        ProxyConfig {
+            plan: Some(plan),
+            ..ProxyConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let server = tokio::spawn(async move {
+        let stream = listener.accept().await.unwrap();
+        let (mut r, mut w) = stream.into_split();
+        let receiving = tokio::spawn(async move { recv_digest(&mut r, LEN).await.map(|d| (d, r)) });
+        let sent = send_random(&mut w, SERVER_SEED, LEN).await.unwrap();
+        let (got, r) = receiving.await.unwrap().unwrap();
+        (sent, got, listener, r, w)
+    });
+
+    let client = stream::connect(proxy.local_addr().to_string(), config)
+        .await
+        .unwrap();
+    let handle = client.handle();
+    let (mut r, mut w) = client.into_split();
+    let receiving = tokio::spawn(async move { recv_digest(&mut r, LEN).await.map(|d| (d, r)) });
+    let client_sent = send_random(&mut w, CLIENT_SEED, LEN).await.unwrap();
+    let (client_got, _r) = receiving.await.unwrap().unwrap();
+    let (server_sent, server_got, _listener, _sr, _sw) = server.await.unwrap();
+
+    let stats = handle.stats();
+    let cuts = proxy.stats();
+    println!(
+        "{version:?} encrypt={encrypt} records={records}: {} resets, {} silent drops, \
+         {} reconnects, {} bytes resent",
+        cuts.resets, cuts.silent_drops, stats.reconnects, stats.resent
+    );
+    assert_eq!(client_sent, digest_of(CLIENT_SEED, LEN));
+    assert_eq!(server_got, client_sent, "client → server digest");
+    assert_eq!(client_got, server_sent, "server → client digest");
+    assert!(cuts.cuts() >= MIN_CUTS, "only {} cuts", cuts.cuts());
+    assert!(cuts.silent_drops > 0 && cuts.resets > 0);
+    assert!(
+        stats.reconnects >= MIN_CUTS,
+        "only {} reconnects",
+        stats.reconnects
+    );
+}
+
+async fn run(version: Version, encrypt: bool, records: bool, seed: u64) {
+    timeout(
+        Duration::from_secs(240),
+        transfer_through_cuts(version, encrypt, records, seed),
+    )
+    .await
+    .expect("transfer finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_encrypted_survives_cuts() {
+    run(Version::V2, true, false, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_plain_survives_cuts() {
+    run(Version::V2, false, false, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_encrypted_survives_cuts() {
+    run(Version::V1, true, false, 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_plain_survives_cuts() {
+    run(Version::V1, false, false, 14).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_layer_survives_cuts() {
+    run(Version::V2, true, true, 15).await;
+}
