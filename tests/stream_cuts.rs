@@ -122,3 +122,65 @@ async fn v1_plain_survives_cuts() {
 async fn record_layer_survives_cuts() {
     run(Version::V2, true, true, 15).await;
 }
+
+/// A silent drop while nothing flows: no FIN, no RST, no failing write. The
+/// client notices the silence and resumes; the record layer's PING lets the
+/// server notice too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_silent_drop_is_detected() {
+    use rejoin::chaos::CutKind;
+    use rejoin::stream::Event;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    common::logs();
+    for records in [false, true] {
+        let mut c = config(Version::V2, true, records);
+        c.idle_timeout = Some(Duration::from_millis(600));
+        let listener = Listener::bind("127.0.0.1:0", c.clone()).await.unwrap();
+        let proxy = CutProxy::start(
+            "127.0.0.1:0".parse().unwrap(),
+            listener.local_addr().unwrap(),
+            ProxyConfig::default(),
+        )
+        .await
+        .unwrap();
+        let mut client = stream::connect(proxy.local_addr().to_string(), c)
+            .await
+            .unwrap();
+        let mut server = listener.accept().await.unwrap();
+        let mut client_events = client.events();
+        let mut server_events = server.events();
+        assert_eq!(proxy.cut_all(CutKind::Silent), 1);
+        let resumed = timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(Event::Resumed { .. }) = client_events.recv().await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            resumed.is_ok(),
+            "records={records}: client resumed after the silence"
+        );
+        if records {
+            let noticed = timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Ok(Event::Disconnected { .. } | Event::Resumed { .. }) =
+                        server_events.recv().await
+                    {
+                        return;
+                    }
+                }
+            })
+            .await;
+            assert!(noticed.is_ok(), "server noticed too");
+        }
+        client.write_all(b"after").await.unwrap();
+        let mut buf = [0u8; 5];
+        timeout(Duration::from_secs(10), server.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"after");
+    }
+}

@@ -1,0 +1,400 @@
+//! Hostile and broken peers against the listener: refused reconnects that
+//! leave the real session usable, handshake abuse, half-open floods and
+//! limits. The server must go on serving everyone else, with bounded memory.
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rejoin::proto::auth::reconnect_tag;
+use rejoin::proto::message::{ClientHello, ReconnectRequest};
+use rejoin::proto::{
+    ClientHandshake, ClientResume, Error as ProtoError, Key, Params, Session, Version,
+};
+use rejoin::stream::{self, Config, Listener, Stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A protocol client driven by hand over a bare socket, so tests can forge
+/// what a real client never sends.
+struct Raw {
+    io: TcpStream,
+    session: Session,
+    input: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr, params: Params) -> Raw {
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        let mut hs = ClientHandshake::new(params, false, &mut StdRng::seed_from_u64(3));
+        let mut input = BytesMut::new();
+        loop {
+            if let Some(out) = hs.poll_transmit() {
+                io.write_all(&out).await.unwrap();
+            }
+            if let Some(session) = hs.poll_outcome() {
+                return Raw { io, session, input };
+            }
+            assert!(io.read_buf(&mut input).await.unwrap() > 0);
+            hs.handle_input(&mut input).unwrap();
+        }
+    }
+
+    async fn send(&mut self, data: &[u8]) {
+        assert_eq!(self.session.handle_write(data), data.len());
+        let (a, b) = self.session.poll_transmit();
+        let wire = [a, b].concat();
+        self.session.handle_transmitted(wire.len());
+        self.io.write_all(&wire).await.unwrap();
+    }
+
+    async fn recv(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut buf = [0u8; 4096];
+            let got = timeout(LIMIT, self.io.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(got > 0, "session connection closed");
+            out.extend_from_slice(self.session.handle_input(&mut buf[..got]));
+        }
+        out
+    }
+
+    /// A reconnect request for this session with chosen counts and key.
+    fn request(&self, write_count: u64, read_count: u64, key: &Key) -> ReconnectRequest {
+        ReconnectRequest {
+            id: self.session.id(),
+            write_count,
+            read_count,
+            tag: reconnect_tag(self.session.id(), write_count, read_count, key),
+        }
+    }
+}
+
+/// Sends `hello` on a fresh connection and returns everything the server
+/// says before it closes (bounded by LIMIT).
+async fn reply_to(addr: SocketAddr, version: Version, hello: &ClientHello) -> Vec<u8> {
+    let mut io = TcpStream::connect(addr).await.unwrap();
+    let mut bytes = Vec::new();
+    hello.encode(version, &mut bytes);
+    io.write_all(&bytes).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = timeout(LIMIT, io.read_to_end(&mut reply)).await.unwrap();
+    reply
+}
+
+async fn echo_listener(config: Config) -> (SocketAddr, std::sync::Arc<Listener>) {
+    let listener = std::sync::Arc::new(Listener::bind("127.0.0.1:0", config).await.unwrap());
+    let addr = listener.local_addr().unwrap();
+    let accepting = listener.clone();
+    tokio::spawn(async move {
+        while let Ok(stream) = accepting.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, listener)
+}
+
+/// The reference implementation's refusal cases. Each forged reconnect gets
+/// the v2 refusal (24 zero bytes), which a client reads as a clear error,
+/// and the real session goes on as if nothing happened.
+#[tokio::test]
+async fn refused_reconnects_leave_the_session_alone() {
+    common::logs();
+    let mut config = Config::default();
+    // A small history, so "counts beyond the history" is reachable.
+    config.socket_buffer = 4096;
+    config.path_buffer = 0;
+    config.history = 32 << 10;
+    let (addr, listener) = echo_listener(config.clone()).await;
+    // The raw client keeps a normal history; only the server's is small.
+    let mut raw = Raw::connect(addr, Config::default().params()).await;
+    raw.send(b"ping").await;
+    assert_eq!(raw.recv(4).await, b"ping");
+    // Server: wc = 4, rc = 4. Client: wc = 4, rc = 4.
+    let key = *raw.session.key();
+    let wrong_key = Key(*b"notthe!!");
+    let cases: Vec<(&str, ReconnectRequest)> = vec![
+        ("wrong write count", raw.request(2, 4, &key)),
+        ("wrong read count", raw.request(4, 9, &key)),
+        ("wrong key", raw.request(4, 4, &wrong_key)),
+        ("unknown conn ID", {
+            let mut r = raw.request(4, 4, &key);
+            r.id ^= 0x5a5a;
+            r.tag = reconnect_tag(r.id, 4, 4, &key);
+            r
+        }),
+    ];
+    for (name, request) in cases {
+        let reply = reply_to(addr, Version::V2, &ClientHello::Reconnect(request)).await;
+        assert_eq!(reply, [0u8; 24], "{name}: refused with 24 zero bytes");
+        // What a client makes of it: a clear error.
+        let mut resume = ClientResume::new(&raw.session);
+        let _ = resume.poll_transmit();
+        let mut input = BytesMut::from(&reply[..]);
+        assert_eq!(
+            resume.handle_input(&mut input),
+            Err(ProtoError::Refused),
+            "{name}"
+        );
+        // And the real session is untouched.
+        raw.send(name.as_bytes()).await;
+        assert_eq!(
+            raw.recv(name.len()).await,
+            name.as_bytes(),
+            "{name}: session usable"
+        );
+    }
+
+    // Counts beyond the history: the server echoes 100 KiB that we do not
+    // read, so what it would have to resend from our read count is gone.
+    let big = vec![7u8; 100 << 10];
+    raw.send(&big).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = raw.session.read_count();
+    let stale = raw.request(raw.session.write_count(), before, &key);
+    let reply = reply_to(addr, Version::V2, &ClientHello::Reconnect(stale)).await;
+    assert_eq!(reply, [0u8; 24], "history too short: refused");
+    assert_eq!(raw.recv(big.len()).await, big, "session still usable");
+    assert_eq!(listener.stats().refused, 5);
+    assert_eq!(listener.stats().sessions, 1);
+}
+
+/// A real session that keeps echoing while others misbehave.
+async fn bystander(addr: SocketAddr, config: Config) -> Stream {
+    let mut s = stream::connect(addr.to_string(), config).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).await.unwrap();
+    s
+}
+
+async fn still_serving(s: &mut Stream, addr: SocketAddr, config: &Config) {
+    s.write_all(b"still").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(LIMIT, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"still");
+    let mut fresh = bystander(addr, config.clone()).await;
+    fresh.write_all(b"x").await.unwrap();
+}
+
+/// Sends raw bytes on a fresh connection; returns how long the server took to
+/// close it, and what it sent.
+async fn close_time(addr: SocketAddr, bytes: &[u8]) -> (Duration, Vec<u8>) {
+    let start = Instant::now();
+    let mut io = TcpStream::connect(addr).await.unwrap();
+    io.write_all(bytes).await.unwrap();
+    let mut reply = Vec::new();
+    let r = timeout(LIMIT, io.read_to_end(&mut reply))
+        .await
+        .expect("server closes");
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset)
+    );
+    (start.elapsed(), reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_abuse_is_refused_cleanly() {
+    common::logs();
+    let mut config = Config::default();
+    config.handshake_timeout = Duration::from_secs(1);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut real = bystander(addr, config.clone()).await;
+    let established = listener.stats().established;
+
+    let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
+    let (t, _) = close_time(addr, &garbage).await;
+    assert!(
+        t < Duration::from_millis(900),
+        "garbage closed at once ({t:?})"
+    );
+
+    let (t, reply) = close_time(addr, &[0x42; 9]).await;
+    assert!(
+        t < Duration::from_millis(900) && reply.is_empty(),
+        "bad type byte"
+    );
+
+    let mut zero_key = vec![0x00];
+    zero_key.extend_from_slice(&0u64.to_le_bytes());
+    let (t, reply) = close_time(addr, &zero_key).await;
+    assert!(
+        t < Duration::from_millis(900) && reply.is_empty(),
+        "zero key"
+    );
+    let mut p_minus_one = vec![0x00];
+    p_minus_one.extend_from_slice(&(rejoin::proto::dh::P - 1).to_le_bytes());
+    let (_, reply) = close_time(addr, &p_minus_one).await;
+    assert!(reply.is_empty(), "p - 1 refused");
+
+    // A hello, then no answer: closed by the handshake timeout.
+    let mut hello = vec![0x00];
+    hello.extend_from_slice(&12345u64.to_le_bytes());
+    let (t, reply) = close_time(addr, &hello).await;
+    assert_eq!(reply.len(), 24, "welcome sent");
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_secs(5),
+        "missing MD5 ({t:?})"
+    );
+
+    // A hello and a wrong answer: closed at once (the server may close
+    // before its welcome goes out, having read both together).
+    let mut wrong = hello.clone();
+    wrong.extend_from_slice(&[9u8; 16]);
+    let (t, reply) = close_time(addr, &wrong).await;
+    assert!(reply.len() == 24 || reply.is_empty());
+    assert!(t < Duration::from_millis(900), "wrong MD5 ({t:?})");
+
+    // A reconnect for a session that does not exist.
+    let mut unknown = vec![0xFF];
+    unknown.extend_from_slice(&[0x33; 40]);
+    let (_, reply) = close_time(addr, &unknown).await;
+    assert_eq!(reply, [0u8; 24], "unknown conn ID refused");
+
+    assert_eq!(
+        listener.stats().established,
+        established,
+        "no session came of any of it"
+    );
+    still_serving(&mut real, addr, &config).await;
+}
+
+#[tokio::test]
+async fn v1_abuse_is_refused_cleanly() {
+    let mut config = Config::default();
+    config.version = Version::V1;
+    let (addr, _listener) = echo_listener(config.clone()).await;
+    let mut real = bystander(addr, config.clone()).await;
+    let mut bad_padding = [0u8; 40];
+    bad_padding[8] = 5;
+    bad_padding[30] = 1;
+    let (_, reply) = close_time(addr, &bad_padding).await;
+    assert!(reply.is_empty(), "bad padding");
+    let (_, reply) = close_time(addr, &[0x77; 40]).await;
+    assert!(reply.is_empty(), "unknown ID: v1 refuses by closing");
+    still_serving(&mut real, addr, &config).await;
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1,000 connections that never say anything are all closed by the
+/// handshake timeout, and cost little memory while they are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_half_open_connections_are_closed() {
+    common::logs();
+    let mut config = Config::default();
+    config.handshake_timeout = Duration::from_secs(2);
+    config.max_handshakes = 2000;
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut real = bystander(addr, config.clone()).await;
+    let before = rss_kib();
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..100 {
+        if listener.stats().handshakes == 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listener.stats().handshakes, 1000, "all held as handshakes");
+    let grown = rss_kib().saturating_sub(before);
+    println!("1000 half-open connections: RSS grew by {grown} KiB");
+    assert!(grown < 16 << 10, "memory bounded: grew {grown} KiB");
+    still_serving(&mut real, addr, &config).await;
+
+    let started = Instant::now();
+    for mut io in idle {
+        let mut buf = [0u8; 1];
+        let n = timeout(Duration::from_secs(10), io.read(&mut buf))
+            .await
+            .expect("closed by the handshake timeout");
+        assert!(matches!(n, Ok(0) | Err(_)));
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed within the timeout ({waited:?})"
+    );
+    assert_eq!(listener.stats().handshakes, 0);
+    assert!(listener.stats().failed >= 1000);
+    still_serving(&mut real, addr, &config).await;
+}
+
+#[tokio::test]
+async fn handshake_limit_sheds_the_excess_at_once() {
+    let mut config = Config::default();
+    config.max_handshakes = 10;
+    config.handshake_timeout = Duration::from_secs(5);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..100 {
+        if listener.stats().handshakes == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (t, _) = close_time(addr, &[]).await;
+    assert!(t < Duration::from_secs(1), "shed at once");
+    assert!(listener.stats().shed >= 1);
+    drop(held);
+}
+
+#[tokio::test]
+async fn parked_limit_ends_the_excess() {
+    let mut config = Config::default();
+    config.max_parked = 2;
+    config.reconnect_wait = Duration::from_secs(20);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut raws = Vec::new();
+    for _ in 0..3 {
+        raws.push(Raw::connect(addr, config.params()).await);
+    }
+    for _ in 0..100 {
+        if listener.stats().sessions == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Break all three links: two park, the third is over the limit.
+    drop(raws);
+    for _ in 0..200 {
+        let s = listener.stats();
+        if s.parked == 2 && s.sessions == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = listener.stats();
+    assert_eq!((s.parked, s.sessions), (2, 2));
+}
