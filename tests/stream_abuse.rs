@@ -28,7 +28,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 struct Raw {
     io: TcpStream,
     session: Session,
-    input: BytesMut,
 }
 
 impl Raw {
@@ -41,7 +40,8 @@ impl Raw {
                 io.write_all(&out).await.unwrap();
             }
             if let Some(session) = hs.poll_outcome() {
-                return Raw { io, session, input };
+                assert!(input.is_empty(), "the server sends nothing before our answer");
+                return Raw { io, session };
             }
             assert!(io.read_buf(&mut input).await.unwrap() > 0);
             hs.handle_input(&mut input).unwrap();
