@@ -73,7 +73,8 @@ async fn handshake<D: Dialer>(dialer: &D, config: &Config) -> Result<First<D::Io
         if io.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "server closed the connection during the handshake",
+                "server closed the connection during the handshake \
+                 (protocol versions differ, or not an snet server?)",
             )
             .into());
         }

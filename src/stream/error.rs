@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::proto;
 
 /// Why a stream failed. At the `AsyncRead`/`AsyncWrite` boundary it becomes an
-/// [`io::Error`] with a matching [`io::ErrorKind`] and this as its source;
-/// [`Error::from_io`] gets it back.
+/// [`io::Error`] with a matching [`io::ErrorKind`] and this inside;
+/// [`Error::from_io`] gets it back. Messages include their cause.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -32,7 +32,7 @@ pub enum Error {
     },
     /// The handshake failed: wrong key, bad public key, garbage.
     #[error("handshake failed: {0}")]
-    Handshake(#[source] proto::Error),
+    Handshake(proto::Error),
     /// The handshake did not complete in time.
     #[error("handshake timed out after {0:?}")]
     HandshakeTimeout(Duration),
@@ -41,7 +41,7 @@ pub enum Error {
     LimitReached(&'static str),
     /// The peer broke the protocol after the handshake.
     #[error("protocol violation: {0}")]
-    Protocol(#[source] proto::Error),
+    Protocol(proto::Error),
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] super::ConfigError),
@@ -51,7 +51,7 @@ pub enum Error {
     Closed,
     /// The transport failed where no retry applies (the first connection).
     #[error("transport: {0}")]
-    Transport(#[source] Arc<io::Error>),
+    Transport(Arc<io::Error>),
 }
 
 impl Error {

@@ -1,0 +1,49 @@
+//! Echoes every byte of every session until killed.
+//!
+//! ```sh
+//! cargo run --release --example echo_server -- --listen 127.0.0.1:0 [--v1] [--plain]
+//! ```
+//!
+//! The first line on stdout is `listening on HOST:PORT`.
+
+use std::io::Write;
+
+use clap::Parser;
+use rejoin::proto::Version;
+use rejoin::stream::{Config, Listener};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Parser)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long)]
+    listen: String,
+    /// Speak snet protocol v1 instead of v2.
+    #[arg(long)]
+    v1: bool,
+    /// Send data in clear (RC4 off).
+    #[arg(long)]
+    plain: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = Config::default();
+    config.version = if args.v1 { Version::V1 } else { Version::V2 };
+    config.encrypt = !args.plain;
+    let listener = Listener::bind(&args.listen, config).await?;
+    let addr = listener
+        .local_addr()
+        .ok_or_else(|| anyhow::anyhow!("listener has no address"))?;
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    loop {
+        let stream = listener.accept().await?;
+        tokio::spawn(async move {
+            let (mut r, mut w) = stream.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
