@@ -82,9 +82,9 @@ async fn run(args: Args) -> anyhow::Result<String> {
     while checked < total {
         let n = CHUNK.min((total - checked) as usize);
         fill(&mut rng, &mut want[..n]);
-        r.read_exact(&mut got[..n]).await.map_err(|e| {
-            anyhow::anyhow!("after {checked} of {total} bytes: {e}")
-        })?;
+        r.read_exact(&mut got[..n])
+            .await
+            .map_err(|e| anyhow::anyhow!("after {checked} of {total} bytes: {e}"))?;
         if let Some(i) = (0..n).find(|&i| got[i] != want[i]) {
             anyhow::bail!("byte {} differs from what was sent", checked + i as u64);
         }

@@ -40,7 +40,10 @@ impl Raw {
                 io.write_all(&out).await.unwrap();
             }
             if let Some(session) = hs.poll_outcome() {
-                assert!(input.is_empty(), "the server sends nothing before our answer");
+                assert!(
+                    input.is_empty(),
+                    "the server sends nothing before our answer"
+                );
                 return Raw { io, session };
             }
             assert!(io.read_buf(&mut input).await.unwrap() > 0);

@@ -1,0 +1,3 @@
+//! The subcommands of the `rejoin` binary.
+
+pub mod demo;
