@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use super::say;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rejoin::chaos::{CutProxy, Plan, ProxyConfig, ProxyStats};
@@ -76,14 +78,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    println!("rejoin demo: a resumable stream through a link that keeps breaking\n");
-    println!("  server  {server_addr}  echoes everything it receives");
-    println!(
+    say!("rejoin demo: a resumable stream through a link that keeps breaking\n");
+    say!("  server  {server_addr}  echoes everything it receives");
+    say!(
         "  proxy   {}  cuts the link every 2-6 MiB: resets, and silent drops (no FIN, no RST,\n\
          \x20                         noticed after 1 s of silence)",
         proxy.local_addr()
     );
-    println!(
+    say!(
         "  client  streams {} through the proxy and checks every byte that comes back\n",
         mib(args.bytes)
     );
@@ -117,7 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                println!(
+                say!(
                     "  [{:>5.1}s] {:>10} echoed and verified, survived {}",
                     started.elapsed().as_secs_f64(),
                     mib(verified.load(Ordering::Relaxed)),
@@ -144,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _w = writer.await??;
     ticker.abort();
     let stats = handle.stats();
-    println!(
+    say!(
         "\nverified: {} sent and echoed back intact in {:.1} s through {}; \
          the client resumed {} and resent {}",
         mib(total),

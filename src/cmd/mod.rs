@@ -1,3 +1,21 @@
 //! The subcommands of the `rejoin` binary.
 
 pub mod demo;
+
+/// Prints a line to stdout. If stdout is gone (`rejoin demo | head`), the
+/// command ends quietly instead of panicking as `println!` would.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// `println!` for the binary's output, through [`say`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cmd::say(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
