@@ -4,7 +4,7 @@ pub mod demo;
 
 /// Prints a line to stdout. If stdout is gone (`rejoin demo | head`), the
 /// command ends quietly instead of panicking as `println!` would.
-pub fn say(line: std::fmt::Arguments<'_>) {
+pub fn print_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
@@ -12,10 +12,10 @@ pub fn say(line: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` for the binary's output, through [`say`].
+/// `println!` for the binary's output, through [`print_line`].
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::cmd::say(format_args!($($arg)*))
+        $crate::cmd::print_line(format_args!($($arg)*))
     };
 }
 pub(crate) use say;
