@@ -327,3 +327,45 @@ async fn bad_configs_are_refused_up_front() {
     assert!(err.to_string().contains("history"), "{err}");
     assert!(Listener::bind("127.0.0.1:0", c).await.is_err());
 }
+
+#[test]
+fn stream_types_are_send_unpin_static() {
+    fn check<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>() {}
+    fn half<T: Unpin + Send + 'static>() {}
+    check::<Stream>();
+    half::<stream::ReadHalf>();
+    half::<stream::WriteHalf>();
+    half::<stream::Handle>();
+}
+
+/// A client whose server is gone for good stops redialling after `give_up`
+/// and says so.
+#[tokio::test]
+async fn client_gives_up_when_the_server_is_gone() {
+    let mut c = Config::default();
+    c.redial.give_up = Some(Duration::from_millis(500));
+    c.redial.max = Duration::from_millis(100);
+    let (listener, mut client, server) = pair(&c).await;
+    let mut events = client.events();
+    drop(server);
+    drop(listener);
+    let mut buf = [0u8; 1];
+    let err = timeout(LIMIT, client.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_err();
+    // The listener went away with its sessions: either the last redial
+    // reached a closing socket or none answered at all.
+    assert!(
+        matches!(
+            Error::from_io(&err),
+            Some(Error::GaveUp(_) | Error::Refused)
+        ),
+        "{err}"
+    );
+    let mut saw_disconnect = false;
+    while let Ok(e) = events.try_recv() {
+        saw_disconnect |= matches!(e, Event::Disconnected { .. });
+    }
+    assert!(saw_disconnect);
+}
