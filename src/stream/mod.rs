@@ -35,3 +35,8 @@ pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};
 pub use transport::{Dialed, Dialer, SocketOptions, TcpDialer};
+
+/// The code in `docs/stream.md`, compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/stream.md")]
+pub struct Guide;
