@@ -19,3 +19,4 @@
 pub mod chaos;
 pub mod proto;
 pub mod stream;
+pub mod tunnel;

@@ -84,6 +84,15 @@ impl Handle {
         self.shared.state.lock().peer
     }
 
+    /// A 32-byte value that both ends of this session compute alike and
+    /// that differs for every other session: SHA-256 over a label, the
+    /// session key and the conn ID. Bind an authentication exchange to it,
+    /// and a man in the middle (who must run two sessions) cannot relay it.
+    /// It is not secret from anyone who broke the key (see `PROTOCOL.md`).
+    pub fn binding(&self) -> [u8; 32] {
+        self.shared.binding
+    }
+
     /// A snapshot of the session's counters.
     pub fn stats(&self) -> Stats {
         self.shared.state.lock().stats()
@@ -275,9 +284,15 @@ impl AsyncWrite for WriteHalf {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    /// Takes as much of `bufs` as the history has room for, under one lock.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let mut wake = Wake::default();
         let poll = {
             let mut st = self.shared.state.lock();
@@ -286,21 +301,33 @@ impl AsyncWrite for WriteHalf {
             } else if st.write_shut {
                 Poll::Ready(Err(Error::Closed.into()))
             } else {
-                match st.write(buf) {
-                    0 => {
-                        st.write_waker = Some(cx.waker().clone());
-                        Poll::Pending
+                let mut total = 0;
+                for buf in bufs.iter().filter(|b| !b.is_empty()) {
+                    let n = st.write(buf);
+                    total += n;
+                    if n < buf.len() {
+                        break;
                     }
-                    n => {
+                }
+                if total == 0 && bufs.iter().any(|b| !b.is_empty()) {
+                    // No room in the history: the driver wakes us when there is.
+                    st.write_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    if total > 0 {
                         st.flushed = false;
                         st.take_driver_waker(&mut wake);
-                        Poll::Ready(Ok(n))
                     }
+                    Poll::Ready(Ok(total))
                 }
             }
         };
         wake.fire();
         poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -386,6 +413,18 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

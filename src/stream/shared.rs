@@ -271,15 +271,25 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub events: broadcast::Sender<Event>,
     pub id: u64,
+    /// A value both ends of this session, and nobody else's session, share.
+    pub binding: [u8; 32],
 }
 
 impl Shared {
     pub fn new(state: State) -> Self {
+        use sha2::{Digest, Sha256};
         let id = state.session.id();
+        let binding = Sha256::new()
+            .chain_update(b"rejoin channel binding v1")
+            .chain_update(state.session.key().as_bytes())
+            .chain_update(id.to_le_bytes())
+            .finalize()
+            .into();
         Shared {
             state: Mutex::new(state),
             events: broadcast::channel(64).0,
             id,
+            binding,
         }
     }
 

@@ -1,0 +1,9 @@
+//! The reverse tunnel: services behind NAT published on a public server, over
+//! one resumable stream per client.
+
+pub mod auth;
+pub mod bridge;
+pub mod client;
+pub mod frame;
+pub mod mux;
+pub mod server;

@@ -1,0 +1,760 @@
+//! Many tunnel streams over one resumable stream.
+//!
+//! Three tasks per session:
+//!
+//! - the **reader** decodes frames and dispatches them; it never waits on a
+//!   tunnel stream (each stream's inbound data is bounded by the credit the
+//!   stream granted), so one stalled visitor never stalls the others;
+//! - the **writer** sends queued frames. Two queues: frames that open, carry
+//!   or end a stream (OPEN, DATA, FIN, RESET and their UDP kin) keep their
+//!   order in one; WINDOW, PING, PONG and session frames go in the other and
+//!   jump ahead, so credit and liveness never wait behind bulk data;
+//! - the **pinger** sends a PING every interval, and when nothing at all has
+//!   arrived for the ping timeout it forces the underlying stream to
+//!   reconnect: a silently dead link is replaced, not waited on.
+//!
+//! Flow control is credit-based: a sender may have at most `window` bytes of
+//! DATA outstanding per stream; the receiver grants more (WINDOW) as its side
+//! writes them out. A peer that sends beyond its credit has the stream reset.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::frame::{Frame, MAX_STREAM};
+use crate::stream::{Handle, ReadHalf, Stream, WriteHalf};
+
+/// Which end of the link this is; it decides stream id parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The tunnel client: opens odd ids.
+    Client,
+    /// The tunnel server: opens even ids.
+    Server,
+}
+
+impl Side {
+    fn first_id(self) -> u32 {
+        match self {
+            Side::Client => 1,
+            Side::Server => 2,
+        }
+    }
+
+    /// Whether `id` belongs to the ids the *other* side opens.
+    fn is_peers(self, id: u32) -> bool {
+        (id % 2 == 1) == (self == Side::Server)
+    }
+}
+
+/// Settings of the multiplexer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MuxConfig {
+    /// Per-stream receive window: the most DATA bytes a peer may send ahead of
+    /// what this side has written out. Buffered memory per stream is bounded
+    /// by it. Default 1 MiB.
+    pub window: u32,
+    /// How often to PING. Default 5 s.
+    pub ping_interval: Duration,
+    /// Silence after which the link is declared dead and the stream forced
+    /// to reconnect. Default 15 s.
+    pub ping_timeout: Duration,
+    /// The most streams (and UDP associations) open at once. Default 65,536.
+    pub max_streams: usize,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            window: 1 << 20,
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(15),
+            max_streams: 65_536,
+        }
+    }
+}
+
+/// Why a mux ended.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// The peer said goodbye.
+    Goodbye(String),
+    /// We said goodbye.
+    Closed(String),
+    /// The stream ended: closed by the peer, refused, expired.
+    Stream(String),
+    /// The peer broke the framing.
+    Protocol(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Goodbye(r) => write!(f, "peer said goodbye: {r}"),
+            End::Closed(r) => write!(f, "closed: {r}"),
+            End::Stream(r) => write!(f, "link ended: {r}"),
+            End::Protocol(r) => write!(f, "protocol error: {r}"),
+        }
+    }
+}
+
+/// What arrives on a tunnel stream.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Bytes.
+    Data(Bytes),
+    /// The peer will send no more.
+    Fin,
+    /// The stream is aborted.
+    Reset,
+}
+
+/// Per-stream state shared by the mux and the stream's user.
+pub(crate) struct Slot {
+    inbound: mpsc::UnboundedSender<Inbound>,
+    /// Bytes we may still send.
+    credit: AtomicU32,
+    credit_changed: Notify,
+    /// Bytes received and not yet granted back.
+    unacked: AtomicU32,
+    /// This side sent FIN.
+    fin_sent: AtomicBool,
+    /// The peer's FIN arrived.
+    fin_received: AtomicBool,
+}
+
+/// What the mux hands to the session above it.
+#[derive(Debug)]
+pub enum Event {
+    /// A session frame (login, publishing, UDP).
+    Control(Frame),
+    /// The peer opened a stream.
+    Open {
+        /// The stream.
+        stream: MuxStream,
+        /// The service.
+        index: u16,
+        /// The visitor.
+        visitor: SocketAddr,
+    },
+}
+
+struct Table {
+    slots: HashMap<u32, Arc<Slot>>,
+    next: u32,
+}
+
+pub(crate) struct Shared {
+    side: Side,
+    config: MuxConfig,
+    table: Mutex<Table>,
+    control: mpsc::UnboundedSender<Frame>,
+    data: mpsc::UnboundedSender<Frame>,
+    end: watch::Sender<Option<End>>,
+    handle: Handle,
+    /// Milliseconds since `epoch` when the last bytes arrived.
+    last_rx: AtomicU64,
+    epoch: Instant,
+}
+
+/// A handle on a running mux; cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux")
+            .field("side", &self.shared.side)
+            .finish()
+    }
+}
+
+/// One tunnel stream, for its user (a bridge to a socket).
+pub struct MuxStream {
+    id: u32,
+    slot: Arc<Slot>,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+    mux: Arc<Shared>,
+    /// Bytes written out since the last grant.
+    consumed: u32,
+    /// Reset by either side.
+    reset: bool,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxStream").field("id", &self.id).finish()
+    }
+}
+
+impl Mux {
+    /// Runs a mux over `stream`; session events arrive on the receiver.
+    pub fn start(stream: Stream, side: Side, config: MuxConfig) -> (Mux, mpsc::Receiver<Event>) {
+        let handle = stream.handle();
+        let (read, write) = stream.into_split();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (data, data_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared {
+            side,
+            table: Mutex::new(Table {
+                slots: HashMap::new(),
+                next: side.first_id(),
+            }),
+            config,
+            control,
+            data,
+            end: watch::channel(None).0,
+            handle,
+            last_rx: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let reader = tokio::spawn(reader(shared.clone(), read, events));
+        let writer = tokio::spawn(writer(shared.clone(), write, control_rx, data_rx));
+        let pinger = tokio::spawn(pinger(shared.clone()));
+        let watcher = shared.clone();
+        tokio::spawn(async move {
+            let mut end = watcher.end.subscribe();
+            let _ = end.wait_for(Option::is_some).await;
+            // The writer finishes on its own (it sends a pending goodbye).
+            reader.abort();
+            pinger.abort();
+            watcher.reset_all();
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        });
+        (Mux { shared }, events_rx)
+    }
+
+    /// The underlying stream's handle.
+    pub fn stream(&self) -> &Handle {
+        &self.shared.handle
+    }
+
+    /// Queues a session frame.
+    pub fn send(&self, frame: Frame) {
+        let _ = self.shared.control.send(frame);
+    }
+
+    /// Opens a stream to the peer for a visitor of service `index`.
+    pub fn open(&self, index: u16, visitor: SocketAddr) -> Result<MuxStream, &'static str> {
+        let (id, stream) = self.shared.register(None)?;
+        let _ = self.shared.data.send(Frame::Open { id, index, visitor });
+        Ok(stream)
+    }
+
+    /// Sends GOODBYE and ends the mux.
+    pub fn goodbye(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.send(Frame::Goodbye {
+            reason: reason.clone(),
+        });
+        self.shared.finish(End::Closed(reason));
+    }
+
+    /// Waits until the mux has ended, and says why.
+    pub async fn ended(&self) -> End {
+        let mut end = self.shared.end.subscribe();
+        match end.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| End::Closed("ended".into())),
+            Err(_) => End::Closed("ended".into()),
+        }
+    }
+
+    /// Waits until the underlying stream has closed (after a goodbye, once
+    /// everything queued went out).
+    pub async fn stream_closed(&self) {
+        let mut events = self.shared.handle.events();
+        while self.shared.handle.ended().is_none() {
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = events.recv().await {
+                return;
+            }
+        }
+    }
+
+    /// Whether the mux has ended.
+    pub fn is_ended(&self) -> bool {
+        self.shared.end.borrow().is_some()
+    }
+
+    /// Streams open now.
+    pub fn streams(&self) -> usize {
+        self.shared.table.lock().slots.len()
+    }
+}
+
+impl Shared {
+    /// Ends the mux (first reason wins).
+    fn finish(&self, end: End) {
+        self.end.send_if_modified(|e| {
+            if e.is_some() {
+                return false;
+            }
+            *e = Some(end);
+            true
+        });
+    }
+
+    fn touch(&self) {
+        self.last_rx
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silence(&self) -> Duration {
+        let last = Duration::from_millis(self.last_rx.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Registers a stream: ours (`peer_id` None: allocate an id) or the
+    /// peer's (`Some(id)`).
+    fn register(self: &Arc<Self>, peer_id: Option<u32>) -> Result<(u32, MuxStream), &'static str> {
+        let mut table = self.table.lock();
+        if table.slots.len() >= self.config.max_streams {
+            return Err("too many streams");
+        }
+        let id = match peer_id {
+            Some(id) => {
+                if !self.side.is_peers(id) || table.slots.contains_key(&id) {
+                    return Err("stream id in use or of the wrong parity");
+                }
+                id
+            }
+            None => loop {
+                let id = table.next;
+                table.next = if id + 2 > MAX_STREAM {
+                    self.side.first_id()
+                } else {
+                    id + 2
+                };
+                if !table.slots.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slot = Arc::new(Slot {
+            inbound: tx,
+            credit: AtomicU32::new(self.config.window),
+            credit_changed: Notify::new(),
+            unacked: AtomicU32::new(0),
+            fin_sent: AtomicBool::new(false),
+            fin_received: AtomicBool::new(false),
+        });
+        table.slots.insert(id, slot.clone());
+        Ok((
+            id,
+            MuxStream {
+                id,
+                slot,
+                inbound: rx,
+                mux: self.clone(),
+                consumed: 0,
+                reset: false,
+            },
+        ))
+    }
+
+    /// Marks one direction of stream `id` finished. Once both are, the slot
+    /// goes at once, under the table lock, so an id the peer reuses after
+    /// seeing our FIN is never still taken here.
+    fn half_close(&self, id: u32, slot: &Arc<Slot>, ours: bool) {
+        let mut table = self.table.lock();
+        let (mine, theirs) = if ours {
+            (&slot.fin_sent, &slot.fin_received)
+        } else {
+            (&slot.fin_received, &slot.fin_sent)
+        };
+        mine.store(true, Ordering::Relaxed);
+        if theirs.load(Ordering::Relaxed) {
+            remove_if_same(&mut table, id, slot);
+        }
+    }
+
+    fn slot(&self, id: u32) -> Option<Arc<Slot>> {
+        self.table.lock().slots.get(&id).cloned()
+    }
+
+    fn remove(&self, id: u32, slot: &Arc<Slot>) {
+        remove_if_same(&mut self.table.lock(), id, slot);
+    }
+
+    /// Aborts every stream (the mux ended).
+    fn reset_all(&self) {
+        let slots: Vec<_> = self.table.lock().slots.drain().collect();
+        for (_, slot) in slots {
+            let _ = slot.inbound.send(Inbound::Reset);
+            slot.credit_changed.notify_one();
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, frame: Frame) -> Result<Option<Event>, End> {
+        match frame {
+            Frame::Data { id, payload } => {
+                let Some(slot) = self.slot(id) else {
+                    debug!(id, "data for an unknown stream");
+                    return Ok(None);
+                };
+                let unacked = slot
+                    .unacked
+                    .fetch_add(payload.len() as u32, Ordering::Relaxed)
+                    + payload.len() as u32;
+                if unacked > self.config.window {
+                    warn!(id, unacked, "peer overran the stream window; stream reset");
+                    self.remove(id, &slot);
+                    let _ = slot.inbound.send(Inbound::Reset);
+                    let _ = self.data.send(Frame::Reset { id });
+                    return Ok(None);
+                }
+                // Copy out, so a stalled stream pins only its own bytes and
+                // not the reader's whole buffer.
+                let _ = slot
+                    .inbound
+                    .send(Inbound::Data(Bytes::copy_from_slice(&payload)));
+            }
+            Frame::Window { id, increment } => {
+                if let Some(slot) = self.slot(id) {
+                    let credit = slot.credit.load(Ordering::Relaxed);
+                    if u64::from(credit) + u64::from(increment) > u64::from(self.config.window) * 4
+                    {
+                        return Err(End::Protocol(format!(
+                            "stream {id}: window grown beyond any credit granted"
+                        )));
+                    }
+                    slot.credit.fetch_add(increment, Ordering::Relaxed);
+                    slot.credit_changed.notify_one();
+                }
+            }
+            Frame::Fin { id } => {
+                if let Some(slot) = self.slot(id) {
+                    self.half_close(id, &slot, false);
+                    let _ = slot.inbound.send(Inbound::Fin);
+                }
+            }
+            Frame::Reset { id } => {
+                if let Some(slot) = self.table.lock().slots.remove(&id) {
+                    let _ = slot.inbound.send(Inbound::Reset);
+                    slot.credit_changed.notify_one();
+                }
+            }
+            Frame::Open { id, index, visitor } => match self.register(Some(id)) {
+                Ok((_, stream)) => {
+                    return Ok(Some(Event::Open {
+                        stream,
+                        index,
+                        visitor,
+                    }));
+                }
+                Err(why) => {
+                    debug!(id, why, "open refused");
+                    let _ = self.data.send(Frame::Reset { id });
+                }
+            },
+            Frame::Ping { nonce } => {
+                let _ = self.control.send(Frame::Pong { nonce });
+            }
+            Frame::Pong { .. } => {}
+            Frame::Goodbye { reason } => return Err(End::Goodbye(reason)),
+            other => return Ok(Some(Event::Control(other))),
+        }
+        Ok(None)
+    }
+}
+
+async fn reader(shared: Arc<Shared>, mut read: ReadHalf, events: mpsc::Sender<Event>) {
+    let mut buf = BytesMut::with_capacity(128 << 10);
+    let end = 'read: loop {
+        loop {
+            let frame = match Frame::decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = shared.control.send(Frame::Goodbye {
+                        reason: format!("protocol error: {e}"),
+                    });
+                    break 'read End::Protocol(e.to_string());
+                }
+            };
+            match shared.dispatch(frame) {
+                Ok(None) => {}
+                Ok(Some(event)) => {
+                    if events.send(event).await.is_err() {
+                        break 'read End::Closed("session gone".into());
+                    }
+                }
+                Err(end) => break 'read end,
+            }
+        }
+        if buf.capacity() - buf.len() < 32 << 10 {
+            buf.reserve(128 << 10);
+        }
+        match read.read_buf(&mut buf).await {
+            Ok(0) => break End::Stream("closed by the peer".into()),
+            Ok(_) => shared.touch(),
+            Err(e) => break End::Stream(e.to_string()),
+        }
+    };
+    shared.finish(end);
+}
+
+/// Encoded frames waiting to be written, and their total size.
+#[derive(Default)]
+struct Outbox {
+    pieces: VecDeque<Bytes>,
+    bytes: usize,
+    headers: BytesMut,
+}
+
+impl Outbox {
+    fn push(&mut self, frame: Frame) {
+        // DATA payloads go out as they are, without a copy.
+        let (header, payload) = match frame {
+            Frame::Data { id, payload } => {
+                Frame::data_header(id, payload.len(), &mut self.headers);
+                (self.headers.split().freeze(), Some(payload))
+            }
+            other => {
+                other.encode(&mut self.headers);
+                (self.headers.split().freeze(), None)
+            }
+        };
+        self.bytes += header.len();
+        self.pieces.push_back(header);
+        if let Some(p) = payload {
+            self.bytes += p.len();
+            self.pieces.push_back(p);
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                let _ = front.split_to(n);
+                return;
+            }
+            n -= front.len();
+            self.pieces.pop_front();
+        }
+    }
+}
+
+/// Most bytes handed to the stream in one write (the stream encrypts under
+/// its lock; this keeps the lock short).
+const WRITE_BATCH: usize = 64 << 10;
+
+async fn writer(
+    shared: Arc<Shared>,
+    mut write: WriteHalf,
+    mut control: mpsc::UnboundedReceiver<Frame>,
+    mut data: mpsc::UnboundedReceiver<Frame>,
+) {
+    let mut out = Outbox::default();
+    let mut end = shared.end.subscribe();
+    loop {
+        if out.pieces.is_empty() {
+            let frame = tokio::select! {
+                biased;
+                f = control.recv() => f,
+                f = data.recv() => f,
+                _ = end.wait_for(Option::is_some) => {
+                    // Ended: send what is queued for control (a goodbye), then stop.
+                    while let Ok(f) = control.try_recv() {
+                        out.push(f);
+                    }
+                    if out.pieces.is_empty() {
+                        break;
+                    }
+                    None
+                }
+            };
+            match frame {
+                Some(f) => out.push(f),
+                None if out.pieces.is_empty() => break,
+                None => {}
+            }
+        }
+        while out.bytes < WRITE_BATCH {
+            match control.try_recv().or_else(|_| data.try_recv()) {
+                Ok(f) => out.push(f),
+                Err(_) => break,
+            }
+        }
+        let slices: Vec<IoSlice<'_>> = out
+            .pieces
+            .iter()
+            .take(64)
+            .map(|p| IoSlice::new(p))
+            .collect();
+        match write.write_vectored(&slices).await {
+            Ok(0) | Err(_) => {
+                shared.finish(End::Stream("stream closed for writing".into()));
+                return;
+            }
+            Ok(n) => out.advance(n),
+        }
+        if out.pieces.is_empty() && shared.end.borrow().is_some() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), write.flush()).await;
+}
+
+async fn pinger(shared: Arc<Shared>) {
+    shared.touch();
+    let mut nonce = 0u64;
+    loop {
+        tokio::time::sleep(shared.config.ping_interval).await;
+        nonce += 1;
+        let _ = shared.control.send(Frame::Ping { nonce });
+        let silence = shared.silence();
+        if silence >= shared.config.ping_timeout {
+            info!(?silence, "link silent; forcing a reconnect");
+            shared.handle.force_reconnect();
+            // Give the reconnect a full timeout before judging again.
+            shared.touch();
+        }
+    }
+}
+
+fn remove_if_same(table: &mut Table, id: u32, slot: &Arc<Slot>) {
+    if table.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+        table.slots.remove(&id);
+    }
+}
+
+impl MuxStream {
+    /// The stream's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Bytes this side may send now.
+    pub fn credit(&self) -> u32 {
+        self.slot.credit.load(Ordering::Relaxed)
+    }
+
+    /// A signal that fires when credit arrives, usable while the stream is
+    /// borrowed elsewhere (say, in another branch of a `select!`).
+    pub fn credit_signal(&self) -> CreditSignal {
+        CreditSignal {
+            id: self.id,
+            slot: self.slot.clone(),
+            mux: self.mux.clone(),
+        }
+    }
+
+    /// Sends data; `payload` must fit the credit (see [`MuxStream::credit`]).
+    pub fn send(&mut self, payload: Bytes) {
+        debug_assert!(payload.len() as u32 <= self.credit());
+        self.slot
+            .credit
+            .fetch_sub(payload.len() as u32, Ordering::Relaxed);
+        let _ = self.mux.data.send(Frame::Data {
+            id: self.id,
+            payload,
+        });
+    }
+
+    /// Tells the peer this side will send no more.
+    pub fn send_fin(&mut self) {
+        if self.reset || self.slot.fin_sent.load(Ordering::Relaxed) {
+            return;
+        }
+        self.mux.half_close(self.id, &self.slot, true);
+        let _ = self.mux.data.send(Frame::Fin { id: self.id });
+    }
+
+    /// The next thing the peer sent.
+    pub async fn recv(&mut self) -> Inbound {
+        let inbound = self.inbound.recv().await.unwrap_or(Inbound::Reset);
+        if let Inbound::Reset = inbound {
+            self.reset = true;
+        }
+        inbound
+    }
+
+    /// Records that `n` received bytes were written out, granting the peer
+    /// more credit once half the window is used (never after its FIN: no more
+    /// data is coming, and the id may be reused).
+    pub fn consumed(&mut self, n: usize) {
+        self.consumed += n as u32;
+        if self.consumed >= self.mux.config.window / 2
+            && !self.slot.fin_received.load(Ordering::Relaxed)
+        {
+            self.slot
+                .unacked
+                .fetch_sub(self.consumed, Ordering::Relaxed);
+            let _ = self.mux.control.send(Frame::Window {
+                id: self.id,
+                increment: self.consumed,
+            });
+            self.consumed = 0;
+        }
+    }
+
+    /// Whether both directions finished cleanly.
+    pub fn finished(&self) -> bool {
+        self.slot.fin_sent.load(Ordering::Relaxed) && self.slot.fin_received.load(Ordering::Relaxed)
+    }
+
+    /// Aborts the stream.
+    pub fn reset(&mut self) {
+        if self.reset || self.finished() {
+            return;
+        }
+        self.reset = true;
+        self.mux.remove(self.id, &self.slot);
+        let _ = self.mux.data.send(Frame::Reset { id: self.id });
+    }
+}
+
+/// See [`MuxStream::credit_signal`].
+pub struct CreditSignal {
+    id: u32,
+    slot: Arc<Slot>,
+    mux: Arc<Shared>,
+}
+
+impl CreditSignal {
+    /// Waits until there is credit to send, or the stream or mux is gone.
+    pub async fn wait(&self) {
+        while self.slot.credit.load(Ordering::Relaxed) == 0
+            && !self.mux.is_gone(self.id, &self.slot)
+        {
+            self.slot.credit_changed.notified().await;
+        }
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        // A stream dropped before both FINs were exchanged is aborted.
+        self.reset();
+    }
+}
+
+impl Shared {
+    /// Whether stream `id` is no longer this slot's (reset, or mux ended).
+    fn is_gone(&self, id: u32, slot: &Arc<Slot>) -> bool {
+        !self
+            .table
+            .lock()
+            .slots
+            .get(&id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+}
