@@ -24,6 +24,12 @@ enum Command {
     /// Run a self-contained demo on loopback: data keeps flowing while the
     /// link is cut again and again.
     Demo(cmd::demo::Args),
+    /// Run the tunnel server on a public host.
+    Server(cmd::server::Args),
+    /// Run the tunnel client behind NAT, publishing local services.
+    Client(cmd::client::Args),
+    /// Print a fresh random token.
+    Token,
 }
 
 /// Logs to stderr; `--log` wins over `RUST_LOG`, which wins over `default`.
@@ -39,13 +45,34 @@ fn init_logs(flag: Option<&str>, default: &str) {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Demo(args) => {
             init_logs(cli.log.as_deref(), "warn");
             runtime.block_on(cmd::demo::run(args))
+        }
+        Command::Server(args) => {
+            init_logs(cli.log.as_deref(), "info");
+            runtime.block_on(cmd::server::run(args))
+        }
+        Command::Client(args) => {
+            init_logs(cli.log.as_deref(), "info");
+            runtime.block_on(cmd::client::run(args))
+        }
+        Command::Token => {
+            cmd::say!("{}", rejoin::tunnel::auth::Token::generate().expose());
+            Ok(())
         }
     }
 }

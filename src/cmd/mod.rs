@@ -1,6 +1,32 @@
 //! The subcommands of the `rejoin` binary.
 
+pub mod client;
+pub mod config;
 pub mod demo;
+pub mod server;
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
 
 /// Prints a line to stdout. If stdout is gone (`rejoin demo | head`), the
 /// command ends quietly instead of panicking as `println!` would.

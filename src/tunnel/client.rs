@@ -53,8 +53,12 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A client of `server` with `token`, with defaults for the rest.
+    /// A client of `server` with `token`, with defaults for the rest. The
+    /// link uses the stream's record layer: both ends are rejoin, and it makes
+    /// a session's end a clean close rather than a lost link.
     pub fn new(server: impl Into<String>, token: Token, name: impl Into<String>) -> Self {
+        let mut stream = stream::Config::default();
+        stream.records = true;
         ClientConfig {
             server: server.into(),
             token,
@@ -65,7 +69,7 @@ impl ClientConfig {
                 give_up: None,
                 ..Redial::default()
             },
-            stream: stream::Config::default(),
+            stream,
             mux: MuxConfig::default(),
         }
     }

@@ -46,12 +46,13 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A server on `listen` accepting `token`, with defaults for the rest.
-    pub fn new(listen: SocketAddr, token: Token) -> Self {
+    /// A server on `listen` accepting the shared `token` (or, with `None`,
+    /// only per-client tokens), with defaults for the rest.
+    pub fn new(listen: SocketAddr, token: Option<Token>) -> Self {
         ServerConfig {
             listen,
             bind: None,
-            token: Some(token),
+            token,
             clients: HashMap::new(),
             ports: Vec::new(),
             max_services: 64,
