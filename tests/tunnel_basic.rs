@@ -36,7 +36,7 @@ async fn a_visitor_reaches_the_local_service() {
     let token = Token::new("s3cret");
     let server = Server::bind(ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
-        token.clone(),
+        Some(token.clone()),
     ))
     .await
     .unwrap();

@@ -57,8 +57,10 @@ impl ClientConfig {
     /// link uses the stream's record layer: both ends are rejoin, and it makes
     /// a session's end a clean close rather than a lost link.
     pub fn new(server: impl Into<String>, token: Token, name: impl Into<String>) -> Self {
-        let mut stream = stream::Config::default();
-        stream.records = true;
+        let stream = stream::Config {
+            records: true,
+            ..stream::Config::default()
+        };
         ClientConfig {
             server: server.into(),
             token,
