@@ -70,3 +70,4 @@ pub fn digest_of(seed: u64, len: u64) -> [u8; 32] {
     }
     sha.finalize().into()
 }
+pub mod tunnel;

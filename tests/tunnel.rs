@@ -1,0 +1,406 @@
+//! The tunnel's behaviour end to end on loopback.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::tunnel::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rejoin::tunnel::auth::Token;
+use rejoin::tunnel::client::{ClientError, ClientEvent};
+use rejoin::tunnel::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// An HTTP/1.1 server: `GET /<n>/<size>` answers `size` bytes derived from
+/// `n`; `POST` echoes the body. Counts the connections it accepted.
+async fn http_service() -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+fn body_for(n: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 7 + n * 13) as u8).collect()
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == hyper::Method::POST {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Ok(Response::new(Full::new(body)));
+    }
+    let parts: Vec<usize> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let (n, size) = (
+        parts.first().copied().unwrap_or(0),
+        parts.get(1).copied().unwrap_or(0),
+    );
+    Ok(Response::new(Full::new(Bytes::from(body_for(n, size)))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_through_the_tunnel() {
+    common::logs();
+    let (local, conns) = http_service().await;
+    let (_server, _client, public) = tunnel(&[(&local, 0)]).await;
+    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+
+    // Keep-alive: one pooled connection serves request after request.
+    for n in 0..150 {
+        let size = (n * 997) % 70_000;
+        let uri = format!("http://{}/{n}/{size}", public[0]).parse().unwrap();
+        let resp = timeout(LIMIT, http.get(uri)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], &body_for(n, size)[..], "request {n}");
+    }
+    let keep_alive_conns = conns.load(Ordering::Relaxed);
+    assert!(
+        keep_alive_conns <= 2,
+        "keep-alive reused connections ({keep_alive_conns})"
+    );
+
+    // Not keep-alive: a fresh connection per request, some in parallel.
+    let mut tasks = Vec::new();
+    for n in 0..100usize {
+        let http = http.clone();
+        let public = public[0].clone();
+        tasks.push(tokio::spawn(async move {
+            let body = body_for(n, 3000 + n);
+            let req = Request::post(format!("http://{public}/echo"))
+                .header("connection", "close")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap();
+            let resp = timeout(LIMIT, http.request(req)).await.unwrap().unwrap();
+            assert_eq!(resp.status(), 200);
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&got[..], &body[..], "post {n}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The first may reuse the pooled keep-alive connection; each after
+    // that needs its own.
+    let total = conns.load(Ordering::Relaxed);
+    assert!(
+        total >= keep_alive_conns + 99,
+        "one connection per closed request ({total})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_clients_and_services_at_once() {
+    let server = Server::bind(server_config()).await.unwrap();
+    let addr = server.local_addr().to_string();
+    let (a, b) = (echo_service().await, echo_service().await);
+    let mut one = RunningClient::start(client_config(addr.clone(), "one", &[(&a, 0), (&b, 0)]));
+    let mut two = RunningClient::start(client_config(addr.clone(), "two", &[(&a, 0)]));
+    let mut public = one.published(2).await;
+    public.extend(two.published(1).await);
+    for (i, p) in public.iter().enumerate() {
+        let mut v = TcpStream::connect(p).await.unwrap();
+        let msg = format!("visitor {i}");
+        v.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        timeout(LIMIT, v.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    assert_eq!(server.stats().await.clients, 2);
+}
+
+#[tokio::test]
+async fn ports_outside_the_rules_are_refused_clearly() {
+    let mut sc = server_config();
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let free_port = free.local_addr().unwrap().port();
+    drop(free);
+    sc.ports = vec![taken_port..=taken_port, free_port..=free_port];
+    let server = Server::bind(sc).await.unwrap();
+    let local = echo_service().await;
+    let mut client = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, 1), (&local, taken_port), (&local, free_port)],
+    ));
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 3 {
+        match timeout(LIMIT, client.events.recv()).await.unwrap().unwrap() {
+            ClientEvent::Published { public, .. } => outcomes.push(Ok(public)),
+            ClientEvent::PublishFailed { reason, .. } => outcomes.push(Err(reason)),
+            _ => {}
+        }
+    }
+    outcomes.sort();
+    assert_eq!(
+        outcomes[0],
+        Ok(format!("127.0.0.1:{free_port}")),
+        "{outcomes:?}"
+    );
+    let reasons: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("port 1 is not in the server's allowed ports")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&format!("port {taken_port} is taken"))),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_on_both_sides() {
+    let server = Server::bind(server_config()).await.unwrap();
+    let local = echo_service().await;
+    let mut bad = client_config(server.local_addr().to_string(), "mallory", &[(&local, 0)]);
+    bad.token = Token::new("not the token");
+    let err = RunningClient::start(bad).outcome().await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused(r) if r == "bad token"),
+        "{err}"
+    );
+    assert_eq!(server.stats().await.clients, 0);
+    // The server goes on serving others.
+    let mut good = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "alice",
+        &[(&local, 0)],
+    ));
+    good.published(1).await;
+}
+
+#[tokio::test]
+async fn per_client_tokens() {
+    let mut sc = server_config();
+    sc.token = None;
+    sc.clients.insert("alice".into(), Token::new("alice's"));
+    let server = Server::bind(sc).await.unwrap();
+    let local = echo_service().await;
+    let mut alice = client_config(server.local_addr().to_string(), "alice", &[(&local, 0)]);
+    alice.token = Token::new("alice's");
+    RunningClient::start(alice).published(1).await;
+    let mut bob = client_config(server.local_addr().to_string(), "bob", &[(&local, 0)]);
+    bob.token = Token::new("alice's");
+    let err = RunningClient::start(bob).outcome().await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused(r) if r.contains("unknown client")),
+        "{err}"
+    );
+}
+
+/// A server that accepts any login but cannot prove it knows the token.
+#[tokio::test]
+async fn a_server_that_cannot_prove_the_token_is_refused() {
+    use rejoin::stream::{Config, Listener};
+    use rejoin::tunnel::frame::Frame;
+    use rejoin::tunnel::mux::{Mux, MuxConfig, Side};
+    let listener = Listener::bind("127.0.0.1:0", Config::default())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let stream = listener.accept().await.unwrap();
+        let (mux, mut events) = Mux::start(stream, Side::Server, MuxConfig::default());
+        let _hello = events.recv().await;
+        mux.send(Frame::Challenge { nonce: [1; 32] });
+        let _login = events.recv().await;
+        mux.send(Frame::Welcome { proof: [0; 32] });
+        let _ = events.recv().await;
+        drop(listener);
+    });
+    let local = echo_service().await;
+    let err = RunningClient::start(client_config(addr, "home", &[(&local, 0)]))
+        .outcome()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::ServerUnproven), "{err}");
+}
+
+/// A client process that dies without a goodbye and starts again gets its
+/// ports back at once: the new session replaces the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_replaces_its_old_session() {
+    let server = Server::bind(server_config()).await.unwrap();
+    let local = echo_service().await;
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let first = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, port)],
+    ));
+    let mut first = first;
+    assert_eq!(first.published(1).await, [format!("127.0.0.1:{port}")]);
+    // Killed: no goodbye, the server still holds the session and the port.
+    first.task.abort();
+    drop(first);
+    let mut second = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, port)],
+    ));
+    assert_eq!(second.published(1).await, [format!("127.0.0.1:{port}")]);
+    let mut v = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    v.write_all(b"again").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(LIMIT, v.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"again");
+    assert_eq!(server.stats().await.clients, 1);
+}
+
+/// While the link is down the server keeps the session, its ports and its
+/// visitors; after the keep time it releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_client_is_kept_then_released() {
+    use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+    common::logs();
+    let mut sc = server_config();
+    sc.stream.reconnect_wait = Duration::from_secs(2);
+    let server = Server::bind(sc).await.unwrap();
+    let proxy = CutProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        server.local_addr(),
+        ProxyConfig::default(),
+    )
+    .await
+    .unwrap();
+    let local = echo_service().await;
+    let mut client = RunningClient::start(client_config(
+        proxy.local_addr().to_string(),
+        "home",
+        &[(&local, 0)],
+    ));
+    let public = client.published(1).await;
+    let mut visitor = TcpStream::connect(&public[0]).await.unwrap();
+    visitor.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    visitor.read_exact(&mut buf).await.unwrap();
+
+    // The client vanishes: its link is cut and it never comes back.
+    client.task.abort();
+    drop(client);
+    proxy.cut_all(CutKind::Reset);
+    drop(proxy);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.stats().await.clients, 1, "kept");
+    assert!(TcpStream::connect(&public[0]).await.is_ok(), "port kept");
+
+    // After reconnect_wait everything is released.
+    let mut rest = Vec::new();
+    let closed = timeout(Duration::from_secs(10), visitor.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "visitor closed after the keep time");
+    for _ in 0..100 {
+        if server.stats().await.clients == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.stats().await.clients, 0);
+    assert!(
+        TcpStream::connect(&public[0]).await.is_err(),
+        "port released"
+    );
+}
+
+/// A goodbye ends the session at once: ports close without waiting for any
+/// timeout.
+#[tokio::test]
+async fn goodbye_closes_at_once() {
+    let mut sc = server_config();
+    sc.stream.reconnect_wait = Duration::from_secs(600);
+    let server = Server::bind(sc).await.unwrap();
+    let local = echo_service().await;
+    let mut client = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, 0)],
+    ));
+    let public = client.published(1).await;
+    client.stop.stop();
+    timeout(LIMIT, &mut client.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    for _ in 0..100 {
+        if server.stats().await.clients == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.stats().await.clients, 0);
+    assert!(TcpStream::connect(&public[0]).await.is_err(), "port closed");
+
+    // And the server's goodbye reaches clients the same way.
+    let mut client = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, 0)],
+    ));
+    client.published(1).await;
+    server.shutdown("maintenance").await;
+    let down = timeout(LIMIT, async {
+        loop {
+            if let Some(ClientEvent::SessionDown { reason }) = client.events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(down.contains("maintenance"), "{down}");
+}
+
+#[tokio::test]
+async fn a_dead_local_service_resets_the_visitor() {
+    let dead = dead_address().await;
+    let (_server, _client, public) = tunnel(&[(&dead, 0)]).await;
+    let mut v = TcpStream::connect(&public[0]).await.unwrap();
+    let _ = v.write_all(b"anyone?").await;
+    let mut buf = [0u8; 16];
+    let r = timeout(LIMIT, v.read(&mut buf)).await.unwrap();
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not hanging: {r:?}");
+}
