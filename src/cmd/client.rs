@@ -79,7 +79,7 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = settings(args)?;
     let (client, mut events) = Client::new(config);
-    let stop = client.stop_handle();
+    let stop = client.handle();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {

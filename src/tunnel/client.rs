@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::timeout;
@@ -141,16 +142,33 @@ pub struct Client {
     config: Arc<ClientConfig>,
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: Arc<Notify>,
+    link: Arc<Mutex<Option<stream::Handle>>>,
 }
 
-/// Stops a running [`Client`]: it says goodbye to the server.
+/// Controls a running [`Client`] from elsewhere.
 #[derive(Clone)]
-pub struct StopHandle(Arc<Notify>);
+pub struct ClientHandle {
+    stop: Arc<Notify>,
+    link: Arc<Mutex<Option<stream::Handle>>>,
+}
 
-impl StopHandle {
+impl ClientHandle {
     /// Asks the client to say goodbye and return.
     pub fn stop(&self) {
-        self.0.notify_one();
+        self.stop.notify_one();
+    }
+
+    /// Replaces the link's transport now (for a client that knows its network
+    /// changed); visitors are not disturbed.
+    pub fn force_reconnect(&self) {
+        if let Some(link) = self.link.lock().as_ref() {
+            link.force_reconnect();
+        }
+    }
+
+    /// Counters of the current link, if there is one.
+    pub fn link_stats(&self) -> Option<stream::Stats> {
+        self.link.lock().as_ref().map(stream::Handle::stats)
     }
 }
 
@@ -163,14 +181,18 @@ impl Client {
                 config: Arc::new(config),
                 events,
                 stop: Arc::new(Notify::new()),
+                link: Arc::new(Mutex::new(None)),
             },
             rx,
         )
     }
 
-    /// A handle that stops the client.
-    pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.stop.clone())
+    /// A handle that controls the client while it runs.
+    pub fn handle(&self) -> ClientHandle {
+        ClientHandle {
+            stop: self.stop.clone(),
+            link: self.link.clone(),
+        }
     }
 
     /// Runs over TCP until stopped, or until the server refuses us.
@@ -228,6 +250,7 @@ impl Client {
 
     async fn session(&self, link: stream::Stream) -> Result<SessionEnd, ClientError> {
         let server = link.peer_addr();
+        *self.link.lock() = Some(link.handle());
         let (mux, mut events) = Mux::start(link, Side::Client, self.config.mux.clone());
         match timeout(Duration::from_secs(30), self.login(&mux, &mut events)).await {
             Ok(Ok(())) => {}

@@ -125,6 +125,20 @@ pub struct ServerStats {
     pub streams: usize,
 }
 
+/// One logged-in client, as the server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientInfo {
+    /// Its name.
+    pub name: String,
+    /// Where its link comes from now (or last came from).
+    pub peer: Option<SocketAddr>,
+    /// Its open streams and associations.
+    pub streams: usize,
+    /// Its link's counters.
+    pub link: stream::Stats,
+}
+
 impl Server {
     /// Binds the client port and starts serving.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
@@ -179,6 +193,20 @@ impl Server {
             clients: sessions.len(),
             streams: sessions.values().map(|s| s.mux.streams()).sum(),
         }
+    }
+
+    /// The logged-in clients.
+    pub async fn clients(&self) -> Vec<ClientInfo> {
+        let sessions = self.inner.sessions.lock().await;
+        sessions
+            .values()
+            .map(|s| ClientInfo {
+                name: s.name.clone(),
+                peer: s.mux.stream().peer_addr(),
+                streams: s.mux.streams(),
+                link: s.mux.stream().stats(),
+            })
+            .collect()
     }
 
     /// Says goodbye to every client and closes their ports; stops accepting.

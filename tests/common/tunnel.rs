@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{
-    Client, ClientConfig, ClientError, ClientEvent, ServiceConfig, StopHandle,
+    Client, ClientConfig, ClientError, ClientEvent, ClientHandle, ServiceConfig,
 };
 use rejoin::tunnel::frame::ServiceKind;
 use rejoin::tunnel::server::{Server, ServerConfig};
@@ -67,7 +67,7 @@ pub fn client_config(
 /// A running client.
 pub struct RunningClient {
     pub events: mpsc::UnboundedReceiver<ClientEvent>,
-    pub stop: StopHandle,
+    pub stop: ClientHandle,
     pub task: JoinHandle<Result<(), ClientError>>,
 }
 
@@ -75,7 +75,7 @@ impl RunningClient {
     /// Starts `config` over TCP.
     pub fn start(config: ClientConfig) -> Self {
         let (client, events) = Client::new(config);
-        let stop = client.stop_handle();
+        let stop = client.handle();
         let task = tokio::spawn(async move { client.run().await });
         RunningClient { events, stop, task }
     }
@@ -83,7 +83,7 @@ impl RunningClient {
     /// Starts `config` with a custom dialer.
     pub fn start_with<D: rejoin::stream::Dialer + Clone>(config: ClientConfig, dialer: D) -> Self {
         let (client, events) = Client::new(config);
-        let stop = client.stop_handle();
+        let stop = client.handle();
         let task = tokio::spawn(async move { client.run_with(dialer).await });
         RunningClient { events, stop, task }
     }
