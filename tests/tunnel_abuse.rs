@@ -1,0 +1,279 @@
+//! Bad input on the tunnel's link: garbage, truncated and oversized frames,
+//! unknown kinds, frames for unknown streams, random bytes on the control
+//! port. Each is a clear error or a dropped connection, never a panic, and
+//! the server keeps serving everyone else.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::tunnel::*;
+use rejoin::stream::{self, Stream};
+use rejoin::tunnel::auth::Transcript;
+use rejoin::tunnel::frame::{Frame, VERSION, kind};
+use rejoin::tunnel::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// A link driven by hand: frames written and read raw.
+struct RawLink {
+    stream: Stream,
+    input: BytesMut,
+}
+
+impl RawLink {
+    async fn connect(server: SocketAddr) -> RawLink {
+        let mut config = stream::Config::default();
+        config.records = true;
+        RawLink {
+            stream: stream::connect(server.to_string(), config).await.unwrap(),
+            input: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The next frame, or `None` when the server ends the link.
+    async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = Frame::decode(&mut self.input).expect("the server sends valid frames")
+            {
+                return Some(f);
+            }
+            match timeout(LIMIT, self.stream.read_buf(&mut self.input))
+                .await
+                .expect("in time")
+            {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The next frame that is not a PING.
+    async fn recv_not_ping(&mut self) -> Option<Frame> {
+        loop {
+            match self.recv().await? {
+                Frame::Ping { nonce } => self.send(Frame::Pong { nonce }).await,
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// Logs in as `name` with the right token.
+    async fn login(server: SocketAddr, name: &str) -> RawLink {
+        let mut link = RawLink::connect(server).await;
+        let client_nonce = [7u8; 32];
+        link.send(Frame::Hello {
+            version: VERSION,
+            name: name.into(),
+            nonce: client_nonce,
+        })
+        .await;
+        let Some(Frame::Challenge { nonce }) = link.recv_not_ping().await else {
+            panic!("a challenge");
+        };
+        let binding = link.stream.handle().binding();
+        let t = Transcript {
+            binding: &binding,
+            server_nonce: &nonce,
+            client_nonce: &client_nonce,
+            name,
+        };
+        link.send(Frame::Login {
+            proof: token().key().client_proof(&t),
+        })
+        .await;
+        let Some(Frame::Welcome { .. }) = link.recv_not_ping().await else {
+            panic!("welcome");
+        };
+        link
+    }
+
+    /// Whether the server still answers a PING.
+    async fn alive(&mut self) -> bool {
+        self.send(Frame::Ping { nonce: 4242 }).await;
+        loop {
+            match self.recv().await {
+                Some(Frame::Pong { nonce: 4242 }) => return true,
+                Some(Frame::Ping { nonce }) => self.send(Frame::Pong { nonce }).await,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+
+    /// Waits for the server to end the link, skipping what comes before.
+    async fn ended(&mut self) -> bool {
+        timeout(LIMIT, async {
+            while let Some(f) = self.recv().await {
+                if let Frame::Goodbye { .. } = f {
+                    return true;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A good client with a visitor that must keep working throughout.
+async fn bystander(server: &Server) -> (RunningClient, TcpStream) {
+    let local = echo_service().await;
+    let mut c = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "good",
+        &[(&local, 0)],
+    ));
+    let public = c.published(1).await;
+    let v = TcpStream::connect(&public[0]).await.unwrap();
+    (c, v)
+}
+
+async fn still_good(v: &mut TcpStream, server: &Server) {
+    v.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    timeout(LIMIT, v.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    assert!(server.clients().await.iter().any(|c| c.name == "good"));
+}
+
+fn header(len: u32, k: u8, id: u32) -> Vec<u8> {
+    let mut h = len.to_le_bytes()[..3].to_vec();
+    h.push(k);
+    h.push(0);
+    h.extend_from_slice(&id.to_le_bytes()[..3]);
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_never_disturbs_others() {
+    common::logs();
+    let server = Server::bind(server_config()).await.unwrap();
+    let addr = server.local_addr();
+    let (_good, mut visitor) = bystander(&server).await;
+
+    // Random bytes on the control port: not even a stream handshake.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let _ = raw.write_all(&junk).await;
+    let mut sink = Vec::new();
+    let _ = timeout(LIMIT, raw.read_to_end(&mut sink))
+        .await
+        .expect("dropped");
+    still_good(&mut visitor, &server).await;
+
+    // Garbage frames before any login.
+    let mut link = RawLink::connect(addr).await;
+    link.raw(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x11, 0x22, 0x33, 0x44])
+        .await;
+    assert!(link.ended().await, "garbage before login ends the link");
+    still_good(&mut visitor, &server).await;
+
+    // Logged in, then an unknown kind.
+    let mut link = RawLink::login(addr, "bad1").await;
+    link.raw(&header(0, 0x7e, 0)).await;
+    assert!(link.ended().await, "unknown kind ends the session");
+    still_good(&mut visitor, &server).await;
+
+    // Logged in, then a length far beyond the maximum.
+    let mut link = RawLink::login(addr, "bad2").await;
+    link.raw(&header(0xff_ffff, kind::DATA, 1)).await;
+    assert!(link.ended().await, "oversized length ends the session");
+    still_good(&mut visitor, &server).await;
+
+    // Logged in, then a stream frame without a stream id.
+    let mut link = RawLink::login(addr, "bad3").await;
+    link.raw(&header(0, kind::FIN, 0)).await;
+    assert!(link.ended().await, "bad stream id ends the session");
+
+    // Frames for streams that do not exist are ignored; the session lives.
+    let mut link = RawLink::login(addr, "odd").await;
+    link.send(Frame::Data {
+        id: 999,
+        payload: bytes::Bytes::from_static(b"nobody"),
+    })
+    .await;
+    link.send(Frame::Window {
+        id: 1001,
+        increment: 5,
+    })
+    .await;
+    link.send(Frame::Fin { id: 1003 }).await;
+    link.send(Frame::Reset { id: 1005 }).await;
+    link.send(Frame::Dissociate { id: 1007 }).await;
+    // A client may not open streams: reset, not fatal.
+    link.send(Frame::Open {
+        id: 9,
+        index: 0,
+        visitor: "1.2.3.4:5".parse().unwrap(),
+    })
+    .await;
+    assert!(
+        link.alive().await,
+        "the session survives frames for unknown streams"
+    );
+    // A publish for a bogus service name is handled too.
+    link.send(Frame::Publish {
+        index: 0,
+        kind: rejoin::tunnel::frame::ServiceKind::Tcp,
+        port: 1,
+        name: "x".into(),
+    })
+    .await;
+    let failed = loop {
+        match link.recv_not_ping().await {
+            Some(Frame::PublishFailed { reason, .. }) => break reason,
+            Some(_) => {}
+            None => panic!("session ended"),
+        }
+    };
+    assert!(failed.contains("allowed ports"), "{failed}");
+    still_good(&mut visitor, &server).await;
+
+    // Logged in, then a truncated frame and the client gone.
+    let mut link = RawLink::login(addr, "bad4").await;
+    let mut truncated = header(100, kind::DATA, 1);
+    truncated.extend_from_slice(&[1, 2, 3]);
+    link.raw(&truncated).await;
+    drop(link);
+
+    // Another client with the same name as the good one but a wrong proof.
+    let mut link = RawLink::connect(addr).await;
+    link.send(Frame::Hello {
+        version: VERSION,
+        name: "good".into(),
+        nonce: [0; 32],
+    })
+    .await;
+    let _ = link.recv_not_ping().await;
+    link.send(Frame::Login { proof: [0; 32] }).await;
+    match link.recv_not_ping().await {
+        Some(Frame::Refuse { reason }) => assert_eq!(reason, "bad token"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Through all of it, the good client is untouched.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    still_good(&mut visitor, &server).await;
+    let names: Vec<String> = server.clients().await.into_iter().map(|c| c.name).collect();
+    assert!(!names.iter().any(|n| n.starts_with("bad")), "{names:?}");
+}
