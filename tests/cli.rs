@@ -110,3 +110,230 @@ fn demo_runs_and_verifies() {
         "{out}"
     );
 }
+
+/// A running `rejoin` whose stdout lines and stderr are drained on threads
+/// from the start, so neither a silent child nor a chatty one (a full pipe)
+/// can hang the test.
+struct Proc {
+    child: Running,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    fn start(args: &[&str], token_env: Option<&str>) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rejoin"));
+        cmd.args(args)
+            .env("RUST_LOG", "trace")
+            .env_remove("REJOIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(token) = token_env {
+            cmd.env("REJOIN_TOKEN", token);
+        }
+        let mut child = cmd.spawn().expect("rejoin starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut errpipe = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = errpipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        Proc {
+            child: Running(child),
+            lines,
+            stderr,
+        }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line in time")
+    }
+
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.0.id().to_string()])
+            .status();
+    }
+
+    /// Waits (bounded) for the exit; true on success.
+    fn wait(&mut self) -> bool {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait") {
+                // Let the stderr thread catch up.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.success();
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "ran too long");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A std echo service on its own threads.
+fn echo_service() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tunnel_one_line_forms() {
+    use std::io::{Read, Write};
+    const TOKEN: &str = "tok-3f9a1c7e5b";
+    let echo = echo_service();
+    let mut server = Proc::start(
+        &["server", "--listen", "127.0.0.1:0", "--token", TOKEN],
+        None,
+    );
+    let first = server.line();
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line is {first:?}"))
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"));
+
+    let fixed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let fixed_spec = format!("{echo}@{fixed}");
+    // The client takes its token from the environment this time.
+    let mut client = Proc::start(
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--tcp",
+            &echo,
+            "--tcp",
+            &fixed_spec,
+        ],
+        Some(TOKEN),
+    );
+    let mut published = vec![client.line(), client.line()];
+    published.sort();
+    let want_fixed = format!("tcp {echo} published at 127.0.0.1:{fixed}");
+    assert!(published.contains(&want_fixed), "{published:?}");
+    let other = published.iter().find(|l| **l != want_fixed).unwrap();
+    let prefix = format!("tcp {echo} published at 127.0.0.1:");
+    assert!(other.starts_with(&prefix), "{other}");
+
+    for public in [
+        other.rsplit(' ').next().unwrap().to_string(),
+        format!("127.0.0.1:{fixed}"),
+    ] {
+        let mut v = std::net::TcpStream::connect(&public).unwrap();
+        v.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        v.write_all(b"hi there").unwrap();
+        let mut buf = [0u8; 8];
+        v.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi there");
+    }
+
+    // SIGTERM: the client says goodbye and exits cleanly; so does the server.
+    client.terminate();
+    assert!(client.wait(), "client exits 0 on SIGTERM");
+    std::thread::sleep(Duration::from_millis(200));
+    server.terminate();
+    assert!(server.wait(), "server exits 0 on SIGTERM");
+    let (server_log, client_log) = (server.stderr(), client.stderr());
+    assert!(
+        server_log.contains("client session closed by the client"),
+        "{server_log}"
+    );
+    assert!(server_log.contains("service published"), "{server_log}");
+    // Trace-level logs of both sides, and not a trace of the token.
+    for (who, log) in [("server", &server_log), ("client", &client_log)] {
+        assert!(!log.contains(TOKEN), "{who} logged the token");
+        assert!(log.contains("TRACE"), "{who} logged at trace level");
+    }
+}
+
+#[test]
+fn tunnel_errors_are_clear() {
+    // A wrong token: the client says why and exits 1.
+    let mut server = Proc::start(
+        &["server", "--listen", "127.0.0.1:0", "--token", "right"],
+        None,
+    );
+    let addr = server.line().replace("listening on ", "");
+    let mut client = Proc::start(
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--token",
+            "wrong",
+            "--tcp",
+            "127.0.0.1:9",
+        ],
+        None,
+    );
+    assert!(!client.wait());
+    let err = client.stderr();
+    assert!(
+        err.contains("error: login refused by the server: bad token"),
+        "{err}"
+    );
+    server.terminate();
+    assert!(server.wait());
+    let log = server.stderr();
+    assert!(
+        log.contains("login refused") && log.contains("bad token"),
+        "{log}"
+    );
+
+    // Config mistakes name the file and the line.
+    let dir = std::env::temp_dir().join(format!("rejoin-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("server.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\ntoken = \"x\"\nport = 5\n").unwrap();
+    let mut run = Proc::start(&["server", "--config", bad.to_str().unwrap()], None);
+    assert!(!run.wait());
+    let err = run.stderr();
+    assert!(
+        err.contains("server.toml") && err.contains("line 3") && err.contains("port"),
+        "{err}"
+    );
+
+    // Missing pieces of the one-line form are named.
+    let mut run = Proc::start(&["client", "--server", "127.0.0.1:1", "--token", "t"], None);
+    assert!(!run.wait());
+    assert!(run.stderr().contains("nothing to publish"));
+    let _ = std::fs::remove_dir_all(dir);
+}

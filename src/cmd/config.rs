@@ -69,6 +69,10 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
+    fn new(token: Option<String>, token_file: Option<PathBuf>) -> Self {
+        Secret { token, token_file }
+    }
+
     fn resolve(&self, base: &Path, what: &str) -> anyhow::Result<Option<Token>> {
         match (&self.token, &self.token_file) {
             (Some(_), Some(_)) => bail!("{what}: give `token` or `token_file`, not both"),
@@ -91,13 +95,13 @@ fn check_token(t: &str) -> anyhow::Result<&str> {
     Ok(t)
 }
 
-/// `rejoin server`'s config file.
-#[derive(Deserialize, Debug)]
+/// `rejoin server`'s config file. `Debug` hides the tokens.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     listen: SocketAddr,
-    #[serde(flatten)]
-    secret: Secret,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
     bind: Option<IpAddr>,
     #[serde(default)]
     ports: Vec<String>,
@@ -107,16 +111,41 @@ pub struct ServerFile {
     clients: HashMap<String, Secret>,
 }
 
-/// `rejoin client`'s config file.
-#[derive(Deserialize, Debug)]
+/// `rejoin client`'s config file. `Debug` hides the token.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     server: String,
-    #[serde(flatten)]
-    secret: Secret,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
     name: Option<String>,
     #[serde(default, rename = "service")]
     services: Vec<ServiceFile>,
+}
+
+impl std::fmt::Debug for ServerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerFile")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .field("bind", &self.bind)
+            .field("ports", &self.ports)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ClientFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientFile")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .field("name", &self.name)
+            .field("services", &self.services)
+            .finish()
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -216,7 +245,7 @@ pub fn hostname() -> String {
 impl ServerFile {
     /// The library settings, with paths in the file taken relative to `base`.
     pub fn into_config(self, base: &Path) -> anyhow::Result<ServerConfig> {
-        let token = self.secret.resolve(base, "token")?;
+        let token = Secret::new(self.token, self.token_file).resolve(base, "token")?;
         let mut clients = HashMap::new();
         for (name, secret) in &self.clients {
             let t = secret
@@ -250,8 +279,7 @@ impl ServerFile {
 impl ClientFile {
     /// The library settings, with paths in the file taken relative to `base`.
     pub fn into_config(self, base: &Path) -> anyhow::Result<ClientConfig> {
-        let token = self
-            .secret
+        let token = Secret::new(self.token, self.token_file)
             .resolve(base, "token")?
             .context("set `token` or `token_file`")?;
         let name = self.name.map(|n| clip(&n)).unwrap_or_else(hostname);
