@@ -337,6 +337,22 @@ mod tests {
         assert!(err.contains("listen_port"), "{err}");
     }
 
+    /// The example configs shipped in examples/ parse and convert.
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let server: ServerFile = load(&dir.join("server.toml")).unwrap();
+        let server = server.into_config(&dir).unwrap();
+        assert_eq!(server.ports.len(), 2);
+        assert!(server.clients.contains_key("homelab"));
+        assert_eq!(server.stream.reconnect_wait, Duration::from_secs(120));
+        let client: ClientFile = load(&dir.join("client.toml")).unwrap();
+        let client = client.into_config(&dir).unwrap();
+        assert_eq!(client.name, "homelab");
+        assert_eq!(client.services.len(), 2);
+        assert_eq!(client.services[0].port, 10022);
+    }
+
     #[test]
     fn secrets_are_masked() {
         let f: ClientFile = toml::from_str("server = \"h:1\"\ntoken = \"hunter2\"\n").unwrap();
