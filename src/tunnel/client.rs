@@ -15,7 +15,8 @@ use tracing::{debug, info, warn};
 use super::auth::{Token, Transcript, proofs_equal};
 use super::bridge::bridge;
 use super::frame::{Frame, ServiceKind, VERSION};
-use super::mux::{End, Event, Mux, MuxConfig, MuxStream, Side};
+use super::mux::{End, Event, Mux, MuxConfig, MuxStream, Side, UdpStats};
+use super::udp::client_association;
 use crate::stream::{self, Dialer, Redial, TcpDialer};
 
 /// A local service to publish.
@@ -142,14 +143,14 @@ pub struct Client {
     config: Arc<ClientConfig>,
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: Arc<Notify>,
-    link: Arc<Mutex<Option<stream::Handle>>>,
+    session: Arc<Mutex<Option<Mux>>>,
 }
 
 /// Controls a running [`Client`] from elsewhere.
 #[derive(Clone)]
 pub struct ClientHandle {
     stop: Arc<Notify>,
-    link: Arc<Mutex<Option<stream::Handle>>>,
+    session: Arc<Mutex<Option<Mux>>>,
 }
 
 impl ClientHandle {
@@ -161,14 +162,19 @@ impl ClientHandle {
     /// Replaces the link's transport now (for a client that knows its network
     /// changed); visitors are not disturbed.
     pub fn force_reconnect(&self) {
-        if let Some(link) = self.link.lock().as_ref() {
-            link.force_reconnect();
+        if let Some(mux) = self.session.lock().as_ref() {
+            mux.stream().force_reconnect();
         }
     }
 
     /// Counters of the current link, if there is one.
     pub fn link_stats(&self) -> Option<stream::Stats> {
-        self.link.lock().as_ref().map(stream::Handle::stats)
+        self.session.lock().as_ref().map(|m| m.stream().stats())
+    }
+
+    /// UDP counters of the current session, if there is one.
+    pub fn udp_stats(&self) -> Option<UdpStats> {
+        self.session.lock().as_ref().map(Mux::udp_stats)
     }
 }
 
@@ -181,7 +187,7 @@ impl Client {
                 config: Arc::new(config),
                 events,
                 stop: Arc::new(Notify::new()),
-                link: Arc::new(Mutex::new(None)),
+                session: Arc::new(Mutex::new(None)),
             },
             rx,
         )
@@ -191,7 +197,7 @@ impl Client {
     pub fn handle(&self) -> ClientHandle {
         ClientHandle {
             stop: self.stop.clone(),
-            link: self.link.clone(),
+            session: self.session.clone(),
         }
     }
 
@@ -250,8 +256,8 @@ impl Client {
 
     async fn session(&self, link: stream::Stream) -> Result<SessionEnd, ClientError> {
         let server = link.peer_addr();
-        *self.link.lock() = Some(link.handle());
         let (mux, mut events) = Mux::start(link, Side::Client, self.config.mux.clone());
+        *self.session.lock() = Some(mux.clone());
         match timeout(Duration::from_secs(30), self.login(&mux, &mut events)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -289,6 +295,27 @@ impl Client {
                     visitor,
                 }) => self.open(stream, index, visitor),
                 Some(Event::Control(frame)) => self.control(frame),
+                Some(Event::Associate {
+                    id,
+                    index,
+                    datagrams,
+                    ..
+                }) => match self.config.services.get(index as usize) {
+                    Some(s) if s.kind == ServiceKind::Udp => {
+                        tokio::spawn(client_association(
+                            id,
+                            datagrams,
+                            s.local.clone(),
+                            mux.clone(),
+                        ));
+                    }
+                    _ => {
+                        debug!(index, "association for an unknown or non-UDP service");
+                        mux.dissociate(id);
+                    }
+                },
+                // The association's channel closes; its task ends by itself.
+                Some(Event::Dissociate { .. }) => {}
                 None => break,
             }
         }
@@ -371,8 +398,13 @@ impl Client {
 
     /// A visitor arrived: connect it to the local service.
     fn open(&self, mut stream: MuxStream, index: u16, visitor: SocketAddr) {
-        let Some(service) = self.config.services.get(index as usize) else {
-            debug!(index, "open for an unknown service");
+        let Some(service) = self
+            .config
+            .services
+            .get(index as usize)
+            .filter(|s| s.kind == ServiceKind::Tcp)
+        else {
+            debug!(index, "open for an unknown or non-TCP service");
             stream.reset();
             return;
         };

@@ -7,3 +7,4 @@ pub mod client;
 pub mod frame;
 pub mod mux;
 pub mod server;
+pub mod udp;

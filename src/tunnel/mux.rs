@@ -71,6 +71,15 @@ pub struct MuxConfig {
     pub ping_timeout: Duration,
     /// The most streams (and UDP associations) open at once. Default 65,536.
     pub max_streams: usize,
+    /// The most bytes of UDP datagrams waiting to go on the link; beyond it
+    /// datagrams are dropped (and counted), so a UDP burst can neither grow
+    /// memory without bound nor crowd out TCP streams. Default 1 MiB.
+    pub udp_queue: usize,
+    /// The most bytes of datagrams received from the link and not yet taken
+    /// by their sockets, all associations together; beyond it datagrams are
+    /// dropped (and counted). It must exceed what a resume can deliver at once
+    /// (history plus UDP queue), or a resume burst would be cut. Default 8 MiB.
+    pub udp_inbound: usize,
 }
 
 impl Default for MuxConfig {
@@ -80,6 +89,8 @@ impl Default for MuxConfig {
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(15),
             max_streams: 65_536,
+            udp_queue: 1 << 20,
+            udp_inbound: 8 << 20,
         }
     }
 }
@@ -133,11 +144,128 @@ pub(crate) struct Slot {
     fin_received: AtomicBool,
 }
 
+/// Where the mux puts datagrams of UDP associations, with their id.
+pub type DatagramSender = mpsc::UnboundedSender<(u32, Bytes)>;
+
+/// Receives datagrams from the link; each taken frees the link's inbound
+/// budget (see [`MuxConfig::udp_inbound`]).
+pub struct DatagramReceiver {
+    rx: mpsc::UnboundedReceiver<(u32, Bytes)>,
+    mux: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DatagramReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatagramReceiver").finish_non_exhaustive()
+    }
+}
+
+impl DatagramReceiver {
+    /// The next datagram, or `None` once the association (or mux) is gone.
+    pub async fn recv(&mut self) -> Option<(u32, Bytes)> {
+        let got = self.rx.recv().await?;
+        self.mux
+            .udp_inbound
+            .fetch_sub(got.1.len() as u64, Ordering::Relaxed);
+        Some(got)
+    }
+}
+
+/// Counters of the UDP traffic on one link.
+#[derive(Debug, Default)]
+pub struct UdpCounters {
+    /// Datagrams handed to the link.
+    pub sent: AtomicU64,
+    /// Datagrams received from the link.
+    pub received: AtomicU64,
+    /// Datagrams dropped because the link's UDP queue was full.
+    pub dropped_queue: AtomicU64,
+    /// Datagrams dropped because an association's receiver was behind.
+    pub dropped_inbound: AtomicU64,
+    /// Datagrams that could not be delivered to their socket.
+    pub dropped_delivery: AtomicU64,
+    /// Datagrams above 65,507 bytes, refused.
+    pub dropped_oversize: AtomicU64,
+    /// Datagrams from visitors beyond the association limit.
+    pub dropped_limit: AtomicU64,
+}
+
+/// Why a datagram was dropped outside the mux.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// Its socket would not take it.
+    Delivery,
+    /// Above 65,507 bytes.
+    Oversize,
+    /// The service's association limit was reached.
+    Limit,
+}
+
+/// A snapshot of [`UdpCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// Datagrams handed to the link.
+    pub sent: u64,
+    /// Datagrams received from the link.
+    pub received: u64,
+    /// Datagrams dropped because the link's UDP queue was full.
+    pub dropped_queue: u64,
+    /// Datagrams dropped because an association's receiver was behind.
+    pub dropped_inbound: u64,
+    /// Datagrams that could not be delivered to their socket.
+    pub dropped_delivery: u64,
+    /// Datagrams above 65,507 bytes, refused.
+    pub dropped_oversize: u64,
+    /// Datagrams from visitors beyond the association limit.
+    pub dropped_limit: u64,
+}
+
+impl UdpStats {
+    /// All drops together.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue
+            + self.dropped_inbound
+            + self.dropped_delivery
+            + self.dropped_oversize
+            + self.dropped_limit
+    }
+}
+
+impl UdpCounters {
+    fn snapshot(&self) -> UdpStats {
+        UdpStats {
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped_queue: self.dropped_queue.load(Ordering::Relaxed),
+            dropped_inbound: self.dropped_inbound.load(Ordering::Relaxed),
+            dropped_delivery: self.dropped_delivery.load(Ordering::Relaxed),
+            dropped_oversize: self.dropped_oversize.load(Ordering::Relaxed),
+            dropped_limit: self.dropped_limit.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// What the mux hands to the session above it.
 #[derive(Debug)]
 pub enum Event {
-    /// A session frame (login, publishing, UDP).
+    /// A session frame (login, publishing).
     Control(Frame),
+    /// The peer started a UDP association; its datagrams arrive on `datagrams`.
+    Associate {
+        /// The association.
+        id: u32,
+        /// The service.
+        index: u16,
+        /// The visitor.
+        visitor: SocketAddr,
+        /// Its datagrams, in order.
+        datagrams: DatagramReceiver,
+    },
+    /// The peer ended a UDP association.
+    Dissociate {
+        /// The association.
+        id: u32,
+    },
     /// The peer opened a stream.
     Open {
         /// The stream.
@@ -151,7 +279,33 @@ pub enum Event {
 
 struct Table {
     slots: HashMap<u32, Arc<Slot>>,
+    assocs: HashMap<u32, DatagramSender>,
     next: u32,
+}
+
+impl Table {
+    fn taken(&self, id: u32) -> bool {
+        self.slots.contains_key(&id) || self.assocs.contains_key(&id)
+    }
+
+    fn full(&self, max: usize) -> bool {
+        self.slots.len() + self.assocs.len() >= max
+    }
+
+    /// A fresh id of `side`'s parity, not reused until the space wraps.
+    fn allocate(&mut self, side: Side) -> u32 {
+        loop {
+            let id = self.next;
+            self.next = if id + 2 > MAX_STREAM {
+                side.first_id()
+            } else {
+                id + 2
+            };
+            if !self.taken(id) {
+                return id;
+            }
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -160,6 +314,12 @@ pub(crate) struct Shared {
     table: Mutex<Table>,
     control: mpsc::UnboundedSender<Frame>,
     data: mpsc::UnboundedSender<Frame>,
+    udp: mpsc::UnboundedSender<Frame>,
+    /// Bytes of datagrams in the UDP queue.
+    udp_queued: AtomicU64,
+    /// Bytes of datagrams received and not yet taken by their sockets.
+    udp_inbound: AtomicU64,
+    udp_stats: UdpCounters,
     end: watch::Sender<Option<End>>,
     handle: Handle,
     /// Milliseconds since `epoch` when the last bytes arrived.
@@ -206,23 +366,29 @@ impl Mux {
         let (read, write) = stream.into_split();
         let (control, control_rx) = mpsc::unbounded_channel();
         let (data, data_rx) = mpsc::unbounded_channel();
+        let (udp, udp_rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::channel(256);
         let shared = Arc::new(Shared {
             side,
             table: Mutex::new(Table {
                 slots: HashMap::new(),
+                assocs: HashMap::new(),
                 next: side.first_id(),
             }),
             config,
             control,
             data,
+            udp,
+            udp_queued: AtomicU64::new(0),
+            udp_inbound: AtomicU64::new(0),
+            udp_stats: UdpCounters::default(),
             end: watch::channel(None).0,
             handle,
             last_rx: AtomicU64::new(0),
             epoch: Instant::now(),
         });
         let reader = tokio::spawn(reader(shared.clone(), read, events));
-        let writer = tokio::spawn(writer(shared.clone(), write, control_rx, data_rx));
+        let writer = tokio::spawn(writer(shared.clone(), write, [control_rx, data_rx, udp_rx]));
         let pinger = tokio::spawn(pinger(shared.clone()));
         let watcher = shared.clone();
         tokio::spawn(async move {
@@ -288,9 +454,85 @@ impl Mux {
         self.shared.end.borrow().is_some()
     }
 
-    /// Streams open now.
+    /// Streams and associations open now.
     pub fn streams(&self) -> usize {
-        self.shared.table.lock().slots.len()
+        let t = self.shared.table.lock();
+        t.slots.len() + t.assocs.len()
+    }
+
+    /// A channel for the peer's datagrams of one or more associations.
+    pub fn datagram_channel(&self) -> (DatagramSender, DatagramReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            tx,
+            DatagramReceiver {
+                rx,
+                mux: self.shared.clone(),
+            },
+        )
+    }
+
+    /// Starts a UDP association for a visitor of service `index`; the peer's
+    /// datagrams for it go to `datagrams`.
+    pub fn associate(
+        &self,
+        index: u16,
+        visitor: SocketAddr,
+        datagrams: DatagramSender,
+    ) -> Result<u32, &'static str> {
+        let id = {
+            let mut table = self.shared.table.lock();
+            if table.full(self.shared.config.max_streams) {
+                return Err("too many streams");
+            }
+            let id = table.allocate(self.shared.side);
+            table.assocs.insert(id, datagrams);
+            id
+        };
+        let _ = self
+            .shared
+            .udp
+            .send(Frame::Associate { id, index, visitor });
+        Ok(id)
+    }
+
+    /// Hands a datagram to the link; `false` if it was dropped because the
+    /// link's UDP queue is full (counted).
+    pub fn send_datagram(&self, id: u32, payload: Bytes) -> bool {
+        let s = &self.shared;
+        let len = payload.len() as u64;
+        let queued = s.udp_queued.fetch_add(len, Ordering::Relaxed);
+        if queued + len > s.config.udp_queue as u64 {
+            s.udp_queued.fetch_sub(len, Ordering::Relaxed);
+            s.udp_stats.dropped_queue.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        s.udp_stats.sent.fetch_add(1, Ordering::Relaxed);
+        let _ = s.udp.send(Frame::Datagram { id, payload });
+        true
+    }
+
+    /// Ends a UDP association and tells the peer.
+    pub fn dissociate(&self, id: u32) {
+        if self.shared.table.lock().assocs.remove(&id).is_some() {
+            let _ = self.shared.udp.send(Frame::Dissociate { id });
+        }
+    }
+
+    /// The link's UDP counters.
+    pub fn udp_stats(&self) -> UdpStats {
+        self.shared.udp_stats.snapshot()
+    }
+
+    /// Counts a datagram dropped outside the mux.
+    pub fn note_udp_drop(&self, why: UdpDrop) {
+        let c = &self.shared.udp_stats;
+        match why {
+            UdpDrop::Delivery => &c.dropped_delivery,
+            UdpDrop::Oversize => &c.dropped_oversize,
+            UdpDrop::Limit => &c.dropped_limit,
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -320,27 +562,17 @@ impl Shared {
     /// peer's (`Some(id)`).
     fn register(self: &Arc<Self>, peer_id: Option<u32>) -> Result<(u32, MuxStream), &'static str> {
         let mut table = self.table.lock();
-        if table.slots.len() >= self.config.max_streams {
+        if table.full(self.config.max_streams) {
             return Err("too many streams");
         }
         let id = match peer_id {
             Some(id) => {
-                if !self.side.is_peers(id) || table.slots.contains_key(&id) {
+                if !self.side.is_peers(id) || table.taken(id) {
                     return Err("stream id in use or of the wrong parity");
                 }
                 id
             }
-            None => loop {
-                let id = table.next;
-                table.next = if id + 2 > MAX_STREAM {
-                    self.side.first_id()
-                } else {
-                    id + 2
-                };
-                if !table.slots.contains_key(&id) {
-                    break id;
-                }
-            },
+            None => table.allocate(self.side),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let slot = Arc::new(Slot {
@@ -389,8 +621,9 @@ impl Shared {
         remove_if_same(&mut self.table.lock(), id, slot);
     }
 
-    /// Aborts every stream (the mux ended).
+    /// Aborts every stream and association (the mux ended).
     fn reset_all(&self) {
+        self.table.lock().assocs.clear();
         let slots: Vec<_> = self.table.lock().slots.drain().collect();
         for (_, slot) in slots {
             let _ = slot.inbound.send(Inbound::Reset);
@@ -460,6 +693,53 @@ impl Shared {
                     let _ = self.data.send(Frame::Reset { id });
                 }
             },
+            Frame::Associate { id, index, visitor } => {
+                let mut table = self.table.lock();
+                if !self.side.is_peers(id) || table.taken(id) || table.full(self.config.max_streams)
+                {
+                    debug!(id, "association refused");
+                    drop(table);
+                    let _ = self.udp.send(Frame::Dissociate { id });
+                    return Ok(None);
+                }
+                let (tx, rx) = mpsc::unbounded_channel();
+                table.assocs.insert(id, tx);
+                let datagrams = DatagramReceiver {
+                    rx,
+                    mux: self.clone(),
+                };
+                return Ok(Some(Event::Associate {
+                    id,
+                    index,
+                    visitor,
+                    datagrams,
+                }));
+            }
+            Frame::Datagram { id, payload } => {
+                self.udp_stats.received.fetch_add(1, Ordering::Relaxed);
+                let tx = self.table.lock().assocs.get(&id).cloned();
+                if let Some(tx) = tx {
+                    let len = payload.len() as u64;
+                    let queued = self.udp_inbound.fetch_add(len, Ordering::Relaxed);
+                    if queued + len > self.config.udp_inbound as u64 {
+                        self.udp_inbound.fetch_sub(len, Ordering::Relaxed);
+                        self.udp_stats
+                            .dropped_inbound
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        // Copy out: the reader's buffer must not be pinned.
+                        let datagram = Bytes::copy_from_slice(&payload);
+                        if tx.send((id, datagram)).is_err() {
+                            self.udp_inbound.fetch_sub(len, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Frame::Dissociate { id } => {
+                if self.table.lock().assocs.remove(&id).is_some() {
+                    return Ok(Some(Event::Dissociate { id }));
+                }
+            }
             Frame::Ping { nonce } => {
                 let _ = self.control.send(Frame::Pong { nonce });
             }
@@ -556,41 +836,83 @@ impl Outbox {
 /// its lock; this keeps the lock short).
 const WRITE_BATCH: usize = 64 << 10;
 
+/// Takes the next frame to send: control frames first; then TCP data and
+/// UDP in turn, so neither can starve the other.
+fn next_frame(
+    queues: &mut [mpsc::UnboundedReceiver<Frame>; 3],
+    turn: &mut usize,
+    shared: &Shared,
+) -> Option<Frame> {
+    if let Ok(f) = queues[0].try_recv() {
+        return Some(f);
+    }
+    for _ in 0..2 {
+        let q = 1 + *turn;
+        *turn = 1 - *turn;
+        if let Ok(f) = queues[q].try_recv() {
+            if let Frame::Datagram { payload, .. } = &f {
+                shared
+                    .udp_queued
+                    .fetch_sub(payload.len() as u64, Ordering::Relaxed);
+            }
+            return Some(f);
+        }
+    }
+    None
+}
+
 async fn writer(
     shared: Arc<Shared>,
     mut write: WriteHalf,
-    mut control: mpsc::UnboundedReceiver<Frame>,
-    mut data: mpsc::UnboundedReceiver<Frame>,
+    mut queues: [mpsc::UnboundedReceiver<Frame>; 3],
 ) {
     let mut out = Outbox::default();
     let mut end = shared.end.subscribe();
+    let mut turn = 0;
     loop {
         if out.pieces.is_empty() {
-            let frame = tokio::select! {
-                biased;
-                f = control.recv() => f,
-                f = data.recv() => f,
-                _ = end.wait_for(Option::is_some) => {
-                    // Ended: send what is queued for control (a goodbye), then stop.
-                    while let Ok(f) = control.try_recv() {
-                        out.push(f);
-                    }
-                    if out.pieces.is_empty() {
-                        break;
-                    }
-                    None
-                }
-            };
-            match frame {
+            match next_frame(&mut queues, &mut turn, &shared) {
                 Some(f) => out.push(f),
-                None if out.pieces.is_empty() => break,
-                None => {}
+                None => {
+                    let [control, data, udp] = &mut queues;
+                    tokio::select! {
+                        biased;
+                        f = control.recv() => match f {
+                            Some(f) => out.push(f),
+                            None => break,
+                        },
+                        // Every queue was empty: whatever comes first goes.
+                        f = data.recv() => match f {
+                            Some(f) => out.push(f),
+                            None => break,
+                        },
+                        f = udp.recv() => match f {
+                            Some(f) => {
+                                if let Frame::Datagram { payload, .. } = &f {
+                                    shared.udp_queued.fetch_sub(payload.len() as u64, Ordering::Relaxed);
+                                }
+                                out.push(f);
+                            }
+                            None => break,
+                        },
+                        _ = end.wait_for(Option::is_some) => {
+                            // Ended: send what is queued for control (a goodbye), then stop.
+                            while let Ok(f) = queues[0].try_recv() {
+                                out.push(f);
+                            }
+                            if out.pieces.is_empty() {
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
             }
         }
         while out.bytes < WRITE_BATCH {
-            match control.try_recv().or_else(|_| data.try_recv()) {
-                Ok(f) => out.push(f),
-                Err(_) => break,
+            match next_frame(&mut queues, &mut turn, &shared) {
+                Some(f) => out.push(f),
+                None => break,
             }
         }
         let slices: Vec<IoSlice<'_>> = out

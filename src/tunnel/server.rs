@@ -18,7 +18,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::auth::{LoginKey, Token, Transcript, proofs_equal};
 use super::bridge::bridge;
 use super::frame::{Frame, ServiceKind, VERSION};
-use super::mux::{End, Event, Mux, MuxConfig, Side};
+use super::mux::{End, Event, Mux, MuxConfig, Side, UdpStats};
+use super::udp::{self, UdpConfig, UdpService};
 use crate::stream::{self, Listener, SocketOptions, Stream};
 
 /// The server's settings.
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub stream: stream::Config,
     /// The multiplexer's settings.
     pub mux: MuxConfig,
+    /// UDP services' settings.
+    pub udp: UdpConfig,
 }
 
 impl ServerConfig {
@@ -59,6 +62,7 @@ impl ServerConfig {
             login_timeout: Duration::from_secs(10),
             stream: stream::Config::default(),
             mux: MuxConfig::default(),
+            udp: UdpConfig::default(),
         }
     }
 
@@ -80,6 +84,8 @@ struct ClientSession {
     name: String,
     mux: Mux,
     services: Mutex<HashMap<u16, Published>>,
+    /// Where to report associations the client ended, per UDP service.
+    udp_services: Mutex<Vec<mpsc::UnboundedSender<u32>>>,
 }
 
 impl ClientSession {
@@ -137,6 +143,8 @@ pub struct ClientInfo {
     pub streams: usize,
     /// Its link's counters.
     pub link: stream::Stats,
+    /// Its UDP counters.
+    pub udp: UdpStats,
 }
 
 impl Server {
@@ -205,6 +213,7 @@ impl Server {
                 peer: s.mux.stream().peer_addr(),
                 streams: s.mux.streams(),
                 link: s.mux.stream().stats(),
+                udp: s.mux.udp_stats(),
             })
             .collect()
     }
@@ -248,6 +257,7 @@ impl Inner {
             name: name.clone(),
             mux: mux.clone(),
             services: Mutex::new(HashMap::new()),
+            udp_services: Mutex::new(Vec::new()),
         });
         let old = self
             .sessions
@@ -274,6 +284,15 @@ impl Inner {
                 Event::Open { mut stream, .. } => {
                     debug!("clients do not open streams; reset");
                     stream.reset();
+                }
+                Event::Associate { id, .. } => {
+                    debug!("clients do not start associations; ended");
+                    mux.dissociate(id);
+                }
+                Event::Dissociate { id } => {
+                    for service in session.udp_services.lock().iter() {
+                        let _ = service.send(id);
+                    }
                 }
             }
         }
@@ -375,7 +394,25 @@ impl Inner {
                 let task = tokio::spawn(accept_visitors(listener, session.mux.clone(), index));
                 (addr, task)
             }
-            ServiceKind::Udp => return refuse("UDP is not supported by this server".into()),
+            ServiceKind::Udp => {
+                let candidates = if port == 0 && !self.config.ports.is_empty() {
+                    candidates(&self.config.ports)
+                } else {
+                    Vec::new()
+                };
+                let socket = match udp::bind(self.bind_ip, port, &candidates).await {
+                    Ok(s) => s,
+                    Err(reason) => return refuse(reason),
+                };
+                let addr = match socket.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => return refuse(format!("bound port has no address: {e}")),
+                };
+                let (service, dissociations) =
+                    UdpService::new(socket, index, session.mux.clone(), self.config.udp.clone());
+                session.udp_services.lock().push(dissociations);
+                (addr, tokio::spawn(service.run()))
+            }
         };
         session.services.lock().insert(index, Published { task });
         info!(client = %session.name, service, kind = kind.name(), %addr, "service published");
