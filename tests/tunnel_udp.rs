@@ -245,29 +245,39 @@ async fn no_datagram_handed_to_the_link_is_lost_or_duplicated() {
         .await
         .unwrap(),
     );
-    let config = with_udp(
+    let mut config = with_udp(
         client_config(proxy.local_addr().to_string(), "home", &[]),
         &local,
         0,
     );
+    // Notice silent drops within a second.
+    config.mux.ping_interval = Duration::from_millis(200);
+    config.mux.ping_timeout = Duration::from_millis(800);
+    config.stream.idle_timeout = Some(Duration::from_millis(800));
     let mut client = RunningClient::start(config);
     let public = client.published(1).await.remove(0);
     let cutting = {
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            for i in 0.. {
+            // Every fourth cut is silent; a cut only counts if a link was up.
+            let mut cuts = 0;
+            loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                proxy.cut_all(if i % 4 == 3 {
+                let kind = if cuts % 4 == 3 {
                     CutKind::Silent
                 } else {
                     CutKind::Reset
-                });
+                };
+                if proxy.cut_all(kind) > 0 {
+                    cuts += 1;
+                }
             }
         })
     };
     let sock = visitor(&public).await;
-    // About 2,500 datagrams a second for 4 seconds, across some 25 cuts.
-    const N: u64 = 10_000;
+    // About 2,500 datagrams a second for 6 seconds, across a dozen or more
+    // cuts (a silent drop takes a second and a half to notice).
+    const N: u64 = 15_000;
     for seq in 0..N {
         let mut msg = seq.to_le_bytes().to_vec();
         msg.resize(200, 0xab);
