@@ -337,3 +337,50 @@ fn tunnel_errors_are_clear() {
     assert!(run.stderr().contains("nothing to publish"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn tunnel_udp_one_line_form() {
+    let echo = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        });
+        addr
+    };
+    let mut server = Proc::start(
+        &["server", "--listen", "127.0.0.1:0", "--token", "t0k"],
+        None,
+    );
+    let addr = server.line().replace("listening on ", "");
+    let mut client = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", "t0k", "--udp", &echo,
+        ],
+        None,
+    );
+    let line = client.line();
+    let prefix = format!("udp {echo} published at 127.0.0.1:");
+    assert!(line.starts_with(&prefix), "{line}");
+    let public = line.rsplit(' ').next().unwrap().to_string();
+    let v = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    v.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut echoed = None;
+    for _ in 0..20 {
+        v.send_to(b"datagram", &public).unwrap();
+        if let Ok(n) = v.recv(&mut buf) {
+            echoed = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(echoed.as_deref(), Some(&b"datagram"[..]));
+    client.terminate();
+    assert!(client.wait());
+    server.terminate();
+    assert!(server.wait());
+}

@@ -107,6 +107,8 @@ pub struct ServerFile {
     ports: Vec<String>,
     keep: Option<Span>,
     max_services: Option<usize>,
+    udp_idle: Option<Span>,
+    udp_max_associations: Option<usize>,
     #[serde(default)]
     clients: HashMap<String, Secret>,
 }
@@ -271,6 +273,12 @@ impl ServerFile {
         if let Some(n) = self.max_services {
             config.max_services = n;
         }
+        if let Some(idle) = self.udp_idle {
+            config.udp.idle = idle.0;
+        }
+        if let Some(n) = self.udp_max_associations {
+            config.udp.max_associations = n;
+        }
         config.stream.validate()?;
         Ok(config)
     }
@@ -349,7 +357,9 @@ mod tests {
         let client: ClientFile = load(&dir.join("client.toml")).unwrap();
         let client = client.into_config(&dir).unwrap();
         assert_eq!(client.name, "homelab");
-        assert_eq!(client.services.len(), 2);
+        assert_eq!(client.services.len(), 3);
+        assert_eq!(client.services[2].kind, ServiceKind::Udp);
+        assert_eq!(server.udp.max_associations, 4096);
         assert_eq!(client.services[0].port, 10022);
     }
 
