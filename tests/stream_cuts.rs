@@ -16,12 +16,16 @@ const CLIENT_SEED: u64 = 1;
 const SERVER_SEED: u64 = 2;
 const MIN_CUTS: u64 = 50;
 
-/// Short timers so silent drops are found quickly on loopback.
+/// Short timers so silent drops are found quickly on loopback, and small
+/// socket buffers: every cut makes both sides resend what was in flight, and
+/// a link cut more often than it can carry that much would make no progress.
+/// 64 KiB buffers bound the resend to well under the 1.5 MiB between cuts.
 fn config(version: Version, encrypt: bool, records: bool) -> Config {
     let mut c = Config::default();
     c.version = version;
     c.encrypt = encrypt;
     c.records = records;
+    c.socket_buffer = 64 << 10;
     c.idle_timeout = Some(Duration::from_millis(1500));
     c.user_timeout = Some(Duration::from_secs(2));
     c.redial.initial = Duration::from_millis(20);
@@ -34,9 +38,10 @@ async fn transfer_through_cuts(version: Version, encrypt: bool, records: bool, s
     let config = config(version, encrypt, records);
     let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
     let target = listener.local_addr().unwrap();
-    // 128 MiB cross the proxy; a cut every 1–2.5 MiB gives about 70.
+    // 128 MiB and the resends cross the proxy; a cut every 1.5-2.5 MiB gives
+    // about 75, each after about twice what a cut can make anyone resend.
     let plan = Plan {
-        every: (1 << 20)..=(5 << 19),
+        every: (3 << 19)..=(5 << 19),
         silent: 0.15,
         seed,
     };

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::timeout;
 
-const LEN: u64 = 16 << 20;
+const LEN: u64 = 24 << 20;
 
 /// Reads `len` bytes in small bites with pauses: about 4 MB/s.
 async fn slow_read<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> std::io::Result<[u8; 32]> {
@@ -42,8 +42,10 @@ async fn slow_readers_never_run_out_of_history() {
         "127.0.0.1:0".parse().unwrap(),
         listener.local_addr().unwrap(),
         ProxyConfig {
+            // Cuts far enough apart that each connection moves more than
+            // the resend a cut causes (full buffers: up to ~2.4 MB).
             plan: Some(Plan {
-                every: (512 << 10)..=(2 << 20),
+                every: (5 << 19)..=(4 << 20),
                 silent: 0.0,
                 seed: 21,
             }),
