@@ -69,11 +69,31 @@ async fn transfer_through_cuts(version: Version, encrypt: bool, records: bool, s
         .await
         .unwrap();
     let handle = client.handle();
+    // Every 20 s, where things stand (shown only if the test fails).
+    let watch = {
+        let (handle, proxy_stats) = (handle.clone(), std::sync::Arc::new(proxy));
+        let proxy = proxy_stats.clone();
+        (
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    eprintln!(
+                        "progress: client {:?}; proxy {:?}",
+                        handle.stats(),
+                        proxy.stats()
+                    );
+                }
+            }),
+            proxy_stats,
+        )
+    };
+    let proxy = watch.1.clone();
     let (mut r, mut w) = client.into_split();
     let receiving = tokio::spawn(async move { recv_digest(&mut r, LEN).await.map(|d| (d, r)) });
     let client_sent = send_random(&mut w, CLIENT_SEED, LEN).await.unwrap();
     let (client_got, _r) = receiving.await.unwrap().unwrap();
     let (server_sent, server_got, _listener, _sr, _sw) = server.await.unwrap();
+    watch.0.abort();
 
     let stats = handle.stats();
     let cuts = proxy.stats();

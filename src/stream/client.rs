@@ -10,7 +10,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pump::{PumpEnd, pump};
-use super::shared::{Shared, State, Wake};
+use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::{Dialed, Dialer, TcpDialer};
 use super::{Config, Error, Event, Stream};
 use crate::proto::{ClientHandshake, ClientResume, Session, Version};
@@ -118,6 +118,7 @@ fn disconnected(shared: &Shared, reason: String) {
 
 /// The client's driver: pumps the transport, and replaces it whenever it breaks.
 async fn run<D: Dialer>(shared: Arc<Shared>, dialer: D, config: Config, io: D::Io) {
+    let _guard = DriverGuard(shared.clone());
     let records = shared.state.lock().records.is_some();
     let cfg = pump_config(&config, records);
     let mut io = Some(io);

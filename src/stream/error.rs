@@ -52,6 +52,10 @@ pub enum Error {
     /// The transport failed where no retry applies (the first connection).
     #[error("transport: {0}")]
     Transport(Arc<io::Error>),
+    /// The session's driver stopped without ending the session (a bug:
+    /// reported rather than leaving reads and writes waiting forever).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl Error {
@@ -67,6 +71,7 @@ impl Error {
             Error::Config(_) => K::InvalidInput,
             Error::Closed => K::BrokenPipe,
             Error::Transport(e) => e.kind(),
+            Error::Internal(_) => K::Other,
         }
     }
 

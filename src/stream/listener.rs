@@ -24,7 +24,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pump::{PumpConfig, PumpEnd, pump};
-use super::shared::{Shared, State, Wake};
+use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::SocketOptions;
 use super::{Config, Error, Event, Stream};
 use crate::proto::{
@@ -415,6 +415,7 @@ impl<T: Transport> Inner<T> {
         io: T,
         mut commits: mpsc::Receiver<Commit<T>>,
     ) {
+        let _guard = DriverGuard(shared.clone());
         let records = shared.state.lock().records.is_some();
         // snet peers send no heartbeat, so a quiet compatible session is not
         // a dead one: only the record layer lets the server judge silence.

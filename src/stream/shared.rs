@@ -266,6 +266,20 @@ impl State {
     }
 }
 
+/// Held by a session's driver task: if the task stops without ending the
+/// session (it panicked, or was cancelled), the session ends with an error,
+/// so the application is told instead of waiting forever.
+pub(crate) struct DriverGuard(pub std::sync::Arc<Shared>);
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        if self.0.state.lock().ended.is_none() {
+            self.0
+                .end(Err(Error::Internal("the session's driver stopped")));
+        }
+    }
+}
+
 /// The state, and the channel events are published on.
 pub(crate) struct Shared {
     pub state: Mutex<State>,
