@@ -21,8 +21,9 @@ use super::shared::{Shared, State, Wake};
 use crate::proto::Role;
 use crate::proto::record::Control;
 
-/// Most bytes taken from the transport in one read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes taken from the transport in one read (fewer, larger reads:
+/// each costs a system call and a wakeup of the peer).
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Why a pump returned.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ pub const HEADER: usize = 8;
 /// The largest body: a whole UDP datagram (65,507 bytes) fits.
 pub const MAX_BODY: usize = 65_536;
 /// The largest DATA payload a sender puts in one frame.
-pub const MAX_DATA: usize = 32 * 1024;
+pub const MAX_DATA: usize = 64 * 1024;
 /// The largest stream id (24 bits).
 pub const MAX_STREAM: u32 = (1 << 24) - 1;
 /// The largest client or service name, in bytes.
@@ -30,6 +30,10 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_DATAGRAM: usize = 65_507;
 /// The tunnel protocol version this code speaks.
 pub const VERSION: u8 = 1;
+/// Every stream's initial window, both ways: the credit a sender starts with.
+pub const INITIAL_WINDOW: u32 = 1 << 20;
+/// Credit beyond this is a protocol error.
+pub const MAX_CREDIT: u64 = 1 << 30;
 
 /// Frame kinds.
 pub mod kind {

@@ -13,9 +13,13 @@
 //!   arrived for the ping timeout it forces the underlying stream to
 //!   reconnect: a silently dead link is replaced, not waited on.
 //!
-//! Flow control is credit-based: a sender may have at most `window` bytes of
-//! DATA outstanding per stream; the receiver grants more (WINDOW) as its side
-//! writes them out. A peer that sends beyond its credit has the stream reset.
+//! Flow control is credit-based: a sender may have at most its credit of DATA
+//! outstanding per stream, starting at [`INITIAL_WINDOW`]; the receiver grants
+//! more (WINDOW) as its side writes bytes out. A stream that keeps consuming
+//! whole half-windows has its window doubled at each grant, up to
+//! `max_window` and within a session-wide budget, so one bulk transfer runs at
+//! the link's speed while idle and stalled streams keep small windows. A peer
+//! that sends beyond its credit has the stream reset.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
@@ -31,7 +35,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::frame::{Frame, MAX_STREAM};
+use super::frame::{Frame, INITIAL_WINDOW, MAX_CREDIT, MAX_STREAM};
 use crate::stream::{Handle, ReadHalf, Stream, WriteHalf};
 
 /// Which end of the link this is; it decides stream id parity.
@@ -60,10 +64,14 @@ impl Side {
 /// Settings of the multiplexer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MuxConfig {
-    /// Per-stream receive window: the most DATA bytes a peer may send ahead of
-    /// what this side has written out. Buffered memory per stream is bounded
-    /// by it. Default 1 MiB.
-    pub window: u32,
+    /// The largest a stream's receive window grows to (from
+    /// [`INITIAL_WINDOW`], 1 MiB, doubling while the stream consumes whole
+    /// half-windows). Buffered memory per stream is bounded by its window.
+    /// Default 16 MiB.
+    pub max_window: u32,
+    /// The most window growth, beyond the initial windows, all of a session's
+    /// streams together. Default 64 MiB.
+    pub window_budget: u64,
     /// How often to PING. Default 5 s.
     pub ping_interval: Duration,
     /// Silence after which the link is declared dead and the stream forced
@@ -85,7 +93,8 @@ pub struct MuxConfig {
 impl Default for MuxConfig {
     fn default() -> Self {
         MuxConfig {
-            window: 1 << 20,
+            max_window: 16 << 20,
+            window_budget: 64 << 20,
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(15),
             max_streams: 65_536,
@@ -138,6 +147,8 @@ pub(crate) struct Slot {
     credit_changed: Notify,
     /// Bytes received and not yet granted back.
     unacked: AtomicU32,
+    /// This side's receive window for the stream.
+    window: AtomicU32,
     /// This side sent FIN.
     fin_sent: AtomicBool,
     /// The peer's FIN arrived.
@@ -322,6 +333,8 @@ pub(crate) struct Shared {
     udp_stats: UdpCounters,
     end: watch::Sender<Option<End>>,
     handle: Handle,
+    /// Window growth granted beyond the initial windows, all streams.
+    window_extra: AtomicU64,
     /// Milliseconds since `epoch` when the last bytes arrived.
     last_rx: AtomicU64,
     epoch: Instant,
@@ -382,6 +395,7 @@ impl Mux {
             udp_queued: AtomicU64::new(0),
             udp_inbound: AtomicU64::new(0),
             udp_stats: UdpCounters::default(),
+            window_extra: AtomicU64::new(0),
             end: watch::channel(None).0,
             handle,
             last_rx: AtomicU64::new(0),
@@ -577,9 +591,10 @@ impl Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let slot = Arc::new(Slot {
             inbound: tx,
-            credit: AtomicU32::new(self.config.window),
+            credit: AtomicU32::new(INITIAL_WINDOW),
             credit_changed: Notify::new(),
             unacked: AtomicU32::new(0),
+            window: AtomicU32::new(INITIAL_WINDOW),
             fin_sent: AtomicBool::new(false),
             fin_received: AtomicBool::new(false),
         });
@@ -609,8 +624,26 @@ impl Shared {
         };
         mine.store(true, Ordering::Relaxed);
         if theirs.load(Ordering::Relaxed) {
-            remove_if_same(&mut table, id, slot);
+            self.forget(&mut table, id, slot);
         }
+    }
+
+    /// Drops stream `id` from the table if it is still `slot`, and returns
+    /// its window growth to the session's budget.
+    fn forget(&self, table: &mut Table, id: u32, slot: &Arc<Slot>) {
+        if table.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            table.slots.remove(&id);
+            self.release_window(slot);
+        }
+    }
+
+    fn release_window(&self, slot: &Slot) {
+        let extra = slot
+            .window
+            .load(Ordering::Relaxed)
+            .saturating_sub(INITIAL_WINDOW);
+        self.window_extra
+            .fetch_sub(u64::from(extra), Ordering::Relaxed);
     }
 
     fn slot(&self, id: u32) -> Option<Arc<Slot>> {
@@ -618,7 +651,7 @@ impl Shared {
     }
 
     fn remove(&self, id: u32, slot: &Arc<Slot>) {
-        remove_if_same(&mut self.table.lock(), id, slot);
+        self.forget(&mut self.table.lock(), id, slot);
     }
 
     /// Aborts every stream and association (the mux ended).
@@ -626,6 +659,7 @@ impl Shared {
         self.table.lock().assocs.clear();
         let slots: Vec<_> = self.table.lock().slots.drain().collect();
         for (_, slot) in slots {
+            self.release_window(&slot);
             let _ = slot.inbound.send(Inbound::Reset);
             slot.credit_changed.notify_one();
         }
@@ -642,26 +676,30 @@ impl Shared {
                     .unacked
                     .fetch_add(payload.len() as u32, Ordering::Relaxed)
                     + payload.len() as u32;
-                if unacked > self.config.window {
+                if unacked > slot.window.load(Ordering::Relaxed) {
                     warn!(id, unacked, "peer overran the stream window; stream reset");
                     self.remove(id, &slot);
                     let _ = slot.inbound.send(Inbound::Reset);
                     let _ = self.data.send(Frame::Reset { id });
                     return Ok(None);
                 }
-                // Copy out, so a stalled stream pins only its own bytes and
-                // not the reader's whole buffer.
-                let _ = slot
-                    .inbound
-                    .send(Inbound::Data(Bytes::copy_from_slice(&payload)));
+                // A payload shares the reader's buffer; a stalled stream
+                // holding it pins that buffer. Large payloads pin at most four
+                // times their size (the buffer is READ_BUFFER); small ones are
+                // copied out, so they pin nothing.
+                let payload = if payload.len() >= READ_BUFFER / 4 {
+                    payload
+                } else {
+                    Bytes::copy_from_slice(&payload)
+                };
+                let _ = slot.inbound.send(Inbound::Data(payload));
             }
             Frame::Window { id, increment } => {
                 if let Some(slot) = self.slot(id) {
                     let credit = slot.credit.load(Ordering::Relaxed);
-                    if u64::from(credit) + u64::from(increment) > u64::from(self.config.window) * 4
-                    {
+                    if u64::from(credit) + u64::from(increment) > MAX_CREDIT {
                         return Err(End::Protocol(format!(
-                            "stream {id}: window grown beyond any credit granted"
+                            "stream {id}: credit beyond {MAX_CREDIT} bytes"
                         )));
                     }
                     slot.credit.fetch_add(increment, Ordering::Relaxed);
@@ -675,7 +713,9 @@ impl Shared {
                 }
             }
             Frame::Reset { id } => {
-                if let Some(slot) = self.table.lock().slots.remove(&id) {
+                let slot = self.table.lock().slots.remove(&id);
+                if let Some(slot) = slot {
+                    self.release_window(&slot);
                     let _ = slot.inbound.send(Inbound::Reset);
                     slot.credit_changed.notify_one();
                 }
@@ -751,8 +791,12 @@ impl Shared {
     }
 }
 
+/// The reader's buffer: frames are decoded from it, and large payloads shared
+/// out of it.
+const READ_BUFFER: usize = 128 << 10;
+
 async fn reader(shared: Arc<Shared>, mut read: ReadHalf, events: mpsc::Sender<Event>) {
-    let mut buf = BytesMut::with_capacity(128 << 10);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let end = 'read: loop {
         loop {
             let frame = match Frame::decode(&mut buf) {
@@ -775,8 +819,8 @@ async fn reader(shared: Arc<Shared>, mut read: ReadHalf, events: mpsc::Sender<Ev
                 Err(end) => break 'read end,
             }
         }
-        if buf.capacity() - buf.len() < 32 << 10 {
-            buf.reserve(128 << 10);
+        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+            buf.reserve(READ_BUFFER);
         }
         match read.read_buf(&mut buf).await {
             Ok(0) => break End::Stream("closed by the peer".into()),
@@ -952,12 +996,6 @@ async fn pinger(shared: Arc<Shared>) {
     }
 }
 
-fn remove_if_same(table: &mut Table, id: u32, slot: &Arc<Slot>) {
-    if table.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-        table.slots.remove(&id);
-    }
-}
-
 impl MuxStream {
     /// The stream's id.
     pub fn id(&self) -> u32 {
@@ -1011,21 +1049,39 @@ impl MuxStream {
 
     /// Records that `n` received bytes were written out, granting the peer
     /// more credit once half the window is used (never after its FIN: no more
-    /// data is coming, and the id may be reused).
+    /// data is coming, and the id may be reused). A stream consuming whole
+    /// half-windows is window-bound: each grant then doubles its window, up to
+    /// `max_window` and within the session's budget.
     pub fn consumed(&mut self, n: usize) {
         self.consumed += n as u32;
-        if self.consumed >= self.mux.config.window / 2
-            && !self.slot.fin_received.load(Ordering::Relaxed)
-        {
-            self.slot
-                .unacked
-                .fetch_sub(self.consumed, Ordering::Relaxed);
-            let _ = self.mux.control.send(Frame::Window {
-                id: self.id,
-                increment: self.consumed,
-            });
-            self.consumed = 0;
+        let window = self.slot.window.load(Ordering::Relaxed);
+        if self.consumed < window / 2 || self.slot.fin_received.load(Ordering::Relaxed) {
+            return;
         }
+        let config = &self.mux.config;
+        let mut growth = window.min(config.max_window.saturating_sub(window));
+        if growth > 0 {
+            let extra = self
+                .mux
+                .window_extra
+                .fetch_add(u64::from(growth), Ordering::Relaxed);
+            if extra + u64::from(growth) > config.window_budget {
+                self.mux
+                    .window_extra
+                    .fetch_sub(u64::from(growth), Ordering::Relaxed);
+                growth = 0;
+            }
+        }
+        // The window grows before the credit that uses it is granted.
+        self.slot.window.fetch_add(growth, Ordering::Relaxed);
+        self.slot
+            .unacked
+            .fetch_sub(self.consumed, Ordering::Relaxed);
+        let _ = self.mux.control.send(Frame::Window {
+            id: self.id,
+            increment: self.consumed + growth,
+        });
+        self.consumed = 0;
     }
 
     /// Whether both directions finished cleanly.

