@@ -31,6 +31,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 const CHUNK: usize = 64 << 10;
 
+// #[global_allocator]
+// static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Opts {
     quick: bool,
     only: Option<String>,
@@ -214,6 +217,18 @@ async fn stream_section(o: &Opts, rows: &mut Vec<Row>) {
     let plain_bytes = o.bytes(1 << 30);
     let rc4_bytes = o.bytes(256 << 20);
     eprintln!("stream throughput");
+    if o.wants("stream-plain-only") && o.only.as_deref() == Some("stream-plain-only") {
+        for i in 0..n {
+            let start = Instant::now();
+            rejoin_stream(plain_bytes, false).await;
+            let r = plain_bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+            progress(format!(
+                "stream, no encryption, alone {}/{n}: {r:.0} MB/s",
+                i + 1
+            ));
+        }
+        return;
+    }
     let (tcp, ours, ratio) = paired(
         n,
         plain_bytes,
@@ -420,6 +435,12 @@ async fn tunnel_section(o: &Opts, rows: &mut Vec<Row>) {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let opts = Opts {
         quick: args.iter().any(|a| a == "--quick"),

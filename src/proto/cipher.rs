@@ -50,7 +50,7 @@ impl Cipher {
     pub fn apply_into(&mut self, input: &[u8], output: &mut [u8]) {
         match self {
             Cipher::Rc4(state) => state.apply_keystream_b2b(input, output),
-            Cipher::Plain => output.copy_from_slice(input),
+            Cipher::Plain => super::copy::copy(input, output),
         }
     }
 

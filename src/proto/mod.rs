@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod cipher;
+pub mod copy;
 pub mod dh;
 pub mod handshake;
 pub mod history;

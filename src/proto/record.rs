@@ -111,7 +111,9 @@ impl RecordReader {
             match self.state {
                 State::Payload(left) => {
                     let n = left.min(buf.len() - read);
-                    buf.copy_within(read..read + n, write);
+                    if read != write {
+                        super::copy::move_down(buf, read, write, n);
+                    }
                     read += n;
                     write += n;
                     self.state = if n == left {

@@ -153,7 +153,7 @@ impl State {
         let fresh_len = self.session.handle_input(&mut self.rx[start..]).len();
         let dup = self.rx.len() - start - fresh_len;
         if dup > 0 {
-            self.rx.copy_within(start + dup.., start);
+            crate::proto::copy::move_down(&mut self.rx, start + dup, start, fresh_len);
             self.rx.truncate(self.rx.len() - dup);
         }
         self.last_rx = Instant::now();
@@ -244,7 +244,10 @@ impl State {
     /// Copies received data out for the application.
     pub fn read_into(&mut self, out: &mut tokio::io::ReadBuf<'_>) -> usize {
         let n = self.rx.len().min(out.remaining());
-        out.put_slice(&self.rx[..n]);
+        // In pieces: see proto::copy.
+        for piece in self.rx[..n].chunks(crate::proto::copy::PIECE) {
+            out.put_slice(piece);
+        }
         self.rx.advance(n);
         self.stats.app_read += n as u64;
         n

@@ -3,21 +3,20 @@
 //! One task per connection, waiting on readiness only: no buffer is held
 //! while the connection is idle (a read buffer lives only for the read that
 //! fills it), so an idle visitor costs a few hundred bytes beyond its socket.
-//! While data flows, reads are large (up to [`READ_MAX`], split into DATA
+//! While data flows, reads are large (a pooled 256 KiB buffer, split into DATA
 //! frames without copying) and queued data goes out in one vectored write:
 //! every system call on loopback also wakes the peer, so fewer is faster.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
 
 use super::frame::MAX_DATA;
 use super::mux::{Inbound, MuxStream};
+use super::pool;
 
-/// Most bytes read from a socket at once.
-const READ_MAX: usize = 256 * 1024;
 /// Most chunks written in one vectored write.
 const WRITE_SLICES: usize = 16;
 
@@ -78,18 +77,19 @@ pub async fn bridge(sock: TcpStream, mut stream: MuxStream) {
                 if ready.is_err() {
                     break true;
                 }
-                let want = (stream.credit() as usize).min(READ_MAX);
-                let mut buf = BytesMut::with_capacity(want);
-                match sock.try_read_buf(&mut (&mut buf).limit(want)) {
+                let want = (stream.credit() as usize).min(pool::BUF_SIZE);
+                let mut buf = pool::take();
+                match sock.try_read(&mut buf[..want]) {
                     Ok(0) => {
                         stream.send_fin();
                         read_done = true;
                     }
-                    Ok(_) => {
+                    Ok(n) => {
                         // One frame per MAX_DATA bytes, sharing the buffer.
-                        while !buf.is_empty() {
-                            let n = buf.len().min(MAX_DATA);
-                            stream.send(buf.split_to(n).freeze());
+                        let mut bytes = pool::freeze(buf, n);
+                        while !bytes.is_empty() {
+                            let n = bytes.len().min(MAX_DATA);
+                            stream.send(bytes.split_to(n));
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -410,23 +410,40 @@ impl Frame {
     /// are needed (nothing is consumed then). DATA and DATAGRAM payloads are
     /// split off `buf` without copying.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if buf.len() < HEADER {
+        let Some((kind, id, len)) = header(buf)? else {
             return Ok(None);
-        }
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
-        let kind = buf[3];
-        let id = u32::from_le_bytes([buf[5], buf[6], buf[7], 0]);
-        if len > MAX_BODY {
-            return Err(FrameError::TooLong(len));
-        }
-        check_stream(kind, id)?;
-        if buf.len() < HEADER + len {
-            return Ok(None);
-        }
+        };
         buf.advance(HEADER);
-        let body = buf.split_to(len);
-        parse(kind, id, body).map(Some)
+        parse(kind, id, buf.split_to(len).freeze()).map(Some)
     }
+
+    /// As [`Frame::decode`], from `Bytes`.
+    pub fn decode_bytes(buf: &mut Bytes) -> Result<Option<Frame>, FrameError> {
+        let Some((kind, id, len)) = header(buf)? else {
+            return Ok(None);
+        };
+        buf.advance(HEADER);
+        parse(kind, id, buf.split_to(len)).map(Some)
+    }
+}
+
+/// The kind, stream and body length of the frame at the front of `buf`, once
+/// the whole frame is there; checked against the bounds from the header alone.
+fn header(buf: &[u8]) -> Result<Option<(u8, u32, usize)>, FrameError> {
+    if buf.len() < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
+    let kind = buf[3];
+    let id = u32::from_le_bytes([buf[5], buf[6], buf[7], 0]);
+    if len > MAX_BODY {
+        return Err(FrameError::TooLong(len));
+    }
+    check_stream(kind, id)?;
+    if buf.len() < HEADER + len {
+        return Ok(None);
+    }
+    Ok(Some((kind, id, len)))
 }
 
 /// Session frames carry stream 0; stream frames a non-zero id.
@@ -444,17 +461,17 @@ fn check_stream(k: u8, id: u32) -> Result<(), FrameError> {
     Ok(())
 }
 
-fn parse(k: u8, id: u32, mut body: BytesMut) -> Result<Frame, FrameError> {
+fn parse(k: u8, id: u32, mut body: Bytes) -> Result<Frame, FrameError> {
     use kind::*;
     let bad = |what| FrameError::Malformed { kind: k, what };
-    let exact = |body: &BytesMut, n: usize| {
+    let exact = |body: &Bytes, n: usize| {
         if body.len() == n {
             Ok(())
         } else {
             Err(bad("wrong body length"))
         }
     };
-    let text = |body: BytesMut, max: usize| -> Result<String, FrameError> {
+    let text = |body: Bytes, max: usize| -> Result<String, FrameError> {
         if body.len() > max {
             return Err(bad("text too long"));
         }
@@ -551,19 +568,13 @@ fn parse(k: u8, id: u32, mut body: BytesMut) -> Result<Frame, FrameError> {
             if body.is_empty() {
                 return Err(bad("empty data"));
             }
-            Frame::Data {
-                id,
-                payload: body.freeze(),
-            }
+            Frame::Data { id, payload: body }
         }
         DATAGRAM => {
             if body.len() > MAX_DATAGRAM {
                 return Err(bad("datagram above 65,507 bytes"));
             }
-            Frame::Datagram {
-                id,
-                payload: body.freeze(),
-            }
+            Frame::Datagram { id, payload: body }
         }
         WINDOW => {
             exact(&body, 4)?;
@@ -598,13 +609,13 @@ fn parse(k: u8, id: u32, mut body: BytesMut) -> Result<Frame, FrameError> {
     })
 }
 
-fn take32(body: &mut BytesMut) -> [u8; 32] {
+fn take32(body: &mut Bytes) -> [u8; 32] {
     let mut out = [0u8; 32];
     body.copy_to_slice(&mut out);
     out
 }
 
-fn take_addr(body: &mut BytesMut) -> Option<SocketAddr> {
+fn take_addr(body: &mut Bytes) -> Option<SocketAddr> {
     if body.is_empty() {
         return None;
     }

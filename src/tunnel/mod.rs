@@ -6,5 +6,6 @@ pub mod bridge;
 pub mod client;
 pub mod frame;
 pub mod mux;
+pub(crate) mod pool;
 pub mod server;
 pub mod udp;

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::frame::{Frame, INITIAL_WINDOW, MAX_CREDIT, MAX_STREAM};
+use super::pool;
 use crate::stream::{Handle, ReadHalf, Stream, WriteHalf};
 
 /// Which end of the link this is; it decides stream id parity.
@@ -683,11 +684,8 @@ impl Shared {
                     let _ = self.data.send(Frame::Reset { id });
                     return Ok(None);
                 }
-                // A payload shares the reader's buffer; a stalled stream
-                // holding it pins that buffer. Large payloads pin at most four
-                // times their size (the buffer is READ_BUFFER); small ones are
-                // copied out, so they pin nothing.
-                let payload = if payload.len() >= READ_BUFFER / 4 {
+                // See SHARE_PAYLOAD.
+                let payload = if payload.len() >= SHARE_PAYLOAD {
                     payload
                 } else {
                     Bytes::copy_from_slice(&payload)
@@ -791,15 +789,17 @@ impl Shared {
     }
 }
 
-/// The reader's buffer: frames are decoded from it, and large payloads shared
-/// out of it.
-const READ_BUFFER: usize = 128 << 10;
+/// Payloads at least this large are passed on as slices of the reader's
+/// pooled buffer; a stalled stream holding one pins the buffer, at most four
+/// times the payload. Smaller ones are copied out and pin nothing.
+const SHARE_PAYLOAD: usize = pool::BUF_SIZE / 4;
 
 async fn reader(shared: Arc<Shared>, mut read: ReadHalf, events: mpsc::Sender<Event>) {
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    // Undecoded bytes: at most one partial frame between reads.
+    let mut cur = Bytes::new();
     let end = 'read: loop {
         loop {
-            let frame = match Frame::decode(&mut buf) {
+            let frame = match Frame::decode_bytes(&mut cur) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -819,12 +819,16 @@ async fn reader(shared: Arc<Shared>, mut read: ReadHalf, events: mpsc::Sender<Ev
                 Err(end) => break 'read end,
             }
         }
-        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
-            buf.reserve(READ_BUFFER);
-        }
-        match read.read_buf(&mut buf).await {
+        // A fresh pooled buffer, with the partial frame (if any) in front.
+        let mut buf = pool::take();
+        let keep = cur.len();
+        crate::proto::copy::copy(&cur, &mut buf[..keep]);
+        match read.read(&mut buf[keep..]).await {
             Ok(0) => break End::Stream("closed by the peer".into()),
-            Ok(_) => shared.touch(),
+            Ok(n) => {
+                shared.touch();
+                cur = pool::freeze(buf, keep + n);
+            }
             Err(e) => break End::Stream(e.to_string()),
         }
     };
