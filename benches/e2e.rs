@@ -437,7 +437,246 @@ async fn tunnel_section(o: &Opts, rows: &mut Vec<Row>) {
     }
 }
 
+// ---------------------------------------------------------------- latency
+
+/// p50 and p99 of a sample, in milliseconds.
+fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    (at(0.50), at(0.99))
+}
+
+/// Connect, send one byte, read it back.
+async fn first_byte(to: &str) -> Duration {
+    let start = Instant::now();
+    let mut v = TcpStream::connect(to).await.unwrap();
+    v.set_nodelay(true).unwrap();
+    v.write_all(b"e").await.unwrap();
+    let mut b = [0u8; 1];
+    v.read_exact(&mut b).await.unwrap();
+    start.elapsed()
+}
+
+async fn latency_section(o: &Opts, rows: &mut Vec<Row>) {
+    eprintln!("time to a first byte");
+    let trials = if o.quick { 200 } else { 2000 };
+    let local = service().await;
+    let t = tunnel(local, true).await;
+    let direct = local.to_string();
+    let (mut d, mut ours) = (Vec::new(), Vec::new());
+    for i in 0..trials {
+        d.push(first_byte(&direct).await);
+        ours.push(first_byte(&t.public).await);
+        if (i + 1) % 500 == 0 {
+            progress(format!("{}/{trials} connections", i + 1));
+        }
+    }
+    let (d50, d99) = percentiles(d);
+    let (o50, o99) = percentiles(ours);
+    rows.push(Row {
+        name: "open a tunnelled connection and get a first byte, p50".into(),
+        value: format!("{o50:.3} ms"),
+        baseline: format!("direct {d50:.3} ms"),
+        ratio: Some(o50 / d50),
+        target: "".into(),
+    });
+    rows.push(Row {
+        name: "open a tunnelled connection and get a first byte, p99".into(),
+        value: format!("{o99:.3} ms"),
+        baseline: format!("direct {d99:.3} ms"),
+        ratio: Some(o99 / d99),
+        target: "".into(),
+    });
+}
+
+// ---------------------------------------------------------------- resume
+
+/// Resets the link, then times until a byte written right after the reset
+/// reaches the reader (through the reconnect and the resume).
+async fn resume_section(o: &Opts, rows: &mut Vec<Row>) {
+    eprintln!("time from a link reset to the first byte after the resume");
+    let trials = if o.quick { 30 } else { 200 };
+    let config = Config::default();
+    let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let proxy = CutProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        listener.local_addr().unwrap(),
+        ProxyConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut client = stream::connect(proxy.local_addr().to_string(), config)
+        .await
+        .unwrap();
+    let mut server = listener.accept().await.unwrap();
+    let mut b = [0u8; 1];
+    let mut times = Vec::new();
+    for i in 0..trials {
+        // Let the link settle, then break it and write at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(proxy.cut_all(CutKind::Reset), 1, "one live link");
+        let start = Instant::now();
+        server.write_all(&[i as u8]).await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut b).await.unwrap();
+        times.push(start.elapsed());
+        assert_eq!(b[0], i as u8);
+    }
+    let (p50, p99) = percentiles(times);
+    progress(format!(
+        "{trials} resets, {} resumes",
+        client.stats().reconnects
+    ));
+    rows.push(Row {
+        name: "link reset to first byte after the resume, p50".into(),
+        value: format!("{p50:.2} ms"),
+        baseline: "".into(),
+        ratio: None,
+        target: "≤ 20 ms".into(),
+    });
+    rows.push(Row {
+        name: "link reset to first byte after the resume, p99".into(),
+        value: format!("{p99:.2} ms"),
+        baseline: "".into(),
+        ratio: None,
+        target: "".into(),
+    });
+}
+
+// ---------------------------------------------------------------- memory
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A child process whose stdout lines can be read.
+struct Proc {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let out = child.stdout.take().expect("stdout");
+        use std::io::BufRead;
+        Proc {
+            child,
+            lines: std::io::BufReader::new(out).lines(),
+        }
+    }
+
+    fn line(&mut self) -> String {
+        self.lines.next().expect("a line").expect("readable")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--role hold`: accepts connections and holds them; prints its address,
+/// then the count of held connections each time it reaches a thousand.
+fn hold_service() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", l.local_addr().unwrap());
+        let _ = std::io::stdout().flush();
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+            if held.len() % 1000 == 0 {
+                println!("{}", held.len());
+                let _ = std::io::stdout().flush();
+            }
+        }
+    });
+}
+
+async fn memory_section(rows: &mut Vec<Row>) {
+    eprintln!("memory with idle visitors (server and client are separate processes)");
+    let exe = std::env::current_exe().unwrap();
+    let mut hold = Proc::spawn(Command::new(&exe).args(["--role", "hold"]));
+    let hold_addr = hold.line();
+    let rejoin = env!("CARGO_BIN_EXE_rejoin");
+    let mut server = Proc::spawn(Command::new(rejoin).args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "bench",
+    ]));
+    let server_addr = server.line().replace("listening on ", "");
+    let mut client = Proc::spawn(Command::new(rejoin).args([
+        "client",
+        "--server",
+        &server_addr,
+        "--token",
+        "bench",
+        "--tcp",
+        &hold_addr,
+    ]));
+    let public: SocketAddr = client.line().rsplit(' ').next().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s0, c0) = (rss_kib(server.child.id()), rss_kib(client.child.id()));
+    progress(format!("idle: server {s0} KiB, client {c0} KiB"));
+    let mut visitors = Vec::new();
+    let mut held = 0;
+    for target in [1000usize, 10_000] {
+        while visitors.len() < target {
+            // Spread visitors over source addresses so ephemeral ports last.
+            let n = visitors.len();
+            let ip = std::net::Ipv4Addr::new(127, 0, 1, 2 + (n % 200) as u8);
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::new(ip.into(), 0)).unwrap();
+            visitors.push(sock.connect(public).await.unwrap());
+        }
+        while held < target {
+            held = hold.line().parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (s, c) = (rss_kib(server.child.id()), rss_kib(client.child.id()));
+        let per_s = s.saturating_sub(s0) as f64 / target as f64;
+        let per_c = c.saturating_sub(c0) as f64 / target as f64;
+        progress(format!("{target} visitors: server {s} KiB, client {c} KiB"));
+        rows.push(Row {
+            name: format!("memory per idle visitor, {target} visitors, server"),
+            value: format!("{per_s:.2} KiB"),
+            baseline: format!("RSS {s0} → {s} KiB"),
+            ratio: None,
+            target: "≤ 10 KiB".into(),
+        });
+        rows.push(Row {
+            name: format!("memory per idle visitor, {target} visitors, client"),
+            value: format!("{per_c:.2} KiB"),
+            baseline: format!("RSS {c0} → {c} KiB"),
+            ratio: None,
+            target: "≤ 10 KiB".into(),
+        });
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--role") {
+        return hold_service();
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -465,17 +704,15 @@ fn main() {
         if opts.wants("tunnel") {
             tunnel_section(&opts, &mut rows).await;
         }
+        if opts.wants("latency") {
+            latency_section(&opts, &mut rows).await;
+        }
+        if opts.wants("resume") {
+            resume_section(&opts, &mut rows).await;
+        }
+        if opts.wants("memory") {
+            memory_section(&mut rows).await;
+        }
     });
     print_rows(&rows);
-    let _ = (
-        CutKind::Reset,
-        ProxyConfig::default(),
-        Duration::ZERO,
-        std::mem::size_of::<Child>(),
-    );
-    let _ = (
-        Command::new("true"),
-        Stdio::null(),
-        std::marker::PhantomData::<CutProxy>,
-    );
 }

@@ -98,5 +98,55 @@ fn session_write(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rc4, handshake, session_write);
+fn frames(c: &mut Criterion) {
+    use bytes::Bytes;
+    use rejoin::tunnel::frame::{Frame, MAX_DATA};
+    let mut group = c.benchmark_group("tunnel frames");
+    let payload = Bytes::from(vec![7u8; MAX_DATA]);
+    let frame = Frame::Data {
+        id: 5,
+        payload: payload.clone(),
+    };
+    group.throughput(Throughput::Bytes(MAX_DATA as u64));
+    group.bench_function("encode DATA 64 KiB", |b| {
+        let mut out = BytesMut::with_capacity(MAX_DATA + 16);
+        b.iter(|| {
+            out.clear();
+            black_box(&frame).encode(&mut out);
+            black_box(out.len())
+        })
+    });
+    let mut wire = BytesMut::new();
+    frame.encode(&mut wire);
+    let wire = wire.freeze();
+    group.bench_function("decode DATA 64 KiB", |b| {
+        b.iter(|| {
+            let mut w = wire.clone();
+            black_box(Frame::decode_bytes(&mut w).expect("valid"))
+        })
+    });
+    let small: Vec<Frame> = (0..64)
+        .map(|i| Frame::Window {
+            id: 2 * i + 1,
+            increment: 4096,
+        })
+        .collect();
+    let mut wire = BytesMut::new();
+    for f in &small {
+        f.encode(&mut wire);
+    }
+    let wire = wire.freeze();
+    group.throughput(Throughput::Elements(small.len() as u64));
+    group.bench_function("decode 64 WINDOW frames", |b| {
+        b.iter(|| {
+            let mut w = wire.clone();
+            while let Some(f) = Frame::decode_bytes(&mut w).expect("valid") {
+                black_box(f);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rc4, handshake, session_write, frames);
 criterion_main!(benches);
