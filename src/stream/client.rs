@@ -180,8 +180,10 @@ async fn reconnect<D: Dialer>(
 ) -> Result<D::Io, Option<Error>> {
     let started = Instant::now();
     let mut closed_before_reply = 0;
-    for retry in 0u32.. {
+    let mut retry = 0u32;
+    loop {
         tokio::time::sleep(config.redial.delay(retry, rand::random())).await;
+        retry = retry.saturating_add(1);
         if nothing_to_finish(&shared.state.lock()) {
             return Err(None);
         }
@@ -209,7 +211,6 @@ async fn reconnect<D: Dialer>(
             Err(Attempt::Retry(reason)) => debug!(retry, %reason, "reconnect failed"),
         }
     }
-    unreachable!("the retry counter does not run out")
 }
 
 /// One reconnect: dial, exchange counts, and switch the session over.
