@@ -43,12 +43,7 @@ pub async fn connect_with<D: Dialer>(dialer: D, config: Config) -> io::Result<St
     let (io, session, leftover, peer) = first;
     let id = session.id();
     let mut state = State::new(session, config.recv_buffer, config.close_timeout, peer);
-    if !leftover.is_empty() {
-        let start = state.rx.len();
-        state.rx.extend_from_slice(&leftover);
-        let controls = state.received(start)?;
-        state.apply_controls(controls);
-    }
+    state.ingest(&leftover)?;
     let shared = Arc::new(Shared::new(state));
     let span = info_span!("session", id = %format_args!("{id:016x}"), role = "client");
     span.in_scope(|| info!(?peer, "session up"));
@@ -237,26 +232,11 @@ async fn attempt<D: Dialer>(shared: &Shared, dialer: &D) -> Result<D::Io, Attemp
     let mut wake = Wake::default();
     let resent = {
         let mut st = shared.state.lock();
-        // Bytes the old transport took that the peer never got.
-        let sent_before = st.session.sent();
-        st.session
-            .resume(point)
+        let resent = st
+            .resumed(point, peer)
             .map_err(|e| Attempt::Fatal(e.into()))?;
-        let resent = sent_before.saturating_sub(point.peer_read);
-        st.stats.resent += resent;
-        st.stats.reconnects += 1;
-        st.connected = true;
-        st.flushed = false;
-        st.peer = peer;
-        st.last_rx = Instant::now();
-        st.ping_out = false;
-        if !buf.is_empty() {
-            let start = st.rx.len();
-            st.rx.extend_from_slice(&buf);
-            let controls = st.received(start).map_err(Attempt::Fatal)?;
-            st.apply_controls(controls);
-            st.take_read_waker(&mut wake);
-        }
+        st.ingest(&buf).map_err(Attempt::Fatal)?;
+        st.take_read_waker(&mut wake);
         st.take_write_waker(&mut wake);
         resent
     };

@@ -298,11 +298,7 @@ impl<T: Transport> Inner<T> {
             self.config.close_timeout,
             peer,
         );
-        if !leftover.is_empty() {
-            state.rx.extend_from_slice(&leftover);
-            let controls = state.received(0)?;
-            state.apply_controls(controls);
-        }
+        state.ingest(&leftover)?;
         let shared = Arc::new(Shared::new(state));
         let (tx, rx) = mpsc::channel(4);
         {
@@ -546,34 +542,20 @@ impl<T: Transport> Inner<T> {
             if st.ended.is_some() {
                 return None;
             }
-            // Bytes the old transport took that the peer never got.
-            let sent_before = st.session.sent();
-            if let Err(e) = st.session.resume(point) {
-                debug!(error = %e, "reconnect not committed");
+            let resent = match st.resumed(point, peer) {
+                Ok(resent) => resent,
+                Err(e) => {
+                    debug!(error = %e, "reconnect not committed");
+                    return None;
+                }
+            };
+            if let Err(e) = st.ingest(&leftover) {
+                st.end(Err(e), &mut wake);
+                drop(st);
+                wake.fire();
                 return None;
             }
-            let resent = sent_before.saturating_sub(point.peer_read);
-            st.stats.resent += resent;
-            st.stats.reconnects += 1;
-            st.connected = true;
-            st.flushed = false;
-            st.peer = peer;
-            st.last_rx = Instant::now();
-            st.ping_out = false;
-            if !leftover.is_empty() {
-                let start = st.rx.len();
-                st.rx.extend_from_slice(&leftover);
-                match st.received(start) {
-                    Ok(controls) => st.apply_controls(controls),
-                    Err(e) => {
-                        st.end(Err(e), &mut wake);
-                        drop(st);
-                        wake.fire();
-                        return None;
-                    }
-                }
-                st.take_read_waker(&mut wake);
-            }
+            st.take_read_waker(&mut wake);
             st.take_write_waker(&mut wake);
             st.take_driver_waker(&mut wake);
             resent

@@ -172,6 +172,40 @@ impl State {
         Ok(controls)
     }
 
+    /// Handles bytes that came in with a handshake or reconnect reply, as if
+    /// the driver had just read them.
+    pub fn ingest(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let start = self.rx.len();
+        self.rx.extend_from_slice(bytes);
+        let controls = self.received(start)?;
+        self.apply_controls(controls);
+        Ok(())
+    }
+
+    /// Switches the session onto a resumed transport whose peer is `peer`,
+    /// and returns how many bytes this side resends (what the old transport
+    /// took that the peer never got). The session is untouched on error.
+    pub fn resumed(
+        &mut self,
+        point: crate::proto::ResumePoint,
+        peer: Option<SocketAddr>,
+    ) -> Result<u64, crate::proto::Error> {
+        let sent_before = self.session.sent();
+        self.session.resume(point)?;
+        let resent = sent_before.saturating_sub(point.peer_read);
+        self.stats.resent += resent;
+        self.stats.reconnects += 1;
+        self.connected = true;
+        self.flushed = false;
+        self.peer = peer;
+        self.last_rx = Instant::now();
+        self.ping_out = false;
+        Ok(resent)
+    }
+
     /// Acts on received control records.
     pub fn apply_controls(&mut self, controls: Vec<Control>) {
         for c in controls {
