@@ -277,3 +277,48 @@ async fn bad_input_never_disturbs_others() {
     let names: Vec<String> = server.clients().await.into_iter().map(|c| c.name).collect();
     assert!(!names.iter().any(|n| n.starts_with("bad")), "{names:?}");
 }
+
+/// A refusal reaches the client even when the server's link is backed up:
+/// the client queues megabytes of PONGs on the server (by sending PINGs and
+/// not reading), then breaks the login. Everything queued before the end,
+/// the refusal and the goodbye included, must still go out, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_behind_a_backlog_still_arrives() {
+    let server = Server::bind(server_config()).await.unwrap();
+    let mut link = RawLink::connect(server.local_addr()).await;
+    // More PONG bytes than the history and socket buffers hold, so the
+    // server's writer is waiting on the link when the login fails.
+    const PINGS: u64 = 500_000;
+    let mut out = BytesMut::new();
+    for nonce in 0..PINGS {
+        Frame::Ping { nonce }.encode(&mut out);
+    }
+    // A login without a hello: refused at once.
+    Frame::Login { proof: [0; 32] }.encode(&mut out);
+    timeout(LIMIT, link.stream.write_all(&out))
+        .await
+        .expect("in time")
+        .unwrap();
+    // Let the server read the rest and fail the login while we still do not
+    // read. (Had it not got there yet, the test would prove less, never fail
+    // wrongly.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut pongs = 0;
+    let mut refused = None;
+    loop {
+        match link.recv().await {
+            Some(Frame::Pong { nonce }) => {
+                assert_eq!(nonce, pongs, "PONGs in order, none lost");
+                assert!(refused.is_none(), "nothing between refusal and goodbye");
+                pongs += 1;
+            }
+            Some(Frame::Refuse { reason }) => refused = Some(reason),
+            Some(Frame::Goodbye { .. }) => break,
+            Some(Frame::Ping { .. }) => {}
+            other => panic!("unexpected {other:?} after {pongs} PONGs"),
+        }
+    }
+    assert_eq!(pongs, PINGS, "every PONG queued before the end went out");
+    assert_eq!(refused.as_deref(), Some("expected a hello"));
+    assert_eq!(server.stats().await.clients, 0);
+}

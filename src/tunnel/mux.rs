@@ -864,6 +864,15 @@ impl Outbox {
         }
     }
 
+    /// The mux has ended: takes what is queued for control (a refusal, a
+    /// goodbye), which must still go out; true once nothing is left to send.
+    fn drain_control(&mut self, control: &mut mpsc::UnboundedReceiver<Frame>) -> bool {
+        while let Ok(f) = control.try_recv() {
+            self.push(f);
+        }
+        self.pieces.is_empty()
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
         while n > 0 {
@@ -944,11 +953,7 @@ async fn writer(
                             None => break,
                         },
                         _ = end.wait_for(Option::is_some) => {
-                            // Ended: send what is queued for control (a goodbye), then stop.
-                            while let Ok(f) = queues[0].try_recv() {
-                                out.push(f);
-                            }
-                            if out.pieces.is_empty() {
+                            if out.drain_control(&mut queues[0]) {
                                 break;
                             }
                         }
@@ -976,7 +981,7 @@ async fn writer(
             }
             Ok(n) => out.advance(n),
         }
-        if out.pieces.is_empty() && shared.end.borrow().is_some() {
+        if shared.end.borrow().is_some() && out.drain_control(&mut queues[0]) {
             break;
         }
     }
