@@ -166,7 +166,14 @@ async fn refused_reconnects_leave_the_session_alone() {
     // read, so what it would have to resend from our read count is gone.
     let big = vec![7u8; 100 << 10];
     raw.send(&big).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the server has sent us more than its history holds.
+    let mut waiting = vec![0u8; 64 << 10];
+    for _ in 0..3000 {
+        if raw.io.peek(&mut waiting).await.unwrap() > 40 << 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = raw.session.read_count();
     let stale = raw.request(raw.session.write_count(), before, &key);
     let reply = reply_to(addr, Version::V2, &ClientHello::Reconnect(stale)).await;

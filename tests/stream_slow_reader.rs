@@ -154,6 +154,13 @@ async fn an_understated_path_ends_in_a_clear_error() {
     }
     let mut got = vec![0u8; 64 << 10];
     r.read_exact(&mut got).await.unwrap();
+    // The client's buffers fill (256 KiB of them), then the proxy's.
+    for _ in 0..3000 {
+        if proxy.stats().forwarded >= 256 << 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut_all(rejoin::chaos::CutKind::Reset);
     let mut read = got.len();
