@@ -171,9 +171,30 @@ impl Proc {
     }
 
     fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// What Ctrl-C in a terminal sends.
+    fn interrupt(&self) {
+        self.signal("-INT");
+    }
+
+    fn signal(&self, which: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.0.id().to_string()])
+            .args([which, &self.child.0.id().to_string()])
             .status();
+    }
+
+    /// Waits (bounded) until stderr contains `text`.
+    fn await_stderr(&self, text: &str) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Waits (bounded) for the exit; true on success.
@@ -282,6 +303,43 @@ fn tunnel_one_line_forms() {
         assert!(!log.contains(TOKEN), "{who} logged the token");
         assert!(log.contains("TRACE"), "{who} logged at trace level");
     }
+}
+
+/// Ctrl-C on the server: every client is told at once (it does not wait for
+/// a timeout to notice) and goes back to dialing; Ctrl-C on the client stops
+/// it cleanly.
+#[test]
+fn ctrl_c_says_goodbye() {
+    let echo = echo_service();
+    let mut server = Proc::start(
+        &["server", "--listen", "127.0.0.1:0", "--token", "t0k"],
+        None,
+    );
+    let addr = server.line().replace("listening on ", "");
+    let mut client = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", "t0k", "--tcp", &echo,
+        ],
+        None,
+    );
+    let published = client.line();
+    assert!(published.starts_with(&format!("tcp {echo} published at ")));
+    server.interrupt();
+    assert!(server.wait(), "server exits 0 on Ctrl-C");
+    assert!(
+        server
+            .stderr()
+            .contains("shutting down: saying goodbye to every client"),
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        client.await_stderr("peer said goodbye: server shutting down"),
+        "{}",
+        client.stderr()
+    );
+    client.interrupt();
+    assert!(client.wait(), "client exits 0 on Ctrl-C");
 }
 
 #[test]

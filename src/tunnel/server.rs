@@ -219,12 +219,26 @@ impl Server {
     }
 
     /// Says goodbye to every client and closes their ports; stops accepting.
+    /// Returns once every goodbye has gone out and its link has closed, or
+    /// after the stream's `close_timeout` at most, so a process may exit
+    /// right after without its clients missing the goodbye.
     pub async fn shutdown(&self, reason: &str) {
         self.accept.abort();
-        let sessions: Vec<_> = self.inner.sessions.lock().await.drain().collect();
-        for (_, session) in sessions {
+        let sessions: Vec<_> = self
+            .inner
+            .sessions
+            .lock()
+            .await
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for session in &sessions {
             session.mux.goodbye(reason);
             session.close_ports().await;
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.stream.close_timeout;
+        for session in &sessions {
+            let _ = tokio::time::timeout_at(deadline, session.mux.stream_closed()).await;
         }
     }
 }
