@@ -14,6 +14,10 @@
 //! 1,000 and 10,000 idle visitor connections. `docs/benchmarks.md` has the
 //! figures and what they mean.
 
+mod common;
+
+use common::{CHUNK, recv_n, send_n};
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -26,10 +30,8 @@ use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{Client, ClientConfig, ClientEvent, ServiceConfig};
 use rejoin::tunnel::frame::ServiceKind;
 use rejoin::tunnel::server::{Server, ServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const CHUNK: usize = 64 << 10;
 
 // The allocator the `rejoin` binary uses (the default `mimalloc` feature);
 // `--no-default-features` measures with the system allocator.
@@ -102,32 +104,6 @@ where
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Writes `bytes` in 64 KiB chunks, then shuts down.
-async fn send_n<W: AsyncWrite + Unpin>(w: &mut W, bytes: u64) {
-    let buf = vec![0x42u8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = CHUNK.min(left as usize);
-        w.write_all(&buf[..n]).await.expect("write");
-        left -= n as u64;
-    }
-    w.flush().await.expect("flush");
-}
-
-/// Reads exactly `bytes`.
-async fn recv_n<R: AsyncRead + Unpin>(r: &mut R, bytes: u64) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = r
-            .read(&mut buf[..CHUNK.min(left as usize)])
-            .await
-            .expect("read");
-        assert!(n > 0, "early end of stream");
-        left -= n as u64;
-    }
 }
 
 struct Row {

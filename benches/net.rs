@@ -2,6 +2,10 @@
 //! a tunnel visitor, with `Throughput::Bytes`. (The ratios against direct TCP
 //! are in the `e2e` benchmark, which measures both in one run.)
 
+mod common;
+
+use common::{recv_n, send_n};
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -10,39 +14,13 @@ use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{Client, ClientConfig, ClientEvent, ServiceConfig};
 use rejoin::tunnel::frame::ServiceKind;
 use rejoin::tunnel::server::{Server, ServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const CHUNK: usize = 64 << 10;
 const BYTES: u64 = 32 << 20;
-
-async fn send_n<W: AsyncWrite + Unpin>(w: &mut W, bytes: u64) {
-    let buf = vec![0x42u8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = CHUNK.min(left as usize);
-        w.write_all(&buf[..n]).await.expect("write");
-        left -= n as u64;
-    }
-    w.flush().await.expect("flush");
-}
-
-async fn recv_n<R: AsyncRead + Unpin>(r: &mut R, bytes: u64) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = r
-            .read(&mut buf[..CHUNK.min(left as usize)])
-            .await
-            .expect("read");
-        assert!(n > 0, "early end of stream");
-        left -= n as u64;
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -304,15 +304,6 @@ async fn v1_abuse_is_refused_cleanly() {
     still_serving(&mut real, addr, &config).await;
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// 1,000 connections that never say anything are all closed by the
 /// handshake timeout, and cost little memory while they are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,7 +314,7 @@ async fn idle_half_open_connections_are_closed() {
     config.max_handshakes = 2000;
     let (addr, listener) = echo_listener(config.clone()).await;
     let mut real = bystander(addr, config.clone()).await;
-    let before = rss_kib();
+    let before = common::rss_kib();
     let mut idle = Vec::new();
     for _ in 0..1000 {
         idle.push(TcpStream::connect(addr).await.unwrap());
@@ -335,7 +326,7 @@ async fn idle_half_open_connections_are_closed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(listener.stats().handshakes, 1000, "all held as handshakes");
-    let grown = rss_kib().saturating_sub(before);
+    let grown = common::rss_kib().saturating_sub(before);
     println!("1000 half-open connections: RSS grew by {grown} KiB");
     assert!(grown < 16 << 10, "memory bounded: grew {grown} KiB");
     still_serving(&mut real, addr, &config).await;

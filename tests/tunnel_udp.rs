@@ -333,15 +333,6 @@ async fn no_datagram_handed_to_the_link_is_lost_or_duplicated() {
     );
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// A visitor blasting datagrams as fast as it can neither grows memory
 /// without bound nor stops a TCP transfer on the same link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +347,7 @@ async fn a_udp_burst_cannot_starve_tcp() {
     let public = client.published(2).await;
     // Published in order of the services: TCP first.
     let (tcp_public, udp_public) = (public[0].clone(), public[1].clone());
-    let before = rss_kib();
+    let before = common::rss_kib();
     let stop = Arc::new(AtomicBool::new(false));
     let blasted = Arc::new(AtomicU64::new(0));
     let blaster = {
@@ -386,7 +377,7 @@ async fn a_udp_burst_cannot_starve_tcp() {
     blaster.await.unwrap();
     let (sent, got) = done.expect("the TCP transfer finished during the UDP burst");
     assert_eq!(sent, got);
-    let grown = rss_kib().saturating_sub(before);
+    let grown = common::rss_kib().saturating_sub(before);
     let info = &server.clients().await[0];
     println!(
         "{} datagrams blasted during a 32 MiB TCP echo; {} handed to the link, {} dropped at the queue; RSS grew {grown} KiB",

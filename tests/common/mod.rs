@@ -73,4 +73,14 @@ pub fn digest_of(seed: u64, len: u64) -> [u8; 32] {
     }
     sha.finalize().into()
 }
+/// This process's resident memory, in KiB (0 where /proc is missing).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub mod tunnel;
