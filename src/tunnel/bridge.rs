@@ -10,11 +10,11 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::frame::MAX_DATA;
-use super::mux::{Inbound, MuxStream};
+use super::mux::{Inbound, MuxStream, advance_pieces};
 use super::pool;
 
 /// Most chunks written in one vectored write.
@@ -43,17 +43,9 @@ pub async fn bridge(sock: TcpStream, mut stream: MuxStream) {
                 }
                 let slices: Vec<IoSlice<'_>> = pending.iter().map(|b| IoSlice::new(b)).collect();
                 match sock.try_write_vectored(&slices) {
-                    Ok(mut n) => {
+                    Ok(n) => {
                         stream.consumed(n);
-                        while n > 0 {
-                            let Some(front) = pending.front_mut() else { break };
-                            let take = n.min(front.len());
-                            front.advance(take);
-                            n -= take;
-                            if front.is_empty() {
-                                pending.pop_front();
-                            }
-                        }
+                        advance_pieces(&mut pending, n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => break true,

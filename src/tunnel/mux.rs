@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
@@ -873,19 +873,24 @@ impl Outbox {
         self.pieces.is_empty()
     }
 
-    fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, n: usize) {
         self.bytes -= n;
-        while n > 0 {
-            let Some(front) = self.pieces.front_mut() else {
-                return;
-            };
-            if n < front.len() {
-                let _ = front.split_to(n);
-                return;
-            }
-            n -= front.len();
-            self.pieces.pop_front();
+        advance_pieces(&mut self.pieces, n);
+    }
+}
+
+/// Drops the first `n` bytes of `pieces` (what a vectored write took).
+pub(super) fn advance_pieces(pieces: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = pieces.front_mut() else {
+            return;
+        };
+        if n < front.len() {
+            front.advance(n);
+            return;
         }
+        n -= front.len();
+        pieces.pop_front();
     }
 }
 
