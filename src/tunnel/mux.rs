@@ -845,20 +845,14 @@ struct Outbox {
 
 impl Outbox {
     fn push(&mut self, frame: Frame) {
-        // DATA payloads go out as they are, without a copy.
-        let (header, payload) = match frame {
-            Frame::Data { id, payload } => {
-                Frame::data_header(id, payload.len(), &mut self.headers);
-                (self.headers.split().freeze(), Some(payload))
-            }
-            other => {
-                other.encode(&mut self.headers);
-                (self.headers.split().freeze(), None)
-            }
-        };
+        // DATA and DATAGRAM payloads go out as they are, without a copy.
+        let payload = frame.encode_split(&mut self.headers);
+        let header = self.headers.split().freeze();
         self.bytes += header.len();
         self.pieces.push_back(header);
-        if let Some(p) = payload {
+        // (An empty piece would stay at the front for ever: a write of
+        // nothing but empty slices takes 0 bytes.)
+        if let Some(p) = payload.filter(|p| !p.is_empty()) {
             self.bytes += p.len();
             self.pieces.push_back(p);
         }
