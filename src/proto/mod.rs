@@ -17,6 +17,8 @@
 //! - [`handshake`]: client and server state machines for a new connection.
 //! - [`resume`]: client and server state machines for a reconnect.
 //! - [`record`]: the opt-in record layer (close and heartbeat) inside a session.
+//! - [`sealed`]: the sealed suite (Noise handshake, AEAD frames, acks,
+//!   authenticated resume) for rejoin-to-rejoin sessions.
 //!
 //! `PROTOCOL.md` at the crate root is the normative description of the bytes.
 
@@ -29,6 +31,7 @@ pub mod history;
 pub mod message;
 pub mod record;
 pub mod resume;
+pub mod sealed;
 pub mod session;
 
 pub use dh::Key;
@@ -39,6 +42,9 @@ pub use session::Session;
 
 /// The smallest history a session may be configured with.
 pub const MIN_HISTORY: usize = 1024;
+/// The smallest history a sealed session may be configured with: acks go
+/// out every [`sealed::link::ACK_EVERY`] bytes, a quarter of it.
+pub const MIN_SEALED_HISTORY: usize = 64 * 1024;
 /// The largest history a session may be configured with (1 GiB).
 pub const MAX_HISTORY: usize = 1 << 30;
 
@@ -161,6 +167,16 @@ pub enum Error {
     /// Another resume of the session completed after this one began.
     #[error("stale resume: a newer reconnect already took over the session")]
     StaleResume,
+    /// A sealed handshake message or frame failed to authenticate: the peer
+    /// lacks the key, or the bytes were changed, dropped, replayed or reordered.
+    #[error("authentication failed (wrong key, or the bytes were tampered with)")]
+    Unauthenticated,
+    /// The peer asks for something this side is not set up for.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// The server refused a sealed resume or session, with this status.
+    #[error("refused by the server (status {0})")]
+    SealedRefusal(u8),
     /// Our history no longer holds what the peer missed.
     #[error("history too short: resend of {need} bytes needed, history holds {held}")]
     HistoryTooShort {

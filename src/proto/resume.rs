@@ -47,22 +47,27 @@ pub fn decide(session: &Session, request: &ReconnectRequest) -> Result<(), Refus
     if request.id != session.id() || !tags_equal(&expected, &request.tag) {
         return Err(RefuseReason::BadTag);
     }
-    if request.write_count < session.read_count() {
+    check_counts(session, request.write_count, request.read_count)
+}
+
+/// The count checks of a resume whose proof already verified: the client
+/// wrote `write` and read `read`.
+pub(crate) fn check_counts(session: &Session, write: u64, read: u64) -> Result<(), RefuseReason> {
+    if write < session.read_count() {
         return Err(RefuseReason::WriteCountBelowRead {
-            client_write: request.write_count,
+            client_write: write,
             server_read: session.read_count(),
         });
     }
-    if request.read_count > session.write_count() {
+    if read > session.write_count() {
         return Err(RefuseReason::ReadCountAboveWrite {
-            client_read: request.read_count,
+            client_read: read,
             server_write: session.write_count(),
         });
     }
-    let need = session.write_count() - request.read_count;
-    if request.read_count < session.history().start() {
+    if read < session.history().start() {
         return Err(RefuseReason::HistoryTooShort {
-            need,
+            need: session.write_count() - read,
             held: session.history().len() as u64,
         });
     }

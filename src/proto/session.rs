@@ -21,7 +21,9 @@
 
 use super::cipher::Ciphers;
 use super::history::History;
+use super::cipher::Cipher;
 use super::resume::ResumePoint;
+use super::sealed::SessionSecrets;
 use super::{Error, Key, Params, Result, Role, Version};
 
 /// One side of an established session.
@@ -44,6 +46,10 @@ pub struct Session {
     in_pos: u64,
     /// Resumes completed.
     epoch: u64,
+    /// Sealed suite: the secrets from the first handshake. The history then
+    /// holds plaintext (frames are sealed per connection) and the floor moves
+    /// with the peer's acks alone.
+    secrets: Option<SessionSecrets>,
 }
 
 impl Session {
@@ -68,7 +74,31 @@ impl Session {
             sent: 0,
             in_pos: 0,
             epoch: 0,
+            secrets: None,
         }
+    }
+
+    /// A sealed-suite session: plaintext history, the record layer always on,
+    /// history freed by acks. `params.version` and `params.encrypt` play no
+    /// part.
+    pub(crate) fn new_sealed(role: Role, id: u64, params: Params, secrets: SessionSecrets) -> Self {
+        let plain = Ciphers {
+            write: Cipher::Plain,
+            read: Cipher::Plain,
+        };
+        let mut session = Session::new(role, id, Key([0; 8]), params, true, plain);
+        session.secrets = Some(secrets);
+        session
+    }
+
+    /// Sealed suite: the secrets of the session's first handshake.
+    pub fn secrets(&self) -> Option<&SessionSecrets> {
+        self.secrets.as_ref()
+    }
+
+    /// Whether this is a sealed-suite session.
+    pub fn is_sealed(&self) -> bool {
+        self.secrets.is_some()
     }
 
     /// The conn ID the server assigned.
@@ -76,7 +106,8 @@ impl Session {
         self.id
     }
 
-    /// The session key (never log it).
+    /// The compatible suite's session key (never log it; all zero in a
+    /// sealed session, which has no such key).
     pub fn key(&self) -> &Key {
         &self.key
     }
@@ -133,6 +164,9 @@ impl Session {
 
     /// The lowest count the peer may still ask us to resend.
     fn safe_floor(&self) -> u64 {
+        if self.secrets.is_some() {
+            return self.floor;
+        }
         let assumed = self.sent.saturating_sub(self.params.in_flight as u64);
         self.floor.max(assumed)
     }

@@ -1,0 +1,200 @@
+//! The frames of one sealed connection.
+//!
+//! ```text
+//! frame = len:u16le  AEAD(stream bytes ‖ ack:u64le)      len = ciphertext length, 24..=65535
+//! ```
+//!
+//! Each direction's frames are sealed under that connection's own key with
+//! Noise's counter nonces (0, 1, 2, … per direction), so a frame that is
+//! flipped, dropped, replayed or reordered fails to open and ends the
+//! connection; the session then resumes on a new one. The ack is the sender's
+//! read count: everything below it may leave the receiver's history. Stream
+//! bytes in a frame continue where the previous frame's ended; the first frame
+//! after a resume starts where the resume said.
+//!
+//! A [`Link`] knows nothing of sockets: [`Link::handle_input`] takes bytes
+//! from the wire, [`Link::poll_transmit`] gives sealed bytes for it.
+
+use bytes::{Buf, BytesMut};
+
+use super::{ACK_LEN, MAX_FRAME_DATA, MIN_FRAME, TAG_LEN};
+use crate::proto::{Error, Result, Session};
+
+/// Received bytes after which an ack goes out even with no data to carry it.
+/// Sealed histories are at least [`crate::proto::MIN_SEALED_HISTORY`], four
+/// times this, so a writer waiting for room always gets its ack.
+pub const ACK_EVERY: u64 = 16 * 1024;
+
+/// Most sealed bytes prepared ahead of the transport.
+const OUT_BATCH: usize = 256 * 1024;
+
+/// One connection's frame sealing and opening.
+pub struct Link {
+    noise: Box<snow::TransportState>,
+    /// Sealed bytes the transport has not taken yet.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Received bytes not yet opened (a partial frame).
+    input: BytesMut,
+    /// Plaintext being assembled for the next frame.
+    scratch: Vec<u8>,
+    /// The read count last sent as an ack.
+    acked: u64,
+    frames_in: u64,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("pending_out", &(self.out.len() - self.out_pos))
+            .field("input", &self.input.len())
+            .field("acked", &self.acked)
+            .finish()
+    }
+}
+
+impl Link {
+    pub(crate) fn new(noise: snow::TransportState, acked: u64) -> Self {
+        Link {
+            noise: Box::new(noise),
+            out: Vec::new(),
+            out_pos: 0,
+            input: BytesMut::new(),
+            scratch: Vec::new(),
+            acked,
+            frames_in: 0,
+        }
+    }
+
+    /// Frames opened on this connection.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in
+    }
+
+    /// Seals one frame carrying `data` and the ack `ack` into the output.
+    pub(crate) fn seal(&mut self, data: &[u8], ack: u64) -> Result<()> {
+        debug_assert!(data.len() <= MAX_FRAME_DATA);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(data);
+        self.scratch.extend_from_slice(&ack.to_le_bytes());
+        let len = self.scratch.len() + TAG_LEN;
+        let at = self.out.len();
+        self.out.resize(at + 2 + len, 0);
+        self.out[at..at + 2].copy_from_slice(&(len as u16).to_le_bytes());
+        let n = self
+            .noise
+            .write_message(&self.scratch, &mut self.out[at + 2..])
+            .map_err(|_| Error::Malformed("frame could not be sealed"))?;
+        debug_assert_eq!(n, len);
+        self.acked = self.acked.max(ack);
+        Ok(())
+    }
+
+    /// Seals what `session` has to send (up to a batch) if the output is
+    /// drained, and an ack alone if one is owed and no data carries it.
+    /// Returns the sealed bytes the transport should take.
+    pub fn poll_transmit(&mut self, session: &mut Session) -> Result<&[u8]> {
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            while self.out.len() < OUT_BATCH {
+                let ack = session.read_count();
+                let (a, _) = session.poll_transmit();
+                if a.is_empty() {
+                    break;
+                }
+                let n = a.len().min(MAX_FRAME_DATA);
+                self.seal(&a[..n], ack)?;
+                session.handle_transmitted(n);
+            }
+            if self.out.is_empty() && session.read_count() >= self.acked + ACK_EVERY {
+                self.seal(&[], session.read_count())?;
+            }
+        }
+        Ok(&self.out[self.out_pos..])
+    }
+
+    /// Whether sealed bytes wait for the transport.
+    pub fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Records that the transport took `n` sealed bytes.
+    pub fn handle_transmitted(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+    }
+
+    /// Moves the sealed output into `buf` (the handshake's transmit).
+    pub(crate) fn drain_output(&mut self, buf: &mut BytesMut) {
+        buf.extend_from_slice(&self.out[self.out_pos..]);
+        self.out.clear();
+        self.out_pos = 0;
+    }
+
+    /// The buffer received bytes go into before [`Link::handle_input`].
+    pub fn input_buffer(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Opens every complete frame in the input buffer: applies its ack to
+    /// `session` and appends its stream bytes to `plain`. The caller then
+    /// hands the new part of `plain` to [`Session::handle_input`].
+    ///
+    /// Fails, ending the connection, on a frame that does not authenticate,
+    /// has an impossible length, or acknowledges bytes never written.
+    pub fn handle_input(&mut self, session: &mut Session, plain: &mut BytesMut) -> Result<()> {
+        while let Some(ack) = self.open_one(plain)? {
+            if ack > session.write_count() {
+                return Err(Error::BadCounts("ack above what was written"));
+            }
+            session.confirm(ack);
+        }
+        Ok(())
+    }
+
+    /// Opens one frame if complete: appends its data to `plain` and returns
+    /// its ack.
+    fn open_one(&mut self, plain: &mut BytesMut) -> Result<Option<u64>> {
+        if self.input.len() < 2 {
+            return Ok(None);
+        }
+        let len = u16::from_le_bytes([self.input[0], self.input[1]]) as usize;
+        if len + 2 < MIN_FRAME {
+            return Err(Error::Malformed("frame shorter than its ack and tag"));
+        }
+        if self.input.len() < 2 + len {
+            self.input.reserve(2 + len - self.input.len());
+            return Ok(None);
+        }
+        let start = plain.len();
+        plain.resize(start + len, 0);
+        let opened = self
+            .noise
+            .read_message(&self.input[2..2 + len], &mut plain[start..]);
+        let Ok(n) = opened else {
+            plain.truncate(start);
+            return Err(Error::Unauthenticated);
+        };
+        self.input.advance(2 + len);
+        self.frames_in += 1;
+        // n = len - TAG_LEN >= ACK_LEN, checked above.
+        let data = n - ACK_LEN;
+        let mut ack = [0u8; ACK_LEN];
+        ack.copy_from_slice(&plain[start + data..start + n]);
+        plain.truncate(start + data);
+        Ok(Some(u64::from_le_bytes(ack)))
+    }
+
+    /// Opens the first frame of a connection, which must carry no data and
+    /// exactly the ack `expected`: the confirm that ends a handshake.
+    pub(crate) fn open_confirm(&mut self, expected: u64) -> Result<bool> {
+        let mut plain = BytesMut::new();
+        let Some(ack) = self.open_one(&mut plain)? else {
+            return Ok(false);
+        };
+        if !plain.is_empty() || ack != expected {
+            return Err(Error::Malformed("confirm frame"));
+        }
+        Ok(true)
+    }
+}
