@@ -135,7 +135,10 @@ fn data_flows_both_ways_and_acks_free_history() {
     let n = c.session.handle_write(&data);
     assert_eq!(n, data.len());
     let wire = pump(&mut c, &mut s, |_| {}).unwrap();
-    assert!(!wire.windows(16).any(|w| w == &data[1000..1016]), "plaintext on the wire");
+    assert!(
+        !wire.windows(16).any(|w| w == &data[1000..1016]),
+        "plaintext on the wire"
+    );
     assert_eq!(take(&mut s), data);
     // The server owes an ack: it goes out alone, and frees the client's history.
     assert!(c.session.write_capacity() < params().history - 150_000);
@@ -156,13 +159,11 @@ fn pinned_server_key_works_and_a_wrong_one_fails() {
 
     // A server with another static key (a man in the middle holding the PSK).
     let other = StaticKey::generate().unwrap();
-    let client =
-        ClientExchange::new_session(params(), &psk(), b"", Some(key.public())).unwrap();
+    let client = ClientExchange::new_session(params(), &psk(), b"", Some(key.public())).unwrap();
     let err = run(client, ServerExchange::new(Some(other)), accept(psk())).err();
     assert_eq!(err, Some(Error::Unauthenticated));
     // A server without a static key cannot answer a pinned hello.
-    let client =
-        ClientExchange::new_session(params(), &psk(), b"", Some(key.public())).unwrap();
+    let client = ClientExchange::new_session(params(), &psk(), b"", Some(key.public())).unwrap();
     let err = run(client, ServerExchange::new(None), accept(psk())).err();
     assert!(matches!(err, Some(Error::Unsupported(_))));
 }
@@ -208,7 +209,13 @@ fn resume(c: &mut End, s: &mut End) -> Result<Run, Error> {
     let server = ServerExchange::new(None);
     let session = &mut s.session;
     let r = run(client, server, |x, req| {
-        assert_eq!(req, &Request::Resume { id: 7, pinned: false });
+        assert_eq!(
+            req,
+            &Request::Resume {
+                id: 7,
+                pinned: false
+            }
+        );
         x.accept_resume(session)
     })?;
     Ok(r)
@@ -267,7 +274,10 @@ fn a_forged_resume_without_the_secret_is_refused() {
     other.session.handle_write(b"x");
     let client = ClientExchange::resume(&other.session, None).unwrap();
     let session = &mut s.session;
-    let err = run(client, ServerExchange::new(None), |x, _| x.accept_resume(session)).err();
+    let err = run(client, ServerExchange::new(None), |x, _| {
+        x.accept_resume(session)
+    })
+    .err();
     assert_eq!(err, Some(Error::Unauthenticated));
     assert_eq!(s.session.epoch(), 0);
 }
@@ -315,5 +325,8 @@ fn oversized_fields_are_refused() {
     let mut input = BytesMut::from(&[0x12u8, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff][..]);
     assert!(Request::decode_hello(&mut input).is_err());
     let mut input = BytesMut::from(&[0x00u8, 0, 0][..]);
-    assert_eq!(Request::decode_hello(&mut input), Err(Error::UnknownType(0)));
+    assert_eq!(
+        Request::decode_hello(&mut input),
+        Err(Error::UnknownType(0))
+    );
 }

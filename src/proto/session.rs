@@ -19,9 +19,9 @@
 //! newer, sent or not, must fit in the history. [`Session::write_capacity`] is
 //! what is left.
 
+use super::cipher::Cipher;
 use super::cipher::Ciphers;
 use super::history::History;
-use super::cipher::Cipher;
 use super::resume::ResumePoint;
 use super::sealed::SessionSecrets;
 use super::{Error, Key, Params, Result, Role, Version};

@@ -5,15 +5,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::exchange::{Stop, drive};
 use super::pump::{PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::{Dialed, Dialer, TcpDialer};
 use super::{Config, Error, Event, Stream};
-use crate::proto::{ClientHandshake, ClientResume, Session, Version};
+use crate::proto::sealed::{ClientExchange, ClientOutcome, Link};
+use crate::proto::{self, ClientHandshake, ClientResume, Session, Version};
 
 /// Connects to a rejoin or snet server over TCP.
 ///
@@ -21,7 +23,7 @@ use crate::proto::{ClientHandshake, ClientResume, Session, Version};
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::io::AsyncWriteExt;
 /// let mut stream = rejoin::stream::connect("example.com:9000", Default::default()).await?;
 /// stream.write_all(b"hello").await?;
 /// let mut reply = [0u8; 5];
@@ -40,9 +42,10 @@ pub async fn connect_with<D: Dialer>(dialer: D, config: Config) -> io::Result<St
     let first = timeout(config.handshake_timeout, handshake(&dialer, &config))
         .await
         .map_err(|_| Error::HandshakeTimeout(config.handshake_timeout))??;
-    let (io, session, leftover, peer) = first;
+    let (io, session, link, leftover, peer) = first;
     let id = session.id();
     let mut state = State::new(session, config.recv_buffer, config.close_timeout, peer);
+    state.link = link;
     state.ingest(&leftover)?;
     let shared = Arc::new(Shared::new(state));
     let span = info_span!("session", id = %format_args!("{id:016x}"), role = "client");
@@ -51,29 +54,39 @@ pub async fn connect_with<D: Dialer>(dialer: D, config: Config) -> io::Result<St
     Ok(Stream::new(shared))
 }
 
-type First<T> = (T, Session, BytesMut, Option<SocketAddr>);
+type First<T> = (T, Session, Option<Link>, BytesMut, Option<SocketAddr>);
 
 async fn handshake<D: Dialer>(dialer: &D, config: &Config) -> Result<First<D::Io>, Error> {
     let Dialed { mut io, peer } = dialer.dial().await?;
-    let mut hs = ClientHandshake::new(config.params(), config.records, &mut rand::rng());
     let mut buf = BytesMut::with_capacity(64);
-    loop {
-        if let Some(out) = hs.poll_transmit() {
-            io.write_all(&out).await?;
-        }
-        if let Some(session) = hs.poll_outcome() {
-            io.flush().await?;
-            return Ok((io, session, buf, peer));
-        }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection during the handshake \
-                 (protocol versions differ, or not an snet server?)",
-            )
-            .into());
-        }
-        hs.handle_input(&mut buf).map_err(Error::Handshake)?;
+    let closed = || {
+        Error::from(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection during the handshake \
+             (suites or protocol versions differ, wrong key, or not a rejoin/snet server?)",
+        ))
+    };
+    let stopped = |stop: Stop| match stop {
+        Stop::Closed => closed(),
+        Stop::Io(e) => e.into(),
+        Stop::Protocol(e) => Error::Handshake(e),
+    };
+    let Some(keys) = config.sealed_keys() else {
+        let mut hs = ClientHandshake::new(config.params(), config.records, &mut rand::rng());
+        let session = drive(&mut io, &mut hs, &mut buf).await.map_err(stopped)?;
+        return Ok((io, session, None, buf, peer));
+    };
+    let psk = keys.psk.as_ref().ok_or(Error::Config(super::ConfigError(
+        "the sealed suite needs a psk on the client".into(),
+    )))?;
+    let mut ex =
+        ClientExchange::new_session(config.params(), psk, &keys.psk_id, keys.server_key.as_ref())
+            .map_err(Error::Handshake)?;
+    match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
+        Ok(ClientOutcome::Established(e)) => Ok((io, e.session, Some(e.link), buf, peer)),
+        Ok(ClientOutcome::Resumed(_)) => Err(Error::Internal("a new session resumed")),
+        Err(proto::Error::SealedRefusal(_)) => Err(Error::Refused),
+        Err(e) => Err(Error::Handshake(e)),
     }
 }
 
@@ -187,14 +200,18 @@ async fn reconnect<D: Dialer>(
         {
             return Err(Some(Error::GaveUp(limit)));
         }
-        let outcome = timeout(config.handshake_timeout, attempt(shared, dialer))
+        let outcome = timeout(config.handshake_timeout, attempt(shared, dialer, config))
             .await
             .unwrap_or_else(|_| Err(Attempt::Retry("reconnect timed out".into())));
         match outcome {
             Ok(io) => return Ok(io),
             Err(Attempt::Fatal(e)) => return Err(Some(e)),
-            Err(Attempt::ClosedBeforeReply) if config.version == Version::V1 => {
-                // v1 refuses by closing, but a close is also what a broken
+            Err(Attempt::ClosedBeforeReply)
+                if config.version == Version::V1 || config.sealed_keys().is_some() =>
+            {
+                // v1 refuses by closing, and so does a sealed server that has
+                // no such session (it cannot authenticate a refusal without
+                // the session's secret); but a close is also what a broken
                 // link or an older reconnect taking over looks like.
                 closed_before_reply += 1;
                 debug!(retry, "server closed before replying");
@@ -209,31 +226,52 @@ async fn reconnect<D: Dialer>(
 }
 
 /// One reconnect: dial, exchange counts, and switch the session over.
-async fn attempt<D: Dialer>(shared: &Shared, dialer: &D) -> Result<D::Io, Attempt> {
+async fn attempt<D: Dialer>(
+    shared: &Shared,
+    dialer: &D,
+    config: &Config,
+) -> Result<D::Io, Attempt> {
     let Dialed { mut io, peer } = dialer.dial().await?;
-    let mut resume = ClientResume::new(&shared.state.lock().session);
     let mut buf = BytesMut::with_capacity(64);
-    let point = loop {
-        if let Some(out) = resume.poll_transmit() {
-            io.write_all(&out).await?;
-        }
-        if let Some(outcome) = resume.poll_outcome() {
-            break outcome.map_err(|e| Attempt::Fatal(e.into()))?;
-        }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Err(Attempt::ClosedBeforeReply);
-        }
-        resume
-            .handle_input(&mut buf)
-            .map_err(|e| Attempt::Fatal(e.into()))?;
+    let sealed = config.sealed_keys().is_some();
+    let stopped = |stop: Stop| match stop {
+        Stop::Closed => Attempt::ClosedBeforeReply,
+        Stop::Io(e) => e.into(),
+        // A sealed welcome that does not open was changed on the way (the
+        // real server holds the secret): worth another connection.
+        Stop::Protocol(e) if sealed => Attempt::Retry(format!("resume failed: {e}")),
+        Stop::Protocol(e) => Attempt::Fatal(e.into()),
     };
-    io.flush().await?;
+    let (point, link) = match config.sealed_keys() {
+        None => {
+            let mut resume = ClientResume::new(&shared.state.lock().session);
+            let point = drive(&mut io, &mut resume, &mut buf)
+                .await
+                .map_err(stopped)?;
+            (point.map_err(|e| Attempt::Fatal(e.into()))?, None)
+        }
+        Some(keys) => {
+            let started =
+                ClientExchange::resume(&shared.state.lock().session, keys.server_key.as_ref());
+            let mut ex = started.map_err(|e| Attempt::Fatal(e.into()))?;
+            match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
+                Ok(ClientOutcome::Resumed(r)) => (r.point, Some(r.link)),
+                Ok(ClientOutcome::Established(_)) => {
+                    return Err(Attempt::Fatal(Error::Internal(
+                        "a resume established a new session",
+                    )));
+                }
+                Err(proto::Error::SealedRefusal(_)) => return Err(Attempt::Fatal(Error::Refused)),
+                Err(e) => return Err(Attempt::Fatal(e.into())),
+            }
+        }
+    };
 
     let mut wake = Wake::default();
     let resent = {
         let mut st = shared.state.lock();
         let resent = st
-            .resumed(point, peer)
+            .resumed(point, link, peer)
             .map_err(|e| Attempt::Fatal(e.into()))?;
         st.ingest(&buf).map_err(Attempt::Fatal)?;
         st.take_read_waker(&mut wake);

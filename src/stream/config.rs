@@ -2,7 +2,97 @@
 
 use std::time::Duration;
 
-use crate::proto::{MAX_HISTORY, MIN_HISTORY, Params, Version};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::proto::sealed::{Psk, StaticKey};
+use crate::proto::{MAX_HISTORY, MIN_HISTORY, MIN_SEALED_HISTORY, Params, Version};
+
+/// Which protocol suite a stream speaks. Not negotiated: both ends must
+/// agree, and an endpoint set to one never speaks the other.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Suite {
+    /// The snet wire protocol, byte for byte (v2 or v1, see
+    /// [`Config::version`]): to talk to snet peers. Obfuscation, not
+    /// security (`PROTOCOL.md` §1.9).
+    #[default]
+    Compatible,
+    /// rejoin's sealed suite (`PROTOCOL.md` §4): a Noise handshake on every
+    /// connection, AEAD frames, an authenticated resume. For rejoin to rejoin.
+    Sealed(Sealed),
+}
+
+type LookupFn = dyn Fn(&[u8]) -> Option<Psk> + Send + Sync;
+
+/// Finds the PSK for the identity a client names (a server's per-client keys).
+#[derive(Clone)]
+pub struct PskLookup(Arc<LookupFn>);
+
+impl PskLookup {
+    /// Wraps a lookup function.
+    pub fn new(f: impl Fn(&[u8]) -> Option<Psk> + Send + Sync + 'static) -> Self {
+        PskLookup(Arc::new(f))
+    }
+
+    /// The PSK for `id`, if any.
+    pub fn find(&self, id: &[u8]) -> Option<Psk> {
+        (self.0)(id)
+    }
+}
+
+impl fmt::Debug for PskLookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PskLookup(..)")
+    }
+}
+
+impl PartialEq for PskLookup {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The sealed suite's keys.
+///
+/// A client needs `psk` (and may name it with `psk_id`, and pin the
+/// server's static key with `server_key`). A server needs `psk` or `lookup`
+/// (tried first), and `static_key` to serve clients that pin one.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Sealed {
+    /// The pre-shared key (client; server default).
+    pub psk: Option<Psk>,
+    /// Client: which PSK, sent in the clear (at most 64 bytes). Default empty.
+    pub psk_id: Vec<u8>,
+    /// Client: the server's static public key. With it the handshake is
+    /// `IKpsk2` and a holder of the PSK alone cannot pose as the server.
+    pub server_key: Option<[u8; 32]>,
+    /// Server: its static key pair, for clients that pin it.
+    pub static_key: Option<StaticKey>,
+    /// Server: per-identity PSKs.
+    pub lookup: Option<PskLookup>,
+}
+
+impl Sealed {
+    /// Keys with one PSK and nothing else.
+    pub fn new(psk: Psk) -> Self {
+        Sealed {
+            psk: Some(psk),
+            psk_id: Vec::new(),
+            server_key: None,
+            static_key: None,
+            lookup: None,
+        }
+    }
+
+    /// The PSK for a client naming `id`: the lookup's, else the default.
+    pub fn psk_for(&self, id: &[u8]) -> Option<Psk> {
+        self.lookup
+            .as_ref()
+            .and_then(|l| l.find(id))
+            .or_else(|| self.psk.clone())
+    }
+}
 
 /// How a client redials after its connection breaks.
 ///
@@ -86,6 +176,9 @@ impl Default for Keepalive {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
+    /// The protocol suite. Default [`Suite::Compatible`]; [`Config::sealed`]
+    /// turns the sealed suite on.
+    pub suite: Suite,
     /// snet wire version. Not negotiated: must match the peer. Default v2.
     pub version: Version,
     /// RC4-encrypt application data. Not negotiated: must match the peer.
@@ -146,6 +239,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            suite: Suite::Compatible,
             version: Version::V2,
             encrypt: true,
             records: false,
@@ -175,6 +269,33 @@ impl Default for Config {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The defaults, with the sealed suite keyed by `psk`:
+    ///
+    /// ```
+    /// use rejoin::proto::sealed::Psk;
+    /// let config = rejoin::stream::Config::sealed(Psk::from_passphrase("correct horse"));
+    /// config.validate().unwrap();
+    /// ```
+    pub fn sealed(psk: Psk) -> Self {
+        Config {
+            suite: Suite::Sealed(Sealed::new(psk)),
+            ..Config::default()
+        }
+    }
+
+    /// The sealed suite's keys, if that is the suite.
+    pub fn sealed_keys(&self) -> Option<&Sealed> {
+        match &self.suite {
+            Suite::Sealed(keys) => Some(keys),
+            Suite::Compatible => None,
+        }
+    }
+
+    /// Whether sessions carry rejoin's record layer (always in the sealed suite).
+    pub fn uses_records(&self) -> bool {
+        self.records || self.sealed_keys().is_some()
+    }
+
     /// The most bytes that can be lost in transit when a connection breaks:
     /// our send buffer and the peer's receive buffer (each `socket_buffer`,
     /// doubled as Linux does, and assumed alike on both sides), plus
@@ -200,8 +321,24 @@ impl Config {
                 self.socket_buffer
             ));
         }
+        if let Some(keys) = self.sealed_keys() {
+            if self.history < MIN_SEALED_HISTORY {
+                return fail(format!(
+                    "history {} is below the sealed suite's {MIN_SEALED_HISTORY}",
+                    self.history
+                ));
+            }
+            if keys.psk.is_none() && keys.lookup.is_none() {
+                return fail("the sealed suite needs a psk (or, on a server, a lookup)".into());
+            }
+            if keys.psk_id.len() > crate::proto::sealed::MAX_PSK_ID {
+                return fail("psk_id is longer than 64 bytes".into());
+            }
+        }
+        // The sealed suite frees history by acks; the compatible one must
+        // cover whatever can be in flight.
         let need = self.in_flight().saturating_add(MIN_HISTORY);
-        if self.history < need {
+        if self.sealed_keys().is_none() && self.history < need {
             return fail(format!(
                 "history {} must be at least in-flight {} (4 × socket_buffer + path_buffer) + {MIN_HISTORY}",
                 self.history,
@@ -273,6 +410,23 @@ mod tests {
         c.socket_buffer = 64 << 10;
         c.path_buffer = 0;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn sealed_needs_keys_and_room() {
+        let psk = Psk::from_bytes([1; 32]);
+        let mut c = Config::sealed(psk.clone());
+        c.validate().unwrap();
+        assert!(c.uses_records());
+        c.history = 1 << 20;
+        c.validate().unwrap();
+        c.history = 32 << 10;
+        assert!(c.validate().unwrap_err().0.contains("sealed"));
+        let mut c = Config::sealed(psk);
+        if let Suite::Sealed(k) = &mut c.suite {
+            k.psk = None;
+        }
+        assert!(c.validate().unwrap_err().0.contains("psk"));
     }
 
     #[test]

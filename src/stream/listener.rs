@@ -16,20 +16,36 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rand::RngExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::exchange::{Hello, Stop, drive, send_rest};
 use super::pump::{PumpConfig, PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::SocketOptions;
 use super::{Config, Error, Event, Stream};
+use crate::proto::sealed::{Link, Request, ServerExchange, ServerOutcome};
 use crate::proto::{
-    Incoming, ReconnectRequest, RefuseReason, ResumePoint, ServerHandshake, ServerResume, Session,
+    self, Incoming, ReconnectRequest, RefuseReason, ResumePoint, ServerHandshake, ServerResume,
+    Session,
 };
+
+/// What an exchange that stopped early means for the connection.
+fn stopped(stop: Stop) -> Error {
+    match stop {
+        Stop::Closed => io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "client closed the connection during the exchange",
+        )
+        .into(),
+        Stop::Io(e) => e.into(),
+        Stop::Protocol(e) => Error::Handshake(e),
+    }
+}
 
 /// Completes at the application's next call that wakes the driver (a write,
 /// a dropped half, a forced reconnect).
@@ -53,6 +69,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 struct Commit<T> {
     io: T,
     point: ResumePoint,
+    link: Option<Link>,
     leftover: BytesMut,
     peer: Option<SocketAddr>,
 }
@@ -259,35 +276,118 @@ impl<T: Transport> Inner<T> {
     }
 
     async fn handshake(self: &Arc<Self>, mut io: T, peer: Option<SocketAddr>) -> Result<(), Error> {
-        let mut hs = ServerHandshake::new(self.config.params(), self.fresh_id());
         let mut buf = BytesMut::with_capacity(64);
-        let incoming = loop {
-            if io.read_buf(&mut buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed during the handshake",
-                )
-                .into());
-            }
-            hs.handle_input(&mut buf, &mut rand::rng())
-                .map_err(Error::Handshake)?;
-            if let Some(out) = hs.poll_transmit() {
-                io.write_all(&out).await?;
-            }
-            if let Some(incoming) = hs.poll_outcome() {
-                break incoming;
-            }
-        };
-        match incoming {
-            Incoming::Session(session) => self.establish(io, session, buf, peer).await,
+        if self.config.sealed_keys().is_some() {
+            return self.sealed(io, buf, peer).await;
+        }
+        let mut hs = ServerHandshake::new(self.config.params(), self.fresh_id());
+        match drive(&mut io, &mut hs, &mut buf).await.map_err(stopped)? {
+            Incoming::Session(session) => self.establish(io, session, None, buf, peer).await,
             Incoming::Reconnect(request) => self.resume(io, request, buf, peer).await,
         }
+    }
+
+    /// A connection in the sealed suite: a new session or a resume.
+    async fn sealed(
+        self: &Arc<Self>,
+        mut io: T,
+        mut buf: BytesMut,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Error> {
+        let keys = self
+            .config
+            .sealed_keys()
+            .ok_or(Error::Internal("sealed connection without sealed keys"))?;
+        let mut ex = ServerExchange::new(keys.static_key.clone());
+        let request = drive(&mut io, &mut Hello(&mut ex), &mut buf)
+            .await
+            .map_err(stopped)?;
+        let psk_id = match request {
+            Request::Resume { id, .. } => return self.sealed_resume(io, ex, id, buf, peer).await,
+            Request::New { psk_id, .. } => psk_id,
+        };
+        let psk = keys
+            .psk_for(&psk_id)
+            .ok_or(Error::Handshake(proto::Error::Unauthenticated))?;
+        ex.accept_new(
+            &psk,
+            self.fresh_id(),
+            self.config.params(),
+            &mut rand::rng(),
+        )
+        .map_err(Error::Handshake)?;
+        ex.handle_input(&mut buf).map_err(Error::Handshake)?;
+        match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
+            ServerOutcome::Established(e) => {
+                self.establish(io, e.session, Some(e.link), buf, peer).await
+            }
+            ServerOutcome::Resumed(_) => Err(Error::Internal("a new session resumed")),
+        }
+    }
+
+    /// A sealed resume of session `id`: the live session is touched only
+    /// once the client has proved the session's resume secret under this
+    /// connection's fresh handshake.
+    async fn sealed_resume(
+        self: &Arc<Self>,
+        mut io: T,
+        mut ex: ServerExchange,
+        id: u64,
+        mut buf: BytesMut,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Error> {
+        let shown = format_args!("{id:016x}").to_string();
+        let Some((shared, commits)) = self.entry(id) else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            info!(id = %shown, ?peer, "reconnect refused: unknown conn ID");
+            return Ok(());
+        };
+        let accepted = {
+            let mut st = shared.state.lock();
+            if st.ended.is_some() {
+                Err(proto::Error::Refuse(RefuseReason::UnknownId))
+            } else {
+                ex.accept_resume(&mut st.session)
+            }
+        };
+        if let Err(e) = accepted {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            info!(id = %shown, ?peer, error = %e, "reconnect refused");
+            send_rest(&mut io, &mut ex).await;
+            return Ok(());
+        }
+        ex.handle_input(&mut buf).map_err(Error::Handshake)?;
+        let ServerOutcome::Resumed(resumed) =
+            drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)?
+        else {
+            return Err(Error::Internal("a resume established a new session"));
+        };
+        let commit = Commit {
+            io,
+            point: resumed.point,
+            link: Some(resumed.link),
+            leftover: buf,
+            peer,
+        };
+        if commits.send(commit).await.is_err() {
+            debug!("session ended before the reconnect could commit");
+        }
+        Ok(())
+    }
+
+    /// The session with conn ID `id`, and the way to its driver.
+    fn entry(&self, id: u64) -> Option<(Arc<Shared>, mpsc::Sender<Commit<T>>)> {
+        let sessions = self.sessions.lock();
+        sessions
+            .get(&id)
+            .map(|e| (e.shared.clone(), e.commits.clone()))
     }
 
     async fn establish(
         self: &Arc<Self>,
         io: T,
         session: Session,
+        link: Option<Link>,
         leftover: BytesMut,
         peer: Option<SocketAddr>,
     ) -> Result<(), Error> {
@@ -298,6 +398,7 @@ impl<T: Transport> Inner<T> {
             self.config.close_timeout,
             peer,
         );
+        state.link = link;
         state.ingest(&leftover)?;
         let shared = Arc::new(Shared::new(state));
         let (tx, rx) = mpsc::channel(4);
@@ -336,13 +437,7 @@ impl<T: Transport> Inner<T> {
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
     ) -> Result<(), Error> {
-        let entry = {
-            let sessions = self.sessions.lock();
-            sessions
-                .get(&request.id)
-                .map(|e| (e.shared.clone(), e.commits.clone()))
-        };
-        let Some((shared, commits)) = entry else {
+        let Some((shared, commits)) = self.entry(request.id) else {
             return self
                 .refuse(io, &request, peer, RefuseReason::UnknownId)
                 .await;
@@ -359,26 +454,14 @@ impl<T: Transport> Inner<T> {
             Ok(offer) => offer,
             Err(reason) => return self.refuse(io, &request, peer, reason).await,
         };
-        let point = loop {
-            if let Some(out) = offer.poll_transmit() {
-                io.write_all(&out).await?;
-            }
-            if let Some(outcome) = offer.poll_outcome() {
-                break outcome.map_err(Error::Handshake)?;
-            }
-            if io.read_buf(&mut buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed during the reconnect",
-                )
-                .into());
-            }
-            offer.handle_input(&mut buf).map_err(Error::Handshake)?;
-        };
-        io.flush().await?;
+        let point = drive(&mut io, &mut offer, &mut buf)
+            .await
+            .map_err(stopped)?
+            .map_err(Error::Handshake)?;
         let commit = Commit {
             io,
             point,
+            link: None,
             leftover: buf,
             peer,
         };
@@ -533,6 +616,7 @@ impl<T: Transport> Inner<T> {
         let Commit {
             io,
             point,
+            link,
             leftover,
             peer,
         } = commit;
@@ -542,7 +626,7 @@ impl<T: Transport> Inner<T> {
             if st.ended.is_some() {
                 return None;
             }
-            let resent = match st.resumed(point, peer) {
+            let resent = match st.resumed(point, link, peer) {
                 Ok(resent) => resent,
                 Err(e) => {
                     debug!(error = %e, "reconnect not committed");

@@ -23,6 +23,7 @@
 mod client;
 mod config;
 mod error;
+mod exchange;
 mod handle;
 mod listener;
 mod pump;
@@ -30,7 +31,7 @@ mod shared;
 mod transport;
 
 pub use client::{connect, connect_with};
-pub use config::{Config, ConfigError, Keepalive, Redial};
+pub use config::{Config, ConfigError, Keepalive, PskLookup, Redial, Sealed, Suite};
 pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
+use super::Error;
 use super::shared::{Shared, State, Wake};
 use crate::proto::Role;
 use crate::proto::record::Control;
@@ -84,19 +85,30 @@ where
         st.force_reconnect = false;
         return Poll::Ready(PumpEnd::Forced);
     }
+    if let Some(reason) = st.broken.take() {
+        return Poll::Ready(PumpEnd::Broken(reason));
+    }
 
     // Read while there is room.
     let mut got = false;
     while st.can_receive() {
         let start = st.rx.len();
-        let room = if st.read_open {
-            st.rx_limit - start
+        let poll = if let Some(link) = &mut st.link {
+            // Sealed: frames go to the link, which opens them into rx.
+            let input = link.input_buffer();
+            input.reserve(READ_CHUNK);
+            poll_read_buf(Pin::new(&mut *io), cx, &mut input.limit(READ_CHUNK))
         } else {
-            READ_CHUNK
+            let room = if st.read_open {
+                st.rx_limit - start
+            } else {
+                READ_CHUNK
+            };
+            let chunk = room.clamp(1, READ_CHUNK);
+            st.rx.reserve(chunk);
+            poll_read_buf(Pin::new(&mut *io), cx, &mut (&mut st.rx).limit(chunk))
         };
-        let chunk = room.clamp(1, READ_CHUNK);
-        st.rx.reserve(chunk);
-        match poll_read_buf(Pin::new(&mut *io), cx, &mut (&mut st.rx).limit(chunk)) {
+        match poll {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(if closed_after_done(st) {
                     PumpEnd::Finished
@@ -104,16 +116,23 @@ where
                     PumpEnd::Broken("connection closed by the peer".into())
                 });
             }
-            Poll::Ready(Ok(_)) => match st.received(start) {
-                Ok(controls) => {
-                    st.apply_controls(controls);
-                    got = true;
-                }
-                Err(e) => {
+            Poll::Ready(Ok(_)) => {
+                let handled = if st.link.is_some() {
+                    st.unseal()
+                } else {
+                    st.received(start)
+                        .map(|controls| st.apply_controls(controls))
+                };
+                if let Err(e) = handled {
                     st.end(Err(e), wake);
                     return Poll::Ready(PumpEnd::Ended);
                 }
-            },
+                got = true;
+                if let Some(reason) = st.broken.take() {
+                    st.take_read_waker(wake);
+                    return Poll::Ready(PumpEnd::Broken(reason));
+                }
+            }
             Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Broken(e.to_string())),
             Poll::Pending => break,
         }
@@ -130,21 +149,38 @@ where
     // Write what the transport has not taken.
     let mut wrote = false;
     loop {
-        let (a, b) = st.session.poll_transmit();
-        if a.is_empty() {
-            break;
-        }
-        let poll = if !b.is_empty() && io.is_write_vectored() {
-            Pin::new(&mut *io).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)])
+        let poll = if let Some(link) = &mut st.link {
+            let out = match link.poll_transmit(&mut st.session) {
+                Ok(out) => out,
+                Err(e) => {
+                    st.end(Err(Error::Protocol(e)), wake);
+                    return Poll::Ready(PumpEnd::Ended);
+                }
+            };
+            if out.is_empty() {
+                break;
+            }
+            Pin::new(&mut *io).poll_write(cx, out)
         } else {
-            Pin::new(&mut *io).poll_write(cx, a)
+            let (a, b) = st.session.poll_transmit();
+            if a.is_empty() {
+                break;
+            }
+            if !b.is_empty() && io.is_write_vectored() {
+                Pin::new(&mut *io).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)])
+            } else {
+                Pin::new(&mut *io).poll_write(cx, a)
+            }
         };
         match poll {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(PumpEnd::Broken("transport accepts no more bytes".into()));
             }
             Poll::Ready(Ok(n)) => {
-                st.session.handle_transmitted(n);
+                match &mut st.link {
+                    Some(link) => link.handle_transmitted(n),
+                    None => st.session.handle_transmitted(n),
+                }
                 wrote = true;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Broken(e.to_string())),
@@ -156,7 +192,7 @@ where
         // Room may have opened in the history.
         st.take_write_waker(wake);
     }
-    if !st.flushed && !st.session.has_pending() {
+    if !st.flushed && !st.wire_pending() {
         match Pin::new(&mut *io).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 st.flushed = true;

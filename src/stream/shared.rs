@@ -16,10 +16,14 @@ use tokio::time::Instant;
 use super::{Error, Event, Stats};
 use crate::proto::Session;
 use crate::proto::record::{self, Control, RecordReader};
+use crate::proto::sealed::Link;
 
 /// The session state behind one lock.
 pub(crate) struct State {
     pub session: Session,
+    /// Sealed suite: the current connection's frames (`None` in the
+    /// compatible suite). Replaced on every resume.
+    pub link: Option<Link>,
     /// Received data for the application (record headers already removed).
     pub rx: BytesMut,
     pub rx_limit: usize,
@@ -47,6 +51,9 @@ pub(crate) struct State {
     /// The driver should drop the transport and reconnect (client) or wait
     /// for one (server).
     pub force_reconnect: bool,
+    /// Sealed suite: the current connection delivered a frame that did not
+    /// open; the driver drops it (the session resumes on a new one).
+    pub broken: Option<String>,
     /// When the last byte arrived (idle detection).
     pub last_rx: Instant,
     /// Both handles are gone: finish closing by then.
@@ -92,6 +99,7 @@ impl State {
         let records = session.extended().then(RecordReader::new);
         State {
             session,
+            link: None,
             rx: BytesMut::new(),
             rx_limit,
             records,
@@ -106,6 +114,7 @@ impl State {
             connected: true,
             flushed: true,
             force_reconnect: false,
+            broken: None,
             last_rx: Instant::now(),
             close_deadline: None,
             close_timeout,
@@ -173,8 +182,12 @@ impl State {
     }
 
     /// Handles bytes that came in with a handshake or reconnect reply, as if
-    /// the driver had just read them.
+    /// the driver had just read them. In the sealed suite they wait in the
+    /// link: pass nothing.
     pub fn ingest(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.link.is_some() {
+            return self.unseal();
+        }
         if bytes.is_empty() {
             return Ok(());
         }
@@ -185,16 +198,47 @@ impl State {
         Ok(())
     }
 
+    /// Sealed suite: opens the frames waiting in the link's input and
+    /// handles their bytes as [`State::received`] does. A frame that does
+    /// not open marks the connection `broken`, not the session.
+    pub fn unseal(&mut self) -> Result<(), Error> {
+        let Some(link) = &mut self.link else {
+            return Ok(());
+        };
+        let start = self.rx.len();
+        if let Err(e) = link.handle_input(&mut self.session, &mut self.rx) {
+            // Whatever opened before the bad frame is still good.
+            self.broken = Some(format!("bad frame: {e}"));
+        }
+        if self.rx.len() == start {
+            // Acks alone still prove the link alive.
+            self.last_rx = Instant::now();
+            self.ping_out = false;
+            return Ok(());
+        }
+        let controls = self.received(start)?;
+        self.apply_controls(controls);
+        Ok(())
+    }
+
+    /// Whether bytes wait for the transport (in the history or sealed).
+    pub fn wire_pending(&self) -> bool {
+        self.session.has_pending() || self.link.as_ref().is_some_and(Link::has_output)
+    }
+
     /// Switches the session onto a resumed transport whose peer is `peer`,
     /// and returns how many bytes this side resends (what the old transport
     /// took that the peer never got). The session is untouched on error.
     pub fn resumed(
         &mut self,
         point: crate::proto::ResumePoint,
+        link: Option<Link>,
         peer: Option<SocketAddr>,
     ) -> Result<u64, crate::proto::Error> {
         let sent_before = self.session.sent();
         self.session.resume(point)?;
+        self.link = link;
+        self.broken = None;
         let resent = sent_before.saturating_sub(point.peer_read);
         self.stats.resent += resent;
         self.stats.reconnects += 1;
@@ -289,7 +333,7 @@ impl State {
 
     /// Whether everything the application wrote has reached the transport.
     pub fn all_sent(&self) -> bool {
-        !self.session.has_pending() && self.controls.is_empty() && self.flushed
+        !self.wire_pending() && self.controls.is_empty() && self.flushed
     }
 
     /// A snapshot of the counters.
@@ -330,12 +374,15 @@ impl Shared {
     pub fn new(state: State) -> Self {
         use sha2::{Digest, Sha256};
         let id = state.session.id();
-        let binding = Sha256::new()
-            .chain_update(b"rejoin channel binding v1")
-            .chain_update(state.session.key().as_bytes())
-            .chain_update(id.to_le_bytes())
-            .finalize()
-            .into();
+        let binding = match state.session.secrets() {
+            Some(secrets) => secrets.binding,
+            None => Sha256::new()
+                .chain_update(b"rejoin channel binding v1")
+                .chain_update(state.session.key().as_bytes())
+                .chain_update(id.to_le_bytes())
+                .finalize()
+                .into(),
+        };
         Shared {
             state: Mutex::new(state),
             events: broadcast::channel(64).0,

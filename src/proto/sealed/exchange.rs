@@ -365,9 +365,7 @@ impl ClientExchange {
             _ => return Err(Error::Malformed("welcome payload")),
         }
         let hash = hs.get_handshake_hash().to_vec();
-        let transport = hs
-            .into_transport_mode()
-            .map_err(setup("noise transport"))?;
+        let transport = hs.into_transport_mode().map_err(setup("noise transport"))?;
         let outcome = match self.mode {
             ClientMode::New { params } => {
                 if payload.len() != 41 {
@@ -445,8 +443,15 @@ enum Pending {
 
 enum ServerState {
     AwaitHello,
-    AwaitDecision { request: Request, message: Vec<u8> },
-    AwaitConfirm { link: Link, ack: u64, pending: Pending },
+    AwaitDecision {
+        request: Request,
+        message: Vec<u8>,
+    },
+    AwaitConfirm {
+        link: Link,
+        ack: u64,
+        pending: Pending,
+    },
     Done,
 }
 
@@ -540,10 +545,9 @@ impl ServerExchange {
         let prologue = request.prologue();
         let mut b = builder_for(&request, psk, &prologue, &self.fixed)?;
         if request.pinned() {
-            let key = self
-                .static_key
-                .as_ref()
-                .ok_or(Error::Unsupported("pinned server key, but none is configured"))?;
+            let key = self.static_key.as_ref().ok_or(Error::Unsupported(
+                "pinned server key, but none is configured",
+            ))?;
             b = b
                 .local_private_key(key.private())
                 .map_err(setup("static key"))?;
@@ -587,9 +591,7 @@ impl ServerExchange {
         welcome.extend_from_slice(&seed);
         self.welcome(&mut hs, &welcome)?;
         let secrets = SessionSecrets::derive(hs.get_handshake_hash(), &seed);
-        let transport = hs
-            .into_transport_mode()
-            .map_err(setup("noise transport"))?;
+        let transport = hs.into_transport_mode().map_err(setup("noise transport"))?;
         let session = Session::new_sealed(Role::Server, id, params, secrets);
         self.state = ServerState::AwaitConfirm {
             link: Link::new(transport, 0),
@@ -633,9 +635,7 @@ impl ServerExchange {
         welcome.extend_from_slice(&session.write_count().to_le_bytes());
         welcome.extend_from_slice(&point.reported_read.to_le_bytes());
         self.welcome(&mut hs, &welcome)?;
-        let transport = hs
-            .into_transport_mode()
-            .map_err(setup("noise transport"))?;
+        let transport = hs.into_transport_mode().map_err(setup("noise transport"))?;
         self.state = ServerState::AwaitConfirm {
             link: Link::new(transport, point.reported_read),
             ack: read,
@@ -663,4 +663,3 @@ fn refusal_status(reason: RefuseReason) -> u8 {
         _ => STATUS_BUSY,
     }
 }
-

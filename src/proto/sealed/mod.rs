@@ -154,7 +154,11 @@ impl StaticKey {
 
 impl fmt::Debug for StaticKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StaticKey {{ public: {}, private: *** }}", hex(&self.public))
+        write!(
+            f,
+            "StaticKey {{ public: {}, private: *** }}",
+            hex(&self.public)
+        )
     }
 }
 
