@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{digest_of, recv_digest, send_random};
 use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
 use rejoin::proto::Version;
-use rejoin::stream::{self, Config, Listener};
+use rejoin::proto::sealed::Psk;
+use rejoin::stream::{self, Config, Listener, Sealed, Suite};
 use tokio::time::timeout;
 
 const LEN: u64 = 64 << 20;
@@ -33,9 +34,12 @@ fn config(version: Version, encrypt: bool, records: bool) -> Config {
     c
 }
 
-async fn transfer_through_cuts(version: Version, encrypt: bool, records: bool, seed: u64) {
+async fn transfer_through_cuts(config: Config, seed: u64) {
     common::logs();
-    let config = config(version, encrypt, records);
+    let label = format!(
+        "{:?} {:?} encrypt={} records={}",
+        config.suite, config.version, config.encrypt, config.records
+    );
     let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
     let target = listener.local_addr().unwrap();
     // 128 MiB and the resends cross the proxy; a cut every 1.5-2.5 MiB gives
@@ -98,8 +102,7 @@ async fn transfer_through_cuts(version: Version, encrypt: bool, records: bool, s
     let stats = handle.stats();
     let cuts = proxy.stats();
     println!(
-        "{version:?} encrypt={encrypt} records={records}: {} resets, {} silent drops, \
-         {} reconnects, {} bytes resent",
+        "{label}: {} resets, {} silent drops, {} reconnects, {} bytes resent",
         cuts.resets, cuts.silent_drops, stats.reconnects, stats.resent
     );
     assert_eq!(client_sent, digest_of(CLIENT_SEED, LEN));
@@ -115,9 +118,13 @@ async fn transfer_through_cuts(version: Version, encrypt: bool, records: bool, s
 }
 
 async fn run(version: Version, encrypt: bool, records: bool, seed: u64) {
+    run_with(config(version, encrypt, records), seed).await;
+}
+
+async fn run_with(config: Config, seed: u64) {
     timeout(
         Duration::from_secs(240),
-        transfer_through_cuts(version, encrypt, records, seed),
+        transfer_through_cuts(config, seed),
     )
     .await
     .expect("transfer finished in time");
@@ -148,6 +155,18 @@ async fn record_layer_survives_cuts() {
     run(Version::V2, true, true, 15).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_survives_cuts() {
+    run_with(sealed(), 16).await;
+}
+
+/// The sealed suite with the cut tests' short timers.
+fn sealed() -> Config {
+    let mut c = config(Version::V2, true, false);
+    c.suite = Suite::Sealed(Sealed::new(Psk::from_bytes([3; 32])));
+    c
+}
+
 /// A silent drop while nothing flows: no FIN, no RST, no failing write. The
 /// client notices the silence and resumes; the record layer's PING lets the
 /// server notice too.
@@ -157,8 +176,12 @@ async fn idle_silent_drop_is_detected() {
     use rejoin::stream::Event;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     common::logs();
-    for records in [false, true] {
-        let mut c = config(Version::V2, true, records);
+    for (records, sealed_suite) in [(false, false), (true, false), (true, true)] {
+        let mut c = if sealed_suite {
+            sealed()
+        } else {
+            config(Version::V2, true, records)
+        };
         c.idle_timeout = Some(Duration::from_millis(600));
         let listener = Listener::bind("127.0.0.1:0", c.clone()).await.unwrap();
         let proxy = CutProxy::start(
