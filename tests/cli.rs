@@ -372,7 +372,7 @@ fn tunnel_errors_are_clear() {
     assert!(server.wait());
     let log = server.stderr();
     assert!(
-        log.contains("login refused") && log.contains("bad token"),
+        log.contains("handshake refused") && log.contains("wrong key"),
         "{log}"
     );
 

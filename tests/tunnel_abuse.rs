@@ -26,8 +26,9 @@ struct RawLink {
 
 impl RawLink {
     async fn connect(server: SocketAddr) -> RawLink {
-        let mut config = stream::Config::default();
-        config.records = true;
+        // The link's handshake with the shared token: what any holder of it
+        // can do before logging in.
+        let config = stream::Config::sealed(token().key().psk());
         RawLink {
             stream: stream::connect(server.to_string(), config).await.unwrap(),
             input: BytesMut::new(),

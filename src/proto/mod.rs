@@ -174,6 +174,10 @@ pub enum Error {
     /// The peer asks for something this side is not set up for.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// The server rejected a sealed new-session hello (in the clear): 1, no
+    /// key for the identity; 2, the wrong key; 3, it has no static key to pin.
+    #[error("the server rejected the key ({})", match .0 { 1 => "unknown identity", 2 => "wrong key", 3 => "no static key to pin", _ => "unknown reason" })]
+    KeyRejected(u8),
     /// The server refused a sealed resume or session, with this status.
     #[error("refused by the server (status {0})")]
     SealedRefusal(u8),

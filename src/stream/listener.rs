@@ -28,6 +28,7 @@ use super::pump::{PumpConfig, PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::SocketOptions;
 use super::{Config, Error, Event, Stream};
+use crate::proto::sealed::exchange::{REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_ID};
 use crate::proto::sealed::{Link, Request, ServerExchange, ServerOutcome};
 use crate::proto::{
     self, Incoming, ReconnectRequest, RefuseReason, ResumePoint, ServerHandshake, ServerResume,
@@ -306,16 +307,25 @@ impl<T: Transport> Inner<T> {
             Request::Resume { id, .. } => return self.sealed_resume(io, ex, id, buf, peer).await,
             Request::New { psk_id, .. } => psk_id,
         };
-        let psk = keys
-            .psk_for(&psk_id)
-            .ok_or(Error::Handshake(proto::Error::Unauthenticated))?;
-        ex.accept_new(
-            &psk,
-            self.fresh_id(),
-            self.config.params(),
-            &mut rand::rng(),
-        )
-        .map_err(Error::Handshake)?;
+        let shown = String::from_utf8_lossy(&psk_id).into_owned();
+        let accepted = match keys.psk_for(&psk_id) {
+            None => Err(REJECT_UNKNOWN_ID),
+            Some(psk) => {
+                let id = self.fresh_id();
+                match ex.accept_new(&psk, id, self.config.params(), &mut rand::rng()) {
+                    Ok(()) => Ok(()),
+                    Err(proto::Error::Unsupported(_)) => Err(REJECT_NO_STATIC_KEY),
+                    Err(_) => Err(REJECT_BAD_KEY),
+                }
+            }
+        };
+        if let Err(code) = accepted {
+            let e = proto::Error::KeyRejected(code);
+            info!(identity = ?shown, ?peer, error = %e, "handshake refused");
+            ex.reject(code);
+            send_rest(&mut io, &mut ex).await;
+            return Err(Error::Handshake(e));
+        }
         ex.handle_input(&mut buf).map_err(Error::Handshake)?;
         match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
             ServerOutcome::Established(e) => {

@@ -79,6 +79,18 @@ pub struct Transcript<'a> {
 }
 
 impl LoginKey {
+    /// The PSK of the link's sealed handshake, derived from the stretched
+    /// token, so a captured handshake costs an attacker the full stretch per
+    /// guessed token.
+    pub fn psk(&self) -> crate::proto::sealed::Psk {
+        use sha2::Digest;
+        let digest = Sha256::new()
+            .chain_update(b"rejoin tunnel psk v1")
+            .chain_update(self.0)
+            .finalize();
+        crate::proto::sealed::Psk::from_bytes(digest.into())
+    }
+
     fn proof(&self, label: &[u8], t: &Transcript<'_>) -> [u8; 32] {
         // An HMAC key of any length is valid.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)

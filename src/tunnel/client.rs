@@ -48,7 +48,11 @@ pub struct ClientConfig {
     /// How to retry when a session ends (the link's own reconnects are the
     /// stream's business).
     pub retry: Redial,
-    /// The link's stream settings.
+    /// The server's static public key (`rejoin server --show-key`): with it
+    /// the client knows it reaches that server, even if the token leaked.
+    pub server_key: Option<[u8; 32]>,
+    /// The link's stream settings. The suite is always the sealed one, keyed
+    /// by the token: whatever `stream.suite` says is replaced.
     pub stream: stream::Config,
     /// The multiplexer's settings.
     pub mux: MuxConfig,
@@ -73,6 +77,7 @@ impl ClientConfig {
                 give_up: None,
                 ..Redial::default()
             },
+            server_key: None,
             stream,
             mux: MuxConfig::default(),
         }
@@ -114,6 +119,26 @@ pub enum ClientEvent {
     },
 }
 
+/// What a failed link handshake means for the client, if retrying cannot
+/// help: the server rejected the token or the name, or is not the server
+/// (it could not prove the token, or the pinned key).
+fn refused(e: &std::io::Error) -> Option<ClientError> {
+    use crate::proto::Error as P;
+    use crate::proto::sealed::exchange::{REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_ID};
+    let stream::Error::Handshake(cause) = stream::Error::from_io(e)? else {
+        return None;
+    };
+    Some(match cause {
+        P::KeyRejected(REJECT_BAD_KEY) => ClientError::Refused("bad token".into()),
+        P::KeyRejected(REJECT_UNKNOWN_ID) => ClientError::Refused("unknown client (no token for this name)".into()),
+        P::KeyRejected(REJECT_NO_STATIC_KEY) => {
+            ClientError::Refused("the server has no static key, but --server-key pins one".into())
+        }
+        P::Unauthenticated => ClientError::ServerUnproven,
+        _ => return None,
+    })
+}
+
 /// Why a client stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -121,9 +146,9 @@ pub enum ClientError {
     /// The server refused the login.
     #[error("login refused by the server: {0}")]
     Refused(String),
-    /// The server failed to prove it holds the token.
+    /// The server failed to prove it holds the token (or the pinned key).
     #[error(
-        "the server could not prove it knows the token: not the right server, or a different token"
+        "the server could not prove it knows the token (or the pinned server key): not the right server, or a different token"
     )]
     ServerUnproven,
     /// The first connection failed.
@@ -212,14 +237,18 @@ impl Client {
     pub async fn run_with<D: Dialer + Clone>(&self, dialer: D) -> Result<(), ClientError> {
         let mut first = true;
         let mut failures = 0u32;
+        let link_config = self.link_config();
         loop {
-            let connecting = stream::connect_with(dialer.clone(), self.config.stream.clone());
+            let connecting = stream::connect_with(dialer.clone(), link_config.clone());
             let link = tokio::select! {
                 link = connecting => link,
                 _ = self.stop.notified() => return Ok(()),
             };
             let link = match link {
                 Ok(link) => link,
+                Err(e) if refused(&e).is_some() => {
+                    return Err(refused(&e).unwrap_or(ClientError::Connect(e)));
+                }
                 Err(e) if first => return Err(ClientError::Connect(e)),
                 Err(e) => {
                     warn!(error = %e, "cannot reach the server; retrying");
@@ -242,6 +271,18 @@ impl Client {
                     }
                 }
             }
+        }
+    }
+
+    /// The link's settings: the sealed suite keyed by the token (stretched
+    /// once, here), naming this client, pinning the server key if given.
+    fn link_config(&self) -> stream::Config {
+        let mut keys = stream::Sealed::new(self.config.token.key().psk());
+        keys.psk_id = self.config.name.as_bytes().to_vec();
+        keys.server_key = self.config.server_key;
+        stream::Config {
+            suite: stream::Suite::Sealed(keys),
+            ..self.config.stream.clone()
         }
     }
 

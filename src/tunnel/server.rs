@@ -20,6 +20,7 @@ use super::bridge::bridge;
 use super::frame::{Frame, ServiceKind, VERSION};
 use super::mux::{End, Event, Mux, MuxConfig, Side, UdpStats};
 use super::udp::{self, UdpConfig, UdpService};
+use crate::proto::sealed::{Psk, StaticKey};
 use crate::stream::{self, Listener, SocketOptions, Stream};
 
 /// The server's settings.
@@ -39,8 +40,13 @@ pub struct ServerConfig {
     pub max_services: usize,
     /// Deadline for a client's login. Default 10 s.
     pub login_timeout: Duration,
+    /// The server's static key: clients that pin its public half
+    /// (`--server-key`) know they reach this server, even if the token leaked.
+    pub static_key: Option<StaticKey>,
     /// The link's stream settings; `reconnect_wait` is how long a
-    /// disconnected client's session, ports and visitors are kept.
+    /// disconnected client's session, ports and visitors are kept. The
+    /// suite is always the sealed one, keyed by the tokens: whatever
+    /// `stream.suite` says is replaced.
     pub stream: stream::Config,
     /// The multiplexer's settings.
     pub mux: MuxConfig,
@@ -60,6 +66,7 @@ impl ServerConfig {
             ports: Vec::new(),
             max_services: 64,
             login_timeout: Duration::from_secs(10),
+            static_key: None,
             stream: stream::Config::default(),
             mux: MuxConfig::default(),
             udp: UdpConfig::default(),
@@ -156,17 +163,17 @@ impl Server {
                 "no token: set a shared token or per-client tokens",
             ));
         }
-        let listener = Listener::bind(config.listen, config.stream.clone()).await?;
-        let addr = listener
-            .local_addr()
-            .ok_or_else(|| io::Error::other("listener without an address"))?;
         // Stretch the tokens once, now, so a login costs nothing.
         let shared_key = config.token.as_ref().map(Token::key);
-        let client_keys = config
+        let client_keys: HashMap<String, LoginKey> = config
             .clients
             .iter()
             .map(|(name, token)| (name.clone(), token.key()))
             .collect();
+        let listener = Listener::bind(config.listen, link_config(&config, &shared_key, &client_keys)).await?;
+        let addr = listener
+            .local_addr()
+            .ok_or_else(|| io::Error::other("listener without an address"))?;
         let inner = Arc::new(Inner {
             bind_ip: config.bind.unwrap_or(config.listen.ip()),
             config,
@@ -240,6 +247,27 @@ impl Server {
         for session in &sessions {
             let _ = tokio::time::timeout_at(deadline, session.mux.stream_closed()).await;
         }
+    }
+}
+
+/// The link's stream settings: the sealed suite, keyed by the tokens (a
+/// client names itself in the handshake; its own token, else the shared one).
+fn link_config(
+    config: &ServerConfig,
+    shared: &Option<LoginKey>,
+    clients: &HashMap<String, LoginKey>,
+) -> stream::Config {
+    let psks: HashMap<Vec<u8>, Psk> = clients
+        .iter()
+        .map(|(name, key)| (name.as_bytes().to_vec(), key.psk()))
+        .collect();
+    let mut keys = stream::Sealed::new(Psk::from_bytes([0; 32]));
+    keys.psk = shared.as_ref().map(LoginKey::psk);
+    keys.lookup = Some(stream::PskLookup::new(move |id| psks.get(id).cloned()));
+    keys.static_key = config.static_key.clone();
+    stream::Config {
+        suite: stream::Suite::Sealed(keys),
+        ..config.stream.clone()
     }
 }
 

@@ -42,6 +42,13 @@ pub const STATUS_READ_ABOVE_WRITE: u8 = 3;
 /// Refusal: the server's history no longer holds what the client missed.
 pub const STATUS_HISTORY: u8 = 4;
 
+/// Rejection of a new-session hello: no PSK for the identity it names.
+pub const REJECT_UNKNOWN_ID: u8 = 1;
+/// Rejection of a new-session hello: it does not open under the PSK.
+pub const REJECT_BAD_KEY: u8 = 2;
+/// Rejection of a new-session hello: it pins a static key the server lacks.
+pub const REJECT_NO_STATIC_KEY: u8 = 3;
+
 /// What a client asks for, in the clear part of its hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -346,6 +353,13 @@ impl ClientExchange {
         let Some(message) = noise_message(input)? else {
             return Ok(());
         };
+        if message.is_empty() {
+            // A rejection, in the clear: the server could not take the hello.
+            return match input.get(2) {
+                Some(&code) => Err(Error::KeyRejected(code)),
+                None => Ok(()),
+            };
+        }
         let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE];
         let Some(mut hs) = self.hs.take() else {
             return Ok(());
@@ -642,6 +656,15 @@ impl ServerExchange {
             pending: Pending::Resume(point),
         };
         Ok(())
+    }
+
+    /// Rejects a new-session hello that could not be taken (`code` is one of
+    /// the `REJECT_*` constants): a rejection in the clear, since the server
+    /// shares no key with this client. Send it, then close.
+    pub fn reject(&mut self, code: u8) {
+        self.state = ServerState::Done;
+        self.transmit.put_u16_le(0);
+        self.transmit.put_u8(code);
     }
 
     /// Bytes to send: the welcome (or an authenticated refusal).
