@@ -167,10 +167,10 @@ async fn a_visitor_survives_the_client_changing_address() {
     let mut client = RunningClient::start_with(config, dialer);
     let public = client.published(1).await;
     let control = client.stop.clone();
-    // Move to a new address every 150 ms while the transfer runs.
+    // Move to a new address every 50 ms while the transfer runs.
     let hopping = tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             control.force_reconnect();
         }
     });

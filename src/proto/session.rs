@@ -50,6 +50,8 @@ pub struct Session {
     /// holds plaintext (frames are sealed per connection) and the floor moves
     /// with the peer's acks alone.
     secrets: Option<SessionSecrets>,
+    /// Sealed suite: the stream count below which the peer can take bytes.
+    peer_window: u64,
 }
 
 impl Session {
@@ -75,6 +77,7 @@ impl Session {
             in_pos: 0,
             epoch: 0,
             secrets: None,
+            peer_window: u64::MAX,
         }
     }
 
@@ -88,12 +91,24 @@ impl Session {
         };
         let mut session = Session::new(role, id, Key([0; 8]), params, true, plain);
         session.secrets = Some(secrets);
+        session.peer_window = super::sealed::INITIAL_WINDOW;
         session
     }
 
     /// Sealed suite: the secrets of the session's first handshake.
     pub fn secrets(&self) -> Option<&SessionSecrets> {
         self.secrets.as_ref()
+    }
+
+    /// Sealed suite: the stream count below which the peer can take bytes
+    /// (unlimited in the compatible suite).
+    pub fn peer_window(&self) -> u64 {
+        self.peer_window
+    }
+
+    /// Sealed suite: the peer advertised it can take bytes below `window`.
+    pub(crate) fn allow(&mut self, window: u64) {
+        self.peer_window = self.peer_window.max(window);
     }
 
     /// Whether this is a sealed-suite session.

@@ -82,6 +82,7 @@ async fn handshake<D: Dialer>(dialer: &D, config: &Config) -> Result<First<D::Io
     let mut ex =
         ClientExchange::new_session(config.params(), psk, &keys.psk_id, keys.server_key.as_ref())
             .map_err(Error::Handshake)?;
+    ex.set_window(config.recv_buffer as u64);
     match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
         Ok(ClientOutcome::Established(e)) => Ok((io, e.session, Some(e.link), buf, peer)),
         Ok(ClientOutcome::Resumed(_)) => Err(Error::Internal("a new session resumed")),
@@ -251,9 +252,13 @@ async fn attempt<D: Dialer>(
             (point.map_err(|e| Attempt::Fatal(e.into()))?, None)
         }
         Some(keys) => {
-            let started =
-                ClientExchange::resume(&shared.state.lock().session, keys.server_key.as_ref());
+            let (started, free) = {
+                let st = shared.state.lock();
+                let started = ClientExchange::resume(&st.session, keys.server_key.as_ref());
+                (started, st.window() - st.session.read_count())
+            };
             let mut ex = started.map_err(|e| Attempt::Fatal(e.into()))?;
+            ex.set_window(free);
             match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
                 Ok(ClientOutcome::Resumed(r)) => (r.point, Some(r.link)),
                 Ok(ClientOutcome::Established(_)) => {

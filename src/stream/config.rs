@@ -328,6 +328,13 @@ impl Config {
                     self.history
                 ));
             }
+            let initial = crate::proto::sealed::INITIAL_WINDOW as usize;
+            if self.recv_buffer < initial {
+                return fail(format!(
+                    "recv_buffer {} is below the sealed suite's {initial}",
+                    self.recv_buffer
+                ));
+            }
             if keys.psk.is_none() && keys.lookup.is_none() {
                 return fail("the sealed suite needs a psk (or, on a server, a lookup)".into());
             }

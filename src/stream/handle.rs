@@ -241,7 +241,7 @@ impl AsyncRead for ReadHalf {
             if !st.rx.is_empty() {
                 let was_full = !st.can_receive();
                 st.read_into(buf);
-                if was_full {
+                if was_full || st.update_due() {
                     st.take_driver_waker(&mut wake);
                 }
                 Poll::Ready(Ok(()))

@@ -91,7 +91,9 @@ where
 
     // Read while there is room.
     let mut got = false;
-    while st.can_receive() {
+    // Sealed: always, since the peer sends no more than our window (and acks
+    // must never wait behind data nobody reads).
+    while st.can_receive() || st.link.is_some() {
         let start = st.rx.len();
         let poll = if let Some(link) = &mut st.link {
             // Sealed: frames go to the link, which opens them into rx.
@@ -149,8 +151,9 @@ where
     // Write what the transport has not taken.
     let mut wrote = false;
     loop {
+        let window = st.window();
         let poll = if let Some(link) = &mut st.link {
-            let out = match link.poll_transmit(&mut st.session) {
+            let out = match link.poll_transmit(&mut st.session, window) {
                 Ok(out) => out,
                 Err(e) => {
                     st.end(Err(Error::Protocol(e)), wake);

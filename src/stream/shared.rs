@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{Error, Event, Stats};
 use crate::proto::Session;
 use crate::proto::record::{self, Control, RecordReader};
-use crate::proto::sealed::Link;
+use crate::proto::sealed::{Link, MAX_FRAME_DATA};
 
 /// The session state behind one lock.
 pub(crate) struct State {
@@ -210,6 +210,12 @@ impl State {
             // Whatever opened before the bad frame is still good.
             self.broken = Some(format!("bad frame: {e}"));
         }
+        if self.rx.len() > self.rx_limit.saturating_add(2 * MAX_FRAME_DATA) {
+            // The peer ignored our window: a broken peer, not a broken link.
+            return Err(Error::Protocol(crate::proto::Error::Malformed(
+                "data beyond the receive window",
+            )));
+        }
         if self.rx.len() == start {
             // Acks alone still prove the link alive.
             self.last_rx = Instant::now();
@@ -219,6 +225,25 @@ impl State {
         let controls = self.received(start)?;
         self.apply_controls(controls);
         Ok(())
+    }
+
+    /// Sealed suite: the window to advertise: the stream count up to which
+    /// the receive buffer can take bytes.
+    pub fn window(&self) -> u64 {
+        let free = if self.read_open {
+            self.rx_limit.saturating_sub(self.rx.len())
+        } else {
+            self.rx_limit
+        };
+        self.session.read_count() + free as u64
+    }
+
+    /// Sealed suite: whether the application's reads opened enough window
+    /// (or enough is unacknowledged) for the driver to say so.
+    pub fn update_due(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.update_due(self.session.read_count(), self.window()))
     }
 
     /// Whether bytes wait for the transport (in the history or sealed).

@@ -130,7 +130,9 @@ fn refused(e: &std::io::Error) -> Option<ClientError> {
     };
     Some(match cause {
         P::KeyRejected(REJECT_BAD_KEY) => ClientError::Refused("bad token".into()),
-        P::KeyRejected(REJECT_UNKNOWN_ID) => ClientError::Refused("unknown client (no token for this name)".into()),
+        P::KeyRejected(REJECT_UNKNOWN_ID) => {
+            ClientError::Refused("unknown client (no token for this name)".into())
+        }
         P::KeyRejected(REJECT_NO_STATIC_KEY) => {
             ClientError::Refused("the server has no static key, but --server-key pins one".into())
         }

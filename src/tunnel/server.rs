@@ -170,7 +170,11 @@ impl Server {
             .iter()
             .map(|(name, token)| (name.clone(), token.key()))
             .collect();
-        let listener = Listener::bind(config.listen, link_config(&config, &shared_key, &client_keys)).await?;
+        let listener = Listener::bind(
+            config.listen,
+            link_config(&config, &shared_key, &client_keys),
+        )
+        .await?;
         let addr = listener
             .local_addr()
             .ok_or_else(|| io::Error::other("listener without an address"))?;

@@ -222,6 +222,8 @@ enum ClientMode {
 /// The client side of a sealed handshake.
 pub struct ClientExchange {
     hs: Option<Box<HandshakeState>>,
+    /// The free receive buffer to advertise in the confirm.
+    window: u64,
     mode: ClientMode,
     transmit: BytesMut,
     outcome: Option<Result<ClientOutcome>>,
@@ -333,11 +335,18 @@ impl ClientExchange {
         request.encode_prefix(&mut transmit);
         put_noise_message(&mut transmit, &message[..n]);
         Ok(ClientExchange {
+            window: super::INITIAL_WINDOW,
             hs: Some(Box::new(hs)),
             mode,
             transmit,
             outcome: None,
         })
+    }
+
+    /// Sets the receive window the confirm advertises beyond the read count
+    /// (the free receive buffer). Default [`super::INITIAL_WINDOW`].
+    pub fn set_window(&mut self, free: u64) {
+        self.window = free;
     }
 
     /// Consumes the server's welcome when it is complete. Bytes after it
@@ -431,7 +440,7 @@ impl ClientExchange {
         input: &mut BytesMut,
     ) -> Result<Link> {
         let mut link = Link::new(transport, ack);
-        link.seal(&[], ack)?;
+        link.seal(&[], ack, ack + self.window)?;
         link.drain_output(&mut self.transmit);
         link.input_buffer().extend_from_slice(input);
         input.clear();

@@ -1,14 +1,18 @@
 //! The frames of one sealed connection.
 //!
 //! ```text
-//! frame = len:u16le  AEAD(stream bytes ‖ ack:u64le)      len = ciphertext length, 24..=65535
+//! frame = len:u16le  AEAD(stream bytes ‖ ack:u64le ‖ window:u64le)   len = ciphertext length, 32..=65535
 //! ```
 //!
 //! Each direction's frames are sealed under that connection's own key with
 //! Noise's counter nonces (0, 1, 2, … per direction), so a frame that is
 //! flipped, dropped, replayed or reordered fails to open and ends the
 //! connection; the session then resumes on a new one. The ack is the sender's
-//! read count: everything below it may leave the receiver's history. Stream
+//! read count: everything below it may leave the receiver's history. The
+//! window is the stream count up to which the sender can take bytes (its read
+//! count plus its free receive buffer): the receiver of the frame sends no
+//! stream byte at or beyond it. The window is what lets each side always read
+//! its socket, so acks are never stuck behind data nobody reads. Stream
 //! bytes in a frame continue where the previous frame's ended; the first frame
 //! after a resume starts where the resume said.
 //!
@@ -17,7 +21,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::{ACK_LEN, MAX_FRAME_DATA, MIN_FRAME, TAG_LEN};
+use super::{INITIAL_WINDOW, MAX_FRAME_DATA, MIN_FRAME, TAG_LEN, TRAILER_LEN};
 use crate::proto::{Error, Result, Session};
 
 /// Received bytes after which an ack goes out even with no data to carry it.
@@ -40,6 +44,11 @@ pub struct Link {
     scratch: Vec<u8>,
     /// The read count last sent as an ack.
     acked: u64,
+    /// The window last sent.
+    windowed: u64,
+    /// The window the peer's first frame (its confirm) carried, not yet
+    /// applied to the session.
+    first_window: Option<u64>,
     frames_in: u64,
 }
 
@@ -62,6 +71,8 @@ impl Link {
             input: BytesMut::new(),
             scratch: Vec::new(),
             acked,
+            windowed: INITIAL_WINDOW,
+            first_window: None,
             frames_in: 0,
         }
     }
@@ -71,12 +82,14 @@ impl Link {
         self.frames_in
     }
 
-    /// Seals one frame carrying `data` and the ack `ack` into the output.
-    pub(crate) fn seal(&mut self, data: &[u8], ack: u64) -> Result<()> {
+    /// Seals one frame carrying `data`, the ack `ack` and the window
+    /// `window` into the output.
+    pub(crate) fn seal(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
         debug_assert!(data.len() <= MAX_FRAME_DATA);
         self.scratch.clear();
         self.scratch.extend_from_slice(data);
         self.scratch.extend_from_slice(&ack.to_le_bytes());
+        self.scratch.extend_from_slice(&window.to_le_bytes());
         let len = self.scratch.len() + TAG_LEN;
         let at = self.out.len();
         self.out.resize(at + 2 + len, 0);
@@ -87,31 +100,41 @@ impl Link {
             .map_err(|_| Error::Malformed("frame could not be sealed"))?;
         debug_assert_eq!(n, len);
         self.acked = self.acked.max(ack);
+        self.windowed = self.windowed.max(window);
         Ok(())
     }
 
-    /// Seals what `session` has to send (up to a batch) if the output is
-    /// drained, and an ack alone if one is owed and no data carries it.
+    /// Seals what `session` has to send (up to a batch, and no further than
+    /// the peer's window) if the output is drained, and an ack alone if one
+    /// is owed and no data carries it. `window` is ours, to advertise.
     /// Returns the sealed bytes the transport should take.
-    pub fn poll_transmit(&mut self, session: &mut Session) -> Result<&[u8]> {
+    pub fn poll_transmit(&mut self, session: &mut Session, window: u64) -> Result<&[u8]> {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
             while self.out.len() < OUT_BATCH {
                 let ack = session.read_count();
+                let allowed = session.peer_window().saturating_sub(session.sent());
                 let (a, _) = session.poll_transmit();
-                if a.is_empty() {
+                let n = a.len().min(MAX_FRAME_DATA).min(allowed as usize);
+                if n == 0 {
                     break;
                 }
-                let n = a.len().min(MAX_FRAME_DATA);
-                self.seal(&a[..n], ack)?;
+                self.seal(&a[..n], ack, window)?;
                 session.handle_transmitted(n);
             }
-            if self.out.is_empty() && session.read_count() >= self.acked + ACK_EVERY {
-                self.seal(&[], session.read_count())?;
+            let owed = session.read_count() >= self.acked + ACK_EVERY
+                || window >= self.windowed + ACK_EVERY;
+            if self.out.is_empty() && owed {
+                self.seal(&[], session.read_count(), window)?;
             }
         }
         Ok(&self.out[self.out_pos..])
+    }
+
+    /// Whether an ack or window update is owed: `window` is ours now.
+    pub fn update_due(&self, read_count: u64, window: u64) -> bool {
+        read_count >= self.acked + ACK_EVERY || window >= self.windowed + ACK_EVERY
     }
 
     /// Whether sealed bytes wait for the transport.
@@ -143,18 +166,22 @@ impl Link {
     /// Fails, ending the connection, on a frame that does not authenticate,
     /// has an impossible length, or acknowledges bytes never written.
     pub fn handle_input(&mut self, session: &mut Session, plain: &mut BytesMut) -> Result<()> {
-        while let Some(ack) = self.open_one(plain)? {
+        if let Some(window) = self.first_window.take() {
+            session.allow(window);
+        }
+        while let Some((ack, window)) = self.open_one(plain)? {
             if ack > session.write_count() {
                 return Err(Error::BadCounts("ack above what was written"));
             }
             session.confirm(ack);
+            session.allow(window);
         }
         Ok(())
     }
 
     /// Opens one frame if complete: appends its data to `plain` and returns
-    /// its ack.
-    fn open_one(&mut self, plain: &mut BytesMut) -> Result<Option<u64>> {
+    /// its ack and window.
+    fn open_one(&mut self, plain: &mut BytesMut) -> Result<Option<(u64, u64)>> {
         if self.input.len() < 2 {
             return Ok(None);
         }
@@ -177,24 +204,30 @@ impl Link {
         };
         self.input.advance(2 + len);
         self.frames_in += 1;
-        // n = len - TAG_LEN >= ACK_LEN, checked above.
-        let data = n - ACK_LEN;
-        let mut ack = [0u8; ACK_LEN];
-        ack.copy_from_slice(&plain[start + data..start + n]);
+        // n = len - TAG_LEN >= TRAILER_LEN, checked above.
+        let data = n - TRAILER_LEN;
+        let field = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&plain[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (ack, window) = (field(start + data), field(start + data + 8));
         plain.truncate(start + data);
-        Ok(Some(u64::from_le_bytes(ack)))
+        Ok(Some((ack, window)))
     }
 
     /// Opens the first frame of a connection, which must carry no data and
-    /// exactly the ack `expected`: the confirm that ends a handshake.
+    /// exactly the ack `expected`: the confirm that ends a handshake. Its
+    /// window reaches the session with the next [`Link::handle_input`].
     pub(crate) fn open_confirm(&mut self, expected: u64) -> Result<bool> {
         let mut plain = BytesMut::new();
-        let Some(ack) = self.open_one(&mut plain)? else {
+        let Some((ack, window)) = self.open_one(&mut plain)? else {
             return Ok(false);
         };
         if !plain.is_empty() || ack != expected {
             return Err(Error::Malformed("confirm frame"));
         }
+        self.first_window = Some(window);
         Ok(true)
     }
 }

@@ -58,12 +58,16 @@ pub const MAX_HANDSHAKE_MESSAGE: usize = 256;
 pub const TAG_LEN: usize = 16;
 /// Noise's limit on one message.
 pub const MAX_NOISE_MESSAGE: usize = 65535;
-/// Frame header inside the ciphertext: the sender's read count.
-pub const ACK_LEN: usize = 8;
+/// Frame trailer inside the ciphertext: the sender's read count (the ack)
+/// and the stream count up to which it can take bytes (the window).
+pub const TRAILER_LEN: usize = 16;
 /// The most stream bytes one frame carries.
-pub const MAX_FRAME_DATA: usize = MAX_NOISE_MESSAGE - TAG_LEN - ACK_LEN;
-/// The smallest frame on the wire (length prefix, ack, tag).
-pub const MIN_FRAME: usize = 2 + ACK_LEN + TAG_LEN;
+pub const MAX_FRAME_DATA: usize = MAX_NOISE_MESSAGE - TAG_LEN - TRAILER_LEN;
+/// The smallest frame on the wire (length prefix, trailer, tag).
+pub const MIN_FRAME: usize = 2 + TRAILER_LEN + TAG_LEN;
+/// The window each side assumes of its peer until the peer's first frame
+/// says otherwise: stream counts below it may be sent at once.
+pub const INITIAL_WINDOW: u64 = 64 * 1024;
 
 /// The Noise protocol names. AES-256-GCM was measured faster than
 /// ChaCha20-Poly1305 on the machines rejoin is benchmarked on (both through
