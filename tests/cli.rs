@@ -442,3 +442,78 @@ fn tunnel_udp_one_line_form() {
     server.terminate();
     assert!(server.wait());
 }
+
+/// The server's static key: created once and kept, `--show-key` prints its
+/// public half, a client that pins it gets through, a client that pins
+/// another key refuses the server, and a broken key file is a clear error.
+#[test]
+fn server_key_is_kept_shown_and_pinned() {
+    use std::os::unix::fs::PermissionsExt;
+    const TOKEN: &str = "tok-keys-81d2";
+    let dir = std::env::temp_dir().join(format!("rejoin-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("server.key");
+    let key_path = key_file.to_str().unwrap();
+
+    let mut show = Proc::start(&["server", "--show-key", "--key-file", key_path], None);
+    let public = show.line();
+    assert!(show.wait());
+    assert_eq!(public.len(), 64, "{public}");
+    assert!(public.bytes().all(|b| b.is_ascii_hexdigit()), "{public}");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "key readable by the owner only");
+    let mut again = Proc::start(&["server", "--show-key", "--key-file", key_path], None);
+    assert_eq!(again.line(), public, "the key is kept");
+    assert!(again.wait());
+
+    let echo = echo_service();
+    let mut server = Proc::start(
+        &["server", "--listen", "127.0.0.1:0", "--key-file", key_path],
+        Some(TOKEN),
+    );
+    let addr = server.line().replace("listening on ", "");
+    assert_eq!(server.line(), format!("server key {public}"));
+
+    let mut pinned = Proc::start(
+        &["client", "--server", &addr, "--server-key", &public, "--tcp", &echo],
+        Some(TOKEN),
+    );
+    let line = pinned.line();
+    assert!(line.starts_with(&format!("tcp {echo} published at ")), "{line}");
+    pinned.terminate();
+    assert!(pinned.wait());
+
+    let other = "ab".repeat(32);
+    let mut wrong = Proc::start(
+        &["client", "--server", &addr, "--server-key", &other, "--tcp", &echo],
+        Some(TOKEN),
+    );
+    assert!(!wrong.wait());
+    assert!(
+        wrong
+            .stderr()
+            .contains("the pinned server key is not this server's"),
+        "{}",
+        wrong.stderr()
+    );
+
+    let mut bad = Proc::start(
+        &["client", "--server", &addr, "--server-key", "xyz", "--tcp", &echo],
+        Some(TOKEN),
+    );
+    assert!(!bad.wait());
+    assert!(bad.stderr().contains("64 hex digits"), "{}", bad.stderr());
+    server.terminate();
+    assert!(server.wait());
+
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    let mut broken = Proc::start(&["server", "--show-key", "--key-file", key_path], None);
+    assert!(!broken.wait());
+    assert!(
+        broken.stderr().contains("not a server key"),
+        "{}",
+        broken.stderr()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

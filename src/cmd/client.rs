@@ -25,6 +25,11 @@ pub struct Args {
     /// same name replaces the old one.
     #[arg(long)]
     name: Option<String>,
+    /// Pin the server's public key (64 hex digits, from `rejoin server
+    /// --show-key`): then only that server can complete the handshake, even
+    /// if the token leaked.
+    #[arg(long, value_name = "HEX")]
+    server_key: Option<String>,
     /// Publish a local TCP service: LOCAL_ADDR[@PUBLIC_PORT]. Repeatable.
     #[arg(long, value_name = "LOCAL_ADDR[@PUBLIC_PORT]")]
     tcp: Vec<String>,
@@ -55,6 +60,9 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
     };
     if let Some(server) = args.server {
         config.server = server;
+    }
+    if let Some(key) = &args.server_key {
+        config.server_key = Some(super::config::parse_server_key(key)?);
     }
     if let Some(token) = args.token {
         anyhow::ensure!(!token.is_empty(), "the token is empty");

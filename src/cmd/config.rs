@@ -111,6 +111,7 @@ pub struct ServerFile {
     udp_max_associations: Option<usize>,
     #[serde(default)]
     clients: HashMap<String, Secret>,
+    key_file: Option<PathBuf>,
 }
 
 /// `rejoin client`'s config file. `Debug` hides the token.
@@ -121,6 +122,7 @@ pub struct ClientFile {
     token: Option<String>,
     token_file: Option<PathBuf>,
     name: Option<String>,
+    server_key: Option<String>,
     #[serde(default, rename = "service")]
     services: Vec<ServiceFile>,
 }
@@ -244,7 +246,22 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "client".into())
 }
 
+/// A server's public key as `rejoin server --show-key` prints it.
+pub fn parse_server_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    rejoin::proto::sealed::parse_key_hex(text)
+        .context("server_key must be 64 hex digits, as `rejoin server --show-key` prints it")
+}
+
 impl ServerFile {
+    /// Where the server's static key is kept: `key_file` (relative to
+    /// `base`), or `config` with the extension `.key`.
+    pub fn key_file(&self, base: &Path, config: &Path) -> PathBuf {
+        match &self.key_file {
+            Some(path) => base.join(path),
+            None => config.with_extension("key"),
+        }
+    }
+
     /// The library settings, with paths in the file taken relative to `base`.
     pub fn into_config(self, base: &Path) -> anyhow::Result<ServerConfig> {
         let token = Secret::new(self.token, self.token_file).resolve(base, "token")?;
@@ -292,6 +309,9 @@ impl ClientFile {
             .context("set `token` or `token_file`")?;
         let name = self.name.map(|n| clip(&n)).unwrap_or_else(hostname);
         let mut config = ClientConfig::new(self.server, token, name);
+        if let Some(key) = &self.server_key {
+            config.server_key = Some(parse_server_key(key)?);
+        }
         for (i, s) in self.services.into_iter().enumerate() {
             check_local(&s.local).with_context(|| format!("service #{}", i + 1))?;
             config.services.push(ServiceConfig {

@@ -1,8 +1,9 @@
 //! `rejoin server`: the public end of the tunnel.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use rejoin::proto::sealed::{StaticKey, hex, parse_key_hex};
 use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::server::{Server, ServerConfig};
 
@@ -29,13 +30,52 @@ pub struct Args {
     /// How long a disconnected client's session is kept, like 60s or 5m.
     #[arg(long)]
     keep: Option<Span>,
+    /// Where the server's static key is kept (created if missing). Default:
+    /// next to the config file (server.toml → server.key); without a config
+    /// file the key lasts only this run unless this is given.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Print the server's public key (for `rejoin client --server-key`) and exit.
+    #[arg(long)]
+    show_key: bool,
+}
+
+/// Reads the static key at `path`, or creates it there (readable by the
+/// owner only).
+fn load_or_create_key(path: &Path) -> anyhow::Result<StaticKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let private = parse_key_hex(&text).with_context(|| {
+                format!("{}: not a server key (64 hex digits)", path.display())
+            })?;
+            Ok(StaticKey::from_private(private))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = StaticKey::generate().context("cannot generate a server key")?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create the server key {}", path.display()))?;
+            writeln!(file, "{}", hex(key.private()))
+                .with_context(|| format!("cannot write the server key {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created a new server key");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the server key {}", path.display())),
+    }
 }
 
 fn settings(args: Args) -> anyhow::Result<ServerConfig> {
+    let mut key_file = args.key_file.clone();
     let mut config = match &args.config {
         Some(path) => {
             let file: ServerFile = load(path)?;
             let base = path.parent().unwrap_or(std::path::Path::new("."));
+            key_file.get_or_insert_with(|| file.key_file(base, path));
             file.into_config(base)
                 .with_context(|| format!("in {}", path.display()))?
         }
@@ -69,15 +109,43 @@ fn settings(args: Args) -> anyhow::Result<ServerConfig> {
     if let Some(keep) = args.keep {
         config.stream.reconnect_wait = keep.0;
     }
+    config.static_key = Some(match &key_file {
+        Some(path) => load_or_create_key(path)?,
+        None => StaticKey::generate().context("cannot generate a server key")?,
+    });
     Ok(config)
 }
 
+/// `--show-key`: the public half of the key the server would use.
+fn show_key(args: &Args) -> anyhow::Result<()> {
+    let path = match (&args.key_file, &args.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(config)) => {
+            let file: ServerFile = load(config)?;
+            let base = config.parent().unwrap_or(Path::new("."));
+            file.key_file(base, config)
+        }
+        (None, None) => anyhow::bail!("--show-key needs --key-file PATH or --config FILE"),
+    };
+    let key = load_or_create_key(&path)?;
+    say!("{}", hex(key.public()));
+    Ok(())
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.show_key {
+        return show_key(&args);
+    }
+    let persistent = args.key_file.is_some() || args.config.is_some();
     let config = settings(args)?;
     let server = Server::bind(config.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     say!("listening on {}", server.local_addr());
+    if let Some(key) = &config.static_key {
+        let lasting = if persistent { "" } else { " (this run only: give --key-file to keep it)" };
+        say!("server key {}{lasting}", hex(key.public()));
+    }
     super::shutdown_signal().await;
     tracing::info!("shutting down: saying goodbye to every client");
     server.shutdown("server shutting down").await;

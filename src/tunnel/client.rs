@@ -122,13 +122,18 @@ pub enum ClientEvent {
 /// What a failed link handshake means for the client, if retrying cannot
 /// help: the server rejected the token or the name, or is not the server
 /// (it could not prove the token, or the pinned key).
-fn refused(e: &std::io::Error) -> Option<ClientError> {
+fn refused(e: &std::io::Error, pinned: bool) -> Option<ClientError> {
     use crate::proto::Error as P;
     use crate::proto::sealed::exchange::{REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_ID};
     let stream::Error::Handshake(cause) = stream::Error::from_io(e)? else {
         return None;
     };
     Some(match cause {
+        // With a pinned key the server cannot tell a wrong token from a
+        // key that is not its own: both make the hello unreadable.
+        P::KeyRejected(REJECT_BAD_KEY) if pinned => ClientError::Refused(
+            "bad token, or the pinned server key is not this server's".into(),
+        ),
         P::KeyRejected(REJECT_BAD_KEY) => ClientError::Refused("bad token".into()),
         P::KeyRejected(REJECT_UNKNOWN_ID) => {
             ClientError::Refused("unknown client (no token for this name)".into())
@@ -240,6 +245,7 @@ impl Client {
         let mut first = true;
         let mut failures = 0u32;
         let link_config = self.link_config();
+        let pinned = self.config.server_key.is_some();
         loop {
             let connecting = stream::connect_with(dialer.clone(), link_config.clone());
             let link = tokio::select! {
@@ -248,8 +254,8 @@ impl Client {
             };
             let link = match link {
                 Ok(link) => link,
-                Err(e) if refused(&e).is_some() => {
-                    return Err(refused(&e).unwrap_or(ClientError::Connect(e)));
+                Err(e) if refused(&e, pinned).is_some() => {
+                    return Err(refused(&e, pinned).unwrap_or(ClientError::Connect(e)));
                 }
                 Err(e) if first => return Err(ClientError::Connect(e)),
                 Err(e) => {
