@@ -476,17 +476,36 @@ fn server_key_is_kept_shown_and_pinned() {
     assert_eq!(server.line(), format!("server key {public}"));
 
     let mut pinned = Proc::start(
-        &["client", "--server", &addr, "--server-key", &public, "--tcp", &echo],
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--server-key",
+            &public,
+            "--tcp",
+            &echo,
+        ],
         Some(TOKEN),
     );
     let line = pinned.line();
-    assert!(line.starts_with(&format!("tcp {echo} published at ")), "{line}");
+    assert!(
+        line.starts_with(&format!("tcp {echo} published at ")),
+        "{line}"
+    );
     pinned.terminate();
     assert!(pinned.wait());
 
     let other = "ab".repeat(32);
     let mut wrong = Proc::start(
-        &["client", "--server", &addr, "--server-key", &other, "--tcp", &echo],
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--server-key",
+            &other,
+            "--tcp",
+            &echo,
+        ],
         Some(TOKEN),
     );
     assert!(!wrong.wait());
@@ -499,7 +518,15 @@ fn server_key_is_kept_shown_and_pinned() {
     );
 
     let mut bad = Proc::start(
-        &["client", "--server", &addr, "--server-key", "xyz", "--tcp", &echo],
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--server-key",
+            "xyz",
+            "--tcp",
+            &echo,
+        ],
         Some(TOKEN),
     );
     assert!(!bad.wait());
@@ -516,4 +543,230 @@ fn server_key_is_kept_shown_and_pinned() {
         broken.stderr()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes each way of one proxied connection, as the client and the server
+/// sent them.
+#[derive(Default, Clone)]
+struct Recorded {
+    c2s: Vec<u8>,
+    s2c: Vec<u8>,
+}
+
+/// A proxy in front of a tunnel server that records every connection and,
+/// once per connection, flips one bit somewhere past its first 64 KiB (well
+/// after the handshake and the login), alternating the direction.
+struct FlipProxy {
+    addr: String,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    flips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlipProxy {
+    fn start(target: String) -> FlipProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let conns: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let flips = Arc::new(AtomicUsize::new(0));
+        let (c, f) = (conns.clone(), flips.clone());
+        std::thread::spawn(move || {
+            for (index, client) in l.incoming().flatten().enumerate() {
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                c.lock().unwrap().push(Recorded::default());
+                // Somewhere in 64 KiB..2 MiB of this connection.
+                let at = 65_536 + (index as u64 * 2_654_435_761) % (2 << 20);
+                for (to_server, from, to) in [
+                    (
+                        true,
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                    ),
+                    (
+                        false,
+                        server.try_clone().unwrap(),
+                        client.try_clone().unwrap(),
+                    ),
+                ] {
+                    let flip_here = (index % 2 == 0) == to_server;
+                    let (c, f) = (c.clone(), f.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let (mut from, mut to) = (from, to);
+                        let mut buf = vec![0u8; 64 << 10];
+                        let mut seen = 0u64;
+                        let mut flipped = !flip_here;
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            {
+                                let mut conns = c.lock().unwrap();
+                                let rec = &mut conns[index];
+                                let side = if to_server {
+                                    &mut rec.c2s
+                                } else {
+                                    &mut rec.s2c
+                                };
+                                side.extend_from_slice(&buf[..n]);
+                            }
+                            if !flipped && seen + n as u64 > at {
+                                buf[(at - seen) as usize] ^= 0x10;
+                                flipped = true;
+                                f.fetch_add(1, Ordering::Relaxed);
+                            }
+                            seen += n as u64;
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        FlipProxy { addr, conns, flips }
+    }
+}
+
+/// Sends `bytes` to `addr` and reads back what comes (an echo) on one TCP
+/// connection; returns what came back.
+fn echo_through(addr: &str, bytes: Vec<u8>) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let len = bytes.len();
+    let writer = std::thread::spawn(move || w.write_all(&bytes).unwrap());
+    let mut back = vec![0u8; len];
+    (&s).read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    back
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The tunnel on the wire, as an attacker sees it: a proxy flips one bit per
+/// link connection after login while a visitor echoes 32 MiB, and records
+/// everything. The echo is intact, the recording holds neither the
+/// visitor's plaintext nor the token, and replaying or forging what it
+/// recorded gets nowhere: no new session, no resume, and the live session
+/// runs on.
+#[test]
+fn the_sealed_link_resists_flips_replays_and_forgeries() {
+    const TOKEN: &str = "tok-wire-5e0c94a1";
+    const MARKER: &[u8] = b"VISITOR-PLAINTEXT-MARKER";
+    let echo = echo_service();
+    let mut server = Proc::start(&["server", "--listen", "127.0.0.1:0"], Some(TOKEN));
+    let server_addr = server.line().replace("listening on ", "");
+    let proxy = FlipProxy::start(server_addr.clone());
+    let mut client = Proc::start(
+        &[
+            "client",
+            "--server",
+            &proxy.addr,
+            "--name",
+            "home",
+            "--tcp",
+            &echo,
+        ],
+        Some(TOKEN),
+    );
+    let published = client.line();
+    let public = published.rsplit(' ').next().unwrap().to_string();
+
+    // 32 MiB with the marker every 4 KiB, the rest varied.
+    let mut data = Vec::with_capacity(32 << 20);
+    let mut x = 0x9e3779b97f4a7c15u64;
+    while data.len() < 32 << 20 {
+        if data.len() % 4096 == 0 {
+            data.extend_from_slice(MARKER);
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push(x as u8);
+    }
+    let back = echo_through(&public, data.clone());
+    assert!(back == data, "the echo came back intact");
+    let flips = proxy.flips.load(std::sync::atomic::Ordering::Relaxed);
+    let recorded = proxy.conns.lock().unwrap().clone();
+    println!(
+        "32 MiB echoed intact through {} link connections and {flips} flipped bits",
+        recorded.len()
+    );
+    assert!(flips >= 3, "only {flips} flips");
+    for (i, conn) in recorded.iter().enumerate() {
+        for side in [&conn.c2s, &conn.s2c] {
+            assert!(!find(side, MARKER), "connection {i}: plaintext on the wire");
+            assert!(
+                !find(side, TOKEN.as_bytes()),
+                "connection {i}: the token on the wire"
+            );
+        }
+    }
+
+    // Replays, straight to the server.
+    let sessions_up = |s: &Proc| s.stderr().matches("session up").count();
+    let before = sessions_up(&server);
+    let replay = |bytes: &[u8]| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&server_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    };
+    // The first connection's hello, confirm and login, replayed: no session.
+    let first = &recorded[0].c2s;
+    assert_eq!(first[0], 0x10, "a new-session hello");
+    replay(&first[..first.len().min(64 << 10)]);
+    // A resume's hello and confirm, replayed: refused.
+    let resume = recorded
+        .iter()
+        .find(|c| c.c2s.first() == Some(&0x12))
+        .expect("a resume was recorded");
+    replay(&resume.c2s[..resume.c2s.len().min(4096)]);
+    // A forged resume: the right conn ID and plausible counts, keyed by a
+    // guess instead of the session's secret.
+    let mut hello = vec![0x12];
+    hello.extend_from_slice(&resume.c2s[1..9]);
+    let mut prologue = b"rejoin sealed v1".to_vec();
+    prologue.extend_from_slice(&hello);
+    let guess = [7u8; 32];
+    let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_SHA256".parse().unwrap())
+        .psk(0, &guess)
+        .unwrap()
+        .prologue(&prologue)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut msg = [0u8; 256];
+    let mut counts = [0u8; 16];
+    counts[..8].copy_from_slice(&(40u64 << 20).to_le_bytes());
+    counts[8..].copy_from_slice(&(40u64 << 20).to_le_bytes());
+    let n = hs.write_message(&counts, &mut msg).unwrap();
+    hello.extend_from_slice(&(n as u16).to_le_bytes());
+    hello.extend_from_slice(&msg[..n]);
+    replay(&hello);
+
+    // Nothing new came up, and the live session carries on.
+    assert_eq!(sessions_up(&server), before, "no session from a replay");
+    let again = echo_through(&public, data[..1 << 20].to_vec());
+    assert!(again == data[..1 << 20], "the live session runs on");
+    assert!(
+        server.await_stderr("reconnect refused"),
+        "{}",
+        server.stderr()
+    );
+    client.terminate();
+    assert!(client.wait());
+    server.terminate();
+    assert!(server.wait());
 }

@@ -45,9 +45,8 @@ pub struct Args {
 fn load_or_create_key(path: &Path) -> anyhow::Result<StaticKey> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let private = parse_key_hex(&text).with_context(|| {
-                format!("{}: not a server key (64 hex digits)", path.display())
-            })?;
+            let private = parse_key_hex(&text)
+                .with_context(|| format!("{}: not a server key (64 hex digits)", path.display()))?;
             Ok(StaticKey::from_private(private))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -143,7 +142,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     say!("listening on {}", server.local_addr());
     if let Some(key) = &config.static_key {
-        let lasting = if persistent { "" } else { " (this run only: give --key-file to keep it)" };
+        let lasting = if persistent {
+            ""
+        } else {
+            " (this run only: give --key-file to keep it)"
+        };
         say!("server key {}{lasting}", hex(key.public()));
     }
     super::shutdown_signal().await;

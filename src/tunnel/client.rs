@@ -131,9 +131,9 @@ fn refused(e: &std::io::Error, pinned: bool) -> Option<ClientError> {
     Some(match cause {
         // With a pinned key the server cannot tell a wrong token from a
         // key that is not its own: both make the hello unreadable.
-        P::KeyRejected(REJECT_BAD_KEY) if pinned => ClientError::Refused(
-            "bad token, or the pinned server key is not this server's".into(),
-        ),
+        P::KeyRejected(REJECT_BAD_KEY) if pinned => {
+            ClientError::Refused("bad token, or the pinned server key is not this server's".into())
+        }
         P::KeyRejected(REJECT_BAD_KEY) => ClientError::Refused("bad token".into()),
         P::KeyRejected(REJECT_UNKNOWN_ID) => {
             ClientError::Refused("unknown client (no token for this name)".into())
