@@ -603,12 +603,23 @@ impl ServerExchange {
         params: Params,
         rng: &mut R,
     ) -> Result<()> {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        self.accept_new_with_seed(psk, id, params, seed)
+    }
+
+    /// As [`ServerExchange::accept_new`] with the seed given (test vectors).
+    pub fn accept_new_with_seed(
+        &mut self,
+        psk: &Psk,
+        id: u64,
+        params: Params,
+        seed: [u8; 32],
+    ) -> Result<()> {
         let (mut hs, payload) = self.respond(&psk.0)?;
         if !payload.is_empty() {
             return Err(Error::Malformed("new-session hello payload"));
         }
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
         let mut welcome = vec![STATUS_OK];
         welcome.extend_from_slice(&id.to_le_bytes());
         welcome.extend_from_slice(&seed);
