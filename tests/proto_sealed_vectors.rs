@@ -107,6 +107,8 @@ fn new_session(
 }
 
 fn seal(session: &mut Session, link: &mut rejoin::proto::sealed::Link, data: &[u8]) -> Vec<u8> {
+    // As the stream writes it: one DATA record (§2.2).
+    session.handle_write(&rejoin::proto::record::data_header(data.len()));
     session.handle_write(data);
     let window = session.read_count() + 65536;
     let out = link.poll_transmit(session, window).unwrap().to_vec();
@@ -117,8 +119,7 @@ fn seal(session: &mut Session, link: &mut rejoin::proto::sealed::Link, data: &[u
 const NN_HELLO: &str = "1004686f6d6530000faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20ca48bd58c6878ff618ebc18a686b3993";
 const NN_WELCOME: &str = "59007b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14e63a53c9c028703fc0d211e9d5bc63954727e3aafec485938c1244472a6c07df06dea9ebea65bbd174c497ae6979397b8a7c5f2dd13ef42c14";
 const NN_CONFIRM: &str = "20006bfbe608aa2ac3e1cc3d51412d144e57f329859fd51faa57fb16e8935a9ed173";
-const NN_DATA_C2S: &str =
-    "2c007e16e2f82e70742110fc58b7088103c2df796cf37e5f90978268cb2dda24ba45649dd2619e497555dcc9500b";
+const NN_DATA_C2S: &str = "2f00167f8efc243c6b2b51e358b264e467c2df796cf37e5f91978269cb2dd037df8150d11f22926657384b57c827d16b67";
 const IK_HELLO: &str = "1104686f6d6560000faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20466e01bce29e79492e5fd5eebb407734052ff9c1588e233dce45ea8801920addd5ca94abf326a66866f6c4f56de37ce3788f4cc04580f3b2a82bfad9817a0b02";
 const IK_WELCOME: &str = "59007b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b1405612b28fc15673dacb2be69cae275cdca4fc56a8850c1c9ec54503cda09e0068cff959763ebcde794f825c56669a6036a8e81483c40ee43fa";
 const IK_CONFIRM: &str = "200031b7c9f49c55ff4fd8b0d3c9c85516579005fa92f549895a20e44aa2f394f648";
@@ -150,8 +151,8 @@ fn ikpsk2_new_session() {
     assert_eq!(hex(&wire.confirm), hex(&unhex(IK_CONFIRM)));
 }
 
-const RESUME_HELLO: &str = "12080706050403020140001cf579aba45a10ba1d1ef06d91fca2aa9ed0a1150515653155405d0b18cb9a67693f61c84b01bb8fb206e0e798f8d6ee9c611e87cc702658e2f80a3bd49256c9";
-const RESUME_WELCOME: &str = "410030d3c865a48fceb3d6118577cf2e5f228d6ff69866264757785b253cb7a4806a54c26d576976bab16d6bbfd03e0717df36f47b127bcdd0c4824a0d1d753172706b";
+const RESUME_HELLO: &str = "12080706050403020140001cf579aba45a10ba1d1ef06d91fca2aa9ed0a1150515653155405d0b18cb9a676a3f61c84b01bb8fb206e0e798f8d6eee1256fa9ce51272d3056d90bf1267a5c";
+const RESUME_WELCOME: &str = "410030d3c865a48fceb3d6118577cf2e5f228d6ff69866264757785b253cb7a4806a54c26d576976bab16d6bbfd03e0717df364ea0a869c93d68f4895a96d5cefc5bdb";
 const RESUME_CONFIRM: &str = "2000c93f36807a981d83cbfde7d0d6e7ba6bd06f679decbd504df12801c293761007";
 
 #[test]
