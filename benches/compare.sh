@@ -363,10 +363,10 @@ path_rejoin() {
     measure "$name" "$pub" "$spid" "$cpid"
 }
 
-# run_path NAME FUNC ARGS...: runs FUNC NAME ARGS... (one path) in its own subshell, whose
-# processes are all killed when it ends (a background subshell ignores
-# SIGINT, so the main shell's trap stops it with SIGTERM); a failure is reported and the
-# other paths still run.
+# run_path NAME FUNC ARGS...: runs FUNC NAME ARGS... (one path) in its own
+# subshell, whose processes are all killed when it ends (a background
+# subshell ignores SIGINT, so the main shell's trap stops it with SIGTERM).
+# A failure is reported and the other paths still run.
 FAILED=()
 run_path() {
     local name=$1
@@ -405,6 +405,7 @@ BORE=$(cargo_tool bore-cli bore)
 
 if [[ -n ${REJOIN_BIN:-} ]]; then
     REJOIN=$REJOIN_BIN
+    REJOIN_FROM="REJOIN_BIN"
 else
     say "building rejoin in $ROOT (cargo build --release --bin rejoin)"
     (cd "$ROOT" && nice cargo build --release --bin rejoin >&2) ||
@@ -412,13 +413,14 @@ else
     target=${CARGO_TARGET_DIR:-$ROOT/target}
     [[ $target == /* ]] || target=$ROOT/$target
     REJOIN=$target/release/rejoin
+    REJOIN_FROM="checkout $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
 fi
 [[ -x $REJOIN ]] || die "no rejoin binary at $REJOIN"
 
 say "iperf3:  $(iperf3 --version | head -n 1)"
-say "rathole: $("$RATHOLE" --version 2>&1 | head -n 1)"
+say "rathole: $("$RATHOLE" --version 2>&1 | awk '/^Build Version:/ {print $3}')"
 say "bore:    $("$BORE" --version 2>&1 | head -n 1)"
-say "rejoin:  $("$REJOIN" --version 2>&1 | head -n 1) ($REJOIN, checkout $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
+say "rejoin:  $("$REJOIN" --version 2>&1 | head -n 1) ($REJOIN, $REJOIN_FROM)"
 say "each direction: ${DURATION}s of iperf3, one stream"
 
 PATHS=(direct rathole rathole-noise bore rejoin direct-again)

@@ -7,8 +7,9 @@
 //! cargo bench --bench e2e -- --only tunnel
 //! ```
 //!
-//! Sections: stream throughput (plain vs TCP, RC4 vs RC4+TCP), tunnel
-//! throughput both ways (plain and RC4 vs direct TCP), time to a first byte
+//! Sections: stream throughput (plain and sealed vs TCP, RC4 vs RC4+TCP),
+//! tunnel throughput both ways (sealed link, as users run it, vs direct
+//! TCP), time to a first byte
 //! through the tunnel (vs direct), time from a link reset to the first byte
 //! after the resume, and the memory of server and client processes holding
 //! 1,000 and 10,000 idle visitor connections. `docs/benchmarks.md` has the
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rc4::{KeyInit, Rc4, StreamCipher};
 use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+use rejoin::proto::sealed::Psk;
 use rejoin::stream::{self, Config, Listener};
 use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{Client, ClientConfig, ClientEvent, ServiceConfig};
@@ -179,6 +181,16 @@ async fn rc4_tcp(bytes: u64) {
 async fn rejoin_stream(bytes: u64, encrypt: bool) {
     let mut config = Config::default();
     config.encrypt = encrypt;
+    rejoin_stream_with(bytes, config).await;
+}
+
+/// The stream with the sealed suite's defaults.
+async fn sealed_stream(bytes: u64) {
+    let config = Config::sealed(Psk::from_passphrase("bench"));
+    rejoin_stream_with(bytes, config).await;
+}
+
+async fn rejoin_stream_with(bytes: u64, config: Config) {
     let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let reader = tokio::spawn(async move {
@@ -237,6 +249,21 @@ async fn stream_section(o: &Opts, rows: &mut Vec<Row>) {
         baseline: format!("RC4 + TCP {base:.0} MB/s"),
         ratio: Some(ratio),
         target: "≥ 0.90".into(),
+    });
+    let (tcp, ours, ratio) = paired(
+        n,
+        plain_bytes,
+        "stream, sealed",
+        || plain_tcp(plain_bytes),
+        || sealed_stream(plain_bytes),
+    )
+    .await;
+    rows.push(Row {
+        name: "stream throughput, sealed (AES-256-GCM)".into(),
+        value: format!("{ours:.0} MB/s"),
+        baseline: format!("plain TCP {tcp:.0} MB/s"),
+        ratio: Some(ratio),
+        target: "≥ 0.60".into(),
     });
 }
 
@@ -311,10 +338,10 @@ struct Tunnel {
     public: String,
 }
 
-async fn tunnel(local: SocketAddr, encrypt: bool) -> Tunnel {
+/// The tunnel with its defaults (the link is always sealed).
+async fn tunnel(local: SocketAddr) -> Tunnel {
     let token = Token::new("bench");
     let mut sc = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some(token.clone()));
-    sc.stream.encrypt = encrypt;
     if let Ok(b) = std::env::var("BENCH_SOCKBUF") {
         sc.stream.socket_buffer = b.parse().unwrap();
         sc.stream.history = 8 * sc.stream.socket_buffer;
@@ -324,7 +351,6 @@ async fn tunnel(local: SocketAddr, encrypt: bool) -> Tunnel {
     }
     let server = Server::bind(sc).await.unwrap();
     let mut cc = ClientConfig::new(server.local_addr().to_string(), token, "bench");
-    cc.stream.encrypt = encrypt;
     if let Ok(b) = std::env::var("BENCH_SOCKBUF") {
         cc.stream.socket_buffer = b.parse().unwrap();
         cc.stream.history = 8 * cc.stream.socket_buffer;
@@ -358,58 +384,38 @@ async fn tunnel_section(o: &Opts, rows: &mut Vec<Row>) {
     let n = o.samples();
     let local = service().await;
     let direct = local.to_string();
-    for encrypt in [false, true] {
-        if !o.wants(if encrypt {
-            "tunnel-rc4"
-        } else {
-            "tunnel-plain"
-        }) {
+    let bytes = o.bytes(1 << 30);
+    let t = tunnel(local).await;
+    eprintln!("tunnel throughput (sealed link)");
+    for (dir, up, section) in [
+        ("visitor → service", true, "tunnel-up"),
+        ("service → visitor", false, "tunnel-down"),
+    ] {
+        if !o.wants(section) {
             continue;
         }
-        let bytes = if encrypt {
-            o.bytes(256 << 20)
-        } else {
-            o.bytes(1 << 30)
-        };
-        let t = tunnel(local, encrypt).await;
-        let label = if encrypt { "RC4" } else { "no encryption" };
-        eprintln!("tunnel throughput, {label}");
-        for (dir, up) in [("visitor → service", true), ("service → visitor", false)] {
-            if !o.wants(if up {
-                "tunnel-plain-up"
+        let run = |to: String| async move {
+            if up {
+                upload(&to, bytes).await
             } else {
-                "tunnel-plain-down"
-            }) && !encrypt
-            {
-                continue;
+                download(&to, bytes).await
             }
-            let run = |to: String| async move {
-                if up {
-                    upload(&to, bytes).await
-                } else {
-                    download(&to, bytes).await
-                }
-            };
-            let (base, ours, ratio) = paired(
-                n,
-                bytes,
-                &format!("tunnel {label}, {dir}"),
-                || run(direct.clone()),
-                || run(t.public.clone()),
-            )
-            .await;
-            rows.push(Row {
-                name: format!("tunnel throughput, {label}, {dir}"),
-                value: format!("{ours:.0} MB/s"),
-                baseline: format!("direct TCP {base:.0} MB/s"),
-                ratio: Some(ratio),
-                target: if encrypt {
-                    "(rathole with Noise: ~0.11)".into()
-                } else {
-                    "≥ 0.35".into()
-                },
-            });
-        }
+        };
+        let (base, ours, ratio) = paired(
+            n,
+            bytes,
+            &format!("tunnel, {dir}"),
+            || run(direct.clone()),
+            || run(t.public.clone()),
+        )
+        .await;
+        rows.push(Row {
+            name: format!("tunnel throughput (sealed), {dir}"),
+            value: format!("{ours:.0} MB/s"),
+            baseline: format!("direct TCP {base:.0} MB/s"),
+            ratio: Some(ratio),
+            target: "≥ 0.35".into(),
+        });
     }
 }
 
@@ -437,7 +443,7 @@ async fn latency_section(o: &Opts, rows: &mut Vec<Row>) {
     eprintln!("time to a first byte");
     let trials = if o.quick { 200 } else { 2000 };
     let local = service().await;
-    let t = tunnel(local, true).await;
+    let t = tunnel(local).await;
     let direct = local.to_string();
     let (mut d, mut ours) = (Vec::new(), Vec::new());
     for i in 0..trials {
@@ -470,9 +476,17 @@ async fn latency_section(o: &Opts, rows: &mut Vec<Row>) {
 /// Resets the link, then times until a byte written right after the reset
 /// reaches the reader (through the reconnect and the resume).
 async fn resume_section(o: &Opts, rows: &mut Vec<Row>) {
-    eprintln!("time from a link reset to the first byte after the resume");
+    for (suite, config) in [
+        ("sealed", Config::sealed(Psk::from_passphrase("bench"))),
+        ("compatible", Config::default()),
+    ] {
+        resume_times(o, rows, suite, config).await;
+    }
+}
+
+async fn resume_times(o: &Opts, rows: &mut Vec<Row>, suite: &str, config: Config) {
+    eprintln!("time from a link reset to the first byte after the resume ({suite})");
     let trials = if o.quick { 30 } else { 200 };
-    let config = Config::default();
     let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
     let proxy = CutProxy::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -504,14 +518,19 @@ async fn resume_section(o: &Opts, rows: &mut Vec<Row>) {
         client.stats().reconnects
     ));
     rows.push(Row {
-        name: "link reset to first byte after the resume, p50".into(),
+        name: format!("link reset to first byte after the resume, {suite}, p50"),
         value: format!("{p50:.2} ms"),
         baseline: "".into(),
         ratio: None,
-        target: "≤ 20 ms".into(),
+        target: if suite == "sealed" {
+            "≤ 5 ms"
+        } else {
+            "≤ 20 ms"
+        }
+        .into(),
     });
     rows.push(Row {
-        name: "link reset to first byte after the resume, p99".into(),
+        name: format!("link reset to first byte after the resume, {suite}, p99"),
         value: format!("{p99:.2} ms"),
         baseline: "".into(),
         ratio: None,

@@ -148,5 +148,108 @@ fn frames(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rc4, handshake, session_write, frames);
+/// One whole sealed handshake, both sides in memory (hello, welcome,
+/// confirm): what each new connection and each resume costs in CPU.
+fn sealed_handshake(c: &mut Criterion) {
+    use rejoin::proto::sealed::{ClientExchange, Psk, ServerExchange, StaticKey};
+    let psk = Psk::from_bytes([9; 32]);
+    let key = StaticKey::generate().expect("key");
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut group = c.benchmark_group("sealed handshake");
+    for (name, pinned) in [("NNpsk0", false), ("IKpsk2", true)] {
+        let pin = pinned.then(|| *key.public());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut client =
+                    ClientExchange::new_session(Params::default(), &psk, b"bench", pin.as_ref())
+                        .expect("client");
+                let mut server = ServerExchange::new(Some(key.clone()));
+                let mut wire = BytesMut::from(&client.poll_transmit().expect("hello")[..]);
+                server.handle_input(&mut wire).expect("hello in");
+                server
+                    .accept_new(&psk, 1, Params::default(), &mut rng)
+                    .expect("accept");
+                let mut wire = BytesMut::from(&server.poll_transmit().expect("welcome")[..]);
+                client.handle_input(&mut wire).expect("welcome in");
+                let mut wire = BytesMut::from(&client.poll_transmit().expect("confirm")[..]);
+                server.handle_input(&mut wire).expect("confirm in");
+                black_box(server.poll_outcome().expect("established"));
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Sealing and opening 64 KiB of stream bytes in frames, through a session.
+fn sealed_frames(crit: &mut Criterion) {
+    use rejoin::proto::sealed::{
+        ClientExchange, ClientOutcome, Psk, ServerExchange, ServerOutcome,
+    };
+    let psk = Psk::from_bytes([9; 32]);
+    let params = Params {
+        history: 1 << 20,
+        ..Params::default()
+    };
+    let mut client = ClientExchange::new_session(params, &psk, b"", None).expect("client");
+    let mut server = ServerExchange::new(None);
+    let mut wire = BytesMut::from(&client.poll_transmit().expect("hello")[..]);
+    server.handle_input(&mut wire).expect("hello in");
+    server
+        .accept_new(&psk, 1, params, &mut StdRng::seed_from_u64(3))
+        .expect("accept");
+    let mut wire = BytesMut::from(&server.poll_transmit().expect("welcome")[..]);
+    client.handle_input(&mut wire).expect("welcome in");
+    let mut wire = BytesMut::from(&client.poll_transmit().expect("confirm")[..]);
+    server.handle_input(&mut wire).expect("confirm in");
+    let Some(Ok(ClientOutcome::Established(mut c))) = client.poll_outcome() else {
+        panic!("client established")
+    };
+    let Some(ServerOutcome::Established(mut s)) = server.poll_outcome() else {
+        panic!("server established")
+    };
+    let data = vec![5u8; CHUNK];
+    let mut group = crit.benchmark_group("sealed frames");
+    group.throughput(Throughput::Bytes(CHUNK as u64));
+    let mut plain = BytesMut::with_capacity(2 * CHUNK);
+    group.bench_function("seal and open 64 KiB", |b| {
+        b.iter(|| {
+            c.session.handle_write(&data);
+            let window = u64::MAX;
+            let out = c
+                .link
+                .poll_transmit(&mut c.session, window)
+                .expect("seal")
+                .to_vec();
+            c.link.handle_transmitted(out.len());
+            s.link.input_buffer().extend_from_slice(&out);
+            plain.clear();
+            s.link
+                .handle_input(&mut s.session, &mut plain)
+                .expect("open");
+            black_box(s.session.handle_input(&mut plain).len());
+            // Acknowledge, so the history never fills.
+            let ack = s
+                .link
+                .poll_transmit(&mut s.session, u64::MAX)
+                .expect("ack")
+                .to_vec();
+            s.link.handle_transmitted(ack.len());
+            c.link.input_buffer().extend_from_slice(&ack);
+            c.link
+                .handle_input(&mut c.session, &mut plain)
+                .expect("ack in");
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    rc4,
+    handshake,
+    session_write,
+    frames,
+    sealed_handshake,
+    sealed_frames
+);
 criterion_main!(benches);

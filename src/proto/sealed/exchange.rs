@@ -388,7 +388,6 @@ impl ClientExchange {
             _ => return Err(Error::Malformed("welcome payload")),
         }
         let hash = hs.get_handshake_hash().to_vec();
-        let transport = hs.into_transport_mode().map_err(setup("noise transport"))?;
         let outcome = match self.mode {
             ClientMode::New { params } => {
                 if payload.len() != 41 {
@@ -398,7 +397,7 @@ impl ClientExchange {
                 let seed: [u8; 32] = payload[9..41].try_into().unwrap_or_default();
                 let secrets = SessionSecrets::derive(&hash, &seed);
                 let session = Session::new_sealed(Role::Client, id, params, secrets);
-                let link = self.confirm(transport, 0, input)?;
+                let link = self.confirm(&mut hs, 0, input)?;
                 ClientOutcome::Established(Established { session, link })
             }
             ClientMode::Resume { epoch, write, read } => {
@@ -423,7 +422,7 @@ impl ClientExchange {
                     reported_read: read,
                     epoch,
                 };
-                let link = self.confirm(transport, read, input)?;
+                let link = self.confirm(&mut hs, read, input)?;
                 ClientOutcome::Resumed(Resumed { point, link })
             }
         };
@@ -433,13 +432,8 @@ impl ClientExchange {
 
     /// The link of the new connection, with its confirm frame queued to
     /// transmit and what followed the welcome moved into it.
-    fn confirm(
-        &mut self,
-        transport: snow::TransportState,
-        ack: u64,
-        input: &mut BytesMut,
-    ) -> Result<Link> {
-        let mut link = Link::new(transport, ack);
+    fn confirm(&mut self, hs: &mut HandshakeState, ack: u64, input: &mut BytesMut) -> Result<Link> {
+        let mut link = Link::new(hs, true, ack)?;
         link.seal(&[], ack, ack + self.window)?;
         link.drain_output(&mut self.transmit);
         link.input_buffer().extend_from_slice(input);
@@ -537,9 +531,11 @@ impl ServerExchange {
                 self.outcome = Some(match pending {
                     Pending::New(session) => ServerOutcome::Established(Established {
                         session: *session,
-                        link,
+                        link: *link,
                     }),
-                    Pending::Resume(point) => ServerOutcome::Resumed(Resumed { point, link }),
+                    Pending::Resume(point) => {
+                        ServerOutcome::Resumed(Resumed { point, link: *link })
+                    }
                 });
                 Ok(())
             }
@@ -625,10 +621,9 @@ impl ServerExchange {
         welcome.extend_from_slice(&seed);
         self.welcome(&mut hs, &welcome)?;
         let secrets = SessionSecrets::derive(hs.get_handshake_hash(), &seed);
-        let transport = hs.into_transport_mode().map_err(setup("noise transport"))?;
         let session = Session::new_sealed(Role::Server, id, params, secrets);
         self.state = ServerState::AwaitConfirm {
-            link: Link::new(transport, 0),
+            link: Box::new(Link::new(&mut hs, false, 0)?),
             ack: 0,
             pending: Pending::New(Box::new(session)),
         };
@@ -669,9 +664,8 @@ impl ServerExchange {
         welcome.extend_from_slice(&session.write_count().to_le_bytes());
         welcome.extend_from_slice(&point.reported_read.to_le_bytes());
         self.welcome(&mut hs, &welcome)?;
-        let transport = hs.into_transport_mode().map_err(setup("noise transport"))?;
         self.state = ServerState::AwaitConfirm {
-            link: Link::new(transport, point.reported_read),
+            link: Box::new(Link::new(&mut hs, false, point.reported_read)?),
             ack: read,
             pending: Pending::Resume(point),
         };

@@ -16,10 +16,17 @@
 //! bytes in a frame continue where the previous frame's ended; the first frame
 //! after a resume starts where the resume said.
 //!
+//! The keys are Noise's split of the connection's handshake; frames are
+//! sealed with `ring`'s AES-256-GCM under Noise's nonce layout (4 zero bytes,
+//! then the counter big-endian), exactly as a Noise transport message would
+//! be, but in place, so a stream byte is copied once on its way out and once
+//! on its way in.
+//!
 //! A [`Link`] knows nothing of sockets: [`Link::handle_input`] takes bytes
 //! from the wire, [`Link::poll_transmit`] gives sealed bytes for it.
 
 use bytes::{Buf, BytesMut};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use super::{INITIAL_WINDOW, MAX_FRAME_DATA, MIN_FRAME, TAG_LEN, TRAILER_LEN};
 use crate::proto::{Error, Result, Session};
@@ -32,16 +39,42 @@ pub const ACK_EVERY: u64 = 16 * 1024;
 /// Most sealed bytes prepared ahead of the transport.
 const OUT_BATCH: usize = 256 * 1024;
 
+/// One direction's key and its next nonce.
+struct Direction {
+    key: LessSafeKey,
+    next: u64,
+}
+
+impl Direction {
+    fn new(key: &[u8; 32]) -> Result<Self> {
+        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::Malformed("frame key"))?;
+        Ok(Direction {
+            key: LessSafeKey::new(key),
+            next: 0,
+        })
+    }
+
+    /// The next nonce, as Noise lays it out; Noise reserves the last counter.
+    fn nonce(&mut self) -> Result<Nonce> {
+        if self.next == u64::MAX {
+            return Err(Error::Malformed("frame counter exhausted"));
+        }
+        let mut bytes = [0u8; 12];
+        bytes[4..].copy_from_slice(&self.next.to_be_bytes());
+        self.next += 1;
+        Ok(Nonce::assume_unique_for_key(bytes))
+    }
+}
+
 /// One connection's frame sealing and opening.
 pub struct Link {
-    noise: Box<snow::TransportState>,
+    send: Direction,
+    recv: Direction,
     /// Sealed bytes the transport has not taken yet.
     out: Vec<u8>,
     out_pos: usize,
     /// Received bytes not yet opened (a partial frame).
     input: BytesMut,
-    /// Plaintext being assembled for the next frame.
-    scratch: Vec<u8>,
     /// The read count last sent as an ack.
     acked: u64,
     /// The window last sent.
@@ -63,18 +96,28 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) fn new(noise: snow::TransportState, acked: u64) -> Self {
-        Link {
-            noise: Box::new(noise),
+    /// The link of a finished handshake: `initiator` is the client.
+    pub(crate) fn new(hs: &mut snow::HandshakeState, initiator: bool, acked: u64) -> Result<Self> {
+        if !hs.is_handshake_finished() {
+            return Err(Error::Malformed("handshake not finished"));
+        }
+        let (to_server, to_client) = hs.dangerously_get_raw_split();
+        let (send, recv) = if initiator {
+            (to_server, to_client)
+        } else {
+            (to_client, to_server)
+        };
+        Ok(Link {
+            send: Direction::new(&send)?,
+            recv: Direction::new(&recv)?,
             out: Vec::new(),
             out_pos: 0,
             input: BytesMut::new(),
-            scratch: Vec::new(),
             acked,
             windowed: INITIAL_WINDOW,
             first_window: None,
             frames_in: 0,
-        }
+        })
     }
 
     /// Frames opened on this connection.
@@ -86,19 +129,23 @@ impl Link {
     /// `window` into the output.
     pub(crate) fn seal(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
         debug_assert!(data.len() <= MAX_FRAME_DATA);
-        self.scratch.clear();
-        self.scratch.extend_from_slice(data);
-        self.scratch.extend_from_slice(&ack.to_le_bytes());
-        self.scratch.extend_from_slice(&window.to_le_bytes());
-        let len = self.scratch.len() + TAG_LEN;
+        let len = data.len() + TRAILER_LEN + TAG_LEN;
         let at = self.out.len();
-        self.out.resize(at + 2 + len, 0);
-        self.out[at..at + 2].copy_from_slice(&(len as u16).to_le_bytes());
-        let n = self
-            .noise
-            .write_message(&self.scratch, &mut self.out[at + 2..])
+        self.out.reserve(2 + len);
+        self.out.extend_from_slice(&(len as u16).to_le_bytes());
+        // In pieces: see proto::copy.
+        for piece in data.chunks(crate::proto::copy::PIECE) {
+            self.out.extend_from_slice(piece);
+        }
+        self.out.extend_from_slice(&ack.to_le_bytes());
+        self.out.extend_from_slice(&window.to_le_bytes());
+        let nonce = self.send.nonce()?;
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut self.out[at + 2..])
             .map_err(|_| Error::Malformed("frame could not be sealed"))?;
-        debug_assert_eq!(n, len);
+        self.out.extend_from_slice(tag.as_ref());
         self.acked = self.acked.max(ack);
         self.windowed = self.windowed.max(window);
         Ok(())
@@ -193,26 +240,27 @@ impl Link {
             self.input.reserve(2 + len - self.input.len());
             return Ok(None);
         }
-        let start = plain.len();
-        plain.resize(start + len, 0);
-        let opened = self
-            .noise
-            .read_message(&self.input[2..2 + len], &mut plain[start..]);
-        let Ok(n) = opened else {
-            plain.truncate(start);
+        let nonce = self.recv.nonce()?;
+        let Ok(opened) =
+            self.recv
+                .key
+                .open_in_place(nonce, Aad::empty(), &mut self.input[2..2 + len])
+        else {
             return Err(Error::Unauthenticated);
         };
-        self.input.advance(2 + len);
-        self.frames_in += 1;
-        // n = len - TAG_LEN >= TRAILER_LEN, checked above.
-        let data = n - TRAILER_LEN;
+        // len - TAG_LEN >= TRAILER_LEN, checked above.
+        let data = opened.len() - TRAILER_LEN;
+        for piece in opened[..data].chunks(crate::proto::copy::PIECE) {
+            plain.extend_from_slice(piece);
+        }
         let field = |at: usize| {
             let mut b = [0u8; 8];
-            b.copy_from_slice(&plain[at..at + 8]);
+            b.copy_from_slice(&opened[at..at + 8]);
             u64::from_le_bytes(b)
         };
-        let (ack, window) = (field(start + data), field(start + data + 8));
-        plain.truncate(start + data);
+        let (ack, window) = (field(data), field(data + 8));
+        self.input.advance(2 + len);
+        self.frames_in += 1;
         Ok(Some((ack, window)))
     }
 
