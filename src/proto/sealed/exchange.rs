@@ -465,7 +465,7 @@ enum ServerState {
         message: Vec<u8>,
     },
     AwaitConfirm {
-        link: Link,
+        link: Box<Link>,
         ack: u64,
         pending: Pending,
     },
