@@ -23,7 +23,7 @@ use crate::proto::{self, ClientHandshake, ClientResume, Session, Version};
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// use tokio::io::AsyncWriteExt;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// let mut stream = rejoin::stream::connect("example.com:9000", Default::default()).await?;
 /// stream.write_all(b"hello").await?;
 /// let mut reply = [0u8; 5];
