@@ -591,7 +591,11 @@ fn hold_service() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A deep backlog: the tunnel client opens thousands of connections
+        // in a burst, and a full backlog of 128 drops some of them.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = socket.listen(8192).unwrap();
         println!("{}", l.local_addr().unwrap());
         let _ = std::io::stdout().flush();
         let mut held = Vec::new();

@@ -188,15 +188,25 @@ fn a_wrong_psk_fails_on_the_server() {
 
 #[test]
 fn flipped_dropped_and_replayed_frames_fail() {
-    for attack in 0..3 {
+    for attack in 0..4 {
         let (mut c, mut s) = new_pair(None);
         c.session.handle_write(&[7u8; 100]);
         let first = pump(&mut c, &mut s, |_| {}).unwrap();
-        c.session.handle_write(&[8u8; 100]);
+        // The server's window lets more through; then enough for two
+        // frames (one carries at most 65,503 bytes).
+        pump(&mut s, &mut c, |_| {}).unwrap();
+        c.session.handle_write(&[8u8; 70_000]);
         let err = pump(&mut c, &mut s, |w| match attack {
             0 => w[20] ^= 1,
             1 => w.clear(), // dropped: the next frame then fails
-            _ => *w = first.clone(),
+            2 => *w = first.clone(),
+            _ => {
+                // Reordered: two fresh frames, the second before the first.
+                let len = u16::from_le_bytes([w[0], w[1]]) as usize;
+                assert!(w.len() > 2 + len, "two frames to swap");
+                let (a, b) = w.split_at(2 + len);
+                *w = [b, a].concat();
+            }
         });
         if attack == 1 {
             c.session.handle_write(&[9u8; 100]);

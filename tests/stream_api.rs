@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{recv_digest, send_random};
 use rejoin::proto::Version;
+use rejoin::proto::sealed::Psk;
 use rejoin::stream::{self, Config, Dialed, Error, Event, Listener, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
@@ -75,6 +76,44 @@ async fn echo_in_every_flavour() {
         assert_eq!(client.id(), server.id());
         both_ways(&mut client, &mut server, 1 << 20).await;
     }
+    let (_l, mut client, mut server) = pair(&sealed()).await;
+    assert_eq!(client.id(), server.id());
+    assert_eq!(client.handle().binding(), server.handle().binding());
+    both_ways(&mut client, &mut server, 8 << 20).await;
+}
+
+fn sealed() -> Config {
+    Config::sealed(Psk::from_bytes([8; 32]))
+}
+
+/// An endpoint set to one suite never speaks the other: each pairing of a
+/// sealed and a compatible end (every snet version) fails its handshake,
+/// and a sealed client whose PSK is wrong is told so.
+#[tokio::test]
+async fn suites_never_mix() {
+    common::logs();
+    let compatible = [
+        config(Version::V2, true, false),
+        config(Version::V2, false, true),
+        config(Version::V1, true, false),
+    ];
+    for other in compatible {
+        for (server, client) in [(sealed(), other.clone()), (other.clone(), sealed())] {
+            let listener = Listener::bind("127.0.0.1:0", server).await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let mut client = client;
+            client.handshake_timeout = Duration::from_secs(2);
+            let result = stream::connect(addr, client).await;
+            assert!(result.is_err(), "a mixed pair must not connect");
+            assert_eq!(listener.stats().established, 0);
+        }
+    }
+    let listener = Listener::bind("127.0.0.1:0", sealed()).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let wrong = Config::sealed(Psk::from_bytes([9; 32]));
+    let err = stream::connect(addr, wrong).await.unwrap_err();
+    assert!(err.to_string().contains("wrong key"), "{err}");
+    assert_eq!(listener.stats().established, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +236,13 @@ async fn dialers_can_report_the_peer() {
 #[tokio::test]
 async fn record_layer_close_is_clean_and_immediate() {
     common::logs();
-    let (listener, mut client, mut server) = pair(&config(Version::V2, true, true)).await;
+    for suite in [config(Version::V2, true, true), sealed()] {
+        close_is_clean_and_immediate(suite).await;
+    }
+}
+
+async fn close_is_clean_and_immediate(config: Config) {
+    let (listener, mut client, mut server) = pair(&config).await;
     client.write_all(b"bye").await.unwrap();
     client.shutdown().await.unwrap();
     assert!(client.write_all(b"more").await.unwrap_err().kind() == io::ErrorKind::BrokenPipe);
