@@ -346,19 +346,25 @@ impl<T: Transport> Inner<T> {
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
     ) -> Result<(), Error> {
-        let shown = format_args!("{id:016x}").to_string();
+        let shown = format!("{id:016x}");
         let Some((shared, commits)) = self.entry(id) else {
             self.refused.fetch_add(1, Ordering::Relaxed);
             info!(id = %shown, ?peer, "reconnect refused: unknown conn ID");
             return Ok(());
         };
-        let accepted = {
-            let mut st = shared.state.lock();
-            if st.ended.is_some() {
-                Err(proto::Error::Refuse(RefuseReason::UnknownId))
-            } else {
-                ex.accept_resume(&mut st.session)
-            }
+        // The handshake's work happens outside the session's lock: a peer
+        // that only knows the conn ID must not be able to stall the session.
+        let secrets = shared.state.lock().session.secrets().cloned();
+        let accepted = match secrets {
+            None => Err(proto::Error::Refuse(RefuseReason::UnknownId)),
+            Some(secrets) => ex.open_resume(&secrets).and_then(|()| {
+                let mut st = shared.state.lock();
+                if st.ended.is_some() {
+                    Err(proto::Error::Refuse(RefuseReason::UnknownId))
+                } else {
+                    ex.accept_resume(&mut st.session)
+                }
+            }),
         };
         if let Err(e) = accepted {
             self.refused.fetch_add(1, Ordering::Relaxed);

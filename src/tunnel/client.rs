@@ -254,18 +254,18 @@ impl Client {
             };
             let link = match link {
                 Ok(link) => link,
-                Err(e) if refused(&e, pinned).is_some() => {
-                    return Err(refused(&e, pinned).unwrap_or(ClientError::Connect(e)));
-                }
-                Err(e) if first => return Err(ClientError::Connect(e)),
-                Err(e) => {
-                    warn!(error = %e, "cannot reach the server; retrying");
-                    failures += 1;
-                    if self.pause(failures).await {
-                        return Ok(());
+                Err(e) => match refused(&e, pinned) {
+                    Some(fatal) => return Err(fatal),
+                    None if first => return Err(ClientError::Connect(e)),
+                    None => {
+                        warn!(error = %e, "cannot reach the server; retrying");
+                        failures += 1;
+                        if self.pause(failures).await {
+                            return Ok(());
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
             };
             first = false;
             match self.session(link).await? {

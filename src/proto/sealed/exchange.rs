@@ -464,6 +464,12 @@ enum ServerState {
         request: Request,
         message: Vec<u8>,
     },
+    /// A resume hello that opened under the session's secret.
+    Opened {
+        hs: Box<HandshakeState>,
+        write: u64,
+        read: u64,
+    },
     AwaitConfirm {
         link: Box<Link>,
         ack: u64,
@@ -539,7 +545,9 @@ impl ServerExchange {
                 });
                 Ok(())
             }
-            ServerState::AwaitDecision { .. } | ServerState::Done => Ok(()),
+            ServerState::AwaitDecision { .. } | ServerState::Opened { .. } | ServerState::Done => {
+                Ok(())
+            }
         }
     }
 
@@ -630,8 +638,26 @@ impl ServerExchange {
         Ok(())
     }
 
+    /// Reads a resume hello with the secrets of the session its conn ID
+    /// found, without touching the session: the costly part, which a server
+    /// does outside the session's lock. Fails with [`Error::Unauthenticated`]
+    /// if the client does not hold the resume secret (close). Then answer
+    /// with [`ServerExchange::accept_resume`].
+    pub fn open_resume(&mut self, secrets: &SessionSecrets) -> Result<()> {
+        let (hs, payload) = self.respond(&secrets.resume)?;
+        if payload.len() != 16 {
+            return Err(Error::Malformed("resume hello payload"));
+        }
+        self.state = ServerState::Opened {
+            hs: Box::new(hs),
+            write: u64::from_le_bytes(payload[..8].try_into().unwrap_or_default()),
+            read: u64::from_le_bytes(payload[8..].try_into().unwrap_or_default()),
+        };
+        Ok(())
+    }
+
     /// Answers a resume hello for `session`, which the request's conn ID
-    /// found. Fails with [`Error::Unauthenticated`] if the client does not
+    /// found (reading it first unless [`ServerExchange::open_resume`] did). Fails with [`Error::Unauthenticated`] if the client does not
     /// hold the session's resume secret (close; the session is untouched),
     /// or with [`Error::Refuse`] if its counts cannot resume the session:
     /// then send the authenticated refusal in `poll_transmit` and close.
@@ -639,16 +665,21 @@ impl ServerExchange {
     /// count; it switches over only when [`Session::resume`] is called with
     /// the outcome, after the client's confirm.
     pub fn accept_resume(&mut self, session: &mut Session) -> Result<()> {
-        let secrets = session
-            .secrets()
-            .ok_or(Error::Malformed("not a sealed session"))?
-            .clone();
-        let (mut hs, payload) = self.respond(&secrets.resume)?;
-        if payload.len() != 16 {
-            return Err(Error::Malformed("resume hello payload"));
+        if let ServerState::AwaitDecision { .. } = self.state {
+            let secrets = session
+                .secrets()
+                .ok_or(Error::Malformed("not a sealed session"))?
+                .clone();
+            self.open_resume(&secrets)?;
         }
-        let write = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
-        let read = u64::from_le_bytes(payload[8..].try_into().unwrap_or_default());
+        let ServerState::Opened {
+            mut hs,
+            write,
+            read,
+        } = std::mem::replace(&mut self.state, ServerState::Done)
+        else {
+            return Err(Error::Malformed("no resume hello to answer"));
+        };
         if let Err(reason) = check_counts(session, write, read) {
             self.welcome(&mut hs, &[refusal_status(reason)])?;
             return Err(Error::Refuse(reason));

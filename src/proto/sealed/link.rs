@@ -170,9 +170,7 @@ impl Link {
                 self.seal(&a[..n], ack, window)?;
                 session.handle_transmitted(n);
             }
-            let owed = session.read_count() >= self.acked + ACK_EVERY
-                || window >= self.windowed + ACK_EVERY;
-            if self.out.is_empty() && owed {
+            if self.out.is_empty() && self.update_due(session.read_count(), window) {
                 self.seal(&[], session.read_count(), window)?;
             }
         }
