@@ -60,13 +60,11 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// A client of `server` with `token`, with defaults for the rest. The
-    /// link uses the stream's record layer: both ends are rejoin, and it makes
-    /// a session's end a clean close rather than a lost link.
+    /// link is always the stream's sealed suite keyed by the token (which
+    /// brings the record layer: a session's end is a clean close rather than
+    /// a lost link).
     pub fn new(server: impl Into<String>, token: Token, name: impl Into<String>) -> Self {
-        let stream = stream::Config {
-            records: true,
-            ..stream::Config::default()
-        };
+        let stream = stream::Config::default();
         ClientConfig {
             server: server.into(),
             token,

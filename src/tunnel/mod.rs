@@ -1,5 +1,5 @@
 //! The reverse tunnel: services behind NAT published on a public server, over
-//! one resumable stream per client.
+//! one resumable stream per client, always in the sealed suite.
 
 pub mod auth;
 pub mod bridge;

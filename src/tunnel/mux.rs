@@ -888,8 +888,8 @@ pub(super) fn advance_pieces(pieces: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-/// Most bytes handed to the stream in one write (the stream encrypts under
-/// its lock; this keeps the lock short).
+/// Most bytes handed to the stream in one write (the stream copies them into
+/// its history under its lock; this keeps the lock short).
 const WRITE_BATCH: usize = 64 << 10;
 
 /// Takes the next frame to send: control frames first; then TCP data and
