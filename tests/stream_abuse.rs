@@ -408,3 +408,73 @@ async fn parked_limit_ends_the_excess() {
     let s = listener.stats();
     assert_eq!((s.parked, s.sessions), (2, 2));
 }
+
+/// A sealed listener against hostile clients through real sockets, while a
+/// real session runs: compatible hellos, unknown kinds, oversized identities
+/// and handshake messages, hellos under a wrong PSK, resumes for unknown and
+/// live conn IDs without the secret, garbage after a hello, and idle sockets.
+/// Each is closed (within the handshake timeout at worst), nothing is
+/// established, and the real session and new ones are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_handshake_abuse_is_refused_cleanly() {
+    use rejoin::proto::sealed::{ClientExchange, Psk};
+    common::logs();
+    let psk = Psk::from_bytes([4; 32]);
+    let mut config = Config::sealed(psk.clone());
+    config.handshake_timeout = Duration::from_secs(1);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut real = bystander(addr, config.clone()).await;
+    let established = listener.stats().established;
+    let live_id = real.id().to_le_bytes();
+
+    let wrong =
+        ClientExchange::new_session(Params::default(), &Psk::from_bytes([5; 32]), b"", None)
+            .unwrap()
+            .poll_transmit()
+            .unwrap()
+            .to_vec();
+    let mut forged_resume = vec![0x12];
+    forged_resume.extend_from_slice(&live_id);
+    forged_resume.extend_from_slice(&64u16.to_le_bytes());
+    forged_resume.extend_from_slice(&[0xab; 64]);
+    let mut unknown_resume = forged_resume.clone();
+    unknown_resume[1..9].copy_from_slice(&[0x77; 8]);
+    let mut hello_then_garbage = ClientExchange::new_session(Params::default(), &psk, b"", None)
+        .unwrap()
+        .poll_transmit()
+        .unwrap()
+        .to_vec();
+    hello_then_garbage.extend_from_slice(&[0x42; 300]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("compatible v2 hello", {
+            let mut h = vec![0x00];
+            h.extend_from_slice(&12345u64.to_le_bytes());
+            h
+        }),
+        ("compatible v1 hello", vec![0; 40]),
+        ("unknown kind", vec![0x99, 1, 2, 3]),
+        ("identity too long", vec![0x10, 200]),
+        ("handshake message too long", vec![0x10, 0, 0xff, 0xff]),
+        ("wrong PSK", wrong),
+        ("forged resume of the live session", forged_resume),
+        ("resume of an unknown session", unknown_resume),
+        ("garbage for a confirm", hello_then_garbage),
+        ("idle", vec![]),
+    ];
+    for (what, bytes) in &cases {
+        let (t, reply) = close_time(addr, bytes).await;
+        assert!(t < Duration::from_secs(3), "{what}: closed in {t:?}");
+        assert!(reply.len() <= 256, "{what}: {} bytes back", reply.len());
+        still_serving(&mut real, addr, &config).await;
+    }
+    // still_serving opened one fresh session per case; no abuse made one.
+    assert_eq!(
+        listener.stats().established,
+        established + cases.len() as u64
+    );
+    assert_eq!(
+        real.handle().stats().reconnects,
+        0,
+        "the live session untouched"
+    );
+}
