@@ -275,7 +275,7 @@ fn a_recorded_resume_replayed_later_is_useless() {
     let mut input = BytesMut::from(&r.c2s[..]);
     server.handle_input(&mut input).unwrap();
     assert!(server.poll_request().is_some());
-    server.accept_resume(&mut s.session).unwrap();
+    server.accept_resume(&s.session).unwrap();
     let err = server.handle_input(&mut input);
     assert_eq!(err, Err(Error::Unauthenticated));
     assert!(server.poll_outcome().is_none());

@@ -166,7 +166,7 @@ fn nnpsk0_resume() {
     };
     let client = ClientExchange::resume_with(&c, None, &fixed([0x77; 32])).unwrap();
     let server = ServerExchange::with_fixed(None, fixed([0x88; 32]));
-    let (wire, co, so) = exchange(client, server, |x| x.accept_resume(&mut s).unwrap());
+    let (wire, co, so) = exchange(client, server, |x| x.accept_resume(&s).unwrap());
     println!("resume hello   {}", hex(&wire.hello));
     println!("resume welcome {}", hex(&wire.welcome));
     println!("resume confirm {}", hex(&wire.confirm));

@@ -418,3 +418,41 @@ async fn client_gives_up_when_the_server_is_gone() {
     }
     assert!(saw_disconnect);
 }
+
+/// A sealed client whose server restarted (a new listener on the same
+/// address knows nothing of the session) is told so at its first reconnect
+/// and ends with `Refused` at once, instead of retrying until it gives up;
+/// the session that is live elsewhere is not disturbed by its attempts.
+#[tokio::test]
+async fn a_sealed_client_learns_at_once_that_its_session_is_gone() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    common::logs();
+    let mut config = sealed();
+    config.redial.give_up = Some(Duration::from_secs(60));
+    let first = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let second = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let port = Arc::new(AtomicU16::new(first.local_addr().unwrap().port()));
+    let target = port.clone();
+    let dialer = move || {
+        let port = target.load(Ordering::Relaxed);
+        async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await }
+    };
+    let mut client = stream::connect_with(dialer, config).await.unwrap();
+    let _server = first.accept().await.unwrap();
+    port.store(second.local_addr().unwrap().port(), Ordering::Relaxed);
+    client.handle().force_reconnect();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let err = timeout(LIMIT, client.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(Error::from_io(&err), Some(Error::Refused)),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "told at once");
+    assert_eq!(second.stats().refused, 1);
+    assert_eq!(second.stats().established, 0);
+}

@@ -180,7 +180,10 @@ impl Session {
     /// The lowest count the peer may still ask us to resend.
     fn safe_floor(&self) -> u64 {
         if self.secrets.is_some() {
-            return self.floor;
+            // Acks free the history, but never what this connection has yet
+            // to send: after a resume the peer may ack bytes it got on the
+            // old connection that we will resend (it drops the duplicates).
+            return self.floor.min(self.sent);
         }
         let assumed = self.sent.saturating_sub(self.params.in_flight as u64);
         self.floor.max(assumed)

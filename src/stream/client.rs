@@ -14,6 +14,7 @@ use super::pump::{PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::{Dialed, Dialer, TcpDialer};
 use super::{Config, Error, Event, Stream};
+use crate::proto::sealed::exchange::REJECT_UNKNOWN_SESSION;
 use crate::proto::sealed::{ClientExchange, ClientOutcome, Link};
 use crate::proto::{self, ClientHandshake, ClientResume, Session, Version};
 
@@ -208,12 +209,12 @@ async fn reconnect<D: Dialer>(
             Ok(io) => return Ok(io),
             Err(Attempt::Fatal(e)) => return Err(Some(e)),
             Err(Attempt::ClosedBeforeReply)
-                if config.version == Version::V1 || config.sealed_keys().is_some() =>
+                if config.version == Version::V1 && config.sealed_keys().is_none() =>
             {
-                // v1 refuses by closing, and so does a sealed server that has
-                // no such session (it cannot authenticate a refusal without
-                // the session's secret); but a close is also what a broken
-                // link or an older reconnect taking over looks like.
+                // v1 refuses by closing, but a close is also what a broken
+                // link or an older reconnect taking over looks like. (A
+                // sealed server says when it has no such session; its closes
+                // are retried.)
                 closed_before_reply += 1;
                 debug!(retry, "server closed before replying");
                 if closed_before_reply >= 3 {
@@ -221,7 +222,11 @@ async fn reconnect<D: Dialer>(
                 }
             }
             Err(Attempt::ClosedBeforeReply) => debug!(retry, "server closed before replying"),
-            Err(Attempt::Retry(reason)) => debug!(retry, %reason, "reconnect failed"),
+            Err(Attempt::Retry(reason)) => {
+                // Closes count only in a row.
+                closed_before_reply = 0;
+                debug!(retry, %reason, "reconnect failed");
+            }
         }
     }
 }
@@ -238,6 +243,10 @@ async fn attempt<D: Dialer>(
     let stopped = |stop: Stop| match stop {
         Stop::Closed => Attempt::ClosedBeforeReply,
         Stop::Io(e) => e.into(),
+        // The server no longer has the session: start over.
+        Stop::Protocol(proto::Error::KeyRejected(REJECT_UNKNOWN_SESSION)) if sealed => {
+            Attempt::Fatal(Error::Refused)
+        }
         // A sealed welcome that does not open was changed on the way (the
         // real server holds the secret): worth another connection.
         Stop::Protocol(e) if sealed => Attempt::Retry(format!("resume failed: {e}")),

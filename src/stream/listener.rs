@@ -28,7 +28,9 @@ use super::pump::{PumpConfig, PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::SocketOptions;
 use super::{Config, Error, Event, Stream};
-use crate::proto::sealed::exchange::{REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_ID};
+use crate::proto::sealed::exchange::{
+    REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_ID, REJECT_UNKNOWN_SESSION,
+};
 use crate::proto::sealed::{Link, Request, ServerExchange, ServerOutcome};
 use crate::proto::{
     self, Incoming, ReconnectRequest, RefuseReason, ResumePoint, ServerHandshake, ServerResume,
@@ -347,25 +349,32 @@ impl<T: Transport> Inner<T> {
         peer: Option<SocketAddr>,
     ) -> Result<(), Error> {
         let shown = format!("{id:016x}");
-        let Some((shared, commits)) = self.entry(id) else {
+        let entry = self.entry(id);
+        let secrets = entry
+            .as_ref()
+            .and_then(|(shared, _)| shared.state.lock().session.secrets().cloned());
+        let (Some((shared, commits)), Some(secrets)) = (entry, secrets) else {
+            // Said in the clear (the server no longer has the secret): the
+            // client starts over instead of retrying until it gives up.
             self.refused.fetch_add(1, Ordering::Relaxed);
             info!(id = %shown, ?peer, "reconnect refused: unknown conn ID");
+            ex.reject(REJECT_UNKNOWN_SESSION);
+            send_rest(&mut io, &mut ex).await;
             return Ok(());
         };
-        // The handshake's work happens outside the session's lock: a peer
-        // that only knows the conn ID must not be able to stall the session.
-        let secrets = shared.state.lock().session.secrets().cloned();
-        let accepted = match secrets {
-            None => Err(proto::Error::Refuse(RefuseReason::UnknownId)),
-            Some(secrets) => ex.open_resume(&secrets).and_then(|()| {
-                let mut st = shared.state.lock();
+        // The handshake's work happens outside the session's lock (only a
+        // snapshot is taken under it): a peer that only knows the conn ID, or
+        // replays a recorded resume, must not be able to stall the session.
+        let accepted = ex.open_resume(&secrets).and_then(|()| {
+            let decision = {
+                let st = shared.state.lock();
                 if st.ended.is_some() {
-                    Err(proto::Error::Refuse(RefuseReason::UnknownId))
-                } else {
-                    ex.accept_resume(&mut st.session)
+                    return Err(proto::Error::Refuse(RefuseReason::UnknownId));
                 }
-            }),
-        };
+                ex.decide_resume(&st.session)?
+            };
+            ex.answer_resume(decision)
+        });
         if let Err(e) = accepted {
             self.refused.fetch_add(1, Ordering::Relaxed);
             info!(id = %shown, ?peer, error = %e, "reconnect refused");

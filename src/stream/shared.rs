@@ -210,12 +210,6 @@ impl State {
             // Whatever opened before the bad frame is still good.
             self.broken = Some(format!("bad frame: {e}"));
         }
-        if self.rx.len() > self.rx_limit.saturating_add(2 * MAX_FRAME_DATA) {
-            // The peer ignored our window: a broken peer, not a broken link.
-            return Err(Error::Protocol(crate::proto::Error::Malformed(
-                "data beyond the receive window",
-            )));
-        }
         if self.rx.len() == start {
             // Acks alone still prove the link alive.
             self.last_rx = Instant::now();
@@ -224,6 +218,14 @@ impl State {
         }
         let controls = self.received(start)?;
         self.apply_controls(controls);
+        // Counted after duplicates (a resend overlapping the old connection)
+        // are dropped: what is left is new, and must fit the window we gave.
+        if self.rx.len() > self.rx_limit.saturating_add(2 * MAX_FRAME_DATA) {
+            // The peer ignored our window: a broken peer, not a broken link.
+            return Err(Error::Protocol(crate::proto::Error::Malformed(
+                "data beyond the receive window",
+            )));
+        }
         Ok(())
     }
 

@@ -48,6 +48,9 @@ pub const REJECT_UNKNOWN_ID: u8 = 1;
 pub const REJECT_BAD_KEY: u8 = 2;
 /// Rejection of a new-session hello: it pins a static key the server lacks.
 pub const REJECT_NO_STATIC_KEY: u8 = 3;
+/// Rejection of a resume hello: the server has no session with that conn ID
+/// (it expired, or the server restarted).
+pub const REJECT_UNKNOWN_SESSION: u8 = 4;
 
 /// What a client asks for, in the clear part of its hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +197,14 @@ fn builder_for<'a>(
         b = b.fixed_ephemeral_key_for_testing_only(e);
     }
     Ok(b)
+}
+
+/// A server's answer to a resume hello, decided from a snapshot of the
+/// session ([`ServerExchange::decide_resume`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeDecision {
+    point: Result<ResumePoint, RefuseReason>,
+    server_write: u64,
 }
 
 /// What a finished exchange yields for a new session.
@@ -664,7 +675,7 @@ impl ServerExchange {
     /// On success the session's resend floor is raised to the client's read
     /// count; it switches over only when [`Session::resume`] is called with
     /// the outcome, after the client's confirm.
-    pub fn accept_resume(&mut self, session: &mut Session) -> Result<()> {
+    pub fn accept_resume(&mut self, session: &Session) -> Result<()> {
         if let ServerState::AwaitDecision { .. } = self.state {
             let secrets = session
                 .secrets()
@@ -672,27 +683,48 @@ impl ServerExchange {
                 .clone();
             self.open_resume(&secrets)?;
         }
-        let ServerState::Opened {
-            mut hs,
-            write,
-            read,
-        } = std::mem::replace(&mut self.state, ServerState::Done)
-        else {
+        let decision = self.decide_resume(session)?;
+        self.answer_resume(decision)
+    }
+
+    /// The server's answer to an opened resume hello, from a snapshot of
+    /// `session`: cheap, so a server takes it under the session's lock and
+    /// builds the welcome ([`ServerExchange::answer_resume`]) outside it.
+    /// The session itself is not changed: nothing is, before the confirm.
+    pub fn decide_resume(&self, session: &Session) -> Result<ResumeDecision> {
+        let ServerState::Opened { write, read, .. } = &self.state else {
             return Err(Error::Malformed("no resume hello to answer"));
         };
-        if let Err(reason) = check_counts(session, write, read) {
-            self.welcome(&mut hs, &[refusal_status(reason)])?;
-            return Err(Error::Refuse(reason));
-        }
-        session.confirm(read);
-        let point = ResumePoint {
+        let (write, read) = (*write, *read);
+        let point = check_counts(session, write, read).map(|()| ResumePoint {
             peer_read: read,
             peer_write: write,
             reported_read: session.read_count(),
             epoch: session.epoch(),
+        });
+        Ok(ResumeDecision {
+            point,
+            server_write: session.write_count(),
+        })
+    }
+
+    /// Sends the welcome (or the authenticated refusal, then fails with
+    /// [`Error::Refuse`]) that `decision` calls for.
+    pub fn answer_resume(&mut self, decision: ResumeDecision) -> Result<()> {
+        let ServerState::Opened { mut hs, read, .. } =
+            std::mem::replace(&mut self.state, ServerState::Done)
+        else {
+            return Err(Error::Malformed("no resume hello to answer"));
+        };
+        let point = match decision.point {
+            Ok(point) => point,
+            Err(reason) => {
+                self.welcome(&mut hs, &[refusal_status(reason)])?;
+                return Err(Error::Refuse(reason));
+            }
         };
         let mut welcome = vec![STATUS_OK];
-        welcome.extend_from_slice(&session.write_count().to_le_bytes());
+        welcome.extend_from_slice(&decision.server_write.to_le_bytes());
         welcome.extend_from_slice(&point.reported_read.to_le_bytes());
         self.welcome(&mut hs, &welcome)?;
         self.state = ServerState::AwaitConfirm {
@@ -703,9 +735,10 @@ impl ServerExchange {
         Ok(())
     }
 
-    /// Rejects a new-session hello that could not be taken (`code` is one of
-    /// the `REJECT_*` constants): a rejection in the clear, since the server
-    /// shares no key with this client. Send it, then close.
+    /// Rejects a hello that could not be taken (`code` is one of the
+    /// `REJECT_*` constants): a rejection in the clear, since the server
+    /// shares no key with this client (or no longer has the session). Send
+    /// it, then close.
     pub fn reject(&mut self, code: u8) {
         self.state = ServerState::Done;
         self.transmit.put_u16_le(0);

@@ -163,7 +163,8 @@ impl Link {
                 let ack = session.read_count();
                 let allowed = session.peer_window().saturating_sub(session.sent());
                 let (a, _) = session.poll_transmit();
-                let n = a.len().min(MAX_FRAME_DATA).min(allowed as usize);
+                let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+                let n = a.len().min(MAX_FRAME_DATA).min(allowed);
                 if n == 0 {
                     break;
                 }

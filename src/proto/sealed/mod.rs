@@ -35,8 +35,8 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 pub use exchange::{
-    ClientExchange, ClientOutcome, Established, FixedKeys, Request, Resumed, ServerExchange,
-    ServerOutcome,
+    ClientExchange, ClientOutcome, Established, FixedKeys, Request, ResumeDecision, Resumed,
+    ServerExchange, ServerOutcome,
 };
 pub use link::Link;
 
