@@ -157,7 +157,7 @@ const RESUME_CONFIRM: &str = "2000c93f36807a981d83cbfde7d0d6e7ba6bd06f679decbd50
 
 #[test]
 fn nnpsk0_resume() {
-    let (_, mut c, mut s, mut cl, _) = new_session(false);
+    let (_, mut c, s, mut cl, _) = new_session(false);
     seal(&mut c, &mut cl, b"hello sealed");
     // The frame is lost with the connection; the client resumes.
     let fixed = |e| FixedKeys {
