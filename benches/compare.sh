@@ -181,6 +181,15 @@ cargo_tool() {
     echo "$CACHE/bin/$bin"
 }
 
+# scrape OUT SED_EXPR FILE...: the first match of SED_EXPR (sed -E) in the
+# logs, written to OUT; fails (so wait_until keeps waiting) if none yet.
+scrape() {
+    local out=$1 expr=$2 found
+    shift 2
+    found=$(strip_ansi "$@" | sed -nE "$expr" | head -n 1)
+    [[ -n $found ]] && echo "$found" >"$out"
+}
+
 ensure_iperf3() {
     command -v iperf3 >/dev/null && return
     local sudo=()
@@ -318,10 +327,8 @@ path_bore() {
     start "$LOGOF" "$BORE" local "$IPORT" --local-host 127.0.0.1 --to 127.0.0.1
     local cpid=$PID
     bore_port() {
-        local p
-        p=$(strip_ansi "$DIR/bore-local.log" "$DIR/bore-local.log.err" |
-            sed -nE 's/.*listening at 127\.0\.0\.1:([0-9]+).*/\1/p' | head -n 1)
-        [[ -n $p ]] && echo "$p" >"$DIR/bore-port"
+        scrape "$DIR/bore-port" 's/.*listening at 127\.0\.0\.1:([0-9]+).*/\1/p' \
+            "$DIR/bore-local.log" "$DIR/bore-local.log.err"
     }
     wait_until "bore local (its 'listening at' line)" "$cpid" bore_port
     local pub
@@ -339,9 +346,7 @@ path_rejoin() {
     start "$LOGOF" "$REJOIN" server --listen 127.0.0.1:0
     local spid=$PID
     rejoin_listen() {
-        local a
-        a=$(strip_ansi "$DIR/rejoin-server.log" | sed -nE 's/^listening on (.*:[0-9]+)$/\1/p' | head -n 1)
-        [[ -n $a ]] && echo "$a" >"$DIR/rejoin-listen"
+        scrape "$DIR/rejoin-listen" 's/^listening on (.*:[0-9]+)$/\1/p' "$DIR/rejoin-server.log"
     }
     wait_until "rejoin server (its 'listening on' line)" "$spid" rejoin_listen
     local listen
@@ -350,10 +355,8 @@ path_rejoin() {
     start "$LOGOF" "$REJOIN" client --server "$listen" --tcp "127.0.0.1:$IPORT"
     local cpid=$PID
     rejoin_public() {
-        local p
-        p=$(strip_ansi "$DIR/rejoin-client.log" "$DIR/rejoin-client.log.err" |
-            sed -nE 's/.*published at .*:([0-9]+)[[:space:]]*$/\1/p' | head -n 1)
-        [[ -n $p ]] && echo "$p" >"$DIR/rejoin-port"
+        scrape "$DIR/rejoin-port" 's/.*published at .*:([0-9]+)[[:space:]]*$/\1/p' \
+            "$DIR/rejoin-client.log" "$DIR/rejoin-client.log.err"
     }
     wait_until "rejoin client (its 'published at' line)" "$cpid" rejoin_public
     local pub

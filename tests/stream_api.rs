@@ -389,6 +389,15 @@ fn stream_types_are_send_unpin_static() {
 
 /// A client whose server is gone for good stops redialling after `give_up`
 /// and says so.
+/// Reads until the session ends, and returns why it did.
+async fn read_error(client: &mut Stream) -> io::Error {
+    let mut buf = [0u8; 1];
+    timeout(LIMIT, client.read(&mut buf))
+        .await
+        .expect("the session ends in time")
+        .expect_err("the read fails")
+}
+
 #[tokio::test]
 async fn client_gives_up_when_the_server_is_gone() {
     let mut c = Config::default();
@@ -398,11 +407,7 @@ async fn client_gives_up_when_the_server_is_gone() {
     let mut events = client.events();
     drop(server);
     drop(listener);
-    let mut buf = [0u8; 1];
-    let err = timeout(LIMIT, client.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = read_error(&mut client).await;
     // The listener went away with its sessions: either the last redial
     // reached a closing socket or none answered at all.
     assert!(
@@ -443,11 +448,7 @@ async fn a_sealed_client_learns_at_once_that_its_session_is_gone() {
     port.store(second.local_addr().unwrap().port(), Ordering::Relaxed);
     client.handle().force_reconnect();
     let started = std::time::Instant::now();
-    let mut buf = [0u8; 1];
-    let err = timeout(LIMIT, client.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = read_error(&mut client).await;
     assert!(
         matches!(Error::from_io(&err), Some(Error::Refused)),
         "{err}"
