@@ -402,8 +402,14 @@ impl World {
                     c.resume = None;
                     c.closed_before_reply = 0;
                     self.stats.resumes += 1;
+                    // What each side has to send before it is level: the
+                    // resend and what was queued behind it.
                     let client_resend = s.write_count() - point.peer_read;
-                    let server_resend = point.peer_write - point.reported_read;
+                    let server_resend = self
+                        .sessions
+                        .get(&s.id())
+                        .map_or(0, |srv| srv.session.write_count())
+                        .saturating_sub(point.reported_read);
                     if client_resend > self.link_cap as u64 && server_resend > self.link_cap as u64
                     {
                         self.stats.both_large_resends += 1;

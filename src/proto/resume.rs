@@ -30,6 +30,9 @@ pub struct ResumePoint {
     pub peer_write: u64,
     /// The read count we reported: the peer's resend starts here.
     pub reported_read: u64,
+    /// The write count we announced: our resend ends here (bytes written
+    /// after it follow as new data).
+    pub announced_write: u64,
     /// How many resumes the session had completed when this one began: a
     /// resume that began before another completed is stale.
     pub epoch: u64,
@@ -59,10 +62,10 @@ pub(crate) fn check_counts(session: &Session, write: u64, read: u64) -> Result<(
             server_read: session.read_count(),
         });
     }
-    if read > session.write_count() {
+    if read > session.announced_write() {
         return Err(RefuseReason::ReadCountAboveWrite {
             client_read: read,
-            server_write: session.write_count(),
+            server_write: session.announced_write(),
         });
     }
     if read < session.history().start() {
@@ -94,16 +97,12 @@ pub struct ClientResume {
 impl ClientResume {
     /// Starts a reconnect for `session`; the request is ready in `poll_transmit`.
     pub fn new(session: &Session) -> Self {
+        let (write, read) = (session.announced_write(), session.read_count());
         let request = ReconnectRequest {
             id: session.id(),
-            write_count: session.write_count(),
-            read_count: session.read_count(),
-            tag: auth::reconnect_tag(
-                session.id(),
-                session.write_count(),
-                session.read_count(),
-                session.key(),
-            ),
+            write_count: write,
+            read_count: read,
+            tag: auth::reconnect_tag(session.id(), write, read, session.key()),
         };
         let mut transmit = BytesMut::new();
         ClientHello::Reconnect(request).encode(session.version(), &mut transmit);
@@ -160,6 +159,7 @@ impl ClientResume {
             peer_read: read_count,
             peer_write: write_count,
             reported_read: self.read_count,
+            announced_write: self.write_count,
             epoch: self.epoch,
         }));
         Ok(())
@@ -215,11 +215,12 @@ impl ServerResume {
             peer_read: request.read_count,
             peer_write: request.write_count,
             reported_read: session.read_count(),
+            announced_write: session.announced_write(),
             epoch: session.epoch(),
         };
         let mut transmit = BytesMut::new();
         ResumeReply::Accept {
-            write_count: session.write_count(),
+            write_count: point.announced_write,
             read_count: point.reported_read,
             challenge,
         }

@@ -18,6 +18,13 @@
 //! transport more than `in_flight` bytes ago count as received; everything
 //! newer, sent or not, must fit in the history. [`Session::write_capacity`] is
 //! what is left.
+//!
+//! Resends, as snet peers do them (compatible suite): a resume announces the
+//! highest count ever handed to a transport, never bytes still queued, so the
+//! peer's resend read is as small as it can be. A snet peer reads a resend
+//! whole or not at all, so none of it counts as received until all of it has
+//! been handed over and `in_flight` more after it: until then the history
+//! keeps everything from the peer's read count on.
 
 use super::cipher::Cipher;
 use super::cipher::Ciphers;
@@ -52,6 +59,12 @@ pub struct Session {
     secrets: Option<SessionSecrets>,
     /// Sealed suite: the stream count below which the peer can take bytes.
     peer_window: u64,
+    /// The highest count ever handed to a transport: what a compatible
+    /// resume announces as this side's write count.
+    max_sent: u64,
+    /// Compatible suite: where this side's last resend ends (the write
+    /// count announced with it). The peer reads it whole or not at all.
+    resend_end: u64,
 }
 
 impl Session {
@@ -78,6 +91,8 @@ impl Session {
             epoch: 0,
             secrets: None,
             peer_window: u64::MAX,
+            max_sent: 0,
+            resend_end: 0,
         }
     }
 
@@ -167,6 +182,22 @@ impl Session {
         self.sent
     }
 
+    /// The highest count ever handed to a transport.
+    pub fn max_sent(&self) -> u64 {
+        self.max_sent
+    }
+
+    /// The write count a resume announces: in the compatible suite what was
+    /// handed to a transport (bytes still queued are sent after the resend,
+    /// as new data); in the sealed suite everything written.
+    pub fn announced_write(&self) -> u64 {
+        if self.is_sealed() {
+            self.write_count()
+        } else {
+            self.max_sent
+        }
+    }
+
     /// How many resumes this session has completed.
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -185,8 +216,18 @@ impl Session {
             // old connection that we will resend (it drops the duplicates).
             return self.floor.min(self.sent);
         }
-        let assumed = self.sent.saturating_sub(self.params.in_flight as u64);
-        self.floor.max(assumed)
+        let in_flight = self.params.in_flight as u64;
+        let assumed = self.sent.saturating_sub(in_flight);
+        // None of a resend counts as received before all of it does (a snet
+        // peer reads it whole). Held only as far as the history can still
+        // prove it: a longer hold would stop writes for good.
+        let room = (self.history.capacity() as u64).saturating_sub(in_flight);
+        let hold = self.resend_end.min(self.floor.saturating_add(room));
+        if assumed < hold {
+            self.floor
+        } else {
+            self.floor.max(assumed)
+        }
     }
 
     /// How many more bytes [`Session::handle_write`] accepts now.
@@ -223,6 +264,7 @@ impl Session {
     /// Records that the transport took `n` more bytes.
     pub fn handle_transmitted(&mut self, n: usize) {
         self.sent = (self.sent + n as u64).min(self.write_count());
+        self.max_sent = self.max_sent.max(self.sent);
     }
 
     /// Decrypts bytes that arrived on the current transport, in place, and
@@ -269,6 +311,9 @@ impl Session {
         self.confirm(point.peer_read);
         self.sent = point.peer_read;
         self.in_pos = point.reported_read.min(self.read_count);
+        if !self.is_sealed() {
+            self.resend_end = point.announced_write;
+        }
         self.epoch += 1;
         Ok(())
     }
@@ -325,6 +370,44 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_announces_what_was_sent_not_what_is_queued() {
+        let (mut c, _s) = pair(64, 16);
+        c.handle_write(&[7; 30]);
+        c.handle_transmitted(12);
+        assert_eq!((c.write_count(), c.announced_write()), (30, 12));
+        // A resume moves transmission back; the high-water mark stays.
+        c.resume(point(4, 12, 0)).unwrap();
+        assert_eq!((c.sent(), c.announced_write()), (4, 12));
+    }
+
+    #[test]
+    fn a_resend_is_kept_until_all_of_it_has_arrived() {
+        let (mut c, _s) = pair(64, 16);
+        c.handle_write(&[1; 40]);
+        c.handle_transmitted(40);
+        // The peer read 10: the resend is [10, 40), read whole or not at all.
+        c.resume(point(10, 40, 0)).unwrap();
+        c.handle_transmitted(30);
+        // All of it handed over, but not `in_flight` more: nothing after 10
+        // counts as received, so only 64 - 30 bytes may be written.
+        assert_eq!(c.write_capacity(), 34);
+        c.handle_write(&[2; 34]);
+        c.handle_transmitted(16);
+        // 56 - 16 = 40: the whole resend counts as received now.
+        assert_eq!(c.write_capacity(), 64 - (74 - 40));
+    }
+
+    fn point(peer_read: u64, announced_write: u64, epoch: u64) -> ResumePoint {
+        ResumePoint {
+            peer_read,
+            peer_write: 0,
+            reported_read: 0,
+            announced_write,
+            epoch,
+        }
+    }
+
+    #[test]
     fn overlapping_resend_is_delivered_once() {
         let (mut c, mut s) = pair(64, 16);
         c.handle_write(b"abcdef");
@@ -336,6 +419,7 @@ mod tests {
             peer_read: 2,
             peer_write: 0,
             reported_read: 0,
+            announced_write: 6,
             epoch: 0,
         })
         .unwrap();

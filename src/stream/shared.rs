@@ -262,7 +262,7 @@ impl State {
         link: Option<Link>,
         peer: Option<SocketAddr>,
     ) -> Result<u64, crate::proto::Error> {
-        let sent_before = self.session.sent();
+        let sent_before = self.session.max_sent();
         self.session.resume(point)?;
         self.link = link;
         self.broken = None;

@@ -431,6 +431,7 @@ impl ClientExchange {
                     peer_read: server_read,
                     peer_write: server_write,
                     reported_read: read,
+                    announced_write: write,
                     epoch,
                 };
                 let link = self.confirm(&mut hs, read, input)?;
@@ -700,6 +701,7 @@ impl ServerExchange {
             peer_read: read,
             peer_write: write,
             reported_read: session.read_count(),
+            announced_write: session.write_count(),
             epoch: session.epoch(),
         });
         Ok(ResumeDecision {
