@@ -22,6 +22,8 @@
 //! - Refusals: v2 24 zero bytes, v1 a close; a client refused by a v2 server,
 //!   or whose counts cannot be resumed, ends its session.
 
+#![allow(dead_code)]
+
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
@@ -150,6 +152,11 @@ impl GoPeer {
     /// Whether the session is established and a connection carries it.
     pub fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Up)
+    }
+
+    /// Whether a resend it read waits for its application.
+    pub fn has_queued(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| !c.queue.is_empty())
     }
 
     /// Whether it has no use for its connection (a server that refused or
@@ -504,6 +511,15 @@ impl GoPeer {
     /// whole into a buffer.
     fn start_resend(&mut self, peer_write: u64, peer_read: u64) {
         let core = self.core.as_ref().expect("resend means a session");
+        if std::env::var_os("GOSNET_TRACE").is_some() {
+            eprintln!(
+                "model {:?}: ours wc {} rc {} queue {}; peer wc {peer_write} rc {peer_read}",
+                self.role,
+                core.write_count,
+                core.read_count,
+                core.queue.len()
+            );
+        }
         let need = (peer_write - core.read_count) as usize;
         let (a, b) = core
             .ring
@@ -522,5 +538,367 @@ impl GoPeer {
             rewrite,
         };
         self.settle();
+    }
+}
+
+// ---- over real sockets -------------------------------------------------------
+
+/// Runs the model over TCP (tokio), for tests and benchmarks against the
+/// examples.
+pub mod net {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{GoConfig, GoPeer, GoStats, Role};
+
+    /// Bytes read from the socket and not yet taken, at most.
+    const INBUF: usize = 64 << 10;
+
+    /// What one run of the model did.
+    #[derive(Debug, Default, Clone)]
+    pub struct Run {
+        pub stats: GoStats,
+        /// Connections it used.
+        pub connections: u64,
+        /// From each break to the moment the session was back up.
+        pub resume_times: Vec<Duration>,
+    }
+
+    /// An application on top of the model.
+    trait App {
+        /// Data to write now, if any (called only when a write may start).
+        fn next(&mut self) -> Option<Vec<u8>>;
+        /// Plaintext the model delivered.
+        fn take(&mut self, data: Vec<u8>) -> Result<(), String>;
+        fn done(&self) -> bool;
+    }
+
+    enum End {
+        Broken {
+            eof: bool,
+        },
+        Failed(String),
+        Done,
+        /// (Server) a new connection arrived.
+        Replaced(TcpStream),
+    }
+
+    /// The model with what its driver tracks across connections.
+    struct Driver {
+        peer: GoPeer,
+        rng: StdRng,
+        run: Run,
+        /// When the last break happened, until the session is up again.
+        broke_at: Option<Instant>,
+    }
+
+    impl Driver {
+        fn new(cfg: GoConfig, role: Role, seed: u64) -> Self {
+            Driver {
+                peer: GoPeer::new(cfg, role),
+                rng: StdRng::seed_from_u64(seed),
+                run: Run::default(),
+                broke_at: None,
+            }
+        }
+
+        fn broke(&mut self, eof: bool) {
+            self.peer.detach(eof);
+            self.broke_at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Moves bytes between the model and `sock` until the connection ends.
+    async fn pump(
+        d: &mut Driver,
+        sock: &mut TcpStream,
+        app: &mut (dyn App + Send),
+        listener: Option<&TcpListener>,
+        stop: &AtomicBool,
+    ) -> End {
+        let Driver {
+            peer,
+            rng,
+            run,
+            broke_at,
+        } = d;
+        let chunk = 16 << 10;
+        let mut inbuf: Vec<u8> = Vec::new();
+        let mut wbuf: Vec<u8> = Vec::new();
+        let mut tmp = vec![0u8; 64 << 10];
+        loop {
+            if let Some(why) = &peer.failed {
+                return End::Failed(why.clone());
+            }
+            if peer.is_up()
+                && let Some(at) = broke_at.take()
+            {
+                run.resume_times.push(at.elapsed());
+            }
+            if wbuf.is_empty()
+                && peer.can_write()
+                && let Some(data) = app.next()
+            {
+                peer.write(&data);
+            }
+            if wbuf.is_empty() {
+                wbuf = peer.transmit(64 << 10);
+            }
+            if !inbuf.is_empty() || peer.has_queued() {
+                let n = peer.receive(&inbuf, chunk, rng);
+                inbuf.drain(..n);
+            }
+            let delivered = std::mem::take(&mut peer.delivered);
+            if !delivered.is_empty()
+                && let Err(e) = app.take(delivered)
+            {
+                return End::Failed(e);
+            }
+            if app.done() || stop.load(Ordering::Relaxed) {
+                return End::Done;
+            }
+            // The model can go on without the socket: do so.
+            let busy = peer.is_up() && (!inbuf.is_empty() || peer.has_queued());
+            if busy {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                r = sock.readable(), if inbuf.len() < INBUF => {
+                    if r.is_err() { return End::Broken { eof: false }; }
+                    match sock.try_read(&mut tmp) {
+                        Ok(0) => return End::Broken { eof: true },
+                        Ok(n) => inbuf.extend_from_slice(&tmp[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return End::Broken { eof: false },
+                    }
+                }
+                r = sock.writable(), if !wbuf.is_empty() => {
+                    if r.is_err() { return End::Broken { eof: false }; }
+                    match sock.try_write(&wbuf) {
+                        Ok(n) => { wbuf.drain(..n); }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return End::Broken { eof: false },
+                    }
+                }
+                a = async { listener.expect("guarded").accept().await }, if listener.is_some() => {
+                    if let Ok((s, _)) = a { return End::Replaced(s); }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+        }
+    }
+
+    /// Socket buffers of the model's connections: small, as a Go peer's
+    /// would be on a real path (loopback autotuning reaches megabytes).
+    pub const SOCKET_BUFFER: u32 = 64 << 10;
+
+    async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_send_buffer_size(SOCKET_BUFFER)?;
+        socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+        socket.connect(addr).await
+    }
+
+    /// A listener for [`echo_server`] with the same socket buffers.
+    pub fn listen() -> std::io::Result<TcpListener> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_send_buffer_size(SOCKET_BUFFER)?;
+        socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+        socket.bind("127.0.0.1:0".parse().expect("an address"))?;
+        socket.listen(16)
+    }
+
+    /// The size of the pieces an echo client writes.
+    const PIECE: usize = 32 << 10;
+
+    /// The byte stream an echo client sends, in pieces.
+    struct Source {
+        rng: StdRng,
+        left: u64,
+    }
+
+    impl Source {
+        fn next(&mut self, max: usize) -> Option<Vec<u8>> {
+            if self.left == 0 {
+                return None;
+            }
+            let n = (self.left as usize).min(max);
+            let mut buf = vec![0u8; n];
+            self.rng.fill_bytes(&mut buf);
+            self.left -= n as u64;
+            Some(buf)
+        }
+    }
+
+    struct EchoClient {
+        send: Source,
+        /// The same stream again, in the same pieces (a generator's bytes
+        /// depend on how they are asked for).
+        check: Source,
+        expected: std::collections::VecDeque<u8>,
+        total: u64,
+        verified: u64,
+    }
+
+    impl App for EchoClient {
+        fn next(&mut self) -> Option<Vec<u8>> {
+            self.send.next(PIECE)
+        }
+        fn take(&mut self, data: Vec<u8>) -> Result<(), String> {
+            while self.expected.len() < data.len() {
+                match self.check.next(PIECE) {
+                    Some(piece) => self.expected.extend(piece),
+                    None => return Err("more bytes came back than were sent".into()),
+                }
+            }
+            let want: Vec<u8> = self.expected.drain(..data.len()).collect();
+            if let Some(i) = (0..data.len()).find(|&i| data[i] != want[i]) {
+                return Err(format!(
+                    "byte {} differs from what was sent",
+                    self.verified + i as u64
+                ));
+            }
+            self.verified += data.len() as u64;
+            if self.verified > self.total {
+                return Err("more bytes came back than were sent".into());
+            }
+            Ok(())
+        }
+        fn done(&self) -> bool {
+            self.verified == self.total
+        }
+    }
+
+    /// The model as an echo client through `addr`: sends `total` bytes and
+    /// checks that every one comes back, reconnecting after every break.
+    pub async fn echo_client(
+        cfg: GoConfig,
+        addr: SocketAddr,
+        total: u64,
+        seed: u64,
+        limit: Duration,
+    ) -> Result<Run, String> {
+        let mut app = EchoClient {
+            send: Source {
+                rng: StdRng::seed_from_u64(seed),
+                left: total,
+            },
+            check: Source {
+                rng: StdRng::seed_from_u64(seed),
+                left: total,
+            },
+            expected: std::collections::VecDeque::new(),
+            total,
+            verified: 0,
+        };
+        let mut d = Driver::new(cfg, Role::Client, seed ^ 1);
+        let deadline = Instant::now() + limit;
+        let never = AtomicBool::new(false);
+        while Instant::now() < deadline {
+            let Ok(mut sock) = connect(addr).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            d.run.connections += 1;
+            d.peer.attach(&mut d.rng);
+            let pumped = pump(&mut d, &mut sock, &mut app, None, &never);
+            let end = match tokio::time::timeout_at(deadline.into(), pumped).await {
+                Ok(end) => end,
+                Err(_) => break,
+            };
+            match end {
+                End::Done => {
+                    d.run.stats = d.peer.stats;
+                    return Ok(d.run);
+                }
+                End::Failed(why) => return Err(format!("{why} after {} bytes", app.verified)),
+                End::Broken { eof } => d.broke(eof),
+                End::Replaced(_) => unreachable!("clients accept nothing"),
+            }
+        }
+        Err(format!(
+            "not done within {limit:?}: {} of {total} bytes back",
+            app.verified
+        ))
+    }
+
+    struct Echo {
+        pending: Vec<u8>,
+    }
+
+    impl App for Echo {
+        fn next(&mut self) -> Option<Vec<u8>> {
+            if self.pending.is_empty() {
+                return None;
+            }
+            let n = self.pending.len().min(32 << 10);
+            Some(self.pending.drain(..n).collect())
+        }
+        fn take(&mut self, data: Vec<u8>) -> Result<(), String> {
+            self.pending.extend_from_slice(&data);
+            Ok(())
+        }
+        fn done(&self) -> bool {
+            false
+        }
+    }
+
+    /// The model as an echo server for one session on `listener`, until
+    /// `stop` is set or `limit` passes; returns what it did (or why its
+    /// session ended).
+    pub async fn echo_server(
+        cfg: GoConfig,
+        listener: TcpListener,
+        limit: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Run, String> {
+        let mut d = Driver::new(cfg, Role::Server, 7);
+        let mut app = Echo {
+            pending: Vec::new(),
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut next = match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Ok(Ok((s, _))) => Some(s),
+            _ => return Err("no client came".into()),
+        };
+        while let Some(mut sock) = next.take() {
+            d.run.connections += 1;
+            d.peer.attach(&mut d.rng);
+            let pumped = pump(&mut d, &mut sock, &mut app, Some(&listener), &stop);
+            let end = match tokio::time::timeout_at(deadline, pumped).await {
+                Ok(end) => end,
+                Err(_) => break,
+            };
+            match end {
+                End::Done => break,
+                End::Failed(why) => return Err(why),
+                End::Replaced(s) => {
+                    d.broke(false);
+                    next = Some(s);
+                }
+                End::Broken { eof } => {
+                    d.broke(eof);
+                    while next.is_none()
+                        && !stop.load(Ordering::Relaxed)
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        let wait = Duration::from_millis(50);
+                        if let Ok(Ok((s, _))) = tokio::time::timeout(wait, listener.accept()).await
+                        {
+                            next = Some(s);
+                        }
+                    }
+                }
+            }
+        }
+        d.run.stats = d.peer.stats;
+        Ok(d.run)
     }
 }

@@ -1,0 +1,156 @@
+//! The examples against the Go snet peer model (`common/gosnet.rs`) through
+//! real sockets and a link-cutting proxy: v1 and v2, encryption on and off,
+//! rejoin as server and as client, with cuts about every 645 KB and with cuts
+//! close enough together to land inside resends. The model reads each resend
+//! whole or not at all and counts as the fixed Go library does.
+//!
+//! Each run echoes 8 MiB and checks every byte; it prints the cuts, the
+//! resumes and the bytes each side resent.
+
+#[path = "common/examples.rs"]
+mod examples;
+#[path = "common/gosnet.rs"]
+mod gosnet;
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gosnet::GoConfig;
+use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
+use rejoin::proto::Version;
+
+const BYTES: u64 = 8 << 20;
+
+/// (name, bytes forwarded between cuts, both directions together). An echo
+/// forwards each byte twice, so ~1.3 MB is a reset about every 645 KB that
+/// the server reads; the second plan also cuts much sooner, often while a
+/// resend is on its way.
+const PLANS: [(&str, RangeInclusive<u64>); 2] = [
+    ("cuts every ~645 KB read", 1_230_000..=1_350_000),
+    ("cuts that can land inside resends", 60_000..=2_600_000),
+];
+
+const FLAGS: [&[&str]; 4] = [&[], &["--v1"], &["--plain"], &["--v1", "--plain"]];
+
+fn model_config(flags: &[&str]) -> GoConfig {
+    GoConfig {
+        version: if flags.contains(&"--v1") {
+            Version::V1
+        } else {
+            Version::V2
+        },
+        encrypt: !flags.contains(&"--plain"),
+        buffer: 4 << 20,
+        counts_delivered: false,
+    }
+}
+
+async fn proxy(target: std::net::SocketAddr, every: RangeInclusive<u64>, seed: u64) -> CutProxy {
+    CutProxy::start(
+        "127.0.0.1:0".parse().expect("an address"),
+        target,
+        ProxyConfig {
+            plan: Some(Plan {
+                every,
+                silent: 0.0,
+                seed,
+            }),
+            ..ProxyConfig::default()
+        },
+    )
+    .await
+    .expect("proxy starts")
+}
+
+fn p50(times: &[Duration]) -> Duration {
+    let mut t = times.to_vec();
+    t.sort();
+    t.get(t.len() / 2).copied().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_server_serves_a_go_model_client_through_cuts() {
+    let mut cut_short = 0;
+    for (seed, flags) in FLAGS.iter().enumerate() {
+        for (name, every) in PLANS {
+            let (_server, addr) = examples::echo_server(flags);
+            let proxy = proxy(addr.parse().expect("address"), every, seed as u64).await;
+            let run = gosnet::net::echo_client(
+                model_config(flags),
+                proxy.local_addr(),
+                BYTES,
+                seed as u64,
+                Duration::from_secs(120),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{flags:?}, {name}: {e}"));
+            let cuts = proxy.stats().cuts();
+            println!(
+                "echo_server {flags:?}, {name}: {cuts} cuts, model resumed {} times, resent {} B, \
+                 asked for {} B of resends from rejoin ({} reads cut short), resume p50 {:?}",
+                run.stats.resumes,
+                run.stats.rewritten,
+                run.stats.reread,
+                run.stats.rereads_lost,
+                p50(&run.resume_times),
+            );
+            assert!(cuts >= 10, "{flags:?}, {name}: the link was cut ({cuts})");
+            assert!(run.stats.resumes >= cuts / 2, "{flags:?}, {name}: resumes");
+            if name.contains("inside") {
+                cut_short += run.stats.rereads_lost;
+            }
+        }
+    }
+    assert!(cut_short > 0, "some cuts landed inside resends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_client_works_with_a_go_model_server_through_cuts() {
+    let mut cut_short = 0;
+    for (seed, flags) in FLAGS.iter().enumerate() {
+        for (name, every) in PLANS {
+            let listener = gosnet::net::listen().expect("listen");
+            let target = listener.local_addr().expect("address");
+            let stop = Arc::new(AtomicBool::new(false));
+            let server = tokio::spawn(gosnet::net::echo_server(
+                model_config(flags),
+                listener,
+                Duration::from_secs(150),
+                stop.clone(),
+            ));
+            let proxy = proxy(target, every, 100 + seed as u64).await;
+            let addr = proxy.local_addr().to_string();
+            let flags_owned: Vec<&'static str> = flags.to_vec();
+            let (ok, out) = tokio::task::spawn_blocking(move || {
+                examples::echo_client(&addr, BYTES, &flags_owned)
+            })
+            .await
+            .expect("echo_client ran");
+            let cuts = proxy.stats().cuts();
+            stop.store(true, Ordering::Relaxed);
+            let run = server
+                .await
+                .expect("model ran")
+                .unwrap_or_else(|e| panic!("{flags:?}, {name}: the model's session ended: {e}"));
+            println!(
+                "echo_client {flags:?}, {name}: {cuts} cuts, model resumed {} times, resent {} B, \
+                 asked for {} B of resends from rejoin ({} reads cut short), resume p50 {:?}: {}",
+                run.stats.resumes,
+                run.stats.rewritten,
+                run.stats.reread,
+                run.stats.rereads_lost,
+                p50(&run.resume_times),
+                out.trim()
+            );
+            if name.contains("inside") {
+                cut_short += run.stats.rereads_lost;
+            }
+            assert!(ok, "{flags:?}, {name}: {out}");
+            assert!(out.starts_with(&format!("ok: {BYTES} bytes")), "{out}");
+            assert!(cuts >= 10, "{flags:?}, {name}: the link was cut ({cuts})");
+        }
+    }
+    assert!(cut_short > 0, "some cuts landed inside resends");
+}
