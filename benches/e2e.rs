@@ -11,11 +11,14 @@
 //! tunnel throughput both ways (sealed link, as users run it, vs direct
 //! TCP), time to a first byte
 //! through the tunnel (vs direct), time from a link reset to the first byte
-//! after the resume, and the memory of server and client processes holding
-//! 1,000 and 10,000 idle visitor connections. `docs/benchmarks.md` has the
+//! after the resume, the memory of server and client processes holding
+//! 1,000 and 10,000 idle visitor connections, and resends against a model of
+//! a Go snet peer under cuts (bytes per resume, time to resume). `docs/benchmarks.md` has the
 //! figures and what they mean.
 
 mod common;
+#[path = "../tests/common/gosnet.rs"]
+mod gosnet;
 
 use common::{CHUNK, recv_n, send_n};
 
@@ -538,6 +541,193 @@ async fn resume_times(o: &Opts, rows: &mut Vec<Row>, suite: &str, config: Config
     });
 }
 
+// ---------------------------------------------------------------- interop
+
+/// Bytes forwarded between cuts: an echo forwards each byte twice, so this
+/// resets the link about every 645 KB the server reads.
+const INTEROP_CUTS: std::ops::RangeInclusive<u64> = 1_230_000..=1_350_000;
+
+/// What one pairing did: resumes, bytes each side resent, time to resume.
+struct Interop {
+    resumes: u64,
+    client_resent: u64,
+    server_resent: u64,
+    /// From a break to the model's session being up again.
+    times: Vec<Duration>,
+}
+
+async fn interop_proxy(target: SocketAddr, seed: u64) -> CutProxy {
+    CutProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target,
+        ProxyConfig {
+            plan: Some(rejoin::chaos::Plan {
+                every: INTEROP_CUTS,
+                silent: 0.0,
+                seed,
+            }),
+            ..ProxyConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn go_config() -> gosnet::GoConfig {
+    gosnet::GoConfig {
+        version: rejoin::proto::Version::V2,
+        encrypt: true,
+        buffer: 4 << 20,
+        counts_delivered: false,
+    }
+}
+
+/// A model echo server behind a proxy cutting as `INTEROP_CUTS` says.
+async fn model_server(seed: u64) -> gosnet::behind::Served {
+    let plan = rejoin::chaos::Plan {
+        every: INTEROP_CUTS,
+        silent: 0.0,
+        seed,
+    };
+    gosnet::behind::serve(go_config(), plan, Duration::from_secs(300)).await
+}
+
+async fn model_client(addr: SocketAddr, bytes: u64, seed: u64) -> gosnet::net::Run {
+    gosnet::net::echo_client(go_config(), addr, bytes, seed, Duration::from_secs(300))
+        .await
+        .unwrap()
+}
+
+async fn interop_section(o: &Opts, rows: &mut Vec<Row>) {
+    eprintln!("resends against a model of a Go snet peer, cuts about every 645 KB read");
+    let bytes = o.bytes(32 << 20);
+    let mut results = Vec::new();
+    for seed in 0..o.samples() as u64 {
+        // The baseline: the model on both ends, as Go to Go.
+        let served = model_server(seed).await;
+        let client = gosnet::net::echo_client(
+            go_config(),
+            served.proxy.local_addr(),
+            bytes,
+            seed,
+            Duration::from_secs(300),
+        )
+        .await;
+        let server = served.finish().await;
+        let (client, server) = match (client, server) {
+            (Ok(c), Ok(s)) => (c, s),
+            (c, s) => panic!("model to model: client {:?}, server {:?}", c.err(), s.err()),
+        };
+        results.push((
+            "Go model ↔ Go model",
+            Interop {
+                resumes: client.stats.resumes,
+                client_resent: client.stats.rewritten,
+                server_resent: server.stats.rewritten,
+                times: client.resume_times,
+            },
+        ));
+        // The model as client, rejoin's stream as server.
+        let listener = Listener::bind("127.0.0.1:0", Config::default())
+            .await
+            .unwrap();
+        let proxy = interop_proxy(listener.local_addr().unwrap(), seed).await;
+        let echo = tokio::spawn(async move {
+            let stream = listener.accept().await.unwrap();
+            let handle = stream.handle();
+            let (mut r, mut w) = stream.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut r, &mut w).await });
+            // The listener takes the reconnects: it lives as long as the session.
+            (handle, listener)
+        });
+        let client = model_client(proxy.local_addr(), bytes, seed).await;
+        let server = echo.await.unwrap().0.stats();
+        results.push((
+            "Go model client → rejoin server",
+            Interop {
+                resumes: client.stats.resumes,
+                client_resent: client.stats.rewritten,
+                server_resent: server.resent,
+                times: client.resume_times,
+            },
+        ));
+        // rejoin's stream as client, the model as server: with its default
+        // socket buffers, and with the model's.
+        for (name, socket_buffer) in [
+            (
+                "rejoin client → Go model server",
+                Config::default().socket_buffer,
+            ),
+            (
+                "rejoin client, model's socket buffers → Go model server",
+                gosnet::net::SOCKET_BUFFER as usize,
+            ),
+        ] {
+            let served = model_server(seed).await;
+            let mut config = Config::default();
+            config.socket_buffer = socket_buffer;
+            let stream = stream::connect(served.proxy.local_addr().to_string(), config)
+                .await
+                .unwrap();
+            let handle = stream.handle();
+            let (mut r, mut w) = stream.into_split();
+            let writer = tokio::spawn(async move { send_n(&mut w, bytes).await });
+            recv_n(&mut r, bytes).await;
+            writer.await.unwrap();
+            let server = served.finish().await.unwrap();
+            results.push((
+                name,
+                Interop {
+                    resumes: server.stats.resumes,
+                    client_resent: handle.stats().resent,
+                    server_resent: server.stats.rewritten,
+                    times: server.resume_times,
+                },
+            ));
+        }
+        progress(format!("interop sample {}/{}", seed + 1, o.samples()));
+    }
+    for name in [
+        "Go model ↔ Go model",
+        "Go model client → rejoin server",
+        "rejoin client → Go model server",
+        "rejoin client, model's socket buffers → Go model server",
+    ] {
+        let runs: Vec<&Interop> = results
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, r)| r)
+            .collect();
+        let resumes: u64 = runs.iter().map(|r| r.resumes).sum();
+        let per = |f: fn(&Interop) -> u64| {
+            runs.iter().map(|r| f(r)).sum::<u64>() as f64 / resumes.max(1) as f64 / 1024.0
+        };
+        let mut times: Vec<Duration> = runs.iter().flat_map(|r| r.times.clone()).collect();
+        if times.is_empty() {
+            times.push(Duration::ZERO);
+        }
+        let (p50, p99) = percentiles(times);
+        rows.push(Row {
+            name: format!("{name}: resumes, KiB resent per resume (client / server)"),
+            value: format!(
+                "{resumes}, {:.0} / {:.0}",
+                per(|r| r.client_resent),
+                per(|r| r.server_resent)
+            ),
+            baseline: "".into(),
+            ratio: None,
+            target: "".into(),
+        });
+        rows.push(Row {
+            name: format!("{name}: time to resume, p50 / p99"),
+            value: format!("{p50:.1} / {p99:.1} ms"),
+            baseline: "".into(),
+            ratio: None,
+            target: "".into(),
+        });
+    }
+}
+
 // ---------------------------------------------------------------- memory
 
 /// Resident memory of a process, in KiB.
@@ -708,6 +898,9 @@ fn main() {
         }
         if opts.wants("resume") {
             resume_section(&opts, &mut rows).await;
+        }
+        if opts.wants("interop") {
+            interop_section(&opts, &mut rows).await;
         }
         if opts.wants("memory") {
             memory_section(&mut rows).await;

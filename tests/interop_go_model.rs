@@ -13,11 +13,10 @@ mod examples;
 mod gosnet;
 
 use std::ops::RangeInclusive;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gosnet::GoConfig;
+use gosnet::behind::serve;
 use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
 use rejoin::proto::Version;
 
@@ -47,16 +46,20 @@ fn model_config(flags: &[&str]) -> GoConfig {
     }
 }
 
+fn plan(every: RangeInclusive<u64>, seed: u64) -> Plan {
+    Plan {
+        every,
+        silent: 0.0,
+        seed,
+    }
+}
+
 async fn proxy(target: std::net::SocketAddr, every: RangeInclusive<u64>, seed: u64) -> CutProxy {
     CutProxy::start(
         "127.0.0.1:0".parse().expect("an address"),
         target,
         ProxyConfig {
-            plan: Some(Plan {
-                every,
-                silent: 0.0,
-                seed,
-            }),
+            plan: Some(plan(every, seed)),
             ..ProxyConfig::default()
         },
     )
@@ -111,28 +114,23 @@ async fn the_echo_client_works_with_a_go_model_server_through_cuts() {
     let mut cut_short = 0;
     for (seed, flags) in FLAGS.iter().enumerate() {
         for (name, every) in PLANS {
-            let listener = gosnet::net::listen().expect("listen");
-            let target = listener.local_addr().expect("address");
-            let stop = Arc::new(AtomicBool::new(false));
-            let server = tokio::spawn(gosnet::net::echo_server(
+            let server = serve(
                 model_config(flags),
-                listener,
+                plan(every, 100 + seed as u64),
                 Duration::from_secs(150),
-                stop.clone(),
-            ));
-            let proxy = proxy(target, every, 100 + seed as u64).await;
-            let addr = proxy.local_addr().to_string();
+            )
+            .await;
+            let addr = server.proxy.local_addr().to_string();
             let flags_owned: Vec<&'static str> = flags.to_vec();
             let (ok, out) = tokio::task::spawn_blocking(move || {
                 examples::echo_client(&addr, BYTES, &flags_owned)
             })
             .await
             .expect("echo_client ran");
-            let cuts = proxy.stats().cuts();
-            stop.store(true, Ordering::Relaxed);
+            let cuts = server.proxy.stats().cuts();
             let run = server
+                .finish()
                 .await
-                .expect("model ran")
                 .unwrap_or_else(|e| panic!("{flags:?}, {name}: the model's session ended: {e}"));
             println!(
                 "echo_client {flags:?}, {name}: {cuts} cuts, model resumed {} times, resent {} B, \
@@ -153,4 +151,37 @@ async fn the_echo_client_works_with_a_go_model_server_through_cuts() {
         }
     }
     assert!(cut_short > 0, "some cuts landed inside resends");
+}
+
+/// The model against itself through the same cuts: the Go-to-Go baseline,
+/// and a check of the model and its driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_model_against_itself_through_cuts() {
+    for (seed, flags) in FLAGS.iter().enumerate() {
+        for (name, every) in PLANS {
+            let server = serve(
+                model_config(flags),
+                plan(every, 200 + seed as u64),
+                Duration::from_secs(150),
+            )
+            .await;
+            let cuts = || server.proxy.stats().cuts();
+            let client = gosnet::net::echo_client(
+                model_config(flags),
+                server.proxy.local_addr(),
+                BYTES,
+                seed as u64,
+                Duration::from_secs(120),
+            )
+            .await;
+            let cuts = cuts();
+            let server = server.finish().await;
+            let client = client.unwrap_or_else(|e| panic!("{flags:?}, {name}: client: {e}"));
+            let server = server.unwrap_or_else(|e| panic!("{flags:?}, {name}: server: {e}"));
+            println!(
+                "model ↔ model {flags:?}, {name}: {cuts} cuts, {} resumes, resent {} B / {} B",
+                client.stats.resumes, client.stats.rewritten, server.stats.rewritten
+            );
+        }
+    }
 }

@@ -464,6 +464,8 @@ struct Totals {
     rereads_lost: u64,
     own_bug: u64,
     refusals: u64,
+    /// Why sessions ended, and how often.
+    endings: std::collections::BTreeMap<String, u64>,
 }
 
 struct World {
@@ -773,6 +775,9 @@ fn run(seed: u64, totals: &mut Totals) {
                 "seed {seed}: session ended without the model's bug: {why} ({s:?})"
             );
             totals.refusals += 1;
+            // The reason without its numbers.
+            let kind: String = why.chars().filter(|c| !c.is_ascii_digit()).collect();
+            *totals.endings.entry(kind).or_default() += 1;
         }
     }
     if stats.own_bug == 0 {
@@ -817,6 +822,9 @@ fn cut_anywhere_against_a_go_peer_model() {
         t.own_bug,
         t.refusals
     );
+    for (why, n) in &t.endings {
+        println!("  {n} ended: {why}");
+    }
     if t.schedules == SCHEDULES {
         assert!(t.rejoin_resumes > SCHEDULES, "resumes happen");
         assert!(t.rereads_lost > 100, "cuts land inside resends");

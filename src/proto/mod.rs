@@ -122,7 +122,10 @@ pub enum RefuseReason {
         server_read: u64,
     },
     /// The client claims to have read more than the server ever wrote.
-    #[error("client read count {client_read} is above server write count {server_write}")]
+    #[error(
+        "client read count {client_read} is above server write count {server_write}: it counts bytes it never got \
+         (the stock Go snet library counts a resend twice when it reconnects before its application has read all of it)"
+    )]
     ReadCountAboveWrite {
         /// What the client says it read.
         client_read: u64,

@@ -141,7 +141,9 @@ impl ClientResume {
         };
         if read_count > self.write_count {
             return Err(Error::BadCounts(
-                "server read count above client write count",
+                "server read count above what this client sent: it counts bytes it never got \
+                 (the stock Go snet library counts a resend twice when it reconnects before its \
+                 application has read all of it)",
             ));
         }
         if write_count < self.read_count {

@@ -902,3 +902,51 @@ pub mod net {
         Ok(d.run)
     }
 }
+
+/// The model as an echo server behind a cutting proxy (tests, benchmarks).
+pub mod behind {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
+    use tokio::task::JoinHandle;
+
+    use super::GoConfig;
+    use super::net::{Run, echo_server, listen};
+
+    /// A running model server and the proxy in front of it.
+    pub struct Served {
+        pub proxy: CutProxy,
+        stop: Arc<AtomicBool>,
+        task: JoinHandle<Result<Run, String>>,
+    }
+
+    /// Starts a model echo server (for up to `limit`) and a proxy cutting by
+    /// `plan` in front of it.
+    pub async fn serve(cfg: GoConfig, plan: Plan, limit: Duration) -> Served {
+        let listener = listen().expect("the model listens");
+        let target = listener.local_addr().expect("an address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(echo_server(cfg, listener, limit, stop.clone()));
+        let proxy = CutProxy::start(
+            "127.0.0.1:0".parse().expect("an address"),
+            target,
+            ProxyConfig {
+                plan: Some(plan),
+                ..ProxyConfig::default()
+            },
+        )
+        .await
+        .expect("the proxy starts");
+        Served { proxy, stop, task }
+    }
+
+    impl Served {
+        /// Stops the server; what it did, or why its session ended.
+        pub async fn finish(self) -> Result<Run, String> {
+            self.stop.store(true, Ordering::Relaxed);
+            self.task.await.map_err(|e| e.to_string())?
+        }
+    }
+}
