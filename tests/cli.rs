@@ -3,7 +3,7 @@
 #[path = "common/examples.rs"]
 mod examples;
 
-use examples::{Running, echo_client, echo_server, finish};
+use examples::{Running, cut_proxy, echo_client, echo_server, example, finish};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,6 +20,38 @@ fn echo_examples_work_together() {
         assert_eq!(lines.len(), 1, "one summary line: {out:?}");
         assert!(lines[0].starts_with("ok: 3000000 bytes"), "{out}");
     }
+}
+
+#[test]
+fn the_examples_resume_through_the_cut_proxy() {
+    for flags in [&[][..], &["--v1"]] {
+        let (_server, addr) = echo_server(flags);
+        let (_proxy, via) = cut_proxy(&addr, "300000-600000");
+        let (ok, out) = echo_client(&via, 4_000_000, flags);
+        assert!(ok, "{flags:?}: {out}");
+        let reconnects: u64 = out
+            .trim()
+            .strip_suffix(" reconnects")
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("summary line: {out}"));
+        assert!(reconnects >= 5, "{flags:?}: the proxy cut the link: {out}");
+    }
+    // Bad input gets a clear error.
+    let out = Command::new(example("cut_proxy"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            "127.0.0.1:9",
+            "--every",
+            "9-3",
+        ])
+        .output()
+        .expect("cut_proxy runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--every needs 0 < MIN <= MAX"), "{err}");
 }
 
 #[test]

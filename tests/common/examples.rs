@@ -46,24 +46,32 @@ pub fn finish(mut child: Child, limit: Duration) -> (bool, String) {
     }
 }
 
-pub fn echo_server(flags: &[&str]) -> (Running, String) {
-    let mut child = Command::new(example("echo_server"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(flags)
+/// Starts an example that announces its address on its first line, after
+/// `prefix`; the rest of its output is drained so it never blocks or dies on
+/// a closed pipe.
+fn start(name: &str, args: &[&str], prefix: &str) -> (Running, String) {
+    let mut child = Command::new(example(name))
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("echo_server starts");
-    let stdout = child.stdout.take().expect("stdout");
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("first line");
+    stdout.read_line(&mut first).expect("first line");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = first
         .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line is {first:?}"))
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{name}'s first line is {first:?}"))
         .to_string();
     (Running(child), addr)
+}
+
+pub fn echo_server(flags: &[&str]) -> (Running, String) {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    start("echo_server", &args, "listening on ")
 }
 
 pub fn echo_client(addr: &str, bytes: u64, flags: &[&str]) -> (bool, String) {
@@ -74,4 +82,10 @@ pub fn echo_client(addr: &str, bytes: u64, flags: &[&str]) -> (bool, String) {
         .spawn()
         .expect("echo_client starts");
     finish(child, Duration::from_secs(60))
+}
+
+/// Starts the `cut_proxy` example in front of `to`; returns it and its address.
+pub fn cut_proxy(to: &str, every: &str) -> (Running, String) {
+    let args = ["--listen", "127.0.0.1:0", "--to", to, "--every", every];
+    start("cut_proxy", &args, "proxying ")
 }
