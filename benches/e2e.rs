@@ -578,7 +578,7 @@ fn go_config() -> gosnet::GoConfig {
         version: rejoin::proto::Version::V2,
         encrypt: true,
         buffer: 4 << 20,
-        counts_delivered: false,
+        stock: false,
     }
 }
 
@@ -589,13 +589,20 @@ async fn model_server(seed: u64) -> gosnet::behind::Served {
         silent: 0.0,
         seed,
     };
-    gosnet::behind::serve(go_config(), plan, Duration::from_secs(300)).await
+    gosnet::behind::serve(go_config(), plan, Duration::from_secs(300), false).await
 }
 
 async fn model_client(addr: SocketAddr, bytes: u64, seed: u64) -> gosnet::net::Run {
-    gosnet::net::echo_client(go_config(), addr, bytes, seed, Duration::from_secs(300))
-        .await
-        .unwrap()
+    gosnet::net::echo_client(
+        go_config(),
+        addr,
+        bytes,
+        seed,
+        Duration::from_secs(300),
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 async fn interop_section(o: &Opts, rows: &mut Vec<Row>) {
@@ -611,6 +618,7 @@ async fn interop_section(o: &Opts, rows: &mut Vec<Row>) {
             bytes,
             seed,
             Duration::from_secs(300),
+            None,
         )
         .await;
         let server = served.finish().await;

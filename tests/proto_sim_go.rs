@@ -493,7 +493,7 @@ struct Setup {
     encrypt: bool,
     /// Which end is the model.
     model_client: bool,
-    counts_delivered: bool,
+    stock: bool,
     link_cap: usize,
     in_flight: usize,
     history: usize,
@@ -512,7 +512,7 @@ fn setup(seed: u64) -> Setup {
         },
         encrypt: (seed / 2) % 2 == 0,
         model_client: (seed / 4) % 2 == 0,
-        counts_delivered: (seed / 8) % 2 == 0,
+        stock: (seed / 8) % 2 == 0,
         link_cap,
         in_flight,
         history: 3 * in_flight + rng.random_range(0..4 * link_cap),
@@ -532,7 +532,7 @@ impl World {
             version: s.version,
             encrypt: s.encrypt,
             buffer: s.history,
-            counts_delivered: s.counts_delivered,
+            stock: s.stock,
         };
         let chunk = rng.random_range(1..4096);
         let model = |role| GoEnd {
@@ -709,6 +709,15 @@ impl World {
         self.server_checked += read.len();
     }
 
+    /// Whether rejoin's application has read all the model wrote.
+    fn rejoin_read_all(&self, model_client: bool) -> bool {
+        if model_client {
+            self.server_checked == self.client.written().len()
+        } else {
+            self.client_checked == self.server.written().len()
+        }
+    }
+
     fn level(&self) -> bool {
         self.established()
             && self.client_checked == self.server.written().len()
@@ -760,11 +769,20 @@ fn run(seed: u64, totals: &mut Totals) {
     if verbose {
         eprintln!("seed {seed}: level {level}, failure {failure:?}, model {stats:?}");
     }
+    // Every refusal rejoin's server sent names the model's bug, and only
+    // follows it.
+    for why in &refusals {
+        assert!(
+            stats.own_bug > 0 && why.contains("it counts bytes it never got"),
+            "seed {seed}: rejoin refused: {why} ({s:?})"
+        );
+    }
     match &failure {
         // With its bug struck the model reads some bytes twice, so it is
-        // never level; rejoin's side was still checked byte for byte.
+        // never level; rejoin's side was checked byte for byte and must have
+        // read everything the model wrote.
         None => assert!(
-            level || stats.own_bug > 0,
+            level || (stats.own_bug > 0 && w.rejoin_read_all(s.model_client)),
             "seed {seed}: did not settle ({s:?})"
         ),
         Some(why) => {
@@ -773,6 +791,14 @@ fn run(seed: u64, totals: &mut Totals) {
             assert!(
                 stats.own_bug > 0,
                 "seed {seed}: session ended without the model's bug: {why} ({s:?})"
+            );
+            // And it ends in a refusal that names the cause: rejoin's when
+            // rejoin sees the counts run ahead, or the model's own.
+            assert!(
+                why.contains("it counts bytes it never got")
+                    || why.ends_with("reconnect refused by the server")
+                    || why.ends_with("before replying"),
+                "seed {seed}: ended with an unexpected error: {why} ({s:?})"
             );
             totals.refusals += 1;
             // The reason without its numbers.

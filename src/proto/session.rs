@@ -33,6 +33,10 @@ use super::resume::ResumePoint;
 use super::sealed::SessionSecrets;
 use super::{Error, Key, Params, Result, Role, Version};
 
+/// Free history a resend hold always leaves (far more than any record's
+/// header), so the hold releases before writes could stall on it.
+const HOLD_MARGIN: u64 = 256;
+
 /// One side of an established session.
 #[derive(Debug)]
 pub struct Session {
@@ -220,8 +224,12 @@ impl Session {
         let assumed = self.sent.saturating_sub(in_flight);
         // None of a resend counts as received before all of it does (a snet
         // peer reads it whole). Held only as far as the history can still
-        // prove it: a longer hold would stop writes for good.
-        let room = (self.history.capacity() as u64).saturating_sub(in_flight);
+        // prove it, less a margin: the hold must release while a writer can
+        // still put a whole record in (a record layer cannot use the last
+        // few free bytes), or writes would stop for good.
+        let room = (self.history.capacity() as u64)
+            .saturating_sub(in_flight)
+            .saturating_sub(HOLD_MARGIN);
         let hold = self.resend_end.min(self.floor.saturating_add(room));
         if assumed < hold {
             self.floor
@@ -382,19 +390,36 @@ mod tests {
 
     #[test]
     fn a_resend_is_kept_until_all_of_it_has_arrived() {
-        let (mut c, _s) = pair(64, 16);
-        c.handle_write(&[1; 40]);
-        c.handle_transmitted(40);
-        // The peer read 10: the resend is [10, 40), read whole or not at all.
-        c.resume(point(10, 40, 0)).unwrap();
-        c.handle_transmitted(30);
-        // All of it handed over, but not `in_flight` more: nothing after 10
-        // counts as received, so only 64 - 30 bytes may be written.
-        assert_eq!(c.write_capacity(), 34);
-        c.handle_write(&[2; 34]);
-        c.handle_transmitted(16);
-        // 56 - 16 = 40: the whole resend counts as received now.
-        assert_eq!(c.write_capacity(), 64 - (74 - 40));
+        let (mut c, _s) = pair(1024, 100);
+        c.handle_write(&[1; 400]);
+        c.handle_transmitted(400);
+        // The peer read 100: the resend is [100, 400), read whole or not at all.
+        c.resume(point(100, 400, 0)).unwrap();
+        c.handle_transmitted(300);
+        // All of it handed over, but not `in_flight` more: nothing after 100
+        // counts as received.
+        assert_eq!(c.write_capacity(), 1024 - 300);
+        c.handle_write(&[2; 724]);
+        c.handle_transmitted(100);
+        // 500 - 100 = 400: the whole resend counts as received now.
+        assert_eq!(c.write_capacity(), 1024 - (1124 - 400));
+    }
+
+    #[test]
+    fn a_resend_longer_than_the_history_can_prove_is_released_in_time() {
+        let (mut c, _s) = pair(1024, 100);
+        c.handle_write(&[1; 1000]);
+        c.handle_transmitted(1000);
+        // A 900-byte resend: more than history - in_flight - margin (668).
+        c.resume(point(100, 1000, 0)).unwrap();
+        c.handle_transmitted(700);
+        // Held: the 200 bytes not yet handed over are queued; room is left.
+        assert_eq!(c.write_capacity(), 1024 - 900);
+        c.handle_write(&[2; 124]);
+        c.handle_transmitted(324);
+        // Everything written is handed over: the hold has let go, so writes
+        // can never stall behind it.
+        assert_eq!(c.write_capacity(), 1024 - (1124 - 1024));
     }
 
     fn point(peer_read: u64, announced_write: u64, epoch: u64) -> ResumePoint {

@@ -14,13 +14,19 @@
 //!   at all**: a resend cut short is thrown away and the reconnect starts
 //!   over. A resend read whole is queued and handed to the application before
 //!   anything read later from the connection.
-//! - Its read count is the bytes received (the fixed library), or with
-//!   `counts_delivered` the bytes handed to the application (the stock head):
-//!   a queued resend then counts only as the application reads it, so a
-//!   reconnect while part of it waits asks for it again and the model queues
-//!   it twice. The model counts when that happens ([`GoStats::own_bug`]).
+//!   A resend read whole is queued at once, even if the reconnect then fails
+//!   because its own resend could not go out.
+//! - With `stock` it has the stock head's count bugs: its read count is the
+//!   bytes handed to the application, so a queued resend counts only as the
+//!   application reads it; and a client retries a failed reconnect with the
+//!   counts of its first attempt. A reconnect in either state asks for bytes
+//!   it already holds, and it queues them twice. The model counts when that
+//!   happens ([`GoStats::own_bug`]). Without `stock` it is the library fixed
+//!   to count bytes received, each request carrying the current counts.
 //! - Refusals: v2 24 zero bytes, v1 a close; a client refused by a v2 server,
-//!   or whose counts cannot be resumed, ends its session.
+//!   or whose counts cannot be resumed, ends its session. (The library's
+//!   client retries forever; the model gives up after three closes in a row
+//!   so that a schedule ends.)
 
 #![allow(dead_code)]
 
@@ -43,8 +49,8 @@ pub struct GoConfig {
     pub encrypt: bool,
     /// `RewriterBufferSize`: how many sent bytes it keeps.
     pub buffer: usize,
-    /// The stock head's bug: the read count is what the application took.
-    pub counts_delivered: bool,
+    /// The stock head's count bugs (see the module's documentation).
+    pub stock: bool,
 }
 
 impl GoConfig {
@@ -89,11 +95,13 @@ enum Phase {
         peer_write: u64,
         peer_read: u64,
     },
-    /// Resending and reading the peer's resend, both at once.
+    /// Resending and reading the peer's resend, both at once. `read` once
+    /// the peer's resend is read whole (and queued).
     Resending {
         need: usize,
         got: Vec<u8>,
         rewrite: usize,
+        read: bool,
     },
     Up,
 }
@@ -107,8 +115,8 @@ pub struct GoStats {
     pub rewritten: u64,
     /// Resend reads cut short and thrown away.
     pub rereads_lost: u64,
-    /// Reconnects made while a resend it read waited undelivered (with
-    /// `counts_delivered`, each makes it queue bytes twice).
+    /// Reconnects (with `stock`) whose read count was below what it holds:
+    /// each makes it queue bytes twice.
     pub own_bug: u64,
 }
 
@@ -129,6 +137,10 @@ pub struct GoPeer {
     pub stats: GoStats,
     /// v1 closes before a reply, in a row (a v1 refusal is a close).
     closes: u32,
+    /// `stock` client: the counts of the first attempt of this reconnect.
+    frozen: Option<(u64, u64)>,
+    /// Bytes received in all (what a correct read count would say).
+    received: u64,
     next_id: u64,
 }
 
@@ -145,6 +157,8 @@ impl GoPeer {
             failed: None,
             stats: GoStats::default(),
             closes: 0,
+            frozen: None,
+            received: 0,
             next_id: 1,
         }
     }
@@ -152,6 +166,19 @@ impl GoPeer {
     /// Whether the session is established and a connection carries it.
     pub fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Up)
+    }
+
+    /// While reading the peer's resend: (bytes read, bytes it needs).
+    pub fn resend_progress(&self) -> Option<(usize, usize)> {
+        match &self.phase {
+            Phase::Resending {
+                need,
+                got,
+                read: false,
+                ..
+            } => Some((got.len(), *need)),
+            _ => None,
+        }
     }
 
     /// Whether a resend it read waits for its application.
@@ -195,10 +222,15 @@ impl GoPeer {
                     self.phase = Phase::NewClient(hs);
                 }
                 Some(core) => {
-                    if !core.queue.is_empty() && self.cfg.counts_delivered {
+                    let current = (core.write_count, core.read_count);
+                    let (write, read) = if self.cfg.stock {
+                        *self.frozen.get_or_insert(current)
+                    } else {
+                        current
+                    };
+                    if read < self.received {
                         self.stats.own_bug += 1;
                     }
-                    let (write, read) = (core.write_count, core.read_count);
                     let request = ReconnectRequest {
                         id: core.id,
                         write_count: write,
@@ -217,7 +249,7 @@ impl GoPeer {
     /// The connection broke (or the peer closed it). A partial resend read
     /// is thrown away; a write in progress waits for the next connection.
     pub fn detach(&mut self, closed_by_peer: bool) {
-        if matches!(self.phase, Phase::Resending { .. }) {
+        if matches!(self.phase, Phase::Resending { read: false, .. }) {
             self.stats.rereads_lost += 1;
         }
         if closed_by_peer && matches!(self.phase, Phase::AwaitReply) {
@@ -281,12 +313,19 @@ impl GoPeer {
         match &mut self.phase {
             Phase::Down => 0,
             Phase::Up => self.app_read(avail, app.max(1)),
-            Phase::Resending { need, got, .. } => {
+            Phase::Resending {
+                need,
+                got,
+                read: false,
+                ..
+            } => {
                 let n = avail.len().min(*need - got.len());
                 got.extend_from_slice(&avail[..n]);
                 self.settle();
                 n
             }
+            // Read whole; nothing more is read before our resend is out.
+            Phase::Resending { read: true, .. } => 0,
             _ => {
                 // Messages are read exactly, as io.ReadFull does: a byte at
                 // a time until the message is whole.
@@ -314,13 +353,14 @@ impl GoPeer {
         let (mut buf, taken) = if !core.queue.is_empty() {
             let n = max.min(core.queue.len());
             let buf: Vec<u8> = core.queue.drain(..n).collect();
-            if self.cfg.counts_delivered {
+            if self.cfg.stock {
                 core.read_count += n as u64;
             }
             (buf, 0)
         } else {
             let n = max.min(avail.len());
             core.read_count += n as u64;
+            self.received += n as u64;
             (avail[..n].to_vec(), n)
         };
         core.ciphers.read.apply(&mut buf);
@@ -328,23 +368,35 @@ impl GoPeer {
         taken
     }
 
-    /// Finishes a reconnect once the resend went out and the peer's resend
-    /// was read whole.
+    /// Queues the peer's resend as soon as it is read whole (as the
+    /// library's reading goroutine does), and finishes the reconnect once
+    /// our own resend has gone out too.
     fn settle(&mut self) {
-        let Phase::Resending { need, got, rewrite } = &mut self.phase else {
+        let Phase::Resending {
+            need,
+            got,
+            rewrite,
+            read,
+        } = &mut self.phase
+        else {
             return;
         };
-        if got.len() < *need || *rewrite > 0 {
+        if !*read && got.len() == *need {
+            *read = true;
+            let got = std::mem::take(got);
+            let core = self.core.as_mut().expect("resending means a session");
+            if !self.cfg.stock {
+                core.read_count += got.len() as u64;
+            }
+            self.received += got.len() as u64;
+            core.queue.extend(got);
+        }
+        if !*read || *rewrite > 0 {
             return;
         }
-        let got = std::mem::take(got);
-        let core = self.core.as_mut().expect("resending means a session");
-        if !self.cfg.counts_delivered {
-            core.read_count += got.len() as u64;
-        }
-        core.queue.extend(got);
         self.stats.resumes += 1;
         self.closes = 0;
+        self.frozen = None;
         self.phase = Phase::Up;
     }
 
@@ -470,10 +522,10 @@ impl GoPeer {
         if req.id != core.id || !auth::tags_equal(&tag, &req.tag) {
             return self.detach(false);
         }
-        if !core.queue.is_empty() && self.cfg.counts_delivered {
+        let (write, read) = (core.write_count, core.read_count);
+        if read < self.received {
             self.stats.own_bug += 1;
         }
-        let (write, read) = (core.write_count, core.read_count);
         if self.check(req.write_count, req.read_count).is_err() {
             let mut buf = BytesMut::new();
             ResumeReply::Refuse.encode(self.cfg.version, &mut buf);
@@ -536,6 +588,7 @@ impl GoPeer {
             need,
             got: Vec::with_capacity(need.min(1 << 20)),
             rewrite,
+            read: false,
         };
         self.settle();
     }
@@ -568,6 +621,8 @@ pub mod net {
         pub connections: u64,
         /// From each break to the moment the session was back up.
         pub resume_times: Vec<Duration>,
+        /// Cuts made from inside a resend the model was reading.
+        pub cuts_inside: u64,
     }
 
     /// An application on top of the model.
@@ -589,6 +644,14 @@ pub mod net {
         Replaced(TcpStream),
     }
 
+    /// Cuts the link (a proxy's `cut_all`), called from inside a resend.
+    pub type Cut = Arc<dyn Fn() + Send + Sync>;
+
+    /// Cuts inside resends per run, at most: each costs the whole resend
+    /// and the next one is larger by what was sent after it, so a run that
+    /// kept cutting them could outgrow what the link carries between cuts.
+    const MAX_CUTS_INSIDE: u64 = 6;
+
     /// The model with what its driver tracks across connections.
     struct Driver {
         peer: GoPeer,
@@ -596,15 +659,38 @@ pub mod net {
         run: Run,
         /// When the last break happened, until the session is up again.
         broke_at: Option<Instant>,
+        /// Called halfway through every other resend the model reads (up to
+        /// `MAX_CUTS_INSIDE` times).
+        cut_inside: Option<Cut>,
+        /// The last resend read that was cut.
+        last_cut: Option<u64>,
     }
 
     impl Driver {
-        fn new(cfg: GoConfig, role: Role, seed: u64) -> Self {
+        fn new(cfg: GoConfig, role: Role, seed: u64, cut_inside: Option<Cut>) -> Self {
             Driver {
                 peer: GoPeer::new(cfg, role),
                 rng: StdRng::seed_from_u64(seed),
                 run: Run::default(),
                 broke_at: None,
+                cut_inside,
+                last_cut: None,
+            }
+        }
+
+        /// Cuts the link once, halfway through every other resend read.
+        fn maybe_cut(&mut self) {
+            let Some(cut) = &self.cut_inside else { return };
+            let Some((got, need)) = self.peer.resend_progress() else {
+                return;
+            };
+            let attempt = self.peer.stats.resumes + self.peer.stats.rereads_lost;
+            let halfway = got > 0 && got * 2 >= need && got < need;
+            let more = self.run.cuts_inside < MAX_CUTS_INSIDE;
+            if more && attempt % 2 == 0 && halfway && self.last_cut != Some(attempt) {
+                self.last_cut = Some(attempt);
+                self.run.cuts_inside += 1;
+                cut();
             }
         }
 
@@ -622,39 +708,34 @@ pub mod net {
         listener: Option<&TcpListener>,
         stop: &AtomicBool,
     ) -> End {
-        let Driver {
-            peer,
-            rng,
-            run,
-            broke_at,
-        } = d;
         let chunk = 16 << 10;
         let mut inbuf: Vec<u8> = Vec::new();
         let mut wbuf: Vec<u8> = Vec::new();
         let mut tmp = vec![0u8; 64 << 10];
         loop {
-            if let Some(why) = &peer.failed {
+            if let Some(why) = &d.peer.failed {
                 return End::Failed(why.clone());
             }
-            if peer.is_up()
-                && let Some(at) = broke_at.take()
+            if d.peer.is_up()
+                && let Some(at) = d.broke_at.take()
             {
-                run.resume_times.push(at.elapsed());
+                d.run.resume_times.push(at.elapsed());
             }
             if wbuf.is_empty()
-                && peer.can_write()
+                && d.peer.can_write()
                 && let Some(data) = app.next()
             {
-                peer.write(&data);
+                d.peer.write(&data);
             }
             if wbuf.is_empty() {
-                wbuf = peer.transmit(64 << 10);
+                wbuf = d.peer.transmit(64 << 10);
             }
-            if !inbuf.is_empty() || peer.has_queued() {
-                let n = peer.receive(&inbuf, chunk, rng);
+            if !inbuf.is_empty() || d.peer.has_queued() {
+                let n = d.peer.receive(&inbuf, chunk, &mut d.rng);
                 inbuf.drain(..n);
+                d.maybe_cut();
             }
-            let delivered = std::mem::take(&mut peer.delivered);
+            let delivered = std::mem::take(&mut d.peer.delivered);
             if !delivered.is_empty()
                 && let Err(e) = app.take(delivered)
             {
@@ -664,7 +745,7 @@ pub mod net {
                 return End::Done;
             }
             // The model can go on without the socket: do so.
-            let busy = peer.is_up() && (!inbuf.is_empty() || peer.has_queued());
+            let busy = d.peer.is_up() && (!inbuf.is_empty() || d.peer.has_queued());
             if busy {
                 tokio::task::yield_now().await;
                 continue;
@@ -777,13 +858,15 @@ pub mod net {
     }
 
     /// The model as an echo client through `addr`: sends `total` bytes and
-    /// checks that every one comes back, reconnecting after every break.
+    /// checks that every one comes back, reconnecting after every break
+    /// (and calling `cut_inside` halfway through every other resend).
     pub async fn echo_client(
         cfg: GoConfig,
         addr: SocketAddr,
         total: u64,
         seed: u64,
         limit: Duration,
+        cut_inside: Option<Cut>,
     ) -> Result<Run, String> {
         let mut app = EchoClient {
             send: Source {
@@ -798,7 +881,7 @@ pub mod net {
             total,
             verified: 0,
         };
-        let mut d = Driver::new(cfg, Role::Client, seed ^ 1);
+        let mut d = Driver::new(cfg, Role::Client, seed ^ 1, cut_inside);
         let deadline = Instant::now() + limit;
         let never = AtomicBool::new(false);
         while Instant::now() < deadline {
@@ -858,8 +941,9 @@ pub mod net {
         listener: TcpListener,
         limit: Duration,
         stop: Arc<AtomicBool>,
+        cut_inside: Option<Cut>,
     ) -> Result<Run, String> {
-        let mut d = Driver::new(cfg, Role::Server, 7);
+        let mut d = Driver::new(cfg, Role::Server, 7, cut_inside);
         let mut app = Echo {
             pending: Vec::new(),
         };
@@ -909,26 +993,25 @@ pub mod behind {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
+    use rejoin::chaos::{CutKind, CutProxy, Plan, ProxyConfig};
     use tokio::task::JoinHandle;
 
     use super::GoConfig;
-    use super::net::{Run, echo_server, listen};
+    use super::net::{Cut, Run, echo_server, listen};
 
     /// A running model server and the proxy in front of it.
     pub struct Served {
-        pub proxy: CutProxy,
+        pub proxy: Arc<CutProxy>,
         stop: Arc<AtomicBool>,
         task: JoinHandle<Result<Run, String>>,
     }
 
     /// Starts a model echo server (for up to `limit`) and a proxy cutting by
-    /// `plan` in front of it.
-    pub async fn serve(cfg: GoConfig, plan: Plan, limit: Duration) -> Served {
+    /// `plan` in front of it; with `cut_inside`, the proxy also cuts halfway
+    /// through every other resend the model reads.
+    pub async fn serve(cfg: GoConfig, plan: Plan, limit: Duration, cut_inside: bool) -> Served {
         let listener = listen().expect("the model listens");
         let target = listener.local_addr().expect("an address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(echo_server(cfg, listener, limit, stop.clone()));
         let proxy = CutProxy::start(
             "127.0.0.1:0".parse().expect("an address"),
             target,
@@ -939,7 +1022,19 @@ pub mod behind {
         )
         .await
         .expect("the proxy starts");
+        let proxy = Arc::new(proxy);
+        let stop = Arc::new(AtomicBool::new(false));
+        let hook = cut_inside.then(|| cutter(&proxy));
+        let task = tokio::spawn(echo_server(cfg, listener, limit, stop.clone(), hook));
         Served { proxy, stop, task }
+    }
+
+    /// A hook that resets every connection through `proxy`.
+    pub fn cutter(proxy: &Arc<CutProxy>) -> Cut {
+        let proxy = proxy.clone();
+        Arc::new(move || {
+            proxy.cut_all(CutKind::Reset);
+        })
     }
 
     impl Served {
