@@ -105,10 +105,8 @@ async fn the_echo_server_serves_a_go_model_client_through_cuts() {
             assert!(cuts >= 10, "{flags:?}, {name}: the link was cut ({cuts})");
             assert!(run.stats.resumes >= cuts / 2, "{flags:?}, {name}: resumes");
             if inside {
-                // A cut from halfway through a resend usually finds the rest
-                // still on its way; the model then throws what it read away.
                 assert!(run.cuts_inside >= 3, "{flags:?}: cuts inside resends");
-                assert!(run.stats.rereads_lost >= 2, "{flags:?}: resends cut short");
+                assert!(run.stats.rereads_lost >= run.cuts_inside, "{flags:?}");
             }
         }
     }
@@ -151,10 +149,8 @@ async fn the_echo_client_works_with_a_go_model_server_through_cuts() {
             );
             assert!(ok, "{flags:?}, {name}: {out}");
             if inside {
-                // A cut from halfway through a resend usually finds the rest
-                // still on its way; the model then throws what it read away.
                 assert!(run.cuts_inside >= 3, "{flags:?}: cuts inside resends");
-                assert!(run.stats.rereads_lost >= 2, "{flags:?}: resends cut short");
+                assert!(run.stats.rereads_lost >= run.cuts_inside, "{flags:?}");
             }
             assert!(out.starts_with(&format!("ok: {BYTES} bytes")), "{out}");
             assert!(cuts >= 10, "{flags:?}, {name}: the link was cut ({cuts})");

@@ -659,7 +659,7 @@ pub mod net {
         run: Run,
         /// When the last break happened, until the session is up again.
         broke_at: Option<Instant>,
-        /// Called halfway through every other resend the model reads (up to
+        /// Called inside every other resend the model reads (up to
         /// `MAX_CUTS_INSIDE` times).
         cut_inside: Option<Cut>,
         /// The last resend read that was cut.
@@ -678,25 +678,31 @@ pub mod net {
             }
         }
 
-        /// Cuts the link once, halfway through every other resend read.
-        fn maybe_cut(&mut self) {
-            let Some(cut) = &self.cut_inside else { return };
-            let Some((got, need)) = self.peer.resend_progress() else {
-                return;
-            };
-            let attempt = self.peer.stats.resumes + self.peer.stats.rereads_lost;
-            let halfway = got > 0 && got * 2 >= need && got < need;
-            let more = self.run.cuts_inside < MAX_CUTS_INSIDE;
-            if more && attempt % 2 == 0 && halfway && self.last_cut != Some(attempt) {
-                self.last_cut = Some(attempt);
-                self.run.cuts_inside += 1;
-                cut();
-            }
-        }
-
         fn broke(&mut self, eof: bool) {
             self.peer.detach(eof);
             self.broke_at.get_or_insert_with(Instant::now);
+        }
+
+        /// Cuts the link once inside every other resend read (up to
+        /// `MAX_CUTS_INSIDE`): the proxy resets it and the model drops its end
+        /// at once, so the resend read is lost for certain. Returns whether
+        /// it cut.
+        fn maybe_cut(&mut self) -> bool {
+            let Some(cut) = &self.cut_inside else {
+                return false;
+            };
+            let Some((got, need)) = self.peer.resend_progress() else {
+                return false;
+            };
+            let attempt = self.peer.stats.resumes + self.peer.stats.rereads_lost;
+            let more = self.run.cuts_inside < MAX_CUTS_INSIDE;
+            if more && attempt % 2 == 0 && got < need && self.last_cut != Some(attempt) {
+                self.last_cut = Some(attempt);
+                self.run.cuts_inside += 1;
+                cut();
+                return true;
+            }
+            false
         }
     }
 
@@ -733,7 +739,9 @@ pub mod net {
             if !inbuf.is_empty() || d.peer.has_queued() {
                 let n = d.peer.receive(&inbuf, chunk, &mut d.rng);
                 inbuf.drain(..n);
-                d.maybe_cut();
+            }
+            if d.maybe_cut() {
+                return End::Broken { eof: false };
             }
             let delivered = std::mem::take(&mut d.peer.delivered);
             if !delivered.is_empty()
