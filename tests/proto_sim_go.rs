@@ -64,6 +64,16 @@ trait End {
     }
 }
 
+/// Hands up to `max` bytes of what `s` has to send to `bytes`.
+fn send_from(s: &mut Session, max: usize, bytes: &mut Vec<u8>) {
+    let (a, b) = s.poll_transmit();
+    let m = (a.len() + b.len()).min(max);
+    let from_a = m.min(a.len());
+    bytes.extend_from_slice(&a[..from_a]);
+    bytes.extend_from_slice(&b[..m - from_a]);
+    s.handle_transmitted(m);
+}
+
 fn random_bytes(rng: &mut StdRng) -> Vec<u8> {
     let n = rng.random_range(1..3000);
     (0..n).map(|_| rng.random()).collect()
@@ -184,12 +194,7 @@ impl End for RejoinClient {
             && self.resume.is_none()
             && let Some(s) = &mut self.session
         {
-            let (a, b) = s.poll_transmit();
-            let m = (a.len() + b.len()).min(max - n);
-            let from_a = m.min(a.len());
-            bytes.extend_from_slice(&a[..from_a]);
-            bytes.extend_from_slice(&b[..m - from_a]);
-            s.handle_transmitted(m);
+            send_from(s, max - n, &mut bytes);
         }
         bytes
     }
@@ -326,12 +331,7 @@ impl End for RejoinServer {
             && matches!(self.stage, Stage::Attached)
             && let Some(s) = &mut self.session
         {
-            let (a, b) = s.poll_transmit();
-            let m = (a.len() + b.len()).min(max - n);
-            let from_a = m.min(a.len());
-            bytes.extend_from_slice(&a[..from_a]);
-            bytes.extend_from_slice(&b[..m - from_a]);
-            s.handle_transmitted(m);
+            send_from(s, max - n, &mut bytes);
         }
         bytes
     }
