@@ -74,6 +74,13 @@ fn send_from(s: &mut Session, max: usize, bytes: &mut Vec<u8>) {
     s.handle_transmitted(m);
 }
 
+/// rejoin's application writes what the session takes of some random bytes.
+fn write_random(s: &mut Session, rng: &mut StdRng, written: &mut Vec<u8>) {
+    let data = random_bytes(rng);
+    let took = s.handle_write(&data);
+    written.extend_from_slice(&data[..took]);
+}
+
 fn random_bytes(rng: &mut StdRng) -> Vec<u8> {
     let n = rng.random_range(1..3000);
     (0..n).map(|_| rng.random()).collect()
@@ -268,9 +275,7 @@ impl End for RejoinClient {
             && self.failed.is_none()
             && let Some(s) = &mut self.session
         {
-            let data = random_bytes(rng);
-            let took = s.handle_write(&data);
-            self.written.extend_from_slice(&data[..took]);
+            write_random(s, rng, &mut self.written);
         }
     }
     fn take_read(&mut self) -> Vec<u8> {
@@ -406,9 +411,7 @@ impl End for RejoinServer {
     }
     fn write(&mut self, rng: &mut StdRng) {
         if let Some(s) = &mut self.session {
-            let data = random_bytes(rng);
-            let took = s.handle_write(&data);
-            self.written.extend_from_slice(&data[..took]);
+            write_random(s, rng, &mut self.written);
         }
     }
     fn take_read(&mut self) -> Vec<u8> {
