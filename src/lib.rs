@@ -10,12 +10,14 @@
 //! - [`stream`]: the resumable stream on tokio: [`stream::connect`],
 //!   [`stream::Listener`], [`stream::Stream`].
 //!
-//! - [`chaos`]: a link-cutting proxy for demos and tests.
+//! - `chaos` (with the `chaos` feature): a link-cutting proxy for demos and
+//!   tests.
 //!
 //! `PROTOCOL.md` specifies every byte on the wire.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod proto;
 pub mod stream;

@@ -21,6 +21,10 @@ struct Cli {
     /// Log filter (e.g. `info`, `rejoin=debug`); `RUST_LOG` works too.
     #[arg(long, global = true)]
     log: Option<String>,
+    /// How log lines look: `text` (coloured only on a terminal, and never
+    /// with NO_COLOR set) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,19 +40,38 @@ enum Command {
     Client(cmd::client::Args),
     /// Print a fresh random token.
     Token,
+    /// Check a server or client config file without running it (exit 0 if
+    /// valid, 1 with the reason if not).
+    Check(cmd::check::Args),
+    /// Show what a running server or client reports on its admin endpoint.
+    Status(cmd::status::Args),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Logs to stderr; `--log` wins over `RUST_LOG`, which wins over `default`.
-fn init_logs(flag: Option<&str>, default: &str) {
+fn init_logs(flag: Option<&str>, format: LogFormat, default: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match flag {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init()
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,17 +88,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Demo(args) => {
-            init_logs(cli.log.as_deref(), "warn");
+            init_logs(cli.log.as_deref(), cli.log_format, "warn");
             runtime.block_on(cmd::demo::run(args))
         }
         Command::Server(args) => {
-            init_logs(cli.log.as_deref(), "info");
+            init_logs(cli.log.as_deref(), cli.log_format, "info");
             runtime.block_on(cmd::server::run(args))
         }
         Command::Client(args) => {
-            init_logs(cli.log.as_deref(), "info");
+            init_logs(cli.log.as_deref(), cli.log_format, "info");
             runtime.block_on(cmd::client::run(args))
         }
+        Command::Check(args) => cmd::check::run(args),
+        Command::Status(args) => runtime.block_on(cmd::status::run(args)),
         Command::Token => {
             cmd::say!("{}", rejoin::tunnel::auth::Token::generate().expose());
             Ok(())

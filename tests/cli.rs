@@ -2,12 +2,14 @@
 
 #[path = "common/examples.rs"]
 mod examples;
+#[path = "common/procs.rs"]
+mod procs;
 
-use examples::{Running, cut_proxy, echo_client, echo_server, example, finish};
+use examples::{cut_proxy, echo_client, echo_server, example, finish};
+use procs::{Proc, echo_service};
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn echo_examples_work_together() {
@@ -75,127 +77,6 @@ fn demo_runs_and_verifies() {
         out.contains("\nverified: 7.6 MiB sent and echoed back intact"),
         "{out}"
     );
-}
-
-/// A running `rejoin` whose stdout lines and stderr are drained on threads
-/// from the start, so neither a silent child nor a chatty one (a full pipe)
-/// can hang the test.
-struct Proc {
-    child: Running,
-    lines: std::sync::mpsc::Receiver<String>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Proc {
-    fn start(args: &[&str], token_env: Option<&str>) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rejoin"));
-        cmd.args(args)
-            .env("RUST_LOG", "trace")
-            .env_remove("REJOIN_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(token) = token_env {
-            cmd.env("REJOIN_TOKEN", token);
-        }
-        let mut child = cmd.spawn().expect("rejoin starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut errpipe = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = errpipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        });
-        Proc {
-            child: Running(child),
-            lines,
-            stderr,
-        }
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a line in time")
-    }
-
-    fn terminate(&self) {
-        self.signal("-TERM");
-    }
-
-    /// What Ctrl-C in a terminal sends.
-    fn interrupt(&self) {
-        self.signal("-INT");
-    }
-
-    fn signal(&self, which: &str) {
-        let _ = Command::new("kill")
-            .args([which, &self.child.0.id().to_string()])
-            .status();
-    }
-
-    /// Waits (bounded) until stderr contains `text`.
-    fn await_stderr(&self, text: &str) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if self.stderr().contains(text) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Waits (bounded) for the exit; true on success.
-    fn wait(&mut self) -> bool {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait") {
-                // Let the stderr thread catch up.
-                std::thread::sleep(Duration::from_millis(50));
-                return status.success();
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "ran too long");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-/// A std echo service on its own threads.
-fn echo_service() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
-    addr
 }
 
 #[test]

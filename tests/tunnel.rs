@@ -274,29 +274,37 @@ async fn a_server_that_cannot_prove_the_token_is_refused() {
 /// ports back at once: the new session replaces the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_client_replaces_its_old_session() {
+    use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
     let server = Server::bind(server_config()).await.unwrap();
     let local = echo_service().await;
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let first = RunningClient::start(client_config(
-        server.local_addr().to_string(),
+    // The first client reaches the server through a proxy, so that it can
+    // die silently: its machine gone, no FIN and no RST.
+    let proxy = CutProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        server.local_addr(),
+        ProxyConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut first = RunningClient::start(client_config(
+        proxy.local_addr().to_string(),
         "home",
-        &[(&local, port)],
+        &[(&local, 0)],
     ));
-    let mut first = first;
-    assert_eq!(first.published(1).await, [format!("127.0.0.1:{port}")]);
-    // Killed: no goodbye, the server still holds the session and the port.
+    let public = first.published(1).await;
+    assert_eq!(proxy.cut_all(CutKind::Silent), 1);
     first.task.abort();
     drop(first);
+    // The server still holds the session and the port; the restarted
+    // client's login finds the old link silent (no answer to a ping),
+    // replaces it, and gets the same public port back.
     let mut second = RunningClient::start(client_config(
         server.local_addr().to_string(),
         "home",
-        &[(&local, port)],
+        &[(&local, 0)],
     ));
-    assert_eq!(second.published(1).await, [format!("127.0.0.1:{port}")]);
-    let mut v = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(second.published(1).await, public);
+    let mut v = TcpStream::connect(&public[0]).await.unwrap();
     v.write_all(b"again").await.unwrap();
     let mut buf = [0u8; 5];
     timeout(LIMIT, v.read_exact(&mut buf))

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{ClientConfig, ServiceConfig};
-use rejoin::tunnel::frame::{MAX_NAME, ServiceKind};
+use rejoin::tunnel::frame::{INITIAL_WINDOW, MAX_NAME, ServiceKind};
+use rejoin::tunnel::mux::MuxConfig;
 use rejoin::tunnel::server::ServerConfig;
 use serde::Deserialize;
 
@@ -45,10 +46,136 @@ impl std::str::FromStr for Span {
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        d.deserialize_any(TextOrNumber {
+            expecting: "a duration in quotes, like \"30s\", \"500ms\", \"5m\" or \"1h\"",
+            number: |n| {
+                Err(format!(
+                    "{n} has no unit: write a duration in quotes, like \"{n}s\" (units: ms, s, m, h)"
+                ))
+            },
+        })
     }
+}
+
+/// Deserializes a value written as text (parsed with `FromStr`) or as a
+/// bare number (given to `number`, which may refuse it with advice).
+struct TextOrNumber<T> {
+    expecting: &'static str,
+    number: fn(i128) -> Result<T, String>,
+}
+
+impl<T: std::str::FromStr<Err = String>> serde::de::Visitor<'_> for TextOrNumber<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+        s.parse().map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<T, E> {
+        (self.number)(n.into()).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<T, E> {
+        (self.number)(n.into()).map_err(E::custom)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<T, E> {
+        Err(E::custom(format!("{n}: {}", self.expecting)))
+    }
+}
+
+/// A size in bytes, written as a number of bytes or with a unit: `512KiB`,
+/// `16MiB`, `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 16MiB, 512KiB or 1048576"))?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {s:?} (use B, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        n.checked_mul(scale)
+            .map(Size)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextOrNumber {
+            expecting: "a size: bytes, or in quotes with a unit, like \"16MiB\"",
+            number: |n| {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| format!("{n} is not a size (bytes, from 0)"))
+            },
+        })
+    }
+}
+
+/// The link's tuning knobs, in both files.
+struct Tuning {
+    ping_interval: Option<Span>,
+    ping_timeout: Option<Span>,
+    max_window: Option<Size>,
+    window_budget: Option<Size>,
+}
+
+impl Tuning {
+    fn apply(&self, mux: &mut MuxConfig) -> anyhow::Result<()> {
+        if let Some(v) = self.ping_interval {
+            mux.ping_interval = v.0;
+        }
+        if let Some(v) = self.ping_timeout {
+            mux.ping_timeout = v.0;
+        }
+        if mux.ping_interval.is_zero() || mux.ping_timeout <= mux.ping_interval {
+            bail!(
+                "ping_timeout ({:?}) must be longer than ping_interval ({:?}), which must not be 0",
+                mux.ping_timeout,
+                mux.ping_interval
+            );
+        }
+        if let Some(Size(v)) = self.max_window {
+            if !(u64::from(INITIAL_WINDOW)..=1 << 30).contains(&v) {
+                bail!("max_window must be from 1MiB to 1GiB");
+            }
+            mux.max_window = v as u32;
+        }
+        if let Some(Size(v)) = self.window_budget {
+            mux.window_budget = v;
+        }
+        Ok(())
+    }
+}
+
+/// The admin endpoint's settings from a file.
+#[derive(Default)]
+pub struct AdminFile {
+    /// `admin = "ADDR"`.
+    pub addr: Option<String>,
+    /// `admin_token` or `admin_token_file`.
+    pub token: Option<String>,
 }
 
 /// A token given inline or in a file. `Debug` hides it.
@@ -112,6 +239,13 @@ pub struct ServerFile {
     #[serde(default)]
     clients: HashMap<String, Secret>,
     key_file: Option<PathBuf>,
+    admin: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    ping_interval: Option<Span>,
+    ping_timeout: Option<Span>,
+    max_window: Option<Size>,
+    window_budget: Option<Size>,
 }
 
 /// `rejoin client`'s config file. `Debug` hides the token.
@@ -125,6 +259,14 @@ pub struct ClientFile {
     server_key: Option<String>,
     #[serde(default, rename = "service")]
     services: Vec<ServiceFile>,
+    admin: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    ping_interval: Option<Span>,
+    ping_timeout: Option<Span>,
+    max_window: Option<Size>,
+    window_budget: Option<Size>,
+    give_up_after: Option<u32>,
 }
 
 impl std::fmt::Debug for ServerFile {
@@ -156,15 +298,17 @@ impl std::fmt::Debug for ClientFile {
 #[serde(deny_unknown_fields)]
 struct ServiceFile {
     name: Option<String>,
+    #[serde(default)]
     protocol: Protocol,
     local: String,
     #[serde(default)]
     port: u16,
 }
 
-#[derive(Deserialize, Debug, Clone, Copy)]
+#[derive(Deserialize, Debug, Clone, Copy, Default)]
 #[serde(rename_all = "lowercase")]
 enum Protocol {
+    #[default]
     Tcp,
     Udp,
 }
@@ -213,23 +357,32 @@ pub fn parse_service(spec: &str, kind: ServiceKind) -> anyhow::Result<ServiceCon
         ),
         None => (spec, 0),
     };
-    check_local(local)?;
+    let local = local_address(local)?;
     Ok(ServiceConfig {
-        name: clip(local),
+        name: clip(&local),
         kind,
-        local: local.to_string(),
+        local,
         port,
     })
 }
 
-fn check_local(local: &str) -> anyhow::Result<()> {
+/// A local service's address, `HOST:PORT`; a bare port (as bore users type
+/// it) means that port on 127.0.0.1.
+fn local_address(local: &str) -> anyhow::Result<String> {
+    let local = local.trim();
+    if !local.is_empty() && local.bytes().all(|b| b.is_ascii_digit()) {
+        return match local.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(format!("127.0.0.1:{port}")),
+            _ => bail!("local port {local:?} must be from 1 to 65535"),
+        };
+    }
     let Some((host, port)) = local.rsplit_once(':') else {
-        bail!("local address {local:?} needs a port, as in 127.0.0.1:8080");
+        bail!("local address {local:?} needs a port, as in 127.0.0.1:8080 (or just 8080)");
     };
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
         bail!("local address {local:?} must be HOST:PORT with a port from 1 to 65535");
     }
-    Ok(())
+    Ok(local.to_string())
 }
 
 fn clip(s: &str) -> String {
@@ -296,9 +449,36 @@ impl ServerFile {
         if let Some(n) = self.udp_max_associations {
             config.udp.max_associations = n;
         }
+        Tuning {
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_window: self.max_window,
+            window_budget: self.window_budget,
+        }
+        .apply(&mut config.mux)?;
         config.stream.validate()?;
         Ok(config)
     }
+
+    /// The admin endpoint's settings.
+    pub fn admin(&self, base: &Path) -> anyhow::Result<AdminFile> {
+        admin_settings(&self.admin, &self.admin_token, &self.admin_token_file, base)
+    }
+}
+
+fn admin_settings(
+    addr: &Option<String>,
+    token: &Option<String>,
+    token_file: &Option<PathBuf>,
+    base: &Path,
+) -> anyhow::Result<AdminFile> {
+    let token = Secret::new(token.clone(), token_file.clone())
+        .resolve(base, "admin_token")?
+        .map(|t| t.expose().to_string());
+    Ok(AdminFile {
+        addr: addr.clone(),
+        token,
+    })
 }
 
 impl ClientFile {
@@ -312,16 +492,32 @@ impl ClientFile {
         if let Some(key) = &self.server_key {
             config.server_key = Some(parse_server_key(key)?);
         }
+        Tuning {
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_window: self.max_window,
+            window_budget: self.window_budget,
+        }
+        .apply(&mut config.mux)?;
+        if self.give_up_after == Some(0) {
+            bail!("give_up_after must be at least 1 (leave it out to retry forever)");
+        }
+        config.give_up_after = self.give_up_after;
         for (i, s) in self.services.into_iter().enumerate() {
-            check_local(&s.local).with_context(|| format!("service #{}", i + 1))?;
+            let local = local_address(&s.local).with_context(|| format!("service #{}", i + 1))?;
             config.services.push(ServiceConfig {
-                name: clip(s.name.as_deref().unwrap_or(&s.local)),
+                name: clip(s.name.as_deref().unwrap_or(&local)),
                 kind: s.protocol.into(),
-                local: s.local,
+                local,
                 port: s.port,
             });
         }
         Ok(config)
+    }
+
+    /// The admin endpoint's settings.
+    pub fn admin(&self, base: &Path) -> anyhow::Result<AdminFile> {
+        admin_settings(&self.admin, &self.admin_token, &self.admin_token_file, base)
     }
 }
 
@@ -349,12 +545,38 @@ mod tests {
         let s = parse_service("[::1]:22", ServiceKind::Udp).unwrap();
         assert_eq!((s.local.as_str(), s.port), ("[::1]:22", 0));
         assert!(parse_service("localhost", ServiceKind::Tcp).is_err());
+        let s = parse_service("8080", ServiceKind::Tcp).unwrap();
+        assert_eq!((s.local.as_str(), s.port), ("127.0.0.1:8080", 0));
+        let s = parse_service("8080@9000", ServiceKind::Tcp).unwrap();
+        assert_eq!((s.local.as_str(), s.port), ("127.0.0.1:8080", 9000));
+        assert!(parse_service("0", ServiceKind::Tcp).is_err());
+        assert!(parse_service("70000", ServiceKind::Tcp).is_err());
         assert!(parse_service("127.0.0.1:80@x", ServiceKind::Tcp).is_err());
         assert!(parse_service("127.0.0.1:0", ServiceKind::Tcp).is_err());
         assert_eq!(parse_range("10-20").unwrap(), 10..=20);
         assert_eq!(parse_range("8080").unwrap(), 8080..=8080);
         assert!(parse_range("20-10").is_err());
         assert!(parse_range("0-10").is_err());
+    }
+
+    #[test]
+    fn durations_without_a_unit_say_how_to_write_them() {
+        let text = "listen = \"127.0.0.1:7000\"\ntoken = \"x\"\nkeep = 60\n";
+        let err = toml::from_str::<ServerFile>(text).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("\"60s\""), "{err}");
+        let text = "listen = \"127.0.0.1:7000\"\ntoken = \"x\"\nkeep = \"60 seconds\"\n";
+        let err = toml::from_str::<ServerFile>(text).unwrap_err().to_string();
+        assert!(err.contains("use ms, s, m or h"), "{err}");
+    }
+
+    #[test]
+    fn services_default_to_tcp() {
+        let text = "server = \"h:1\"\ntoken = \"t\"\n[[service]]\nlocal = \"8080\"\n";
+        let file: ClientFile = toml::from_str(text).unwrap();
+        let config = file.into_config(Path::new(".")).unwrap();
+        assert_eq!(config.services[0].kind, ServiceKind::Tcp);
+        assert_eq!(config.services[0].local, "127.0.0.1:8080");
     }
 
     #[test]
@@ -371,8 +593,8 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let server: ServerFile = load(&dir.join("server.toml")).unwrap();
         let server = server.into_config(&dir).unwrap();
-        assert_eq!(server.ports.len(), 2);
-        assert!(server.clients.contains_key("homelab"));
+        assert_eq!(server.ports.len(), 3);
+        assert!(server.clients.contains_key("office"));
         assert_eq!(server.stream.reconnect_wait, Duration::from_secs(120));
         let client: ClientFile = load(&dir.join("client.toml")).unwrap();
         let client = client.into_config(&dir).unwrap();
@@ -381,6 +603,50 @@ mod tests {
         assert_eq!(client.services[2].kind, ServiceKind::Udp);
         assert_eq!(server.udp.max_associations, 4096);
         assert_eq!(client.services[0].port, 10022);
+    }
+
+    /// The shipped client logs in to the shipped server and every one of
+    /// its services is allowed.
+    #[test]
+    fn shipped_examples_work_together() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let server: ServerFile = load(&dir.join("server.toml")).unwrap();
+        let server = server.into_config(&dir).unwrap();
+        let client: ClientFile = load(&dir.join("client.toml")).unwrap();
+        let client = client.into_config(&dir).unwrap();
+        let token = server.clients.get(&client.name).or(server.token.as_ref());
+        assert!(
+            token == Some(&client.token),
+            "the client's token is the one the server wants for its name"
+        );
+        for s in &client.services {
+            assert!(
+                s.port == 0 || server.ports.iter().any(|r| r.contains(&s.port)),
+                "{} asks for port {}, which the server does not allow",
+                s.name,
+                s.port
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_and_tuning() {
+        assert_eq!("16MiB".parse::<Size>().unwrap().0, 16 << 20);
+        assert_eq!("1048576".parse::<Size>().unwrap().0, 1 << 20);
+        assert!("16MB".parse::<Size>().is_err());
+        let text = "server = \"h:1\"\ntoken = \"t\"\nping_interval = \"2s\"\nping_timeout = \"6s\"\nmax_window = \"4MiB\"\n";
+        let c = toml::from_str::<ClientFile>(text)
+            .unwrap()
+            .into_config(Path::new("."))
+            .unwrap();
+        assert_eq!(c.mux.ping_interval, Duration::from_secs(2));
+        assert_eq!(c.mux.max_window, 4 << 20);
+        let text = "server = \"h:1\"\ntoken = \"t\"\nping_interval = \"20s\"\n";
+        let err = toml::from_str::<ClientFile>(text)
+            .unwrap()
+            .into_config(Path::new("."))
+            .unwrap_err();
+        assert!(err.to_string().contains("ping_timeout"), "{err}");
     }
 
     #[test]

@@ -1,31 +1,121 @@
 //! The subcommands of the `rejoin` binary.
 
+pub mod admin;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod server;
+pub mod status;
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// What a running server or client is asked to do by a signal.
+pub enum Signal {
+    /// Ctrl-C or SIGTERM: say goodbye and exit.
+    Stop,
+    /// SIGHUP: re-read the config file.
+    Reload,
+}
+
+/// The signals a server or client listens for. Made once at start, so a
+/// SIGHUP that arrives at any point after is a reload, never the end of
+/// the process; SIGUSR1 and SIGUSR2 are ignored (logged) for the same
+/// reason.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr: [tokio::signal::unix::Signal; 2],
+}
+
+impl Signals {
+    pub fn new() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+                usr: [
+                    signal(SignalKind::user_defined1())?,
+                    signal(SignalKind::user_defined2())?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next stop or reload.
+    pub async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        loop {
+            let [usr1, usr2] = &mut self.usr;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Signal::Stop,
+                _ = self.term.recv() => return Signal::Stop,
+                _ = self.hup.recv() => return Signal::Reload,
+                _ = usr1.recv() => tracing::info!("SIGUSR1 ignored (SIGHUP reloads the config)"),
+                _ = usr2.recv() => tracing::info!("SIGUSR2 ignored (SIGHUP reloads the config)"),
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// SIGHUP's first half: the config file read again through `settings`.
+/// `None` (with the reason logged) when there is no file or it is broken:
+/// the running config then stays in force.
+pub fn reread<T>(
+    file: Option<&std::path::Path>,
+    settings: impl FnOnce() -> anyhow::Result<T>,
+) -> Option<T> {
+    let Some(path) = file else {
+        tracing::warn!("SIGHUP: no config file to reload (started with flags only)");
+        return None;
+    };
+    match settings() {
+        Ok(config) => Some(config),
+        Err(e) => {
+            tracing::error!(file = %path.display(), "reload failed, the old config stays in force: {e:#}");
+            None
+        }
     }
+}
+
+/// Reads a token from a file (`--token-file`): its first line, trimmed.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Starts the admin endpoint if asked for, and prints where it is.
+pub async fn start_admin(
+    flag: Option<&str>,
+    token: Option<String>,
+    file: config::AdminFile,
+    source: admin::Source,
+) -> anyhow::Result<()> {
+    let Some(addr) = flag.map(str::to_string).or(file.addr) else {
+        return Ok(());
+    };
+    let addr = admin::parse_addr(&addr)?;
+    let bound = admin::start(addr, token.or(file.token), source).await?;
+    say!("admin at http://{bound}");
+    Ok(())
 }
 
 /// Prints a line to stdout. If stdout is gone (`rejoin demo | head`), the

@@ -10,7 +10,7 @@ use rejoin::tunnel::server::{Server, ServerConfig};
 use super::config::{ServerFile, Span, load, parse_range};
 use super::say;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// A TOML config file (see examples/server.toml); flags override it.
     #[arg(long)]
@@ -21,6 +21,9 @@ pub struct Args {
     /// The token clients log in with (also REJOIN_TOKEN).
     #[arg(long, env = "REJOIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from this file (its first line); wins over --token.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Where public ports are bound (default: the listen address's IP).
     #[arg(long)]
     bind: Option<std::net::IpAddr>,
@@ -38,6 +41,13 @@ pub struct Args {
     /// Print the server's public key (for `rejoin client --server-key`) and exit.
     #[arg(long)]
     show_key: bool,
+    /// Serve metrics, status and a status page here: PORT (on 127.0.0.1)
+    /// or IP:PORT. Off unless given (or `admin` in the config file).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// A token the admin endpoint requires (also REJOIN_ADMIN_TOKEN).
+    #[arg(long, env = "REJOIN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// Reads the static key at `path`, or creates it there (readable by the
@@ -88,7 +98,11 @@ fn settings(args: Args) -> anyhow::Result<ServerConfig> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(token) = args.token {
+    let token = match &args.token_file {
+        Some(path) => Some(super::read_token_file(path)?),
+        None => args.token,
+    };
+    if let Some(token) = token {
         anyhow::ensure!(!token.is_empty(), "the token is empty");
         config.token = Some(Token::new(token));
     }
@@ -131,15 +145,27 @@ fn show_key(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin settings of the config file, if there is one.
+fn admin_file(args: &Args) -> anyhow::Result<super::config::AdminFile> {
+    let Some(path) = &args.config else {
+        return Ok(Default::default());
+    };
+    let file: ServerFile = load(path)?;
+    file.admin(path.parent().unwrap_or(Path::new(".")))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.show_key {
         return show_key(&args);
     }
+    let mut signals = super::Signals::new()?;
     let persistent = args.key_file.is_some() || args.config.is_some();
-    let config = settings(args)?;
+    let config = settings(args.clone())?;
+    let admin = admin_file(&args)?;
     let server = Server::bind(config.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = std::sync::Arc::new(server);
     say!("listening on {}", server.local_addr());
     if let Some(key) = &config.static_key {
         let lasting = if persistent {
@@ -149,8 +175,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         say!("server key {}{lasting}", hex(key.public()));
     }
-    super::shutdown_signal().await;
+    super::start_admin(
+        args.admin.as_deref(),
+        args.admin_token.clone(),
+        admin,
+        super::admin::Source::Server(server.clone()),
+    )
+    .await?;
+    loop {
+        match signals.next().await {
+            super::Signal::Stop => break,
+            super::Signal::Reload => reload(&server, &args).await,
+        }
+    }
     tracing::info!("shutting down: saying goodbye to every client");
     server.shutdown("server shutting down").await;
     Ok(())
+}
+
+/// SIGHUP: the config file again; a broken one changes nothing.
+async fn reload(server: &Server, args: &Args) {
+    let Some(config) = super::reread(args.config.as_deref(), || settings(args.clone())) else {
+        return;
+    };
+    match server.reload(config).await {
+        Ok(revoked) => tracing::info!(?revoked, "config reloaded"),
+        Err(e) => tracing::error!("reload failed, the old config stays in force: {e}"),
+    }
 }

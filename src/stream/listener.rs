@@ -102,6 +102,12 @@ pub struct ListenerStats {
     pub failed: u64,
     /// Connections closed at once because `max_handshakes` were in progress.
     pub shed: u64,
+    /// Sealed handshakes refused because the identity (a tunnel client's
+    /// name) has no key here.
+    pub unknown_identity: u64,
+    /// Sealed handshakes refused because the peer's key did not match (a
+    /// wrong token).
+    pub bad_key: u64,
 }
 
 struct Inner<T> {
@@ -115,6 +121,8 @@ struct Inner<T> {
     refused: AtomicU64,
     failed: AtomicU64,
     shed: AtomicU64,
+    unknown_identity: AtomicU64,
+    bad_key: AtomicU64,
 }
 
 /// Accepts resumable sessions.
@@ -192,6 +200,8 @@ impl<T: Transport> Listener<T> {
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            unknown_identity: AtomicU64::new(0),
+            bad_key: AtomicU64::new(0),
         });
         Ok(Listener {
             inner,
@@ -233,6 +243,8 @@ impl<T: Transport> Listener<T> {
             refused: i.refused.load(Ordering::Relaxed),
             failed: i.failed.load(Ordering::Relaxed),
             shed: i.shed.load(Ordering::Relaxed),
+            unknown_identity: i.unknown_identity.load(Ordering::Relaxed),
+            bad_key: i.bad_key.load(Ordering::Relaxed),
         }
     }
 }
@@ -322,6 +334,11 @@ impl<T: Transport> Inner<T> {
             }
         };
         if let Err(code) = accepted {
+            match code {
+                REJECT_UNKNOWN_ID => &self.unknown_identity,
+                _ => &self.bad_key,
+            }
+            .fetch_add(1, Ordering::Relaxed);
             let e = proto::Error::KeyRejected(code);
             info!(identity = ?shown, ?peer, error = %e, "handshake refused");
             ex.reject(code);

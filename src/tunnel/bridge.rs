@@ -16,13 +16,14 @@ use tokio::net::TcpStream;
 use super::frame::MAX_DATA;
 use super::mux::{Inbound, MuxStream, advance_pieces};
 use super::pool;
+use super::traffic::Meter;
 
 /// Most chunks written in one vectored write.
 const WRITE_SLICES: usize = 16;
 
 /// Copies both ways between `sock` and `stream` until both directions have
-/// ended (FIN each way) or either side aborts.
-pub async fn bridge(sock: TcpStream, mut stream: MuxStream) {
+/// ended (FIN each way) or either side aborts; `meter` counts the bytes.
+pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter) {
     let credit = stream.credit_signal();
     // Bytes from the tunnel not yet written to the socket.
     let mut pending: VecDeque<Bytes> = VecDeque::new();
@@ -44,6 +45,7 @@ pub async fn bridge(sock: TcpStream, mut stream: MuxStream) {
                 let slices: Vec<IoSlice<'_>> = pending.iter().map(|b| IoSlice::new(b)).collect();
                 match sock.try_write_vectored(&slices) {
                     Ok(n) => {
+                        meter.wrote(n);
                         stream.consumed(n);
                         advance_pieces(&mut pending, n);
                     }
@@ -77,6 +79,7 @@ pub async fn bridge(sock: TcpStream, mut stream: MuxStream) {
                         read_done = true;
                     }
                     Ok(n) => {
+                        meter.read(n);
                         // One frame per MAX_DATA bytes, sharing the buffer.
                         let mut bytes = pool::freeze(buf, n);
                         while !bytes.is_empty() {

@@ -46,6 +46,7 @@ pub mod kind {
     pub const PUBLISH: u8 = 0x10;
     pub const PUBLISHED: u8 = 0x11;
     pub const PUBLISH_FAILED: u8 = 0x12;
+    pub const UNPUBLISH: u8 = 0x13;
     pub const OPEN: u8 = 0x20;
     pub const DATA: u8 = 0x21;
     pub const WINDOW: u8 = 0x22;
@@ -140,8 +141,17 @@ pub enum Frame {
     PublishFailed {
         /// The client's number for the service.
         index: u16,
+        /// Whether asking again later may succeed (the port is taken now),
+        /// rather than never (the port is not allowed, too many services).
+        retry: bool,
         /// Why, for humans.
         reason: String,
+    },
+    /// Client → server: stop publishing a service (its port closes; the
+    /// client resets its visitors' streams).
+    Unpublish {
+        /// The client's number for the service.
+        index: u16,
     },
     /// A new tunnel stream, for a visitor of a service.
     Open {
@@ -366,11 +376,20 @@ impl Frame {
                 buf.put_u16_le(*index);
                 put_addr(buf, addr);
             }
-            Frame::PublishFailed { index, reason } => {
+            Frame::PublishFailed {
+                index,
+                retry,
+                reason,
+            } => {
                 let reason = clip(reason, MAX_REASON);
-                put_header(buf, 2 + reason.len(), PUBLISH_FAILED, 0);
+                put_header(buf, 2 + 1 + reason.len(), PUBLISH_FAILED, 0);
                 buf.put_u16_le(*index);
+                buf.put_u8(u8::from(*retry));
                 buf.put_slice(reason.as_bytes());
+            }
+            Frame::Unpublish { index } => {
+                put_header(buf, 2, UNPUBLISH, 0);
+                buf.put_u16_le(*index);
             }
             Frame::Open { index, visitor, .. } | Frame::Associate { index, visitor, .. } => {
                 let k = if matches!(self, Frame::Open { .. }) {
@@ -473,7 +492,7 @@ fn check_stream(k: u8, id: u32) -> Result<(), FrameError> {
     use kind::*;
     let wants_stream = match k {
         HELLO | CHALLENGE | LOGIN | WELCOME | REFUSE | PUBLISH | PUBLISHED | PUBLISH_FAILED
-        | PING | PONG | GOODBYE => false,
+        | UNPUBLISH | PING | PONG | GOODBYE => false,
         OPEN | DATA | WINDOW | FIN | RESET | ASSOCIATE | DATAGRAM | DISSOCIATE => true,
         other => return Err(FrameError::UnknownKind(other)),
     };
@@ -564,13 +583,25 @@ fn parse(k: u8, id: u32, mut body: Bytes) -> Result<Frame, FrameError> {
             Frame::Published { index, addr }
         }
         PUBLISH_FAILED => {
-            if body.len() < 2 {
+            if body.len() < 3 {
                 return Err(bad("short publish failure"));
             }
             let index = body.get_u16_le();
+            let retry = match body.get_u8() {
+                0 => false,
+                1 => true,
+                _ => return Err(bad("publish failure: retry must be 0 or 1")),
+            };
             Frame::PublishFailed {
                 index,
+                retry,
                 reason: text(body, MAX_REASON)?,
+            }
+        }
+        UNPUBLISH => {
+            exact(&body, 2)?;
+            Frame::Unpublish {
+                index: body.get_u16_le(),
             }
         }
         OPEN | ASSOCIATE => {
@@ -704,8 +735,14 @@ mod tests {
                 }
             ),
             (any::<u16>(), addr()).prop_map(|(index, addr)| Frame::Published { index, addr }),
-            (any::<u16>(), text(MAX_REASON))
-                .prop_map(|(index, reason)| Frame::PublishFailed { index, reason }),
+            (any::<u16>(), any::<bool>(), text(MAX_REASON)).prop_map(|(index, retry, reason)| {
+                Frame::PublishFailed {
+                    index,
+                    retry,
+                    reason,
+                }
+            }),
+            any::<u16>().prop_map(|index| Frame::Unpublish { index }),
             (stream_id(), any::<u16>(), addr()).prop_map(|(id, index, visitor)| Frame::Open {
                 id,
                 index,

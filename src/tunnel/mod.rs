@@ -2,10 +2,13 @@
 //! one resumable stream per client, always in the sealed suite.
 
 pub mod auth;
-pub mod bridge;
+pub(crate) mod bridge;
 pub mod client;
 pub mod frame;
 pub mod mux;
 pub(crate) mod pool;
 pub mod server;
+pub(crate) mod traffic;
 pub mod udp;
+
+pub use traffic::ServiceStats;

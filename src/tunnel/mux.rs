@@ -464,6 +464,29 @@ impl Mux {
         }
     }
 
+    /// Whether the peer is there: the link is connected and something
+    /// arrives (a PONG to the PING sent now, or anything else) within
+    /// `within`.
+    pub async fn answers_ping(&self, within: Duration) -> bool {
+        let s = &self.shared;
+        if self.is_ended() || !s.handle.stats().connected {
+            return false;
+        }
+        let asked = s.epoch.elapsed().as_millis() as u64;
+        let _ = s.control.send(Frame::Ping { nonce: u64::MAX });
+        let deadline = Instant::now() + within;
+        // Bounded: at most `within` of 10 ms steps.
+        while Instant::now() < deadline {
+            // Bytes in the same millisecond as the ask count: a link that
+            // carried something that recently is alive.
+            if s.last_rx.load(Ordering::Relaxed) >= asked {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// Whether the mux has ended.
     pub fn is_ended(&self) -> bool {
         self.shared.end.borrow().is_some()

@@ -1,12 +1,12 @@
 //! The tunnel server: logs clients in, publishes their services on public
 //! ports, and sends each visitor through the client's link.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use super::auth::{LoginKey, Token, Transcript, proofs_equal};
 use super::bridge::bridge;
 use super::frame::{Frame, ServiceKind, VERSION};
 use super::mux::{End, Event, Mux, MuxConfig, Side, UdpStats};
+use super::traffic::{Meter, ServiceStats, Traffic};
 use super::udp::{self, UdpConfig, UdpService};
 use crate::proto::sealed::{Psk, StaticKey};
 use crate::stream::{self, Listener, SocketOptions, Stream};
@@ -81,44 +82,158 @@ impl ServerConfig {
     }
 }
 
-/// A published service's public listener.
+/// A published service: its public listener and its counters.
 struct Published {
+    name: String,
+    kind: ServiceKind,
+    addr: SocketAddr,
     task: JoinHandle<()>,
+    traffic: Arc<Traffic>,
 }
 
 /// A logged-in client.
 struct ClientSession {
     name: String,
     mux: Mux,
+    since: SystemTime,
+    last_resume: Mutex<Option<SystemTime>>,
     services: Mutex<HashMap<u16, Published>>,
+    /// Public ports the session this one replaced had, by service name and
+    /// kind: a restarted client asking for any port gets its old one back.
+    sticky: Mutex<HashMap<(String, ServiceKind), u16>>,
     /// Where to report associations the client ended, per UDP service.
     udp_services: Mutex<Vec<mpsc::UnboundedSender<u32>>>,
 }
 
 impl ClientSession {
     /// Closes its public ports, and waits until they are closed, so a new
-    /// session can bind them again at once.
-    async fn close_ports(&self) {
-        let tasks: Vec<_> = self.services.lock().drain().map(|(_, p)| p.task).collect();
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
+    /// session can bind them again at once. Returns the ports it had, by
+    /// service name and kind.
+    async fn close_ports(&self) -> HashMap<(String, ServiceKind), u16> {
+        let closed: Vec<_> = self.services.lock().drain().map(|(_, p)| p).collect();
+        let mut ports = HashMap::new();
+        for p in closed {
+            p.task.abort();
+            let _ = p.task.await;
+            ports.insert((p.name, p.kind), p.addr.port());
+        }
+        ports
+    }
+
+    fn info(&self) -> ClientInfo {
+        let mut services: Vec<ServiceInfo> = self
+            .services
+            .lock()
+            .values()
+            .map(|p| ServiceInfo {
+                name: p.name.clone(),
+                kind: p.kind,
+                public: p.addr,
+                stats: p.traffic.snapshot(),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        ClientInfo {
+            name: self.name.clone(),
+            peer: self.mux.stream().peer_addr(),
+            streams: self.mux.streams(),
+            link: self.mux.stream().stats(),
+            udp: self.mux.udp_stats(),
+            since: self.since,
+            last_resume: *self.last_resume.lock(),
+            services,
         }
     }
 }
 
+/// Why [`Server::reload`] refused a config.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ReloadError(String);
+
+/// Why logins were refused, for [`Server::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The token did not match (at the handshake or the login).
+    BadToken,
+    /// No token for the client's name (and no shared token).
+    UnknownClient,
+    /// Another live client holds the name.
+    NameInUse,
+    /// The client speaks another tunnel protocol version.
+    Version,
+    /// No login within `login_timeout`.
+    Timeout,
+    /// Anything else the client sent out of turn.
+    Protocol,
+}
+
+impl Refusal {
+    /// A short name, as metrics label it: `bad_token`, `unknown_client`…
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::BadToken => "bad_token",
+            Refusal::UnknownClient => "unknown_client",
+            Refusal::NameInUse => "name_in_use",
+            Refusal::Version => "version",
+            Refusal::Timeout => "timeout",
+            Refusal::Protocol => "protocol",
+        }
+    }
+}
+
+/// The tokens, stretched into keys.
+#[derive(Default)]
+struct Keys {
+    shared: Option<(Token, LoginKey)>,
+    clients: HashMap<String, (Token, LoginKey)>,
+}
+
+impl Keys {
+    /// Keys for `config`'s tokens, stretching only tokens `old` lacks (a
+    /// stretch takes a noticeable fraction of a second).
+    fn new(config: &ServerConfig, old: &Keys) -> Keys {
+        let stretch = |token: &Token| -> (Token, LoginKey) {
+            let known = old
+                .shared
+                .iter()
+                .chain(old.clients.values())
+                .find(|(t, _)| t == token);
+            match known {
+                Some((t, k)) => (t.clone(), k.clone()),
+                None => (token.clone(), token.key()),
+            }
+        };
+        Keys {
+            shared: config.token.as_ref().map(stretch),
+            clients: config
+                .clients
+                .iter()
+                .map(|(name, token)| (name.clone(), stretch(token)))
+                .collect(),
+        }
+    }
+
+    fn for_name(&self, name: &str) -> Option<&(Token, LoginKey)> {
+        self.clients.get(name).or(self.shared.as_ref())
+    }
+}
+
 struct Inner {
-    config: ServerConfig,
+    /// Replaced whole by [`Server::reload`].
+    config: parking_lot::RwLock<Arc<ServerConfig>>,
     bind_ip: IpAddr,
-    shared_key: Option<LoginKey>,
-    client_keys: HashMap<String, LoginKey>,
+    keys: Arc<parking_lot::RwLock<Keys>>,
     sessions: tokio::sync::Mutex<HashMap<String, Arc<ClientSession>>>,
+    refused: Mutex<BTreeMap<Refusal, u64>>,
 }
 
 /// A running tunnel server.
 pub struct Server {
     inner: Arc<Inner>,
     addr: SocketAddr,
+    listener: Arc<Listener>,
     accept: JoinHandle<()>,
 }
 
@@ -152,6 +267,38 @@ pub struct ClientInfo {
     pub link: stream::Stats,
     /// Its UDP counters.
     pub udp: UdpStats,
+    /// When this session logged in.
+    pub since: SystemTime,
+    /// When its link last resumed, if it has.
+    pub last_resume: Option<SystemTime>,
+    /// Its published services, by name.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One published service, as the server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceInfo {
+    /// Its name (the client's, for logs and metrics).
+    pub name: String,
+    /// TCP or UDP.
+    pub kind: ServiceKind,
+    /// Where visitors reach it.
+    pub public: SocketAddr,
+    /// Its counters.
+    pub stats: ServiceStats,
+}
+
+/// Everything [`Server::status`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStatus {
+    /// The address clients connect to.
+    pub listen: SocketAddr,
+    /// The logged-in clients, by name.
+    pub clients: Vec<ClientInfo>,
+    /// Refused logins since start, by reason (reasons never seen are 0).
+    pub logins_refused: Vec<(Refusal, u64)>,
 }
 
 impl Server {
@@ -164,29 +311,26 @@ impl Server {
             ));
         }
         // Stretch the tokens once, now, so a login costs nothing.
-        let shared_key = config.token.as_ref().map(Token::key);
-        let client_keys: HashMap<String, LoginKey> = config
-            .clients
-            .iter()
-            .map(|(name, token)| (name.clone(), token.key()))
-            .collect();
-        let listener = Listener::bind(
-            config.listen,
-            link_config(&config, &shared_key, &client_keys),
-        )
-        .await?;
+        let keys = Arc::new(parking_lot::RwLock::new(Keys::new(
+            &config,
+            &Keys::default(),
+        )));
+        let listener = Listener::bind(config.listen, link_config(&config, &keys)).await?;
         let addr = listener
             .local_addr()
             .ok_or_else(|| io::Error::other("listener without an address"))?;
         let inner = Arc::new(Inner {
             bind_ip: config.bind.unwrap_or(config.listen.ip()),
-            config,
-            shared_key,
-            client_keys,
+            config: parking_lot::RwLock::new(Arc::new(config)),
+            keys,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
         });
         let serving = inner.clone();
+        let listener = Arc::new(listener);
+        let accepting = listener.clone();
         let accept = tokio::spawn(async move {
+            let listener = accepting;
             while let Ok(stream) = listener.accept().await {
                 let inner = serving.clone();
                 let span = info_span!("client", link = %format_args!("{:016x}", stream.id()));
@@ -196,6 +340,7 @@ impl Server {
         Ok(Server {
             inner,
             addr,
+            listener,
             accept,
         })
     }
@@ -214,19 +359,92 @@ impl Server {
         }
     }
 
-    /// The logged-in clients.
+    /// The logged-in clients, by name.
     pub async fn clients(&self) -> Vec<ClientInfo> {
         let sessions = self.inner.sessions.lock().await;
-        sessions
-            .values()
-            .map(|s| ClientInfo {
-                name: s.name.clone(),
-                peer: s.mux.stream().peer_addr(),
-                streams: s.mux.streams(),
-                link: s.mux.stream().stats(),
-                udp: s.mux.udp_stats(),
-            })
-            .collect()
+        let mut clients: Vec<_> = sessions.values().map(|s| s.info()).collect();
+        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        clients
+    }
+
+    /// Clients, their links and services, and refused logins.
+    pub async fn status(&self) -> ServerStatus {
+        let link = self.listener.stats();
+        let mut refused = self.inner.refused.lock().clone();
+        *refused.entry(Refusal::BadToken).or_default() += link.bad_key;
+        *refused.entry(Refusal::UnknownClient).or_default() += link.unknown_identity;
+        let logins_refused = [
+            Refusal::BadToken,
+            Refusal::UnknownClient,
+            Refusal::NameInUse,
+            Refusal::Version,
+            Refusal::Timeout,
+            Refusal::Protocol,
+        ]
+        .into_iter()
+        .map(|r| (r, refused.get(&r).copied().unwrap_or(0)))
+        .collect();
+        ServerStatus {
+            listen: self.addr,
+            clients: self.clients().await,
+            logins_refused,
+        }
+    }
+
+    /// Applies a new config while running: tokens and client entries (a
+    /// logged-in client whose token changed or went away is told goodbye),
+    /// port rules, service and UDP limits, the login timeout, and the
+    /// multiplexer settings of new sessions. The listen and bind addresses,
+    /// the static key and the stream settings stay as they were: changing
+    /// them is an error that leaves the running config untouched.
+    pub async fn reload(&self, config: ServerConfig) -> Result<Vec<String>, ReloadError> {
+        let old = self.inner.config();
+        if config.token.is_none() && config.clients.is_empty() {
+            return Err(ReloadError(
+                "no token: set a shared token or per-client tokens".into(),
+            ));
+        }
+        let fixed = [
+            ("listen", config.listen != old.listen),
+            ("bind", config.bind != old.bind),
+            (
+                "key_file",
+                config.static_key.as_ref().map(StaticKey::public)
+                    != old.static_key.as_ref().map(StaticKey::public),
+            ),
+        ];
+        if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(ReloadError(format!(
+                "`{what}` cannot change while running: restart the server for that"
+            )));
+        }
+        let keys = {
+            let current = self.inner.keys.read();
+            Keys::new(&config, &current)
+        };
+        let mut revoked = Vec::new();
+        {
+            let sessions = self.inner.sessions.lock().await;
+            for (name, session) in sessions.iter() {
+                let before = self
+                    .inner
+                    .keys
+                    .read()
+                    .for_name(name)
+                    .map(|(t, _)| t.clone());
+                let after = keys.for_name(name).map(|(t, _)| t.clone());
+                if before != after {
+                    session
+                        .mux
+                        .goodbye("the server's token for this client changed");
+                    revoked.push(name.clone());
+                }
+            }
+        }
+        *self.inner.keys.write() = keys;
+        *self.inner.config.write() = Arc::new(config);
+        revoked.sort();
+        Ok(revoked)
     }
 
     /// Says goodbye to every client and closes their ports; stops accepting.
@@ -247,7 +465,7 @@ impl Server {
             session.mux.goodbye(reason);
             session.close_ports().await;
         }
-        let deadline = tokio::time::Instant::now() + self.inner.config.stream.close_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.config().stream.close_timeout;
         for session in &sessions {
             let _ = tokio::time::timeout_at(deadline, session.mux.stream_closed()).await;
         }
@@ -255,37 +473,41 @@ impl Server {
 }
 
 /// The link's stream settings: the sealed suite, keyed by the tokens (a
-/// client names itself in the handshake; its own token, else the shared one).
-fn link_config(
-    config: &ServerConfig,
-    shared: &Option<LoginKey>,
-    clients: &HashMap<String, LoginKey>,
-) -> stream::Config {
-    let psks: HashMap<Vec<u8>, Psk> = clients
-        .iter()
-        .map(|(name, key)| (name.as_bytes().to_vec(), key.psk()))
-        .collect();
-    let mut keys = stream::Sealed::new(Psk::from_bytes([0; 32]));
-    keys.psk = shared.as_ref().map(LoginKey::psk);
-    keys.lookup = Some(stream::PskLookup::new(move |id| psks.get(id).cloned()));
-    keys.static_key = config.static_key.clone();
+/// client names itself in the handshake; its own token, else the shared
+/// one), looked up at each handshake so a reload takes effect at once.
+fn link_config(config: &ServerConfig, keys: &Arc<parking_lot::RwLock<Keys>>) -> stream::Config {
+    let keys_now = keys.clone();
+    let mut sealed = stream::Sealed::new(Psk::from_bytes([0; 32]));
+    sealed.psk = None;
+    sealed.lookup = Some(stream::PskLookup::new(move |id| {
+        let name = std::str::from_utf8(id).ok()?;
+        keys_now.read().for_name(name).map(|(_, k)| k.psk())
+    }));
+    sealed.static_key = config.static_key.clone();
     stream::Config {
-        suite: stream::Suite::Sealed(keys),
+        suite: stream::Suite::Sealed(sealed),
         ..config.stream.clone()
     }
 }
 
 impl Inner {
-    fn key_for(&self, name: &str) -> Option<&LoginKey> {
-        self.client_keys.get(name).or(self.shared_key.as_ref())
+    fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().clone()
+    }
+
+    fn key_for(&self, name: &str) -> Option<LoginKey> {
+        self.keys.read().for_name(name).map(|(_, k)| k.clone())
     }
 
     async fn serve(self: Arc<Self>, stream: Stream) {
         let peer = stream.peer_addr();
-        let (mux, mut events) = Mux::start(stream, Side::Server, self.config.mux.clone());
-        let name = match timeout(self.config.login_timeout, self.login(&mux, &mut events)).await {
-            Ok(Ok(name)) => name,
-            Ok(Err(reason)) => {
+        let config = self.config();
+        let (mux, mut events) = Mux::start(stream, Side::Server, config.mux.clone());
+        let login = timeout(config.login_timeout, self.login(&mux, &mut events));
+        let (name, welcome) = match login.await {
+            Ok(Ok(v)) => v,
+            Ok(Err((why, reason))) => {
+                self.count_refusal(why);
                 warn!(?peer, %reason, "login refused");
                 mux.send(Frame::Refuse {
                     reason: reason.clone(),
@@ -294,30 +516,20 @@ impl Inner {
                 return;
             }
             Err(_) => {
+                self.count_refusal(Refusal::Timeout);
                 warn!(?peer, "login timed out");
                 mux.goodbye("login timed out");
                 return;
             }
         };
-        let session = Arc::new(ClientSession {
-            name: name.clone(),
-            mux: mux.clone(),
-            services: Mutex::new(HashMap::new()),
-            udp_services: Mutex::new(Vec::new()),
-        });
-        let old = self
-            .sessions
-            .lock()
-            .await
-            .insert(name.clone(), session.clone());
-        if let Some(old) = old {
-            info!(client = %name, "new session replaces the old one");
-            old.mux
-                .goodbye("replaced by a new session of the same client");
-            old.close_ports().await;
-        }
+        // The name is checked before WELCOME, so a refused client learns it
+        // in place of a welcome and stops, instead of starting over.
+        let Some(session) = self.take_name(&name, &mux, peer).await else {
+            return;
+        };
+        mux.send(welcome);
         info!(client = %name, ?peer, "client session up");
-        let link_events = log_link_events(&mux, &name);
+        let link_events = log_link_events(&session);
         while let Some(event) = events.recv().await {
             match event {
                 Event::Control(Frame::Publish {
@@ -326,6 +538,14 @@ impl Inner {
                     port,
                     name: service,
                 }) => self.publish(&session, index, kind, port, &service).await,
+                Event::Control(Frame::Unpublish { index }) => {
+                    let gone = session.services.lock().remove(&index);
+                    if let Some(p) = gone {
+                        p.task.abort();
+                        let _ = p.task.await;
+                        info!(client = %name, service = %p.name, addr = %p.addr, "service unpublished");
+                    }
+                }
                 Event::Control(other) => debug!(frame = ?other, "unexpected frame ignored"),
                 Event::Open { mut stream, .. } => {
                     debug!("clients do not open streams; reset");
@@ -344,7 +564,7 @@ impl Inner {
         }
         let end = mux.ended().await;
         link_events.abort();
-        session.close_ports().await;
+        let _ = session.close_ports().await;
         let mut sessions = self.sessions.lock().await;
         if sessions
             .get(&name)
@@ -361,31 +581,103 @@ impl Inner {
         }
     }
 
-    /// The server's half of the login (`PROTOCOL.md` §3.3); the client's name,
-    /// or why it is refused.
-    async fn login(&self, mux: &Mux, events: &mut mpsc::Receiver<Event>) -> Result<String, String> {
+    fn count_refusal(&self, why: Refusal) {
+        *self.refused.lock().entry(why).or_default() += 1;
+    }
+
+    /// Registers a logged-in client's session under its name. A live session
+    /// of the same name (its link up and answering a ping) keeps the name and
+    /// the newcomer is refused; one that is not live is replaced at once, and
+    /// the new session gets its public ports back.
+    async fn take_name(
+        &self,
+        name: &str,
+        mux: &Mux,
+        peer: Option<SocketAddr>,
+    ) -> Option<Arc<ClientSession>> {
+        let holder = self.sessions.lock().await.get(name).cloned();
+        if let Some(old) = &holder {
+            let probe = self
+                .config()
+                .mux
+                .ping_interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(3));
+            if old.mux.answers_ping(probe).await {
+                let at = old
+                    .mux
+                    .stream()
+                    .peer_addr()
+                    .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+                let reason = format!(
+                    "the name {name:?} is in use by a live client at {at}: give each client its own --name"
+                );
+                self.count_refusal(Refusal::NameInUse);
+                warn!(client = %name, ?peer, holder = %at, "login refused: name in use");
+                mux.send(Frame::Refuse {
+                    reason: reason.clone(),
+                });
+                mux.goodbye(format!("login refused: {reason}"));
+                return None;
+            }
+        }
+        let session = Arc::new(ClientSession {
+            name: name.to_string(),
+            mux: mux.clone(),
+            since: SystemTime::now(),
+            last_resume: Mutex::new(None),
+            services: Mutex::new(HashMap::new()),
+            sticky: Mutex::new(HashMap::new()),
+            udp_services: Mutex::new(Vec::new()),
+        });
+        let old = self
+            .sessions
+            .lock()
+            .await
+            .insert(name.to_string(), session.clone());
+        if let Some(old) = old {
+            info!(client = %name, "new session replaces the old one (its link was down or silent)");
+            old.mux
+                .goodbye("replaced by a new session of the same client");
+            let mut ports: HashMap<_, _> = old.sticky.lock().drain().collect();
+            ports.extend(old.close_ports().await);
+            *session.sticky.lock() = ports;
+        }
+        Some(session)
+    }
+
+    /// The server's half of the login (`PROTOCOL.md` §3.3) up to WELCOME:
+    /// the client's name and the WELCOME to send once the name is taken, or
+    /// why it is refused.
+    async fn login(
+        &self,
+        mux: &Mux,
+        events: &mut mpsc::Receiver<Event>,
+    ) -> Result<(String, Frame), (Refusal, String)> {
         let Some(Event::Control(Frame::Hello {
             version,
             name,
             nonce: client_nonce,
         })) = events.recv().await
         else {
-            return Err("expected a hello".into());
+            return Err((Refusal::Protocol, "expected a hello".into()));
         };
         if version != VERSION {
-            return Err(format!(
-                "tunnel protocol version {version} is not supported (this server speaks {VERSION})"
+            return Err((
+                Refusal::Version,
+                format!(
+                    "tunnel protocol version {version} is not supported (this server speaks {VERSION})"
+                ),
             ));
         }
         let key = self
             .key_for(&name)
-            .ok_or_else(|| format!("unknown client {name:?}"))?;
+            .ok_or_else(|| (Refusal::UnknownClient, format!("unknown client {name:?}")))?;
         let server_nonce: [u8; 32] = rand::random();
         mux.send(Frame::Challenge {
             nonce: server_nonce,
         });
         let Some(Event::Control(Frame::Login { proof })) = events.recv().await else {
-            return Err("expected a login".into());
+            return Err((Refusal::Protocol, "expected a login".into()));
         };
         let binding = mux.stream().binding();
         let transcript = Transcript {
@@ -395,12 +687,12 @@ impl Inner {
             name: &name,
         };
         if !proofs_equal(&key.client_proof(&transcript), &proof) {
-            return Err("bad token".into());
+            return Err((Refusal::BadToken, "bad token".into()));
         }
-        mux.send(Frame::Welcome {
+        let welcome = Frame::Welcome {
             proof: key.server_proof(&transcript),
-        });
-        Ok(name)
+        };
+        Ok((name, welcome))
     }
 
     async fn publish(
@@ -411,79 +703,164 @@ impl Inner {
         port: u16,
         service: &str,
     ) {
-        let refuse = |reason: String| {
+        let config = self.config();
+        let refuse = |BindError { retry, reason }: BindError| {
             warn!(client = %session.name, service, %reason, "service refused");
-            session.mux.send(Frame::PublishFailed { index, reason });
+            session.mux.send(Frame::PublishFailed {
+                index,
+                retry,
+                reason,
+            });
         };
         if session.services.lock().contains_key(&index) {
-            return refuse(format!("service number {index} is already published"));
+            return refuse(BindError::never(format!(
+                "service number {index} is already published"
+            )));
         }
-        if session.services.lock().len() >= self.config.max_services {
-            return refuse(format!(
+        if session.services.lock().len() >= config.max_services {
+            return refuse(BindError::never(format!(
                 "at most {} services per client",
-                self.config.max_services
-            ));
+                config.max_services
+            )));
         }
-        if port != 0 && !self.config.port_allowed(port) {
-            return refuse(format!("port {port} is not in the server's allowed ports"));
+        if port != 0 && !config.port_allowed(port) {
+            return refuse(BindError::never(format!(
+                "port {port} is not in the server's allowed ports"
+            )));
         }
+        // The port this service had in the session this one replaced.
+        let sticky = match port {
+            0 => session
+                .sticky
+                .lock()
+                .get(&(service.to_string(), kind))
+                .copied()
+                .filter(|&p| config.port_allowed(p)),
+            _ => None,
+        };
+        let traffic = Arc::new(Traffic::default());
         let (addr, task) = match kind {
             ServiceKind::Tcp => {
-                let listener = match self.bind_tcp(port).await {
+                let bound = match sticky {
+                    Some(p) => match self.bind_tcp(p).await {
+                        Ok(l) => Ok(l),
+                        Err(_) => self.bind_tcp(0).await,
+                    },
+                    None => self.bind_tcp(port).await,
+                };
+                let listener = match bound {
                     Ok(l) => l,
                     Err(reason) => return refuse(reason),
                 };
                 let addr = match listener.local_addr() {
                     Ok(a) => a,
-                    Err(e) => return refuse(format!("bound port has no address: {e}")),
+                    Err(e) => return refuse(BindError::new(e, "the bound", 0)),
                 };
-                let task = tokio::spawn(accept_visitors(listener, session.mux.clone(), index));
+                let task = tokio::spawn(accept_visitors(
+                    listener,
+                    session.mux.clone(),
+                    index,
+                    traffic.clone(),
+                ));
                 (addr, task)
             }
             ServiceKind::Udp => {
-                let candidates = if port == 0 && !self.config.ports.is_empty() {
-                    candidates(&self.config.ports)
+                let candidates = if port == 0 && !config.ports.is_empty() {
+                    candidates(&config.ports)
                 } else {
                     Vec::new()
                 };
-                let socket = match udp::bind(self.bind_ip, port, &candidates).await {
+                let bound = match sticky {
+                    Some(p) => match udp::bind(self.bind_ip, p, &[]).await {
+                        Ok(s) => Ok(s),
+                        Err(_) => udp::bind(self.bind_ip, port, &candidates).await,
+                    },
+                    None => udp::bind(self.bind_ip, port, &candidates).await,
+                };
+                let socket = match bound {
                     Ok(s) => s,
                     Err(reason) => return refuse(reason),
                 };
                 let addr = match socket.local_addr() {
                     Ok(a) => a,
-                    Err(e) => return refuse(format!("bound port has no address: {e}")),
+                    Err(e) => return refuse(BindError::new(e, "the bound", 0)),
                 };
-                let (service, dissociations) =
-                    UdpService::new(socket, index, session.mux.clone(), self.config.udp.clone());
+                let (service, dissociations) = UdpService::new(
+                    socket,
+                    index,
+                    session.mux.clone(),
+                    config.udp.clone(),
+                    traffic.clone(),
+                );
                 session.udp_services.lock().push(dissociations);
                 (addr, tokio::spawn(service.run()))
             }
         };
-        session.services.lock().insert(index, Published { task });
+        session.services.lock().insert(
+            index,
+            Published {
+                name: service.to_string(),
+                kind,
+                addr,
+                task,
+                traffic,
+            },
+        );
         info!(client = %session.name, service, kind = kind.name(), %addr, "service published");
         session.mux.send(Frame::Published { index, addr });
     }
 
     /// Binds a public TCP port: the one asked for, or a free allowed one.
-    async fn bind_tcp(&self, port: u16) -> Result<TcpListener, String> {
-        let options = SocketOptions::from_config(&self.config.stream);
+    async fn bind_tcp(&self, port: u16) -> Result<TcpListener, BindError> {
+        let config = self.config();
+        let options = SocketOptions::from_config(&config.stream);
         let try_bind = |port: u16| options.bind(SocketAddr::new(self.bind_ip, port));
-        if port != 0 {
-            return try_bind(port).map_err(|e| match e.kind() {
-                io::ErrorKind::AddrInUse => format!("port {port} is taken"),
-                _ => format!("cannot bind port {port}: {e}"),
-            });
+        if port != 0 || config.ports.is_empty() {
+            return try_bind(port).map_err(|e| BindError::new(e, "TCP", port));
         }
-        if self.config.ports.is_empty() {
-            return try_bind(0).map_err(|e| format!("cannot bind a port: {e}"));
-        }
-        for candidate in candidates(&self.config.ports) {
+        for candidate in candidates(&config.ports) {
             if let Ok(l) = try_bind(candidate) {
                 return Ok(l);
             }
         }
-        Err("no free port in the allowed ranges".into())
+        Err(BindError::no_free_port())
+    }
+}
+
+/// Why a service could not be published, and whether asking again later may
+/// succeed.
+#[derive(Debug)]
+pub(crate) struct BindError {
+    pub(crate) retry: bool,
+    pub(crate) reason: String,
+}
+
+impl BindError {
+    /// A refusal that asking again cannot change.
+    fn never(reason: String) -> Self {
+        BindError {
+            retry: false,
+            reason,
+        }
+    }
+
+    /// A failed bind of `what` port `port` (0: any): a taken port may be
+    /// free later; a port this process may not bind will not be.
+    pub(crate) fn new(e: io::Error, what: &str, port: u16) -> Self {
+        let retry = e.kind() == io::ErrorKind::AddrInUse;
+        let reason = match (retry, port) {
+            (true, _) => format!("port {port} is taken"),
+            (false, 0) => format!("cannot bind a {what} port: {e}"),
+            (false, _) => format!("cannot bind {what} port {port}: {e}"),
+        };
+        BindError { retry, reason }
+    }
+
+    pub(crate) fn no_free_port() -> Self {
+        BindError {
+            retry: true,
+            reason: "no free port in the allowed ranges".into(),
+        }
     }
 }
 
@@ -501,17 +878,19 @@ pub(crate) fn candidates(ranges: &[RangeInclusive<u16>]) -> Vec<u16> {
     all
 }
 
-/// Logs what happens to a client's link.
-fn log_link_events(mux: &Mux, name: &str) -> JoinHandle<()> {
-    let mut events = mux.stream().events();
-    let name = name.to_string();
+/// Logs what happens to a client's link, and notes when it resumes.
+fn log_link_events(session: &Arc<ClientSession>) -> JoinHandle<()> {
+    let mut events = session.mux.stream().events();
+    let session = session.clone();
     tokio::spawn(async move {
+        let name = &session.name;
         while let Ok(event) = events.recv().await {
             match event {
                 stream::Event::Disconnected { reason } => {
                     info!(client = %name, %reason, "link down; keeping the session")
                 }
                 stream::Event::Resumed { peer, resent } => {
+                    *session.last_resume.lock() = Some(SystemTime::now());
                     info!(client = %name, ?peer, resent, "link resumed")
                 }
                 _ => {}
@@ -520,12 +899,13 @@ fn log_link_events(mux: &Mux, name: &str) -> JoinHandle<()> {
     })
 }
 
-async fn accept_visitors(listener: TcpListener, mux: Mux, index: u16) {
+async fn accept_visitors(listener: TcpListener, mux: Mux, index: u16, traffic: Arc<Traffic>) {
+    let at = listener.local_addr().ok();
     loop {
         let (sock, visitor) = match listener.accept().await {
             Ok(v) => v,
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                warn!(error = %e, ?at, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -533,7 +913,7 @@ async fn accept_visitors(listener: TcpListener, mux: Mux, index: u16) {
         let _ = sock.set_nodelay(true);
         match mux.open(index, visitor) {
             Ok(stream) => {
-                tokio::spawn(bridge(sock, stream));
+                tokio::spawn(bridge(sock, stream, Meter::new(&traffic, true)));
             }
             Err(why) => {
                 debug!(%visitor, why, "visitor dropped");

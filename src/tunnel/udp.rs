@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +28,8 @@ use tracing::{debug, warn};
 
 use super::frame::MAX_DATAGRAM;
 use super::mux::{DatagramReceiver, Mux, UdpDrop};
+use super::server::BindError;
+use super::traffic::{Traffic, Visitor};
 
 /// Settings of the server's UDP services.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,18 +62,21 @@ pub(crate) struct DropLog {
     what: String,
     last: Option<Instant>,
     pending: u64,
+    traffic: Arc<Traffic>,
 }
 
 impl DropLog {
-    pub(crate) fn new(what: impl Into<String>) -> Self {
+    pub(crate) fn new(what: impl Into<String>, traffic: Arc<Traffic>) -> Self {
         DropLog {
             what: what.into(),
             last: None,
             pending: 0,
+            traffic,
         }
     }
 
     pub(crate) fn note(&mut self, why: &str) {
+        self.traffic.udp_dropped();
         self.pending += 1;
         let now = Instant::now();
         if self.last.is_none_or(|t| now - t >= Duration::from_secs(1)) {
@@ -129,24 +135,26 @@ pub(crate) struct UdpService {
     config: UdpConfig,
     /// Dissociations the client started.
     dissociated: mpsc::UnboundedReceiver<u32>,
+    traffic: Arc<Traffic>,
 }
 
 /// Binds a public UDP port: the one asked for, or a free allowed one.
-pub(crate) async fn bind(ip: IpAddr, port: u16, candidates: &[u16]) -> Result<UdpSocket, String> {
+pub(crate) async fn bind(
+    ip: IpAddr,
+    port: u16,
+    candidates: &[u16],
+) -> Result<UdpSocket, BindError> {
     if port != 0 || candidates.is_empty() {
         return UdpSocket::bind(SocketAddr::new(ip, port))
             .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AddrInUse => format!("port {port} is taken"),
-                _ => format!("cannot bind UDP port {port}: {e}"),
-            });
+            .map_err(|e| BindError::new(e, "UDP", port));
     }
     for &p in candidates {
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, p)).await {
             return Ok(s);
         }
     }
-    Err("no free port in the allowed ranges".into())
+    Err(BindError::no_free_port())
 }
 
 impl UdpService {
@@ -155,6 +163,7 @@ impl UdpService {
         index: u16,
         mux: Mux,
         config: UdpConfig,
+        traffic: Arc<Traffic>,
     ) -> (UdpService, mpsc::UnboundedSender<u32>) {
         let (tx, dissociated) = mpsc::unbounded_channel();
         (
@@ -164,6 +173,7 @@ impl UdpService {
                 mux,
                 config,
                 dissociated,
+                traffic,
             },
             tx,
         )
@@ -172,9 +182,9 @@ impl UdpService {
     /// Serves until the task is aborted (the session ended).
     pub(crate) async fn run(mut self) {
         let addr = self.socket.local_addr().ok();
-        let mut drops = DropLog::new(format!("udp service at {addr:?}"));
+        let mut drops = DropLog::new(format!("udp service at {addr:?}"), self.traffic.clone());
         let (to_visitors, mut from_link) = self.mux.datagram_channel();
-        let mut by_visitor: HashMap<SocketAddr, (u32, Instant)> = HashMap::new();
+        let mut by_visitor: HashMap<SocketAddr, (u32, Instant, Visitor)> = HashMap::new();
         let mut by_id: HashMap<u32, SocketAddr> = HashMap::new();
         let mut sweep =
             tokio::time::interval((self.config.idle / 4).max(Duration::from_millis(20)));
@@ -185,6 +195,7 @@ impl UdpService {
                         return;
                     }
                     let (mux, config, index) = (&self.mux, &self.config, self.index);
+                    let traffic = &self.traffic;
                     let result = drain(&self.socket, |got, n| {
                         let Ok((datagram, from)) = got else { return };
                         if n > MAX_DATAGRAM {
@@ -193,7 +204,7 @@ impl UdpService {
                             return;
                         }
                         let id = match by_visitor.get_mut(&from) {
-                            Some((id, seen)) => {
+                            Some((id, seen, _)) => {
                                 *seen = Instant::now();
                                 *id
                             }
@@ -209,12 +220,15 @@ impl UdpService {
                                     return;
                                 };
                                 debug!(%from, id, "new UDP association");
-                                by_visitor.insert(from, (id, Instant::now()));
+                                by_visitor.insert(from, (id, Instant::now(), traffic.visitor()));
                                 by_id.insert(id, from);
                                 id
                             }
                         };
-                        if !mux.send_datagram(id, datagram) {
+                        let len = datagram.len();
+                        if mux.send_datagram(id, datagram) {
+                            traffic.to_service(len);
+                        } else {
                             drops.note("link queue full");
                         }
                     });
@@ -224,10 +238,12 @@ impl UdpService {
                 }
                 Some((id, datagram)) = from_link.recv() => {
                     let Some(visitor) = by_id.get(&id).copied() else { continue };
-                    if let Some((_, seen)) = by_visitor.get_mut(&visitor) {
+                    if let Some((_, seen, _)) = by_visitor.get_mut(&visitor) {
                         *seen = Instant::now();
                     }
-                    if !send(&self.socket, &datagram, Some(visitor)).await {
+                    if send(&self.socket, &datagram, Some(visitor)).await {
+                        self.traffic.to_visitors(datagram.len());
+                    } else {
                         self.mux.note_udp_drop(UdpDrop::Delivery);
                         drops.note("visitor's socket would not take it");
                     }
@@ -240,7 +256,7 @@ impl UdpService {
                 _ = sweep.tick() => {
                     let idle = self.config.idle;
                     let now = Instant::now();
-                    by_visitor.retain(|visitor, (id, seen)| {
+                    by_visitor.retain(|visitor, (id, seen, _)| {
                         let keep = now.duration_since(*seen) < idle;
                         if !keep {
                             debug!(%visitor, id = *id, "UDP association expired");
@@ -262,6 +278,7 @@ pub(crate) async fn client_association(
     mut datagrams: DatagramReceiver,
     local: String,
     mux: Mux,
+    traffic: Arc<Traffic>,
 ) {
     let sock = match connect(&local).await {
         Ok(s) => s,
@@ -271,7 +288,8 @@ pub(crate) async fn client_association(
             return;
         }
     };
-    let mut drops = DropLog::new(format!("udp association to {local}"));
+    let _visitor = traffic.visitor();
+    let mut drops = DropLog::new(format!("udp association to {local}"), traffic.clone());
     loop {
         tokio::select! {
             ready = sock.readable() => {
@@ -285,7 +303,10 @@ pub(crate) async fn client_association(
                         drops.note("datagram above 65,507 bytes");
                         return;
                     }
-                    if !mux.send_datagram(id, datagram) {
+                    let len = datagram.len();
+                    if mux.send_datagram(id, datagram) {
+                        traffic.to_visitors(len);
+                    } else {
                         drops.note("link queue full");
                     }
                 });
@@ -297,7 +318,9 @@ pub(crate) async fn client_association(
             }
             next = datagrams.recv() => match next {
                 Some((_, datagram)) => {
-                    if !send(&sock, &datagram, None).await {
+                    if send(&sock, &datagram, None).await {
+                        traffic.to_service(datagram.len());
+                    } else {
                         mux.note_udp_drop(UdpDrop::Delivery);
                         drops.note("local socket would not take it");
                     }

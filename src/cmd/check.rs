@@ -1,0 +1,79 @@
+//! `rejoin check FILE`: validates a server or client config without
+//! running it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::config::{ClientFile, ServerFile, load};
+use super::say;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The config file: a server's (it has `listen`) or a client's (it has
+    /// `server`).
+    file: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let path = &args.file;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let within = || format!("in {}", path.display());
+    match (table.contains_key("listen"), table.contains_key("server")) {
+        (true, false) => {
+            let file: ServerFile = load(path)?;
+            file.admin(base).with_context(within)?;
+            let key_file = file.key_file(base, path);
+            let config = file.into_config(base).with_context(within)?;
+            let key = match std::fs::read_to_string(&key_file) {
+                Ok(text) => {
+                    rejoin::proto::sealed::parse_key_hex(&text).with_context(|| {
+                        format!("{}: not a server key (64 hex digits)", key_file.display())
+                    })?;
+                    format!("key {}", key_file.display())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!("key {} (created on first start)", key_file.display())
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", key_file.display()));
+                }
+            };
+            say!(
+                "{}: a valid server config (listen {}, {} per-client token(s), {}shared token, {key})",
+                path.display(),
+                config.listen,
+                config.clients.len(),
+                if config.token.is_some() { "" } else { "no " },
+            );
+        }
+        (false, true) => {
+            let file: ClientFile = load(path)?;
+            file.admin(base).with_context(within)?;
+            let config = file.into_config(base).with_context(within)?;
+            if config.services.is_empty() {
+                bail!("{}: no [[service]] to publish", path.display());
+            }
+            say!(
+                "{}: a valid client config (server {}, name {:?}, {} service(s))",
+                path.display(),
+                config.server,
+                config.name,
+                config.services.len(),
+            );
+        }
+        (true, true) => bail!(
+            "{}: has both `listen` (a server's) and `server` (a client's): which is it?",
+            path.display()
+        ),
+        (false, false) => bail!(
+            "{}: neither a server config (no `listen`) nor a client config (no `server`)",
+            path.display()
+        ),
+    }
+    Ok(())
+}

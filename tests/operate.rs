@@ -1,0 +1,680 @@
+//! Operating the tunnel through the real binary: the admin endpoint, reload
+//! on SIGHUP, names, failures you can see, logs, `rejoin check`.
+
+#[path = "common/examples.rs"]
+mod examples;
+#[path = "common/procs.rs"]
+mod procs;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use examples::cut_proxy;
+use procs::{Proc, echo_service};
+
+const TOKEN: &str = "op-token-5d1e";
+
+/// A GET over plain HTTP/1.1; the status code and body.
+fn get(admin: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let host = admin.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).expect("admin endpoint reachable");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).expect("a reply");
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let code = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    // hyper may answer chunked; undo it.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+/// The line that starts with `prefix`, among the next few.
+fn line_with(p: &Proc, prefix: &str) -> String {
+    for _ in 0..10 {
+        let line = p.line();
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+    panic!("no line starting with {prefix:?}");
+}
+
+fn start_server(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--token", TOKEN];
+    args.extend_from_slice(extra);
+    let server = Proc::start(&args, None);
+    let addr = line_with(&server, "listening on ").replace("listening on ", "");
+    (server, addr)
+}
+
+/// Echoes `n` bytes through `public` and checks them.
+fn echo(public: &str, n: usize) {
+    let mut v = TcpStream::connect(public).expect("visitor connects");
+    v.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let data: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+    let writer = {
+        let mut w = v.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || w.write_all(&data))
+    };
+    let mut back = vec![0u8; n];
+    v.read_exact(&mut back).expect("echo comes back");
+    writer.join().unwrap().unwrap();
+    assert!(back == data, "echoed bytes differ");
+}
+
+fn metrics(admin: &str) -> prometheus_parse::Scrape {
+    let (code, body) = get(admin, "/metrics", None);
+    assert_eq!(code, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("a Prometheus text exposition")
+}
+
+/// The value of the first sample of `name` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+/// Waits (bounded) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[test]
+fn the_admin_endpoint_reports_what_happens() {
+    let echo_addr = echo_service();
+    let echo_port = echo_addr.rsplit(':').next().unwrap().to_string();
+    let (server, addr) = start_server(&["--admin", "127.0.0.1:0"]);
+    let admin = line_with(&server, "admin at ").replace("admin at ", "");
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+    // The client's link goes through a proxy that cuts it every ~600 KB.
+    let (_proxy, via) = cut_proxy(&addr, "500000-700000");
+    let client = Proc::start(
+        &[
+            "client", "--server", &via, "--token", TOKEN, "--name", "office", "--tcp",
+            // A bare port means 127.0.0.1.
+            &echo_port, "--admin", "0",
+        ],
+        None,
+    );
+    let client_admin = line_with(&client, "admin at ").replace("admin at ", "");
+    let published = line_with(&client, "tcp ");
+    assert!(published.contains("published at"), "{published}");
+    let public = published.rsplit(' ').next().unwrap().to_string();
+
+    let before = metrics(&admin);
+    assert_eq!(sample(&before, "rejoin_clients", &[]), 1.0);
+    assert_eq!(sample(&before, "rejoin_services", &[]), 1.0);
+    assert_eq!(
+        sample(&before, "rejoin_link_up", &[("client", "office")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &before,
+            "rejoin_link_resumes_total",
+            &[("client", "office")]
+        ),
+        0.0
+    );
+    // 3 MB each way through the cut link: it resumes several times.
+    echo(&public, 3_000_000);
+    let after = metrics(&admin);
+    let to_service = sample(
+        &after,
+        "rejoin_bytes_total",
+        &[("client", "office"), ("direction", "to_service")],
+    );
+    assert!(to_service >= 3_000_000.0, "{to_service}");
+    let resumes = sample(&after, "rejoin_link_resumes_total", &[("client", "office")]);
+    assert!(resumes >= 1.0, "the proxy cut the link: {resumes}");
+    let resent = sample(
+        &after,
+        "rejoin_link_resent_bytes_total",
+        &[("client", "office")],
+    );
+    assert!(resent > 0.0, "{resent}");
+    for reason in ["bad_token", "unknown_client", "name_in_use", "timeout"] {
+        assert_eq!(
+            sample(&after, "rejoin_logins_refused_total", &[("reason", reason)]),
+            0.0
+        );
+    }
+    // A visitor that stays: counted while it is there.
+    let stay = TcpStream::connect(&public).unwrap();
+    eventually("a visitor counted", || {
+        sample(&metrics(&admin), "rejoin_visitors", &[("client", "office")]) == 1.0
+    });
+    // The client's side names the same things.
+    let mine = metrics(&client_admin);
+    assert!(
+        sample(
+            &mine,
+            "rejoin_bytes_total",
+            &[("client", "office"), ("direction", "to_visitors")]
+        ) >= 3_000_000.0
+    );
+    assert_eq!(
+        sample(&mine, "rejoin_link_up", &[("client", "office")]),
+        1.0
+    );
+
+    // The same facts as JSON.
+    let (code, json) = get(&admin, "/api/status", None);
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(status["role"], "server");
+    let office = &status["clients"][0];
+    assert_eq!(office["name"], "office");
+    assert_eq!(office["link_up"], true);
+    assert!(office["resumes"].as_u64().unwrap() >= 1);
+    assert!(office["last_resume"].as_u64().is_some());
+    assert_eq!(office["services"][0]["public"], public.as_str());
+    assert_eq!(office["services"][0]["visitors"], 1);
+
+    // `rejoin status` prints it as tables.
+    for (endpoint, role) in [(&admin, "server"), (&client_admin, "client")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+            .args(["status", "--admin", endpoint])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(&format!("rejoin {role} ")), "{text}");
+        assert!(text.contains("CLIENT") && text.contains("office"), "{text}");
+        let service_row = text
+            .lines()
+            .find(|l| l.contains(&public))
+            .unwrap_or_else(|| panic!("a row for {public}: {text}"));
+        assert!(service_row.contains("published"), "{service_row}");
+    }
+    // And says clearly when nothing is there.
+    let out = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["status", "--admin", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot reach the admin endpoint at 127.0.0.1:9")
+    );
+    drop(stay);
+    // The page itself is served (the browser test looks at it).
+    let (code, page) = get(&admin, "/", None);
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>rejoin status</title>"));
+    assert_eq!(get(&admin, "/nothing", None).0, 404);
+}
+
+#[test]
+fn an_admin_token_is_required_when_set() {
+    let (server, _) = start_server(&["--admin", "0", "--admin-token", "adm1n"]);
+    let admin = line_with(&server, "admin at ").replace("admin at ", "");
+    assert_eq!(get(&admin, "/metrics", None).0, 401);
+    assert_eq!(get(&admin, "/api/status", Some("wrong")).0, 401);
+    assert_eq!(get(&admin, "/metrics", Some("adm1n")).0, 200);
+    assert_eq!(get(&admin, "/?token=adm1n", None).0, 200);
+    let out = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["status", "--admin", &admin])
+        .env_remove("REJOIN_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --admin-token"));
+    let out = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["status", "--admin", &admin, "--admin-token", "adm1n"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A second client with a name a live client holds is refused and exits
+/// non-zero; the first keeps serving. A client whose process died is
+/// replaced at once, and the new one gets the old public port back.
+#[test]
+fn names_are_held_by_live_clients() {
+    let echo_addr = echo_service();
+    let (_server, addr) = start_server(&[]);
+    let first_args = [
+        "client", "--server", &addr, "--token", TOKEN, "--name", "shared", "--tcp", &echo_addr,
+    ];
+    let mut first = Proc::start(&first_args, None);
+    let public = line_with(&first, "tcp ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    for attempt in 0..3 {
+        let mut second = Proc::start(&first_args, None);
+        assert!(
+            !second.wait(),
+            "attempt {attempt}: the second client exits non-zero"
+        );
+        let err = second.stderr();
+        assert!(
+            err.contains("in use") && err.contains("by a live client at 127.0.0.1:"),
+            "{err}"
+        );
+        assert!(err.contains("--name"), "says what to do: {err}");
+        echo(&public, 10_000);
+    }
+    // The first client dies without a goodbye; its restart takes over at
+    // once, on the same public port.
+    first.signal("-KILL");
+    first.wait();
+    let restarted = Proc::start(&first_args, None);
+    let again = line_with(&restarted, "tcp ");
+    assert!(
+        again.ends_with(&format!(" published at {public}")),
+        "{again} vs {public}"
+    );
+    echo(&public, 10_000);
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rejoin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// SIGHUP on the client adds and removes services; a visitor of a service
+/// that stays keeps its connection. A broken file changes nothing.
+#[test]
+fn sighup_reloads_the_client_services() {
+    let echo_addr = echo_service();
+    let (_server, addr) = start_server(&[]);
+    let dir = temp_dir("reload-client");
+    let config = dir.join("client.toml");
+    let head = format!("server = \"{addr}\"\ntoken = \"{TOKEN}\"\nname = \"reloader\"\n");
+    let service = |name: &str| format!("[[service]]\nname = \"{name}\"\nlocal = \"{echo_addr}\"\n");
+    write(
+        &config,
+        &(head.clone() + &service("keep") + &service("drop")),
+    );
+    let client = Proc::start(&["client", "--config", config.to_str().unwrap()], None);
+    let mut lines = vec![client.line(), client.line()];
+    lines.sort();
+    assert!(
+        lines[0].starts_with("drop: tcp ") && lines[1].starts_with("keep: tcp "),
+        "{lines:?}"
+    );
+    let public = |line: &str| line.rsplit(' ').next().unwrap().to_string();
+    let (dropped, kept) = (public(&lines[0]), public(&lines[1]));
+
+    // A visitor of `keep`, mid-conversation across the reload.
+    let mut visitor = TcpStream::connect(&kept).unwrap();
+    visitor
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 5];
+    visitor.write_all(b"one..").unwrap();
+    visitor.read_exact(&mut buf).unwrap();
+
+    write(
+        &config,
+        &(head.clone() + &service("keep") + &service("added")),
+    );
+    client.signal("-HUP");
+    let mut lines = vec![client.line(), client.line()];
+    lines.sort();
+    assert!(
+        lines[0].starts_with("added: tcp ") && lines[0].contains("published at"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[1], "drop: removed");
+    echo(&public(&lines[0]), 50_000);
+    eventually("the removed service's port closes", || {
+        TcpStream::connect(&dropped).is_err()
+    });
+    visitor.write_all(b"two..").unwrap();
+    visitor.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"two..", "the kept service's visitor is untouched");
+
+    // A broken file: reported with its line; everything stays.
+    write(
+        &config,
+        &(head + "[[service]]\nlocal = \"nowhere\"\nprot = 1\n"),
+    );
+    client.signal("-HUP");
+    assert!(
+        client.await_stderr("reload failed, the old config stays in force"),
+        "{}",
+        client.stderr()
+    );
+    assert!(client.stderr().contains("line "), "{}", client.stderr());
+    visitor.write_all(b"three").unwrap();
+    visitor.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"three");
+    echo(&kept, 10_000);
+}
+
+/// SIGHUP on the server: a new token works at once, a client whose token
+/// went away is told goodbye, a broken file changes nothing, and SIGHUP on
+/// a server without a file does not end it.
+#[test]
+fn sighup_reloads_the_server_tokens() {
+    let echo_addr = echo_service();
+    let dir = temp_dir("reload-server");
+    let config = dir.join("server.toml");
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[clients.alice]\ntoken = \"a-1\"\n",
+    );
+    let server = Proc::start(&["server", "--config", config.to_str().unwrap()], None);
+    let addr = line_with(&server, "listening on ").replace("listening on ", "");
+    let client = |name: &str, token: &str| {
+        Proc::start(
+            &[
+                "client", "--server", &addr, "--token", token, "--name", name, "--tcp", &echo_addr,
+            ],
+            None,
+        )
+    };
+    let alice = client("alice", "a-1");
+    line_with(&alice, "tcp ");
+    let mut bob = client("bob", "b-1");
+    assert!(!bob.wait(), "bob has no token yet");
+
+    // `listen` stays as written at start (port 0: the port it got).
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n",
+    );
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("config reloaded"),
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        alice.await_stderr("the server's token for this client changed"),
+        "{}",
+        alice.stderr()
+    );
+    let bob = client("bob", "b-1");
+    line_with(&bob, "tcp ");
+
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[clients.bob]\ntoken = 7\n",
+    );
+    server.signal("-HUP");
+    assert!(server.await_stderr("reload failed, the old config stays in force"));
+    assert!(server.stderr().contains("line 3"), "{}", server.stderr());
+    let carol = client("bob", "b-1");
+    assert!(carol.await_stderr("in use"), "bob's entry still stands");
+
+    // A server started with flags only: SIGHUP is not its end.
+    let (flags_only, _) = start_server(&[]);
+    flags_only.signal("-HUP");
+    assert!(flags_only.await_stderr("no config file to reload"));
+    std::thread::sleep(Duration::from_millis(200));
+    let mut flags_only = flags_only;
+    assert!(
+        flags_only.child.0.try_wait().unwrap().is_none(),
+        "still running"
+    );
+    flags_only.terminate();
+    assert!(flags_only.wait());
+}
+
+/// A dead local service, every service refused, a server that is not there
+/// yet: each is visible, and ends the client only when retrying cannot help.
+#[test]
+fn failures_are_visible() {
+    let (_server, addr) = start_server(&["--ports", "20000-20100"]);
+    // A local service that is down: the visitor is closed, and the client
+    // says which service and address.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let client = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", TOKEN, "--name", "d", "--tcp", &dead,
+        ],
+        None,
+    );
+    let public = line_with(&client, "tcp ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut v = TcpStream::connect(&public).unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(v.read(&mut buf), Ok(0) | Err(_)),
+        "the visitor is closed"
+    );
+    assert!(
+        client.await_stderr("local service unreachable"),
+        "{}",
+        client.stderr()
+    );
+    let warn = client
+        .stderr()
+        .lines()
+        .find(|l| l.contains("local service unreachable"))
+        .unwrap()
+        .to_string();
+    assert!(warn.contains("WARN") && warn.contains(&dead), "{warn}");
+
+    // Every service refused for good: exit 1 with the reasons.
+    let mut refused = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", TOKEN, "--name", "r", "--tcp", "9@30000",
+        ],
+        None,
+    );
+    assert!(!refused.wait(), "exits non-zero");
+    let err = refused.stderr();
+    assert!(
+        err.contains("refused every service")
+            && err.contains("port 30000 is not in the server's allowed ports"),
+        "{err}"
+    );
+
+    // A server that is not there: retried with backoff, and given up after
+    // --give-up-after attempts, naming the address.
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut gave_up = Proc::start(
+        &[
+            "client",
+            "--server",
+            &nowhere,
+            "--token",
+            TOKEN,
+            "--tcp",
+            "9",
+            "--give-up-after",
+            "3",
+        ],
+        None,
+    );
+    assert!(!gave_up.wait());
+    let err = gave_up.stderr();
+    assert!(
+        err.contains(&format!(
+            "cannot reach the server at {nowhere} after 3 attempts"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("cannot reach the server; retrying").count(),
+        2,
+        "{err}"
+    );
+}
+
+/// A client started before its server logs in once the server is up.
+#[test]
+fn the_first_login_is_retried() {
+    let echo_addr = echo_service();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let client = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", TOKEN, "--tcp", &echo_addr,
+        ],
+        None,
+    );
+    assert!(client.await_stderr("cannot reach the server; retrying"));
+    let _server = Proc::start(&["server", "--listen", &addr, "--token", TOKEN], None);
+    let public = line_with(&client, "tcp ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    echo(&public, 10_000);
+}
+
+/// Logs written to a file carry no colour codes; JSON logs are JSON.
+#[test]
+fn logs_suit_files_and_shippers() {
+    let (mut server, _) = start_server(&[]);
+    server.terminate();
+    server.wait();
+    let text = server.stderr();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no escape bytes: {text:?}");
+
+    let server = Proc::start(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--log-format",
+            "json",
+        ],
+        None,
+    );
+    line_with(&server, "listening on ");
+    server.terminate();
+    let mut server = server;
+    server.wait();
+    let text = server.stderr();
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(lines >= 1, "{text}");
+}
+
+#[test]
+fn check_validates_configs() {
+    let check = |path: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+            .args(["check", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let (ok, text) = check(&examples.join("server.toml"));
+    assert!(ok && text.contains("a valid server config"), "{text}");
+    let (ok, text) = check(&examples.join("client.toml"));
+    assert!(
+        ok && text.contains("a valid client config") && text.contains("3 service(s)"),
+        "{text}"
+    );
+
+    let dir = temp_dir("check");
+    for (name, body, says) in [
+        (
+            "a.toml",
+            "listen = \"127.0.0.1:7000\"\ntoken = \"t\"\nkeep = 60\n",
+            "\"60s\"",
+        ),
+        (
+            "b.toml",
+            "server = \"h:1\"\ntoken = \"t\"\n[[service]]\nlocal = \"nope\"\n",
+            "needs a port",
+        ),
+        ("c.toml", "server = \"h:1\"\n", "set `token`"),
+        ("d.toml", "hello = 1\n", "neither a server config"),
+        (
+            "e.toml",
+            "listen = \"127.0.0.1:7000\"\ntoken = \"t\"\nping_interval = \"30s\"\n",
+            "ping_timeout",
+        ),
+    ] {
+        let path = dir.join(name);
+        write(&path, body);
+        let (ok, text) = check(&path);
+        assert!(!ok, "{name} is refused");
+        assert!(text.contains(says), "{name}: {text}");
+    }
+    let (ok, text) = check(&dir.join("missing.toml"));
+    assert!(!ok && text.contains("missing.toml"), "{text}");
+}
