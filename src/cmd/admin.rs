@@ -46,6 +46,8 @@ pub struct Status {
     pub version: String,
     /// Seconds since the process started.
     pub uptime_seconds: u64,
+    /// Unix seconds now, by the reporter's clock (times below are on it).
+    pub now: u64,
     /// Server: where clients connect. Client: the server it uses.
     pub address: String,
     /// Server: every logged-in client. Client: itself (if a session is up,
@@ -166,6 +168,7 @@ impl Source {
                     role: "server".into(),
                     version,
                     uptime_seconds,
+                    now: unix(SystemTime::now()),
                     address: status.listen.to_string(),
                     clients,
                     logins_refused: status
@@ -205,6 +208,7 @@ impl Source {
                     role: "client".into(),
                     version,
                     uptime_seconds,
+                    now: unix(SystemTime::now()),
                     address: status.server.clone(),
                     clients: vec![ClientView {
                         name: status.name.clone(),
@@ -500,6 +504,7 @@ mod tests {
             role: "server".into(),
             version: "0".into(),
             uptime_seconds: 5,
+            now: 10,
             address: "127.0.0.1:7000".into(),
             clients: vec![ClientView {
                 name: "home \"lab\"".into(),

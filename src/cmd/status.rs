@@ -105,7 +105,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let status: Status = serde_json::from_str(&text).with_context(|| {
         format!("the admin endpoint at {host} sent something that is not rejoin's status")
     })?;
-    for line in render(&status, SystemTime::now()) {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(status.now);
+    for line in render(&status, now) {
         say!("{line}");
     }
     Ok(())
