@@ -14,7 +14,7 @@ use rejoin::proto::{ClientHandshake, Incoming, Key, Params, ServerHandshake};
 const CHUNK: usize = 64 * 1024;
 
 fn rc4(c: &mut Criterion) {
-    let key = Key(*b"benchkey");
+    let key = Key::from_bytes(*b"benchkey");
     let mut group = c.benchmark_group("rc4");
     group.throughput(Throughput::Bytes(CHUNK as u64));
     let mut buf = vec![0u8; CHUNK];

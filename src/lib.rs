@@ -22,3 +22,8 @@ pub mod chaos;
 pub mod proto;
 pub mod stream;
 pub mod tunnel;
+
+/// The code in README.md, compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct Readme;

@@ -617,3 +617,56 @@ fn the_sealed_link_resists_flips_replays_and_forgeries() {
     server.terminate();
     assert!(server.wait());
 }
+
+/// A library user who turns the default features off gets the stream and
+/// the tunnel without the binary's dependencies.
+#[test]
+fn the_library_does_not_pay_for_the_binary() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = |features: &[&str]| {
+        let out = Command::new(&cargo)
+            .args(["tree", "-e", "normal", "--prefix", "none", "--locked"])
+            .args(features)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let crates = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect()
+    };
+    let lean = crates(&tree(&["--no-default-features"]));
+    let full = crates(&tree(&[]));
+    for binary_only in [
+        "clap",
+        "toml",
+        "tracing-subscriber",
+        "anyhow",
+        "mimalloc",
+        "serde",
+        "hyper",
+        "prometheus-client",
+    ] {
+        assert!(
+            !lean.contains(binary_only),
+            "{binary_only} without the cli feature"
+        );
+        assert!(
+            full.contains(binary_only),
+            "{binary_only} with the defaults"
+        );
+    }
+    println!(
+        "{} crates without the cli feature, {} with it",
+        lean.len(),
+        full.len()
+    );
+}

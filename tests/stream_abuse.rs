@@ -129,7 +129,7 @@ async fn refused_reconnects_leave_the_session_alone() {
     assert_eq!(raw.recv(4).await, b"ping");
     // Server: wc = 4, rc = 4. Client: wc = 4, rc = 4.
     let key = *raw.session.key();
-    let wrong_key = Key(*b"notthe!!");
+    let wrong_key = Key::from_bytes(*b"notthe!!");
     let cases: Vec<(&str, ReconnectRequest)> = vec![
         ("wrong write count", raw.request(2, 4, &key)),
         ("wrong read count", raw.request(4, 9, &key)),

@@ -457,3 +457,73 @@ async fn a_sealed_client_learns_at_once_that_its_session_is_gone() {
     assert_eq!(second.stats().refused, 1);
     assert_eq!(second.stats().established, 0);
 }
+
+/// `connect` takes an address in every form `Listener::bind` takes.
+#[tokio::test]
+async fn connect_takes_every_address_form() {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let config = Config::default().with_records(true);
+    let listener = Listener::bind(("127.0.0.1", 0), config.clone())
+        .await
+        .unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let streams = [
+        stream::connect(addr, config.clone()).await,
+        stream::connect((Ipv4Addr::LOCALHOST, port), config.clone()).await,
+        stream::connect(("127.0.0.1", port), config.clone()).await,
+        stream::connect(format!("127.0.0.1:{port}"), config.clone()).await,
+        stream::connect(&format!("127.0.0.1:{port}"), config.clone()).await,
+    ];
+    for (i, s) in streams.into_iter().enumerate() {
+        let mut client = s.unwrap_or_else(|e| panic!("form {i}: {e}"));
+        let mut server = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+        client.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+    }
+}
+
+/// Something that is not a rejoin or snet server (a banner, an HTTP error)
+/// is refused on its first reply, well before the handshake timeout.
+#[tokio::test]
+async fn a_server_that_is_not_rejoin_fails_fast() {
+    use std::time::Instant;
+    for reply in [
+        &b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"[..],
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+    ] {
+        let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = garbage.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            // Bounded: a few connections, then the task ends.
+            for _ in 0..4 {
+                let Ok((mut sock, _)) = garbage.accept().await else {
+                    return;
+                };
+                let _ = sock.write_all(reply).await;
+                held.push(sock); // stays open: no EOF to give it away
+            }
+        });
+        for config in [
+            Config::default(),
+            Config::default().with_records(true),
+            sealed(),
+        ] {
+            let started = Instant::now();
+            let result =
+                stream::connect(addr, config.with_handshake_timeout(Duration::from_secs(10))).await;
+            let took = started.elapsed();
+            let Err(e) = result else {
+                panic!("a non-rejoin server must be refused")
+            };
+            let text = e.to_string();
+            assert!(took < Duration::from_secs(3), "took {took:?}: {text}");
+            assert!(!text.contains("timed out"), "{text}");
+            println!("{:?} → {text}", String::from_utf8_lossy(&reply[..8]));
+        }
+        server.abort();
+    }
+}

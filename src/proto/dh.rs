@@ -33,9 +33,15 @@ fn check_public(public: u64) -> Result<()> {
 
 /// The 8-byte session key: the shared secret as little-endian bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Key(pub [u8; 8]);
+pub struct Key(pub(crate) [u8; 8]);
 
 impl Key {
+    /// A key from its bytes (for test vectors; real keys come from
+    /// [`KeyPair::agree`]).
+    pub fn from_bytes(bytes: [u8; 8]) -> Key {
+        Key(bytes)
+    }
+
     /// The key bytes, as fed to RC4 and appended to every MD5 tag input.
     pub fn as_bytes(&self) -> &[u8; 8] {
         &self.0

@@ -83,6 +83,13 @@ impl ClientHandshake {
         let Some(welcome) = Welcome::decode(self.params.version, input)? else {
             return Ok(());
         };
+        // A v2 server says nothing more until it has our answer: more bytes
+        // mean something else is talking (a banner, an HTTP error page).
+        if self.params.version == Version::V2 && !input.is_empty() {
+            return Err(Error::NotSnet(
+                "it sent more than a welcome before our answer",
+            ));
+        }
         let key = pair.agree(welcome.public)?;
         let (ciphers, id) = client_ciphers(&key, self.params.encrypt, welcome.encrypted_id);
         if let Some(challenge) = welcome.challenge {

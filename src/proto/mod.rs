@@ -23,11 +23,20 @@
 //! `PROTOCOL.md` at the crate root is the normative description of the bytes.
 
 pub mod auth;
+// The RC4 layer and the history are building blocks of the sessions
+// below, not API: tests and benchmarks reach them with the `internals`
+// feature.
+#[cfg(feature = "internals")]
 pub mod cipher;
-pub mod copy;
+#[cfg(not(feature = "internals"))]
+mod cipher;
+pub(crate) mod copy;
 pub mod dh;
 pub mod handshake;
+#[cfg(feature = "internals")]
 pub mod history;
+#[cfg(not(feature = "internals"))]
+mod history;
 pub mod message;
 pub mod record;
 pub mod resume;
@@ -184,6 +193,10 @@ pub enum Error {
     /// The server refused a sealed resume or session, with this status.
     #[error("refused by the server (status {0})")]
     SealedRefusal(u8),
+    /// The peer's first reply cannot come from an snet or rejoin server
+    /// (say, a banner or an HTTP error from some other service).
+    #[error("not an snet or rejoin server: {0}")]
+    NotSnet(&'static str),
     /// Our history no longer holds what the peer missed.
     #[error("history too short: resend of {need} bytes needed, history holds {held}")]
     HistoryTooShort {

@@ -108,7 +108,7 @@ impl Session {
             write: Cipher::Plain,
             read: Cipher::Plain,
         };
-        let mut session = Session::new(role, id, Key([0; 8]), params, true, plain);
+        let mut session = Session::new(role, id, Key::from_bytes([0; 8]), params, true, plain);
         session.secrets = Some(secrets);
         session.peer_window = super::sealed::INITIAL_WINDOW;
         session

@@ -12,7 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::exchange::{Stop, drive};
 use super::pump::{PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
-use super::transport::{Dialed, Dialer, TcpDialer};
+use super::transport::{Dialed, Dialer, Target, TcpDialer};
 use super::{Config, Error, Event, Stream};
 use crate::proto::sealed::exchange::REJECT_UNKNOWN_SESSION;
 use crate::proto::sealed::{ClientExchange, ClientOutcome, Link};
@@ -31,7 +31,7 @@ use crate::proto::{self, ClientHandshake, ClientResume, Session, Version};
 /// stream.read_exact(&mut reply).await?;
 /// # Ok(()) }
 /// ```
-pub async fn connect(addr: impl Into<String>, config: Config) -> io::Result<Stream> {
+pub async fn connect(addr: impl Target, config: Config) -> io::Result<Stream> {
     let dialer = TcpDialer::new(addr, &config);
     connect_with(dialer, config).await
 }

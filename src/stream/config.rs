@@ -168,9 +168,10 @@ impl Default for Keepalive {
 ///
 /// ```
 /// use std::time::Duration;
-/// let mut config = rejoin::stream::Config::default();
-/// config.history = 8 << 20;
-/// config.reconnect_wait = Duration::from_secs(120);
+/// let config = rejoin::stream::Config::default()
+///     .with_records(true)
+///     .with_history(8 << 20)
+///     .with_reconnect_wait(Duration::from_secs(120));
 /// config.validate().unwrap();
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -184,9 +185,13 @@ pub struct Config {
     /// RC4-encrypt application data. Not negotiated: must match the peer.
     /// Default on.
     pub encrypt: bool,
-    /// Client only: ask for rejoin's record layer (`PROTOCOL.md` §2), which
-    /// adds a clean close and a heartbeat. Stock snet servers refuse it. Servers
-    /// always accept it. Default off.
+    /// Client only, compatible suite: ask for rejoin's record layer
+    /// (`PROTOCOL.md` §2). With it, `shutdown` gives the peer a clean
+    /// end-of-file and frees the session at once (FIN/DONE), and an idle link
+    /// is PINGed so a dead one is noticed; without it a close looks like a
+    /// lost connection until `reconnect_wait` runs out. Stock snet servers
+    /// refuse it; rejoin servers always accept it; the sealed suite always
+    /// has it. Default off.
     pub records: bool,
     /// Bytes of sent data kept for resends. Must exceed [`Config::in_flight`];
     /// what is left is how much a writer can queue ahead of the network.
@@ -261,6 +266,46 @@ impl Default for Config {
             close_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Chained setters, one per field, so a `Config` reads as one expression
+/// (`Config` is `#[non_exhaustive]`, so it cannot be built with `..`).
+macro_rules! setters {
+    ($($with:ident => $field:ident: $ty:ty),* $(,)?) => {
+        impl Config {
+            $(
+                #[doc = concat!("Sets [`Config::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $with(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    with_suite => suite: Suite,
+    with_version => version: Version,
+    with_encrypt => encrypt: bool,
+    with_records => records: bool,
+    with_history => history: usize,
+    with_socket_buffer => socket_buffer: usize,
+    with_path_buffer => path_buffer: usize,
+    with_recv_buffer => recv_buffer: usize,
+    with_handshake_timeout => handshake_timeout: Duration,
+    with_reconnect_wait => reconnect_wait: Duration,
+    with_idle_timeout => idle_timeout: Option<Duration>,
+    with_redial => redial: Redial,
+    with_max_parked => max_parked: usize,
+    with_max_sessions => max_sessions: usize,
+    with_max_handshakes => max_handshakes: usize,
+    with_accept_backlog => accept_backlog: usize,
+    with_nodelay => nodelay: bool,
+    with_keepalive => keepalive: Option<Keepalive>,
+    with_user_timeout => user_timeout: Option<Duration>,
+    with_close_timeout => close_timeout: Duration,
 }
 
 /// A configuration that cannot work.

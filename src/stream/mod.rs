@@ -35,7 +35,7 @@ pub use config::{Config, ConfigError, Keepalive, PskLookup, Redial, Sealed, Suit
 pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};
-pub use transport::{Dialed, Dialer, SocketOptions, TcpDialer};
+pub use transport::{Dialed, Dialer, SocketOptions, Target, TcpDialer};
 
 /// The code in `docs/stream.md`, compiled as a doc test.
 #[cfg(doctest)]

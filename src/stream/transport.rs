@@ -137,11 +137,71 @@ pub struct TcpDialer {
     options: SocketOptions,
 }
 
+/// Where to dial, in any of the forms [`super::Listener::bind`] takes:
+/// `"host:port"`, a `SocketAddr`, `(ip, port)` or `("host", port)`. The
+/// name is resolved again at every dial, so a reconnect follows a DNS change.
+pub trait Target {
+    /// The target as `host:port`.
+    fn into_target(self) -> String;
+}
+
+impl Target for &str {
+    fn into_target(self) -> String {
+        self.to_string()
+    }
+}
+
+impl Target for String {
+    fn into_target(self) -> String {
+        self
+    }
+}
+
+impl Target for &String {
+    fn into_target(self) -> String {
+        self.clone()
+    }
+}
+
+impl Target for SocketAddr {
+    fn into_target(self) -> String {
+        self.to_string()
+    }
+}
+
+impl Target for (IpAddr, u16) {
+    fn into_target(self) -> String {
+        SocketAddr::from(self).to_string()
+    }
+}
+
+impl Target for (std::net::Ipv4Addr, u16) {
+    fn into_target(self) -> String {
+        SocketAddr::from(self).to_string()
+    }
+}
+
+impl Target for (std::net::Ipv6Addr, u16) {
+    fn into_target(self) -> String {
+        SocketAddr::from(self).to_string()
+    }
+}
+
+impl Target for (&str, u16) {
+    fn into_target(self) -> String {
+        match self.0.contains(':') && !self.0.starts_with('[') {
+            // An IPv6 literal needs brackets before the port.
+            true => format!("[{}]:{}", self.0, self.1),
+            false => format!("{}:{}", self.0, self.1),
+        }
+    }
+}
+
 impl TcpDialer {
-    /// Dials `target` (`host:port`) with the socket options of `config`.
-    pub fn new(target: impl Into<String>, config: &Config) -> Self {
+    /// Dials `target` with the socket options of `config`.
+    pub fn new(target: impl Target, config: &Config) -> Self {
         TcpDialer {
-            target: target.into(),
+            target: target.into_target(),
             local: None,
             options: SocketOptions::from_config(config),
         }

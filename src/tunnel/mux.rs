@@ -105,6 +105,18 @@ impl Default for MuxConfig {
     }
 }
 
+/// Why a stream or association could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// `max_streams` streams and associations are open.
+    #[error("too many streams")]
+    TooMany,
+    /// The peer opened an id that is in use or not its own.
+    #[error("stream id in use or of the wrong parity")]
+    BadId,
+}
+
 /// Why a mux ended.
 #[derive(Debug, Clone)]
 pub enum End {
@@ -429,7 +441,7 @@ impl Mux {
     }
 
     /// Opens a stream to the peer for a visitor of service `index`.
-    pub fn open(&self, index: u16, visitor: SocketAddr) -> Result<MuxStream, &'static str> {
+    pub fn open(&self, index: u16, visitor: SocketAddr) -> Result<MuxStream, StreamError> {
         let (id, stream) = self.shared.register(None)?;
         let _ = self.shared.data.send(Frame::Open { id, index, visitor });
         Ok(stream)
@@ -517,11 +529,11 @@ impl Mux {
         index: u16,
         visitor: SocketAddr,
         datagrams: DatagramSender,
-    ) -> Result<u32, &'static str> {
+    ) -> Result<u32, StreamError> {
         let id = {
             let mut table = self.shared.table.lock();
             if table.full(self.shared.config.max_streams) {
-                return Err("too many streams");
+                return Err(StreamError::TooMany);
             }
             let id = table.allocate(self.shared.side);
             table.assocs.insert(id, datagrams);
@@ -598,15 +610,15 @@ impl Shared {
 
     /// Registers a stream: ours (`peer_id` None: allocate an id) or the
     /// peer's (`Some(id)`).
-    fn register(self: &Arc<Self>, peer_id: Option<u32>) -> Result<(u32, MuxStream), &'static str> {
+    fn register(self: &Arc<Self>, peer_id: Option<u32>) -> Result<(u32, MuxStream), StreamError> {
         let mut table = self.table.lock();
         if table.full(self.config.max_streams) {
-            return Err("too many streams");
+            return Err(StreamError::TooMany);
         }
         let id = match peer_id {
             Some(id) => {
                 if !self.side.is_peers(id) || table.taken(id) {
-                    return Err("stream id in use or of the wrong parity");
+                    return Err(StreamError::BadId);
                 }
                 id
             }
@@ -750,7 +762,7 @@ impl Shared {
                     }));
                 }
                 Err(why) => {
-                    debug!(id, why, "open refused");
+                    debug!(id, %why, "open refused");
                     let _ = self.data.send(Frame::Reset { id });
                 }
             },

@@ -147,9 +147,16 @@ impl ClientSession {
 }
 
 /// Why [`Server::reload`] refused a config.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ReloadError(String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// Neither a shared token nor per-client tokens.
+    #[error("no token: set a shared token or per-client tokens")]
+    NoToken,
+    /// A setting that only a restart changes was changed.
+    #[error("`{0}` cannot change while running: restart the server for that")]
+    Fixed(&'static str),
+}
 
 /// Why logins were refused, for [`Server::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -400,9 +407,7 @@ impl Server {
     pub async fn reload(&self, config: ServerConfig) -> Result<Vec<String>, ReloadError> {
         let old = self.inner.config();
         if config.token.is_none() && config.clients.is_empty() {
-            return Err(ReloadError(
-                "no token: set a shared token or per-client tokens".into(),
-            ));
+            return Err(ReloadError::NoToken);
         }
         let fixed = [
             ("listen", config.listen != old.listen),
@@ -414,9 +419,7 @@ impl Server {
             ),
         ];
         if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
-            return Err(ReloadError(format!(
-                "`{what}` cannot change while running: restart the server for that"
-            )));
+            return Err(ReloadError::Fixed(what));
         }
         let keys = {
             let current = self.inner.keys.read();
@@ -916,7 +919,7 @@ async fn accept_visitors(listener: TcpListener, mux: Mux, index: u16, traffic: A
                 tokio::spawn(bridge(sock, stream, Meter::new(&traffic, true)));
             }
             Err(why) => {
-                debug!(%visitor, why, "visitor dropped");
+                debug!(%visitor, %why, "visitor dropped");
                 let _ = sock.set_zero_linger();
             }
         }
