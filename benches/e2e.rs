@@ -133,6 +133,108 @@ fn print_rows(rows: &[Row]) {
     let _ = std::io::stdout().flush();
 }
 
+// ---------------------------------------------------------------- baseline
+
+/// One iperf3 run of `bytes` over loopback; MB/s as iperf3 reports it, or
+/// `None` if iperf3 is not installed.
+fn iperf3(bytes: u64) -> Option<f64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port()
+        .to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // Bounded: a few tries while the server comes up.
+    let mut result = None;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = Command::new("iperf3")
+            .args([
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-n",
+                &bytes.to_string(),
+                "-J",
+            ])
+            .output()
+            .ok()?;
+        let json: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        if let Some(bps) = json.and_then(|j| j["end"]["sum_received"]["bits_per_second"].as_f64()) {
+            result = Some(bps / 8.0 / 1e6);
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+/// The plain-TCP baseline every other section divides by, against iperf3
+/// in the same run: a ratio near 1 says the baseline is as strong as the
+/// best simple program, so ratios against it are honest.
+async fn baseline_section(o: &Opts, rows: &mut Vec<Row>) {
+    let n = o.samples();
+    let bytes = o.bytes(1 << 30);
+    eprintln!("plain-TCP baseline vs iperf3");
+    let direct = service().await.to_string();
+    let (mut is, mut os, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ds, mut drs) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let Some(reference) = tokio::task::spawn_blocking(move || iperf3(bytes))
+            .await
+            .unwrap()
+        else {
+            eprintln!("  iperf3 is not installed (apt-get install iperf3): no comparison");
+            return;
+        };
+        let start = Instant::now();
+        plain_tcp(bytes).await;
+        let ours = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+        progress(format!(
+            "baseline {}/{n}: {ours:.0} MB/s vs iperf3 {reference:.0} MB/s ({:.2})",
+            i + 1,
+            ours / reference
+        ));
+        is.push(reference);
+        os.push(ours);
+        rs.push(ours / reference);
+        // The tunnel section's direct path: a visitor uploading to the
+        // benchmark's service.
+        let start = Instant::now();
+        upload(&direct, bytes).await;
+        let d = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+        progress(format!(
+            "direct visitor → service {}/{n}: {d:.0} MB/s",
+            i + 1
+        ));
+        ds.push(d);
+        drs.push(d / reference);
+    }
+    let (reference, ours, ratio) = (median(is), median(os), median(rs));
+    rows.push(Row {
+        name: "direct TCP, visitor → service (the tunnel's baseline)".into(),
+        value: format!("{:.0} MB/s", median(ds)),
+        baseline: format!("iperf3 {reference:.0} MB/s"),
+        ratio: Some(median(drs)),
+        target: "≥ 0.9".into(),
+    });
+    rows.push(Row {
+        name: "plain-TCP baseline (the one all ratios use)".into(),
+        value: format!("{ours:.0} MB/s"),
+        baseline: format!("iperf3 {reference:.0} MB/s"),
+        ratio: Some(ratio),
+        target: "≥ 0.9".into(),
+    });
+}
+
 // ---------------------------------------------------------------- stream
 
 async fn tcp_pair() -> (TcpStream, TcpStream) {
@@ -146,11 +248,53 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (c, s)
 }
 
+/// Plain TCP as the best simple program does it (iperf3's way): blocking
+/// sockets, a sender thread and a receiver thread, 128 KiB writes and reads.
 async fn plain_tcp(bytes: u64) {
-    let (mut c, mut s) = tcp_pair().await;
-    let reader = tokio::spawn(async move { recv_n(&mut s, bytes).await });
-    send_n(&mut c, bytes).await;
-    reader.await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let receiver = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            blocking::recv_n(&mut s, bytes);
+        });
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        blocking::send_n(&mut c, bytes);
+        receiver.join().unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// The TCP endpoints of the direct and tunnel paths: blocking sockets on
+/// their own threads, as a real service and a real visitor (iperf3, a web
+/// server) are, so that only the path between them differs.
+mod blocking {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// The size of every read and write (iperf3's default).
+    const CHUNK: usize = 128 << 10;
+
+    pub fn send_n(w: &mut TcpStream, bytes: u64) {
+        let buf = vec![0x42u8; CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let n = CHUNK.min(left as usize);
+            w.write_all(&buf[..n]).expect("write");
+            left -= n as u64;
+        }
+    }
+
+    pub fn recv_n(r: &mut TcpStream, bytes: u64) {
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let n = r.read(&mut buf[..CHUNK.min(left as usize)]).expect("read");
+            assert!(n > 0, "early end of stream");
+            left -= n as u64;
+        }
+    }
 }
 
 /// The minimal RC4 + TCP program: encrypt, write; read, decrypt. No snet.
@@ -275,35 +419,36 @@ async fn stream_section(o: &Opts, rows: &mut Vec<Row>) {
 /// A local service: `sink` reads everything; `source` writes what it is asked
 /// for (an 8-byte count) and closes; `echo` echoes.
 async fn service() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
             let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
+            std::thread::spawn(move || {
                 // First byte: the mode.
                 let mut mode = [0u8; 1];
-                if s.read_exact(&mut mode).await.is_err() {
+                if s.read_exact(&mut mode).is_err() {
                     return;
                 }
+                let mut n = [0u8; 8];
                 match mode[0] {
                     b'u' => {
-                        let mut n = [0u8; 8];
-                        let _ = s.read_exact(&mut n).await;
-                        recv_n(&mut s, u64::from_le_bytes(n)).await;
-                        let _ = s.write_all(b"k").await;
+                        let _ = s.read_exact(&mut n);
+                        blocking::recv_n(&mut s, u64::from_le_bytes(n));
+                        let _ = s.write_all(b"k");
                     }
                     b'd' => {
-                        let mut n = [0u8; 8];
-                        let _ = s.read_exact(&mut n).await;
-                        send_n(&mut s, u64::from_le_bytes(n)).await;
+                        let _ = s.read_exact(&mut n);
+                        blocking::send_n(&mut s, u64::from_le_bytes(n));
                     }
                     _ => {
                         // Echo one byte at a time (latency).
                         let mut b = [0u8; 1];
-                        let _ = s.write_all(&mode).await;
-                        while s.read_exact(&mut b).await.is_ok() {
-                            if s.write_all(&b).await.is_err() {
+                        let _ = s.write_all(&mode);
+                        while s.read_exact(&mut b).is_ok() {
+                            if s.write_all(&b).is_err() {
                                 break;
                             }
                         }
@@ -315,24 +460,35 @@ async fn service() -> SocketAddr {
     addr
 }
 
+/// A visitor's session with the service, on its own thread.
+async fn visit(to: &str, mode: u8, bytes: u64) {
+    use std::io::{Read, Write};
+    let to = to.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut v = std::net::TcpStream::connect(&to).unwrap();
+        v.set_nodelay(true).unwrap();
+        v.write_all(&[mode]).unwrap();
+        v.write_all(&bytes.to_le_bytes()).unwrap();
+        if mode == b'u' {
+            blocking::send_n(&mut v, bytes);
+            let mut k = [0u8; 1];
+            v.read_exact(&mut k).unwrap();
+        } else {
+            blocking::recv_n(&mut v, bytes);
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// Upload: the visitor sends `bytes`, the service confirms with one byte.
 async fn upload(to: &str, bytes: u64) {
-    let mut v = TcpStream::connect(to).await.unwrap();
-    v.set_nodelay(true).unwrap();
-    v.write_all(b"u").await.unwrap();
-    v.write_all(&bytes.to_le_bytes()).await.unwrap();
-    send_n(&mut v, bytes).await;
-    let mut k = [0u8; 1];
-    v.read_exact(&mut k).await.unwrap();
+    visit(to, b'u', bytes).await
 }
 
 /// Download: the service sends `bytes` to the visitor.
 async fn download(to: &str, bytes: u64) {
-    let mut v = TcpStream::connect(to).await.unwrap();
-    v.set_nodelay(true).unwrap();
-    v.write_all(b"d").await.unwrap();
-    v.write_all(&bytes.to_le_bytes()).await.unwrap();
-    recv_n(&mut v, bytes).await;
+    visit(to, b'd', bytes).await
 }
 
 struct Tunnel {
@@ -751,7 +907,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// A child process whose stdout lines can be read.
 struct Proc {
     child: Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    lines: Option<std::io::Lines<std::io::BufReader<std::process::ChildStdout>>>,
 }
 
 impl Proc {
@@ -765,12 +921,16 @@ impl Proc {
         use std::io::BufRead;
         Proc {
             child,
-            lines: std::io::BufReader::new(out).lines(),
+            lines: Some(std::io::BufReader::new(out).lines()),
         }
     }
 
     fn line(&mut self) -> String {
-        self.lines.next().expect("a line").expect("readable")
+        let lines = self.lines.as_mut().expect("lines not taken");
+        match lines.next() {
+            Some(Ok(line)) => line,
+            _ => fail("a child process ended before printing its line"),
+        }
     }
 }
 
@@ -782,29 +942,51 @@ impl Drop for Proc {
 }
 
 /// `--role hold`: accepts connections and holds them; prints its address,
-/// then the count of held connections each time it reaches a thousand.
+/// then the count of held connections whenever it has changed (at most ten
+/// times a second).
 fn hold_service() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        // A deep backlog: the tunnel client opens thousands of connections
-        // in a burst, and a full backlog of 128 drops some of them.
+        // A deep backlog: the tunnel client opens connections in bursts.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let l = socket.listen(8192).unwrap();
         println!("{}", l.local_addr().unwrap());
         let _ = std::io::stdout().flush();
         let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-            if held.len() % 1000 == 0 {
-                println!("{}", held.len());
-                let _ = std::io::stdout().flush();
+        let mut told = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                accepted = l.accept() => match accepted {
+                    Ok((s, _)) => held.push(s),
+                    Err(e) => {
+                        eprintln!("hold: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                _ = tick.tick() => {
+                    // A closed connection is no longer held.
+                    held.retain(|s| s.peer_addr().is_ok());
+                    if held.len() != told {
+                        told = held.len();
+                        println!("{told}");
+                        let _ = std::io::stdout().flush();
+                    }
+                }
             }
         }
     });
+}
+
+/// Stops the benchmark with a message and a failing exit code: a run that
+/// cannot measure what it claims must not hang or print a figure.
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("benchmark failed: {msg}");
+    std::process::exit(1);
 }
 
 async fn memory_section(rows: &mut Vec<Row>) {
@@ -812,6 +994,19 @@ async fn memory_section(rows: &mut Vec<Row>) {
     let exe = std::env::current_exe().unwrap();
     let mut hold = Proc::spawn(Command::new(&exe).args(["--role", "hold"]));
     let hold_addr = hold.line();
+    // The hold service's latest count, read on a thread of its own.
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let held = held.clone();
+        let mut lines = hold.lines.take().expect("the hold service's output");
+        std::thread::spawn(move || {
+            while let Some(Ok(line)) = lines.next() {
+                if let Ok(n) = line.parse() {
+                    held.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
     let rejoin = env!("CARGO_BIN_EXE_rejoin");
     let mut server = Proc::spawn(Command::new(rejoin).args([
         "server",
@@ -835,18 +1030,52 @@ async fn memory_section(rows: &mut Vec<Row>) {
     let (s0, c0) = (rss_kib(server.child.id()), rss_kib(client.child.id()));
     progress(format!("idle: server {s0} KiB, client {c0} KiB"));
     let mut visitors = Vec::new();
-    let mut held = 0;
     for target in [1000usize, 10_000] {
         while visitors.len() < target {
-            // Spread visitors over source addresses so ephemeral ports last.
-            let n = visitors.len();
-            let ip = std::net::Ipv4Addr::new(127, 0, 1, 2 + (n % 200) as u8);
-            let sock = tokio::net::TcpSocket::new_v4().unwrap();
-            sock.bind(SocketAddr::new(ip.into(), 0)).unwrap();
-            visitors.push(sock.connect(public).await.unwrap());
-        }
-        while held < target {
-            held = hold.line().parse().unwrap();
+            // In batches, each waited for, so the service's accept queue
+            // never overflows (an overflow leaves connections to time out).
+            let batch = (visitors.len() + 500).min(target);
+            while visitors.len() < batch {
+                // Spread visitors over source addresses so ephemeral ports last.
+                let n = visitors.len();
+                let ip = std::net::Ipv4Addr::new(127, 0, 1, 2 + (n % 200) as u8);
+                let sock = tokio::net::TcpSocket::new_v4()
+                    .and_then(|s| s.bind(SocketAddr::new(ip.into(), 0)).map(|()| s))
+                    .unwrap_or_else(|e| {
+                        fail(format!(
+                            "visitor {n}: no socket: {e} (10,000 visitors need an open-file \
+                             limit above 10,000 in every process: ulimit -n)"
+                        ))
+                    });
+                match tokio::time::timeout(Duration::from_secs(10), sock.connect(public)).await {
+                    Ok(Ok(v)) => visitors.push(v),
+                    Ok(Err(e)) => fail(format!("visitor {n} could not connect to {public}: {e}")),
+                    Err(_) => fail(format!(
+                        "visitor {n} could not connect to {public} within 10 s"
+                    )),
+                }
+            }
+            let started = Instant::now();
+            let mut last = (0, Instant::now());
+            loop {
+                let now_held = held.load(std::sync::atomic::Ordering::Relaxed);
+                if now_held >= batch {
+                    break;
+                }
+                if now_held != last.0 {
+                    last = (now_held, Instant::now());
+                }
+                if last.1.elapsed() > Duration::from_secs(15)
+                    || started.elapsed() > Duration::from_secs(120)
+                {
+                    fail(format!(
+                        "only {now_held} of {batch} visitors reached the service through the tunnel \
+                         (no progress for 15 s): the client could not connect the rest; \
+                         check the open-file limit (ulimit -n) and the client's log"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (s, c) = (rss_kib(server.child.id()), rss_kib(client.child.id()));
@@ -895,6 +1124,9 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     rt.block_on(async {
+        if opts.wants("baseline") {
+            baseline_section(&opts, &mut rows).await;
+        }
         if opts.wants("stream") {
             stream_section(&opts, &mut rows).await;
         }

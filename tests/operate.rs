@@ -254,6 +254,81 @@ fn the_admin_endpoint_reports_what_happens() {
     assert_eq!(get(&admin, "/nothing", None).0, 404);
 }
 
+/// Without a token the endpoint answers only requests that name it by IP
+/// or as localhost: a page that rebinds its own domain to 127.0.0.1 gets
+/// nothing. A full endpoint turns connections away at once.
+#[test]
+fn the_admin_endpoint_resists_rebinding_and_floods() {
+    let (server, _) = start_server(&["--admin", "0"]);
+    let admin = line_with(&server, "admin at ").replace("admin at ", "");
+    let host = admin.trim_start_matches("http://").to_string();
+    let ask = |host_header: &str| {
+        let mut s = TcpStream::connect(&host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/status HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    };
+    assert!(
+        ask("evil.example:7070").starts_with("HTTP/1.1 403"),
+        "a name is refused"
+    );
+    assert!(ask(&host).starts_with("HTTP/1.1 200"));
+    assert!(ask(&host.replace("127.0.0.1", "localhost")).starts_with("HTTP/1.1 200"));
+    // 40 idle connections (more than its 32 slots): a scrape still gets
+    // an answer or a refusal within seconds, never a hang.
+    let idle: Vec<TcpStream> = (0..40)
+        .filter_map(|_| TcpStream::connect(&host).ok())
+        .collect();
+    let started = Instant::now();
+    let mut answered = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        let (code, _) = get_or_refused(&admin, "/metrics");
+        if code == 200 {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        answered,
+        "the idle connections time out and a scrape gets through"
+    );
+    drop(idle);
+}
+
+/// Like `get`, but a connection refused or reset counts as code 0.
+fn get_or_refused(admin: &str, path: &str) -> (u16, String) {
+    let host = admin.trim_start_matches("http://");
+    let Ok(mut s) = TcpStream::connect(host) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut reply = String::new();
+    if s.read_to_string(&mut reply).is_err() {
+        return (0, reply);
+    }
+    let code = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, reply)
+}
+
 #[test]
 fn an_admin_token_is_required_when_set() {
     let (server, _) = start_server(&["--admin", "0", "--admin-token", "adm1n"]);

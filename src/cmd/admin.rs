@@ -34,7 +34,7 @@ use rejoin::tunnel::server::Server;
 /// The most admin connections served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 32;
 /// A request's headers must arrive within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin endpoint reports: the same facts for `/api/status`, the
 /// page, `/metrics` and `rejoin status`.
@@ -370,6 +370,9 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot bind the admin endpoint at {addr}"))?;
     let bound = listener.local_addr()?;
+    if token.as_deref() == Some("") {
+        anyhow::bail!("the admin token is empty: give a real one, or none");
+    }
     if !bound.ip().is_loopback() && token.is_none() {
         tracing::warn!(%bound, "the admin endpoint is reachable beyond this machine without a token (set admin_token)");
     }
@@ -381,9 +384,6 @@ pub async fn start(
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (sock, _) = match listener.accept().await {
                 Ok(v) => v,
                 Err(e) => {
@@ -392,18 +392,27 @@ pub async fn start(
                     continue;
                 }
             };
+            // Full: closed at once, so a scraper fails fast instead of
+            // waiting in the backlog behind whoever holds the slots.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let _ = sock.set_zero_linger();
+                continue;
+            };
             let admin = admin.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(req).await) }
                 });
+                // One request per connection: an idle keep-alive never
+                // holds a slot.
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
                     .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
-                // A connection lives at most a minute, whatever it does.
-                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                // A connection lives at most 15 s, whatever it does.
+                let _ = tokio::time::timeout(Duration::from_secs(15), conn).await;
                 drop(permit);
             });
         }
@@ -426,18 +435,26 @@ fn reply(code: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<
 impl Admin {
     fn authorised(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = &self.token else {
-            return true;
+            // No token: only requests addressed by IP or as localhost, so
+            // a web page cannot rebind its own domain name to this port and
+            // read the status through the operator's browser.
+            return req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(host_is_an_address);
         };
         let bearer = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let query = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-        let given = bearer.or(query).unwrap_or("");
+        let query = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(percent_decode)
+        });
+        let given = bearer.map(str::to_string).or(query).unwrap_or_default();
         // Constant time in the token's content.
         given.len() == token.len()
             && given
@@ -454,6 +471,13 @@ impl Admin {
                 return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
             }
             if !self.authorised(&req) {
+                if self.token.is_none() {
+                    return reply(
+                        StatusCode::FORBIDDEN,
+                        TEXT,
+                        "address this endpoint by IP (or localhost), or set an admin token\n",
+                    );
+                }
                 let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "a bearer token is needed\n");
                 if let Ok(v) = "Bearer".parse() {
                     r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, v);
@@ -490,6 +514,42 @@ impl Admin {
             }
         }
     }
+}
+
+/// A query value as the browser sent it: `%XX` escapes and `+` decoded.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a `Host` header names this endpoint by IP address or as
+/// localhost (not by some other name, which DNS rebinding would use).
+fn host_is_an_address(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// The status page: no build step, no external resources.
@@ -544,6 +604,35 @@ mod tests {
             assert!(text.contains(line), "{line} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn query_tokens_are_decoded() {
+        assert_eq!(percent_decode("a%2Bb%3D%3D+c"), "a+b== c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn only_addresses_pass_without_a_token() {
+        for ok in [
+            "127.0.0.1:7070",
+            "127.0.0.1",
+            "localhost:7070",
+            "[::1]:7070",
+            "10.0.0.5:80",
+        ] {
+            assert!(host_is_an_address(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7070",
+            "evil.example",
+            "127.0.0.1.evil.example:7070",
+            "[::1",
+            "",
+        ] {
+            assert!(!host_is_an_address(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -143,10 +143,29 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// Control characters shown escaped: names come from remote clients, and a
+/// name must not be able to drive the operator's terminal.
+fn clean(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Lines of a table, columns padded to their widest cell.
 fn table(head: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -284,6 +303,20 @@ mod tests {
         assert!(authority("https://x:1").is_err());
         assert!(authority("http://host").is_err());
         assert!(authority("").is_err());
+    }
+
+    #[test]
+    fn names_cannot_drive_the_terminal() {
+        let lines = table(
+            &["NAME"],
+            &[vec!["evil\u{1b}]52;c;aGk=\u{7}\u{1b}[2J".into()]],
+        );
+        assert!(
+            !lines[1].contains('\u{1b}') && !lines[1].contains('\u{7}'),
+            "{:?}",
+            lines[1]
+        );
+        assert!(lines[1].starts_with("evil\\u{1b}]52"), "{:?}", lines[1]);
     }
 
     #[test]

@@ -595,10 +595,13 @@ impl Client {
                             s.traffic.clone(),
                         );
                         let removed = s.removed.clone();
+                        let mux = mux.clone();
                         tokio::spawn(async move {
                             tokio::select! {
                                 _ = association => {}
-                                _ = removed.cancelled() => {}
+                                // The service was removed: end the
+                                // association on both sides.
+                                _ = removed.cancelled() => mux.dissociate(id),
                             }
                         });
                     }

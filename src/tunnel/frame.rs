@@ -29,7 +29,7 @@ pub const MAX_REASON: usize = 1024;
 /// The largest UDP payload.
 pub const MAX_DATAGRAM: usize = 65_507;
 /// The tunnel protocol version this code speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Every stream's initial window, both ways: the credit a sender starts with.
 pub const INITIAL_WINDOW: u32 = 1 << 20;
 /// Credit beyond this is a protocol error.

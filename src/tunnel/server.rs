@@ -88,12 +88,16 @@ struct Published {
     kind: ServiceKind,
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// Ends a UDP service gracefully (its associations dissociated).
+    stop: tokio_util::sync::CancellationToken,
     traffic: Arc<Traffic>,
 }
 
 /// A logged-in client.
 struct ClientSession {
     name: String,
+    /// The token it logged in with: a reload that changes it ends the session.
+    token: Token,
     mux: Mux,
     since: SystemTime,
     last_resume: Mutex<Option<SystemTime>>,
@@ -233,7 +237,22 @@ struct Inner {
     bind_ip: IpAddr,
     keys: Arc<parking_lot::RwLock<Keys>>,
     sessions: tokio::sync::Mutex<HashMap<String, Arc<ClientSession>>>,
+    /// Names whose login is between its proof and taking the name: one at a
+    /// time per name, so two newcomers never both replace a holder.
+    naming: Mutex<std::collections::HashSet<String>>,
     refused: Mutex<BTreeMap<Refusal, u64>>,
+}
+
+/// A name being taken; released when dropped.
+struct Naming<'a> {
+    inner: &'a Inner,
+    name: String,
+}
+
+impl Drop for Naming<'_> {
+    fn drop(&mut self) {
+        self.inner.naming.lock().remove(&self.name);
+    }
 }
 
 /// A running tunnel server.
@@ -331,6 +350,7 @@ impl Server {
             config: parking_lot::RwLock::new(Arc::new(config)),
             keys,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
+            naming: Mutex::new(std::collections::HashSet::new()),
             refused: Mutex::new(BTreeMap::new()),
         });
         let serving = inner.clone();
@@ -425,18 +445,15 @@ impl Server {
             let current = self.inner.keys.read();
             Keys::new(&config, &current)
         };
+        // Keys first, then the sessions, under the lock a login takes to
+        // join them: a login either sees the new keys or is seen here.
+        *self.inner.keys.write() = keys;
         let mut revoked = Vec::new();
         {
             let sessions = self.inner.sessions.lock().await;
+            let keys = self.inner.keys.read();
             for (name, session) in sessions.iter() {
-                let before = self
-                    .inner
-                    .keys
-                    .read()
-                    .for_name(name)
-                    .map(|(t, _)| t.clone());
-                let after = keys.for_name(name).map(|(t, _)| t.clone());
-                if before != after {
+                if keys.for_name(name).map(|(t, _)| t) != Some(&session.token) {
                     session
                         .mux
                         .goodbye("the server's token for this client changed");
@@ -444,7 +461,6 @@ impl Server {
                 }
             }
         }
-        *self.inner.keys.write() = keys;
         *self.inner.config.write() = Arc::new(config);
         revoked.sort();
         Ok(revoked)
@@ -498,8 +514,8 @@ impl Inner {
         self.config.read().clone()
     }
 
-    fn key_for(&self, name: &str) -> Option<LoginKey> {
-        self.keys.read().for_name(name).map(|(_, k)| k.clone())
+    fn key_for(&self, name: &str) -> Option<(Token, LoginKey)> {
+        self.keys.read().for_name(name).cloned()
     }
 
     async fn serve(self: Arc<Self>, stream: Stream) {
@@ -507,7 +523,7 @@ impl Inner {
         let config = self.config();
         let (mux, mut events) = Mux::start(stream, Side::Server, config.mux.clone());
         let login = timeout(config.login_timeout, self.login(&mux, &mut events));
-        let (name, welcome) = match login.await {
+        let (name, token, welcome) = match login.await {
             Ok(Ok(v)) => v,
             Ok(Err((why, reason))) => {
                 self.count_refusal(why);
@@ -527,7 +543,7 @@ impl Inner {
         };
         // The name is checked before WELCOME, so a refused client learns it
         // in place of a welcome and stops, instead of starting over.
-        let Some(session) = self.take_name(&name, &mux, peer).await else {
+        let Some(session) = self.take_name(&name, token, &mux, peer).await else {
             return;
         };
         mux.send(welcome);
@@ -543,9 +559,16 @@ impl Inner {
                 }) => self.publish(&session, index, kind, port, &service).await,
                 Event::Control(Frame::Unpublish { index }) => {
                     let gone = session.services.lock().remove(&index);
-                    if let Some(p) = gone {
-                        p.task.abort();
-                        let _ = p.task.await;
+                    if let Some(mut p) = gone {
+                        p.stop.cancel();
+                        let wait = match p.kind {
+                            ServiceKind::Udp => Duration::from_secs(1),
+                            _ => Duration::ZERO,
+                        };
+                        if timeout(wait, &mut p.task).await.is_err() {
+                            p.task.abort();
+                            let _ = p.task.await;
+                        }
                         info!(client = %name, service = %p.name, addr = %p.addr, "service unpublished");
                     }
                 }
@@ -595,9 +618,29 @@ impl Inner {
     async fn take_name(
         &self,
         name: &str,
+        token: Token,
         mux: &Mux,
         peer: Option<SocketAddr>,
     ) -> Option<Arc<ClientSession>> {
+        let refuse = |why: Refusal, reason: String| {
+            self.count_refusal(why);
+            warn!(client = %name, ?peer, %reason, "login refused");
+            mux.send(Frame::Refuse {
+                reason: reason.clone(),
+            });
+            mux.goodbye(format!("login refused: {reason}"));
+        };
+        if !self.naming.lock().insert(name.to_string()) {
+            refuse(
+                Refusal::NameInUse,
+                format!("the name {name:?} is in use: another login with it is in progress"),
+            );
+            return None;
+        }
+        let _naming = Naming {
+            inner: self,
+            name: name.to_string(),
+        };
         let holder = self.sessions.lock().await.get(name).cloned();
         if let Some(old) = &holder {
             let probe = self
@@ -611,20 +654,18 @@ impl Inner {
                     .stream()
                     .peer_addr()
                     .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
-                let reason = format!(
-                    "the name {name:?} is in use by a live client at {at}: give each client its own --name"
+                refuse(
+                    Refusal::NameInUse,
+                    format!(
+                        "the name {name:?} is in use by a live client at {at}: give each client its own --name"
+                    ),
                 );
-                self.count_refusal(Refusal::NameInUse);
-                warn!(client = %name, ?peer, holder = %at, "login refused: name in use");
-                mux.send(Frame::Refuse {
-                    reason: reason.clone(),
-                });
-                mux.goodbye(format!("login refused: {reason}"));
                 return None;
             }
         }
         let session = Arc::new(ClientSession {
             name: name.to_string(),
+            token: token.clone(),
             mux: mux.clone(),
             since: SystemTime::now(),
             last_resume: Mutex::new(None),
@@ -632,11 +673,18 @@ impl Inner {
             sticky: Mutex::new(HashMap::new()),
             udp_services: Mutex::new(Vec::new()),
         });
-        let old = self
-            .sessions
-            .lock()
-            .await
-            .insert(name.to_string(), session.clone());
+        let old = {
+            let mut sessions = self.sessions.lock().await;
+            // A reload may have changed the token since the proof: checked
+            // under the lock a reload takes after installing new keys.
+            let current = self.keys.read().for_name(name).map(|(t, _)| t.clone());
+            if current.as_ref() != Some(&token) {
+                drop(sessions);
+                refuse(Refusal::BadToken, "bad token".into());
+                return None;
+            }
+            sessions.insert(name.to_string(), session.clone())
+        };
         if let Some(old) = old {
             info!(client = %name, "new session replaces the old one (its link was down or silent)");
             old.mux
@@ -655,7 +703,7 @@ impl Inner {
         &self,
         mux: &Mux,
         events: &mut mpsc::Receiver<Event>,
-    ) -> Result<(String, Frame), (Refusal, String)> {
+    ) -> Result<(String, Token, Frame), (Refusal, String)> {
         let Some(Event::Control(Frame::Hello {
             version,
             name,
@@ -672,7 +720,7 @@ impl Inner {
                 ),
             ));
         }
-        let key = self
+        let (token, key) = self
             .key_for(&name)
             .ok_or_else(|| (Refusal::UnknownClient, format!("unknown client {name:?}")))?;
         let server_nonce: [u8; 32] = rand::random();
@@ -695,7 +743,7 @@ impl Inner {
         let welcome = Frame::Welcome {
             proof: key.server_proof(&transcript),
         };
-        Ok((name, welcome))
+        Ok((name, token, welcome))
     }
 
     async fn publish(
@@ -742,6 +790,7 @@ impl Inner {
             _ => None,
         };
         let traffic = Arc::new(Traffic::default());
+        let stop = tokio_util::sync::CancellationToken::new();
         let (addr, task) = match kind {
             ServiceKind::Tcp => {
                 let bound = match sticky {
@@ -796,7 +845,7 @@ impl Inner {
                     traffic.clone(),
                 );
                 session.udp_services.lock().push(dissociations);
-                (addr, tokio::spawn(service.run()))
+                (addr, tokio::spawn(service.run(stop.clone())))
             }
         };
         session.services.lock().insert(
@@ -806,6 +855,7 @@ impl Inner {
                 kind,
                 addr,
                 task,
+                stop,
                 traffic,
             },
         );
@@ -850,8 +900,17 @@ impl BindError {
     /// A failed bind of `what` port `port` (0: any): a taken port may be
     /// free later; a port this process may not bind will not be.
     pub(crate) fn new(e: io::Error, what: &str, port: u16) -> Self {
-        let retry = e.kind() == io::ErrorKind::AddrInUse;
-        let reason = match (retry, port) {
+        // Taken, or the server short of resources (file descriptors,
+        // buffers) or of its bind address for now: all may pass. Refused
+        // permission does not.
+        const EMFILE: i32 = 24;
+        const ENFILE: i32 = 23;
+        const ENOBUFS: i32 = 105;
+        let taken = e.kind() == io::ErrorKind::AddrInUse;
+        let retry = taken
+            || e.kind() == io::ErrorKind::AddrNotAvailable
+            || matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS));
+        let reason = match (taken, port) {
             (true, _) => format!("port {port} is taken"),
             (false, 0) => format!("cannot bind a {what} port: {e}"),
             (false, _) => format!("cannot bind {what} port {port}: {e}"),

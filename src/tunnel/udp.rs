@@ -179,8 +179,10 @@ impl UdpService {
         )
     }
 
-    /// Serves until the task is aborted (the session ended).
-    pub(crate) async fn run(mut self) {
+    /// Serves until the task is aborted (the session ended), or until
+    /// `stop` (the service was unpublished): then its associations are ended
+    /// on both sides.
+    pub(crate) async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
         let addr = self.socket.local_addr().ok();
         let mut drops = DropLog::new(format!("udp service at {addr:?}"), self.traffic.clone());
         let (to_visitors, mut from_link) = self.mux.datagram_channel();
@@ -247,6 +249,12 @@ impl UdpService {
                         self.mux.note_udp_drop(UdpDrop::Delivery);
                         drops.note("visitor's socket would not take it");
                     }
+                }
+                _ = stop.cancelled() => {
+                    for id in by_id.keys() {
+                        self.mux.dissociate(*id);
+                    }
+                    return;
                 }
                 Some(id) = self.dissociated.recv() => {
                     if let Some(visitor) = by_id.remove(&id) {
