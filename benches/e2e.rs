@@ -7,7 +7,7 @@
 //! cargo bench --bench e2e -- --only tunnel
 //! ```
 //!
-//! Sections: stream throughput (plain and sealed vs TCP, RC4 vs RC4+TCP),
+//! Sections: the plain-TCP baselines against iperf3 (run beside them), stream throughput (plain and sealed vs TCP, RC4 vs RC4+TCP),
 //! tunnel throughput both ways (sealed link, as users run it, vs direct
 //! TCP), time to a first byte
 //! through the tunnel (vs direct), time from a link reset to the first byte
