@@ -385,8 +385,14 @@ fn local_address(local: &str) -> anyhow::Result<String> {
     Ok(local.to_string())
 }
 
+/// At most `MAX_NAME` bytes (the wire's limit), cut at a character
+/// boundary, so the name the handshake and the login use is the one sent.
 fn clip(s: &str) -> String {
-    s.chars().take(MAX_NAME).collect()
+    let mut end = s.len().min(MAX_NAME);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// This machine's name, the default client name.
@@ -524,6 +530,15 @@ impl ClientFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_clipped_to_the_wire_limit_in_bytes() {
+        let long = "é".repeat(40); // 80 bytes
+        let clipped = clip(&long);
+        assert_eq!(clipped.len(), 64);
+        assert_eq!(clipped, "é".repeat(32));
+        assert_eq!(clip("short"), "short");
+    }
 
     #[test]
     fn spans() {
