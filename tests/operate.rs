@@ -753,3 +753,36 @@ fn check_validates_configs() {
     let (ok, text) = check(&dir.join("missing.toml"));
     assert!(!ok && text.contains("missing.toml"), "{text}");
 }
+
+/// A public port taken on the server is asked for again, with backoff,
+/// until it is free; the client keeps running meanwhile.
+#[test]
+fn a_taken_port_is_asked_for_again() {
+    let echo_addr = echo_service();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let (_server, addr) = start_server(&["--ports", &port.to_string()]);
+    let spec = format!("{echo_addr}@{port}");
+    let client = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", TOKEN, "--tcp", &spec,
+        ],
+        None,
+    );
+    let first = line_with(&client, "tcp ");
+    assert!(
+        first.ends_with(&format!(
+            "not published: port {port} is taken (asking again)"
+        )),
+        "{first}"
+    );
+    drop(squatter);
+    // Further "asking again" lines may come before the port is seen free.
+    let published = format!(" published at 127.0.0.1:{port}");
+    let mut seen: Vec<String> = Vec::new();
+    while !seen.last().is_some_and(|l| l.ends_with(&published)) {
+        assert!(seen.len() < 10, "never published: {seen:?}");
+        seen.push(line_with(&client, "tcp "));
+    }
+    echo(&format!("127.0.0.1:{port}"), 10_000);
+}
