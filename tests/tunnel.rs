@@ -343,11 +343,12 @@ async fn a_lost_client_is_kept_then_released() {
     let mut buf = [0u8; 3];
     visitor.read_exact(&mut buf).await.unwrap();
 
-    // The client vanishes: its link is cut and it never comes back.
-    client.task.abort();
-    drop(client);
+    // The client vanishes: its link is cut and it never comes back (cut
+    // first: a dropped client says goodbye if it still can).
     proxy.cut_all(CutKind::Reset);
     drop(proxy);
+    client.task.abort();
+    drop(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.stats().await.clients, 1, "kept");
     assert!(TcpStream::connect(&public[0]).await.is_ok(), "port kept");

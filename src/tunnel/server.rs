@@ -687,11 +687,19 @@ impl Inner {
         };
         if let Some(old) = old {
             info!(client = %name, "new session replaces the old one (its link was down or silent)");
+            // Its ports are noted before the goodbye: the goodbye ends its
+            // own task, which closes (and forgets) them too.
+            let mut ports: HashMap<_, _> = old.sticky.lock().drain().collect();
+            ports.extend(
+                old.services
+                    .lock()
+                    .values()
+                    .map(|p| ((p.name.clone(), p.kind), p.addr.port())),
+            );
+            *session.sticky.lock() = ports;
             old.mux
                 .goodbye("replaced by a new session of the same client");
-            let mut ports: HashMap<_, _> = old.sticky.lock().drain().collect();
-            ports.extend(old.close_ports().await);
-            *session.sticky.lock() = ports;
+            let _ = old.close_ports().await;
         }
         Some(session)
     }
@@ -794,9 +802,9 @@ impl Inner {
         let (addr, task) = match kind {
             ServiceKind::Tcp => {
                 let bound = match sticky {
-                    Some(p) => match self.bind_tcp(p).await {
-                        Ok(l) => Ok(l),
-                        Err(_) => self.bind_tcp(0).await,
+                    Some(p) => match self.bind_sticky(p).await {
+                        Some(l) => Ok(l),
+                        None => self.bind_tcp(0).await,
                     },
                     None => self.bind_tcp(port).await,
                 };
@@ -823,10 +831,26 @@ impl Inner {
                     Vec::new()
                 };
                 let bound = match sticky {
-                    Some(p) => match udp::bind(self.bind_ip, p, &[]).await {
-                        Ok(s) => Ok(s),
-                        Err(_) => udp::bind(self.bind_ip, port, &candidates).await,
-                    },
+                    Some(p) => {
+                        // As for TCP: the old socket may still be closing.
+                        let mut got = None;
+                        for _ in 0..10 {
+                            match udp::bind(self.bind_ip, p, &[]).await {
+                                Ok(s) => {
+                                    got = Some(s);
+                                    break;
+                                }
+                                Err(e) if e.retry => {
+                                    tokio::time::sleep(Duration::from_millis(50)).await
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        match got {
+                            Some(s) => Ok(s),
+                            None => udp::bind(self.bind_ip, port, &candidates).await,
+                        }
+                    }
                     None => udp::bind(self.bind_ip, port, &candidates).await,
                 };
                 let socket = match bound {
@@ -861,6 +885,20 @@ impl Inner {
         );
         info!(client = %session.name, service, kind = kind.name(), %addr, "service published");
         session.mux.send(Frame::Published { index, addr });
+    }
+
+    /// Binds the port a replaced session had. Its listener may still be
+    /// closing (the old session's task closes it too), so a taken port is
+    /// tried again for up to half a second.
+    async fn bind_sticky(&self, port: u16) -> Option<TcpListener> {
+        for _ in 0..10 {
+            match self.bind_tcp(port).await {
+                Ok(l) => return Some(l),
+                Err(e) if e.retry => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Binds a public TCP port: the one asked for, or a free allowed one.
