@@ -19,21 +19,35 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);
 
+/// `text` split into its leading number and the unit after it, or the
+/// error `example` explains.
+fn number_and_unit<'a>(text: &'a str, example: &str) -> Result<(u64, &'a str), String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not {example}"))?;
+    Ok((n, unit.trim()))
+}
+
 impl std::str::FromStr for Span {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 5m or 1h"))?;
-        let d = match unit.trim() {
+        let (n, unit) = number_and_unit(s, "a duration like 30s, 500ms, 5m or 1h")?;
+        let seconds = |scale: u64| {
+            n.checked_mul(scale)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("{s:?} is too long"))
+        };
+        let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => seconds(60)?,
+            "h" => seconds(3600)?,
             other => {
                 return Err(format!(
                     "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
@@ -98,12 +112,8 @@ impl std::str::FromStr for Size {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size like 16MiB, 512KiB or 1048576"))?;
-        let scale: u64 = match unit.trim() {
+        let (n, unit) = number_and_unit(s, "a size like 16MiB, 512KiB or 1048576")?;
+        let scale: u64 = match unit {
             "" | "B" => 1,
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
@@ -551,6 +561,11 @@ mod tests {
         assert!("5".parse::<Span>().is_err());
         assert!("s".parse::<Span>().is_err());
         assert!("5 weeks".parse::<Span>().is_err());
+        assert!("99999999999999999999h".parse::<Span>().is_err());
+        assert!(
+            "9999999999999999999h".parse::<Span>().is_err(),
+            "overflow is an error, not a panic"
+        );
     }
 
     #[test]
