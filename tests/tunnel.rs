@@ -274,18 +274,12 @@ async fn a_server_that_cannot_prove_the_token_is_refused() {
 /// ports back at once: the new session replaces the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_client_replaces_its_old_session() {
-    use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+    use rejoin::chaos::CutKind;
     let server = Server::bind(server_config()).await.unwrap();
     let local = echo_service().await;
     // The first client reaches the server through a proxy, so that it can
     // die silently: its machine gone, no FIN and no RST.
-    let proxy = CutProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        server.local_addr(),
-        ProxyConfig::default(),
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_to(&server).await;
     let mut first = RunningClient::start(client_config(
         proxy.local_addr().to_string(),
         "home",
@@ -315,22 +309,27 @@ async fn a_restarted_client_replaces_its_old_session() {
     assert_eq!(server.stats().await.clients, 1);
 }
 
+/// A link-cutting proxy in front of `server`.
+async fn proxy_to(server: &Server) -> rejoin::chaos::CutProxy {
+    rejoin::chaos::CutProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        server.local_addr(),
+        rejoin::chaos::ProxyConfig::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// While the link is down the server keeps the session, its ports and its
 /// visitors; after the keep time it releases them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_client_is_kept_then_released() {
-    use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+    use rejoin::chaos::CutKind;
     common::logs();
     let mut sc = server_config();
     sc.stream.reconnect_wait = Duration::from_secs(2);
     let server = Server::bind(sc).await.unwrap();
-    let proxy = CutProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        server.local_addr(),
-        ProxyConfig::default(),
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_to(&server).await;
     let local = echo_service().await;
     let mut client = RunningClient::start(client_config(
         proxy.local_addr().to_string(),

@@ -269,6 +269,8 @@ pub struct ClientFile {
     server_key: Option<String>,
     #[serde(default, rename = "service")]
     services: Vec<ServiceFile>,
+    // The admin and tuning fields repeat ServerFile's: serde cannot
+    // `flatten` a shared struct into one that denies unknown fields.
     admin: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
