@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     let mut last = 0;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let stats = proxy.stats();
         if stats.cuts() != last {
             last = stats.cuts();

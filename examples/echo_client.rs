@@ -40,6 +40,13 @@ fn fill(rng: &mut StdRng, buf: &mut [u8]) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        // What the session does, on stderr: RUST_LOG=rejoin=debug (or trace).
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(Args::parse()).await {
         Ok(line) => {
             println!("{line}");

@@ -29,6 +29,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        // What the session does, on stderr: RUST_LOG=rejoin=debug (or trace).
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut config = Config::default();
     config.version = if args.v1 { Version::V1 } else { Version::V2 };
     config.encrypt = !args.plain;

@@ -121,6 +121,9 @@ impl ClientHandshake {
 
 /// What a server learns from the first message of a connection.
 #[derive(Debug)]
+// Made once per connection and moved straight out: boxing the session
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     /// A new session, established (v2: the client proved the key).
     Session(Session),

@@ -24,7 +24,11 @@
 //! peer's resend read is as small as it can be. A snet peer reads a resend
 //! whole or not at all, so none of it counts as received until all of it has
 //! been handed over and `in_flight` more after it: until then the history
-//! keeps everything from the peer's read count on.
+//! keeps everything from the peer's read count on. And as a snet peer does,
+//! nothing written after the resend goes out before the peer's own resend has
+//! arrived whole: a cut in between then finds the same resend to ask for, not
+//! one grown by new data, which a peer reading resends whole could never
+//! finish through cuts that come faster.
 
 use super::cipher::Cipher;
 use super::cipher::Ciphers;
@@ -69,6 +73,10 @@ pub struct Session {
     /// Compatible suite: where this side's last resend ends (the write
     /// count announced with it). The peer reads it whole or not at all.
     resend_end: u64,
+    /// Compatible suite: where the peer's last resend ends (the write count
+    /// it announced). Until it has arrived, nothing past `resend_end` is
+    /// transmitted.
+    peer_resend_end: u64,
 }
 
 impl Session {
@@ -97,6 +105,7 @@ impl Session {
             peer_window: u64::MAX,
             max_sent: 0,
             resend_end: 0,
+            peer_resend_end: 0,
         }
     }
 
@@ -257,11 +266,32 @@ impl Session {
         n
     }
 
-    /// The bytes the current transport has yet to take, as up to two slices.
+    /// The bytes the current transport may take now, as up to two slices.
     pub fn poll_transmit(&self) -> (&[u8], &[u8]) {
         // `sent` never falls outside the history: write_capacity keeps every
         // byte at or above it, and resume() checks it.
-        self.history.slices_from(self.sent).unwrap_or((&[], &[]))
+        let (a, b) = self.history.slices_from(self.sent).unwrap_or((&[], &[]));
+        if self.resend_owed() == 0 {
+            return (a, b);
+        }
+        // The peer's resend is still arriving: only our own resend goes out.
+        let room = self.resend_end.saturating_sub(self.sent);
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        if room <= a.len() {
+            (&a[..room], &[])
+        } else {
+            (a, &b[..b.len().min(room - a.len())])
+        }
+    }
+
+    /// Compatible suite, after a resume: how many bytes of the peer's resend
+    /// have yet to arrive. Until they have, only our own resend goes out, and
+    /// the receiver must take them whatever its application does (a snet
+    /// peer queues a resend whole), or the two would wait on each other.
+    /// Never more than the history's capacity: a peer announcing a larger
+    /// resend is not waited for.
+    pub fn resend_owed(&self) -> u64 {
+        self.peer_resend_end.saturating_sub(self.read_count)
     }
 
     /// Whether bytes are waiting for the transport.
@@ -321,6 +351,12 @@ impl Session {
         self.in_pos = point.reported_read.min(self.read_count);
         if !self.is_sealed() {
             self.resend_end = point.announced_write;
+            let owed = point.peer_write.saturating_sub(self.read_count);
+            self.peer_resend_end = if owed <= self.history.capacity() as u64 {
+                point.peer_write
+            } else {
+                0
+            };
         }
         self.epoch += 1;
         Ok(())
@@ -420,6 +456,41 @@ mod tests {
         // Everything written is handed over: the hold has let go, so writes
         // can never stall behind it.
         assert_eq!(c.write_capacity(), 1024 - (1124 - 1024));
+    }
+
+    #[test]
+    fn new_bytes_wait_for_the_peers_resend() {
+        let (mut c, mut s) = pair(1024, 100);
+        c.handle_write(&[1; 300]);
+        c.handle_transmitted(300);
+        s.handle_write(&[2; 50]);
+        s.handle_transmitted(50);
+        // The link broke: the server got 100 of ours, we got 20 of its 50.
+        c.read_count = 20;
+        c.resume(ResumePoint {
+            peer_read: 100,
+            peer_write: 50,
+            reported_read: 20,
+            announced_write: 300,
+            epoch: 0,
+        })
+        .unwrap();
+        c.handle_write(&[3; 40]);
+        // Our resend goes out, the 40 new bytes wait.
+        assert_eq!(c.poll_transmit().0.len(), 200);
+        c.handle_transmitted(200);
+        assert_eq!(c.poll_transmit(), (&[][..], &[][..]));
+        assert!(c.has_pending());
+        // Part of the server's resend: still waiting.
+        s.sent = 20;
+        c.in_pos = 20;
+        let mut part = s.poll_transmit().0[..10].to_vec();
+        s.handle_transmitted(10);
+        c.handle_input(&mut part);
+        assert!(c.poll_transmit().0.is_empty());
+        // All of it: the new bytes follow.
+        assert_eq!(pump(&mut s, &mut c).len(), 20);
+        assert_eq!(c.poll_transmit().0.len(), 40);
     }
 
     fn point(peer_read: u64, announced_write: u64, epoch: u64) -> ResumePoint {

@@ -102,7 +102,7 @@ where
             poll_read_buf(Pin::new(&mut *io), cx, &mut input.limit(READ_CHUNK))
         } else {
             let room = if st.read_open {
-                st.rx_limit - start
+                st.rx_room()
             } else {
                 READ_CHUNK
             };
@@ -214,6 +214,7 @@ where
         sent = st.session.sent(),
         rc = st.session.read_count(),
         rx = st.rx.len(),
+        owed = st.session.resend_owed(),
         "pump step"
     );
     if close_complete(st) {

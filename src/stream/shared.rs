@@ -152,7 +152,22 @@ impl State {
 
     /// Whether the driver can take more bytes from the transport.
     pub fn can_receive(&self) -> bool {
-        self.rx.len() < self.rx_limit || !self.read_open
+        self.rx_room() > 0 || !self.read_open
+    }
+
+    /// How many more bytes `rx` takes from the transport: up to the limit,
+    /// and past it what a compatible peer still owes of its resend (the peer
+    /// waits for nothing while it sends it, as a snet peer reads a resend
+    /// whole, so neither may our application's reads), never more than one
+    /// history's worth past the limit.
+    pub fn rx_room(&self) -> usize {
+        let usual = self.rx_limit.saturating_sub(self.rx.len());
+        let owed = usize::try_from(self.session.resend_owed()).unwrap_or(usize::MAX);
+        let most = self
+            .rx_limit
+            .saturating_add(self.session.history().capacity())
+            .saturating_sub(self.rx.len());
+        usual.max(owed.min(most))
     }
 
     /// Handles bytes just appended to `rx` from the transport, starting at

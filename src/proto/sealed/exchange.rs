@@ -242,6 +242,9 @@ pub struct ClientExchange {
 
 /// What a client's exchange ends in.
 #[derive(Debug)]
+// Made once per connection and moved straight out: boxing the session
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum ClientOutcome {
     /// A new session.
     Established(Established),
@@ -492,6 +495,9 @@ enum ServerState {
 
 /// What a server's exchange ends in.
 #[derive(Debug)]
+// Made once per connection and moved straight out: boxing the session
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum ServerOutcome {
     /// A new session: the client proved the PSK.
     Established(Established),
