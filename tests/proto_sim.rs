@@ -438,8 +438,11 @@ impl World {
                 self.stats.handshake_lost += 1;
                 return self.client_connect();
             }
-            (Error::Refused, Some(RefuseReason::HistoryTooShort { .. }))
-            | (Error::HistoryTooShort { .. }, _)
+            (
+                Error::Refused,
+                Some(RefuseReason::HistoryTooShort { .. } | RefuseReason::V1ReadsPastResend { .. }),
+            )
+            | (Error::HistoryTooShort { .. } | Error::V1ReadsPastResend { .. }, _)
                 if !self.honest =>
             {
                 self.stats.refusals_allowed += 1;

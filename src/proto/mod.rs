@@ -149,6 +149,18 @@ pub enum RefuseReason {
         /// Bytes the history holds.
         held: u64,
     },
+    /// As [`RefuseReason::HistoryTooShort`], from a v1 peer that has sent
+    /// nothing since the last resume: a stock Go v1 peer reading on past a
+    /// resend (its own bug) looks like that.
+    #[error(
+        "resend of {need} bytes needed, history holds {held}: the peer has sent nothing since the last resume; if it is a stock Go snet v1 peer, it reads on past a resend by what its application had not yet taken, all or nothing, so cuts inside that read ask for ever more (PROTOCOL.md §1.10)"
+    )]
+    V1ReadsPastResend {
+        /// Bytes that would have to be resent.
+        need: u64,
+        /// Bytes the history holds.
+        held: u64,
+    },
 }
 
 /// Everything the protocol core can reject.
@@ -200,6 +212,18 @@ pub enum Error {
     /// Our history no longer holds what the peer missed.
     #[error("history too short: resend of {need} bytes needed, history holds {held}")]
     HistoryTooShort {
+        /// Bytes that would have to be resent.
+        need: u64,
+        /// Bytes the history holds.
+        held: u64,
+    },
+    /// As [`Error::HistoryTooShort`], from a v1 peer that has sent nothing
+    /// since the last resume: a stock Go v1 peer reading on past a resend
+    /// (its own bug) looks like that.
+    #[error(
+        "history too short: resend of {need} bytes needed, history holds {held}: the peer has sent nothing since the last resume; if it is a stock Go snet v1 peer, it reads on past a resend by what its application had not yet taken, all or nothing, so cuts inside that read ask for ever more (PROTOCOL.md §1.10)"
+    )]
+    V1ReadsPastResend {
         /// Bytes that would have to be resent.
         need: u64,
         /// Bytes the history holds.

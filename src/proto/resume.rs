@@ -69,9 +69,11 @@ pub(crate) fn check_counts(session: &Session, write: u64, read: u64) -> Result<(
         });
     }
     if read < session.history().start() {
-        return Err(RefuseReason::HistoryTooShort {
-            need: session.write_count() - read,
-            held: session.history().len() as u64,
+        let (need, held) = (session.write_count() - read, session.history().len() as u64);
+        return Err(if session.v1_reading_on() {
+            RefuseReason::V1ReadsPastResend { need, held }
+        } else {
+            RefuseReason::HistoryTooShort { need, held }
         });
     }
     Ok(())

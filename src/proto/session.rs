@@ -77,6 +77,9 @@ pub struct Session {
     /// it announced). Until it has arrived, nothing past `resend_end` is
     /// transmitted.
     peer_resend_end: u64,
+    /// Compatible suite: the write count the peer announced at the last
+    /// resume. A byte past it shows the peer finished that resume.
+    peer_announced: u64,
 }
 
 impl Session {
@@ -106,6 +109,7 @@ impl Session {
             max_sent: 0,
             resend_end: 0,
             peer_resend_end: 0,
+            peer_announced: 0,
         }
     }
 
@@ -239,12 +243,31 @@ impl Session {
         let room = (self.history.capacity() as u64)
             .saturating_sub(in_flight)
             .saturating_sub(HOLD_MARGIN);
-        let hold = self.resend_end.min(self.floor.saturating_add(room));
+        // A v1 snet peer reads on past a resend by what it had not yet
+        // handed to its application (PROTOCOL.md §1.10), all or nothing, so
+        // after a resume a v1 session holds as long as the history can,
+        // until the peer shows it finished (a byte past its own resend).
+        let resend_end = if self.v1_reading_on() {
+            u64::MAX
+        } else {
+            self.resend_end
+        };
+        let hold = resend_end.min(self.floor.saturating_add(room));
         if assumed < hold {
             self.floor
         } else {
             self.floor.max(assumed)
         }
+    }
+
+    /// Compatible v1 suite, after a resume: whether the peer may still be
+    /// reading on past its resend (nothing has arrived past the write count
+    /// it announced, which it sends only once it has finished).
+    pub(crate) fn v1_reading_on(&self) -> bool {
+        !self.is_sealed()
+            && self.params.version == Version::V1
+            && self.epoch > 0
+            && self.read_count <= self.peer_announced
     }
 
     /// How many more bytes [`Session::handle_write`] accepts now.
@@ -341,16 +364,22 @@ impl Session {
             return Err(Error::StaleResume);
         }
         if point.peer_read < self.history.start() || point.peer_read > self.write_count() {
-            return Err(Error::HistoryTooShort {
-                need: self.write_count().saturating_sub(point.peer_read),
-                held: self.history.len() as u64,
-            });
+            let need = self.write_count().saturating_sub(point.peer_read);
+            let held = self.history.len() as u64;
+            return Err(
+                if point.peer_read < self.history.start() && self.v1_reading_on() {
+                    Error::V1ReadsPastResend { need, held }
+                } else {
+                    Error::HistoryTooShort { need, held }
+                },
+            );
         }
         self.confirm(point.peer_read);
         self.sent = point.peer_read;
         self.in_pos = point.reported_read.min(self.read_count);
         if !self.is_sealed() {
             self.resend_end = point.announced_write;
+            self.peer_announced = point.peer_write;
             let owed = point.peer_write.saturating_sub(self.read_count);
             self.peer_resend_end = if owed <= self.history.capacity() as u64 {
                 point.peer_write

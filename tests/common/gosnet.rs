@@ -16,13 +16,23 @@
 //!   anything read later from the connection.
 //!   A resend read whole is queued at once, even if the reconnect then fails
 //!   because its own resend could not go out.
-//! - With `stock` it has the stock head's count bugs: its read count is the
-//!   bytes handed to the application, so a queued resend counts only as the
-//!   application reads it; and a client retries a failed reconnect with the
-//!   counts of its first attempt. A reconnect in either state asks for bytes
-//!   it already holds, and it queues them twice. The model counts when that
-//!   happens ([`GoStats::own_bug`]). Without `stock` it is the library fixed
-//!   to count bytes received, each request carrying the current counts.
+//! - With `stock` it has the released library's bugs, which differ by
+//!   version (both read from its sources):
+//!   - v2 (the head): its read count is the bytes handed to the application,
+//!     so a queued resend counts only as the application reads it, and it
+//!     reads the peer's resend from that count too;
+//!   - v1 (the last commit before the type byte): it reports bytes received,
+//!     but reads the peer's resend from the bytes handed to its application:
+//!     with part of an earlier resend still queued it waits for that many
+//!     bytes past the resend ([`GoStats::v1_wait`]), which only data written
+//!     after the resend can bring;
+//!   - both: a client retries a failed reconnect with the counts of its
+//!     first attempt.
+//!
+//!   A reconnect asking for bytes it already holds queues them twice; the
+//!   model counts when that happens ([`GoStats::own_bug`]). Without `stock`
+//!   it is the library fixed to count bytes received, each request carrying
+//!   the current counts.
 //! - Refusals: v2 24 zero bytes, v1 a close; a client refused by a v2 server,
 //!   or whose counts cannot be resumed, ends its session. (The library's
 //!   client retries forever; the model gives up after three closes in a row
@@ -118,6 +128,9 @@ pub struct GoStats {
     /// Reconnects (with `stock`) whose read count was below what it holds:
     /// each makes it queue bytes twice.
     pub own_bug: u64,
+    /// Resends (stock v1) it read past their end, waiting for data written
+    /// after them.
+    pub v1_wait: u64,
 }
 
 /// One modelled Go snet peer.
@@ -141,6 +154,8 @@ pub struct GoPeer {
     frozen: Option<(u64, u64)>,
     /// Bytes received in all (what a correct read count would say).
     received: u64,
+    /// Stock v1: the resend read in progress goes on past the resend.
+    reading_on: bool,
     next_id: u64,
 }
 
@@ -159,6 +174,7 @@ impl GoPeer {
             closes: 0,
             frozen: None,
             received: 0,
+            reading_on: false,
             next_id: 1,
         }
     }
@@ -181,9 +197,20 @@ impl GoPeer {
         }
     }
 
+    /// Stock v1: whether it is reading on past a resend, for bytes the peer
+    /// writes after it.
+    pub fn reading_past_resend(&self) -> bool {
+        self.reading_on && self.resend_progress().is_some()
+    }
+
     /// Whether a resend it read waits for its application.
     pub fn has_queued(&self) -> bool {
         self.core.as_ref().is_some_and(|c| !c.queue.is_empty())
+    }
+
+    /// Stock v2: the read count is what the application took.
+    fn counts_delivered(&self) -> bool {
+        self.cfg.stock && self.cfg.version == Version::V2
     }
 
     /// Whether it has no use for its connection (a server that refused or
@@ -349,11 +376,12 @@ impl GoPeer {
 
     /// Go's Read: the queued resend first, then the connection.
     fn app_read(&mut self, avail: &[u8], max: usize) -> usize {
+        let counts_delivered = self.counts_delivered();
         let core = self.core.as_mut().expect("up means a session");
         let (mut buf, taken) = if !core.queue.is_empty() {
             let n = max.min(core.queue.len());
             let buf: Vec<u8> = core.queue.drain(..n).collect();
-            if self.cfg.stock {
+            if counts_delivered {
                 core.read_count += n as u64;
             }
             (buf, 0)
@@ -372,6 +400,7 @@ impl GoPeer {
     /// library's reading goroutine does), and finishes the reconnect once
     /// our own resend has gone out too.
     fn settle(&mut self) {
+        let counts_delivered = self.counts_delivered();
         let Phase::Resending {
             need,
             got,
@@ -385,7 +414,7 @@ impl GoPeer {
             *read = true;
             let got = std::mem::take(got);
             let core = self.core.as_mut().expect("resending means a session");
-            if !self.cfg.stock {
+            if !counts_delivered {
                 core.read_count += got.len() as u64;
             }
             self.received += got.len() as u64;
@@ -572,7 +601,18 @@ impl GoPeer {
                 core.queue.len()
             );
         }
-        let need = (peer_write - core.read_count) as usize;
+        // Stock v1 reads from what its application took, not from the count
+        // it reported.
+        let from = if self.cfg.stock && self.cfg.version == Version::V1 {
+            core.read_count - core.queue.len() as u64
+        } else {
+            core.read_count
+        };
+        let need = (peer_write - from) as usize;
+        self.reading_on = from < core.read_count;
+        if self.reading_on {
+            self.stats.v1_wait += 1;
+        }
         let (a, b) = core
             .ring
             .slices_from(peer_read)

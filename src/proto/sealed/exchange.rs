@@ -768,7 +768,9 @@ fn refusal_status(reason: RefuseReason) -> u8 {
     match reason {
         RefuseReason::WriteCountBelowRead { .. } => STATUS_WRITE_BELOW_READ,
         RefuseReason::ReadCountAboveWrite { .. } => STATUS_READ_ABOVE_WRITE,
-        RefuseReason::HistoryTooShort { .. } => STATUS_HISTORY,
+        RefuseReason::HistoryTooShort { .. } | RefuseReason::V1ReadsPastResend { .. } => {
+            STATUS_HISTORY
+        }
         _ => STATUS_BUSY,
     }
 }
