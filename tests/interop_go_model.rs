@@ -192,3 +192,93 @@ async fn the_go_model_against_itself_through_cuts() {
         }
     }
 }
+
+/// A stock Go v1 server that reads on past a resend (PROTOCOL.md §1.10, bug
+/// 2) for bytes nobody writes: it resumes, sends nothing more, gives up at
+/// its deadline and forgets the session, then closes every reconnect. The
+/// client's error says what happened rather than a bare refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_server_left_waiting_past_a_resend_is_named() {
+    use bytes::BytesMut;
+    use rand::SeedableRng;
+    use rejoin::proto::{Incoming, Params, ResumeReply, ServerHandshake};
+    use rejoin::stream::{self, Config, Error};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    let params = Params {
+        version: Version::V1,
+        ..Params::default()
+    };
+    let server = tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut input = BytesMut::new();
+        // The session, and 100 bytes of data on it.
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut hs = ServerHandshake::new(params, 7);
+        let mut established = false;
+        while !established || input.len() < 100 {
+            assert!(conn.read_buf(&mut input).await.expect("read") > 0);
+            if !established {
+                hs.handle_input(&mut input, &mut rng).expect("handshake");
+                if let Some(t) = hs.poll_transmit() {
+                    conn.write_all(&t).await.expect("write");
+                }
+                established = matches!(hs.poll_outcome(), Some(Incoming::Session(_)));
+            }
+        }
+        drop(conn); // the link breaks
+        // The reconnect: counts, nothing to resend, and then nothing at all
+        // until its deadline.
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut hs = ServerHandshake::new(params, 8);
+        input.clear();
+        loop {
+            assert!(conn.read_buf(&mut input).await.expect("read") > 0);
+            hs.handle_input(&mut input, &mut rng)
+                .expect("reconnect request");
+            if let Some(Incoming::Reconnect(_)) = hs.poll_outcome() {
+                break;
+            }
+        }
+        let mut reply = BytesMut::new();
+        ResumeReply::Accept {
+            write_count: 0,
+            read_count: 100,
+            challenge: None,
+        }
+        .encode(Version::V1, &mut reply);
+        conn.write_all(&reply).await.expect("reply");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(conn);
+        // The session is gone: a v1 server reads the request (40 bytes) and
+        // refuses by closing.
+        for _ in 0..20 {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 40];
+            let _ = conn.read_exact(&mut request).await;
+            drop(conn);
+        }
+    });
+    let mut config = Config::default();
+    config.version = Version::V1;
+    config.redial.initial = Duration::from_millis(10);
+    config.redial.give_up = Some(Duration::from_secs(20));
+    let mut client = stream::connect(addr, config).await.expect("connects");
+    client.write_all(&[7; 100]).await.expect("write");
+    client.flush().await.expect("flush");
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+        .await
+        .expect("the client gives up in time")
+        .expect_err("the session ends");
+    assert!(
+        matches!(Error::from_io(&err), Some(Error::V1ServerWaited)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("past a resend"), "{err}");
+    server.abort();
+}

@@ -70,7 +70,7 @@ pub(crate) fn check_counts(session: &Session, write: u64, read: u64) -> Result<(
     }
     if read < session.history().start() {
         let (need, held) = (session.write_count() - read, session.history().len() as u64);
-        return Err(if session.v1_reading_on() {
+        return Err(if session.v1_read_cut_short(read) {
             RefuseReason::V1ReadsPastResend { need, held }
         } else {
             RefuseReason::HistoryTooShort { need, held }

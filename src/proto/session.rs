@@ -270,6 +270,14 @@ impl Session {
             && self.read_count <= self.peer_announced
     }
 
+    /// Compatible v1 suite: whether a resume asking from `peer_read` looks
+    /// like a stock Go v1 peer whose read on past our last resend was cut:
+    /// it still reads from where it read at the last resume, having sent
+    /// nothing since, while we had sent past the resend.
+    pub(crate) fn v1_read_cut_short(&self, peer_read: u64) -> bool {
+        self.v1_reading_on() && peer_read <= self.floor && self.max_sent > self.resend_end
+    }
+
     /// How many more bytes [`Session::handle_write`] accepts now.
     pub fn write_capacity(&self) -> usize {
         let needed = self.write_count() - self.safe_floor();
@@ -315,6 +323,25 @@ impl Session {
     /// resend is not waited for.
     pub fn resend_owed(&self) -> u64 {
         self.peer_resend_end.saturating_sub(self.read_count)
+    }
+
+    /// Whether bytes are ready for the transport now (none are while they
+    /// wait for the peer's resend).
+    pub fn can_transmit(&self) -> bool {
+        !self.poll_transmit().0.is_empty()
+    }
+
+    /// Stops waiting for the peer's resend: what is written goes out at
+    /// once, and the receiver keeps to its usual limit.
+    pub fn stop_waiting(&mut self) {
+        self.peer_resend_end = 0;
+    }
+
+    /// Compatible v1 suite: whether a stock Go v1 peer, reading on past our
+    /// last resend, would be left waiting: it has sent nothing since the
+    /// resume, and we have sent nothing past the resend for it to read.
+    pub fn v1_peer_may_wait(&self) -> bool {
+        self.v1_reading_on() && self.max_sent <= self.resend_end
     }
 
     /// Whether bytes are waiting for the transport.
@@ -367,7 +394,8 @@ impl Session {
             let need = self.write_count().saturating_sub(point.peer_read);
             let held = self.history.len() as u64;
             return Err(
-                if point.peer_read < self.history.start() && self.v1_reading_on() {
+                if point.peer_read < self.history.start() && self.v1_read_cut_short(point.peer_read)
+                {
                     Error::V1ReadsPastResend { need, held }
                 } else {
                     Error::HistoryTooShort { need, held }

@@ -218,7 +218,12 @@ async fn reconnect<D: Dialer>(
                 closed_before_reply += 1;
                 debug!(retry, "server closed before replying");
                 if closed_before_reply >= 3 {
-                    return Err(Some(Error::Refused));
+                    let waited = shared.state.lock().session.v1_peer_may_wait();
+                    return Err(Some(if waited {
+                        Error::V1ServerWaited
+                    } else {
+                        Error::Refused
+                    }));
                 }
             }
             Err(Attempt::ClosedBeforeReply) => debug!(retry, "server closed before replying"),

@@ -16,6 +16,14 @@ pub enum Error {
     /// session expired, or it never had it.
     #[error("the server refused to resume the session (closed, expired or unknown)")]
     Refused,
+    /// A v1 server closed every reconnect, having sent nothing since the last
+    /// resume: what a stock Go snet v1 server does after waiting for bytes
+    /// past a resend that nobody writes (`PROTOCOL.md` §1.10, bug 2).
+    #[error(
+        "the v1 server closed every reconnect and sent nothing since the last resume: a stock Go snet v1 server \
+         does that after waiting for bytes past a resend that nobody writes (its own bug, PROTOCOL.md §1.10)"
+    )]
+    V1ServerWaited,
     /// Server: the client did not come back in time.
     #[error("session expired: the client did not reconnect within {0:?}")]
     Expired(Duration),
@@ -25,6 +33,17 @@ pub enum Error {
     /// A resume needs bytes the history no longer holds.
     #[error("cannot resume: {need} bytes must be resent but the history holds {held}")]
     HistoryTooShort {
+        /// Bytes that would have to be resent.
+        need: u64,
+        /// Bytes the history holds.
+        held: u64,
+    },
+    /// As [`Error::HistoryTooShort`], where a stock Go snet v1 peer's read
+    /// on past a resend was cut (`PROTOCOL.md` §1.10, bug 2).
+    #[error(
+        "cannot resume: {need} bytes must be resent but the history holds {held}: the peer has sent nothing since the last resume; if it is a stock Go snet v1 peer, it reads on past a resend by what its application had not yet taken, all or nothing, so cuts inside that read ask for ever more (PROTOCOL.md §1.10)"
+    )]
+    V1ReadsPastResend {
         /// Bytes that would have to be resent.
         need: u64,
         /// Bytes the history holds.
@@ -63,9 +82,11 @@ impl Error {
     pub fn kind(&self) -> io::ErrorKind {
         use io::ErrorKind as K;
         match self {
-            Error::Refused => K::ConnectionRefused,
+            Error::Refused | Error::V1ServerWaited => K::ConnectionRefused,
             Error::Expired(_) | Error::GaveUp(_) | Error::HandshakeTimeout(_) => K::TimedOut,
-            Error::HistoryTooShort { .. } | Error::LimitReached(_) => K::ConnectionAborted,
+            Error::HistoryTooShort { .. }
+            | Error::V1ReadsPastResend { .. }
+            | Error::LimitReached(_) => K::ConnectionAborted,
             Error::Handshake(proto::Error::BadAnswer) => K::PermissionDenied,
             Error::Handshake(_) | Error::Protocol(_) => K::InvalidData,
             Error::Config(_) => K::InvalidInput,
@@ -92,6 +113,9 @@ impl From<proto::Error> for Error {
         match e {
             proto::Error::Refused => Error::Refused,
             proto::Error::HistoryTooShort { need, held } => Error::HistoryTooShort { need, held },
+            proto::Error::V1ReadsPastResend { need, held } => {
+                Error::V1ReadsPastResend { need, held }
+            }
             other => Error::Protocol(other),
         }
     }

@@ -195,7 +195,7 @@ where
         // Room may have opened in the history.
         st.take_write_waker(wake);
     }
-    if !st.flushed && !st.wire_pending() {
+    if !st.flushed && !st.wire_ready() {
         match Pin::new(&mut *io).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 st.flushed = true;

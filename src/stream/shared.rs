@@ -157,17 +157,14 @@ impl State {
 
     /// How many more bytes `rx` takes from the transport: up to the limit,
     /// and past it what a compatible peer still owes of its resend (the peer
-    /// waits for nothing while it sends it, as a snet peer reads a resend
-    /// whole, so neither may our application's reads), never more than one
-    /// history's worth past the limit.
+    /// sends it without waiting for anything, as a snet peer reads a resend
+    /// whole, so our application's reads must not hold it up either). A
+    /// resume waits for a resend only if it fits within the limit and a
+    /// history (see [`State::resumed`]).
     pub fn rx_room(&self) -> usize {
         let usual = self.rx_limit.saturating_sub(self.rx.len());
         let owed = usize::try_from(self.session.resend_owed()).unwrap_or(usize::MAX);
-        let most = self
-            .rx_limit
-            .saturating_add(self.session.history().capacity())
-            .saturating_sub(self.rx.len());
-        usual.max(owed.min(most))
+        usual.max(owed)
     }
 
     /// Handles bytes just appended to `rx` from the transport, starting at
@@ -268,6 +265,12 @@ impl State {
         self.session.has_pending() || self.link.as_ref().is_some_and(Link::has_output)
     }
 
+    /// Whether bytes are ready for the transport now (bytes held back until
+    /// a compatible peer's resend has arrived are not).
+    pub fn wire_ready(&self) -> bool {
+        self.session.can_transmit() || self.link.as_ref().is_some_and(Link::has_output)
+    }
+
     /// Switches the session onto a resumed transport whose peer is `peer`,
     /// and returns how many bytes this side resends (what the old transport
     /// took that the peer never got). The session is untouched on error.
@@ -279,6 +282,15 @@ impl State {
     ) -> Result<u64, crate::proto::Error> {
         let sent_before = self.session.max_sent();
         self.session.resume(point)?;
+        // The peer's resend is read whatever the application does, but the
+        // receive buffer never holds more than its limit and a history.
+        let most = self
+            .rx_limit
+            .saturating_add(self.session.history().capacity());
+        let owed = usize::try_from(self.session.resend_owed()).unwrap_or(usize::MAX);
+        if self.rx.len().saturating_add(owed) > most {
+            self.session.stop_waiting();
+        }
         self.link = link;
         self.broken = None;
         let resent = sent_before.saturating_sub(point.peer_read);
