@@ -351,6 +351,11 @@ pub(crate) struct Shared {
     /// Milliseconds since `epoch` when the last bytes arrived.
     last_rx: AtomicU64,
     epoch: Instant,
+    /// The nonce of the latest PING not yet answered. The reader queues one
+    /// PONG per run of PINGs, and the writer fills in this nonce as it takes
+    /// it: a peer that sends PINGs and never reads is owed one PONG, not one
+    /// per PING.
+    pong_owed: Mutex<Option<u64>>,
 }
 
 /// A handle on a running mux; cheap to clone.
@@ -413,6 +418,7 @@ impl Mux {
             handle,
             last_rx: AtomicU64::new(0),
             epoch: Instant::now(),
+            pong_owed: Mutex::new(None),
         });
         let reader = tokio::spawn(reader(shared.clone(), read, events));
         let writer = tokio::spawn(writer(shared.clone(), write, [control_rx, data_rx, udp_rx]));
@@ -814,13 +820,27 @@ impl Shared {
                 }
             }
             Frame::Ping { nonce } => {
-                let _ = self.control.send(Frame::Pong { nonce });
+                if self.pong_owed.lock().replace(nonce).is_none() {
+                    let _ = self.control.send(Frame::Pong { nonce });
+                }
             }
             Frame::Pong { .. } => {}
             Frame::Goodbye { reason } => return Err(End::Goodbye(reason)),
             other => return Ok(Some(Event::Control(other))),
         }
         Ok(None)
+    }
+}
+
+impl Shared {
+    /// A PONG leaving the control queue answers the latest PING owed.
+    fn answer_latest(&self, frame: Frame) -> Frame {
+        match frame {
+            Frame::Pong { nonce } => Frame::Pong {
+                nonce: self.pong_owed.lock().take().unwrap_or(nonce),
+            },
+            other => other,
+        }
     }
 }
 
@@ -935,7 +955,7 @@ fn next_frame(
     shared: &Shared,
 ) -> Option<Frame> {
     if let Ok(f) = queues[0].try_recv() {
-        return Some(f);
+        return Some(shared.answer_latest(f));
     }
     for _ in 0..2 {
         let q = 1 + *turn;
@@ -969,7 +989,7 @@ async fn writer(
                     tokio::select! {
                         biased;
                         f = control.recv() => match f {
-                            Some(f) => out.push(f),
+                            Some(f) => out.push(shared.answer_latest(f)),
                             None => break,
                         },
                         // Every queue was empty: whatever comes first goes.
