@@ -308,7 +308,13 @@ impl State {
     pub fn apply_controls(&mut self, controls: Vec<Control>) {
         for c in controls {
             match c {
-                Control::Ping => self.queue_control(Control::Pong),
+                // One PONG owed at a time: a peer sending PINGs faster than
+                // it reads them is owed one answer, not a queue of them.
+                Control::Ping => {
+                    if !self.controls.contains(&Control::Pong) {
+                        self.queue_control(Control::Pong);
+                    }
+                }
                 Control::Done => self.done_seen = true,
                 Control::Pong | Control::Fin => {}
             }
@@ -465,5 +471,33 @@ impl Shared {
         };
         wake.fire();
         self.emit(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cipher::client_ciphers;
+    use crate::proto::{Key, Params, Role};
+
+    #[test]
+    fn a_ping_flood_is_owed_one_pong() {
+        let params = Params {
+            history: 64 << 10,
+            in_flight: 16 << 10,
+            ..Params::default()
+        };
+        let key = Key::from_bytes(*b"01234567");
+        let (ciphers, _) = client_ciphers(&key, true, [0; 8]);
+        let session = Session::new(Role::Client, 1, key, params, true, ciphers);
+        let mut st = State::new(session, 64 << 10, std::time::Duration::from_secs(1), None);
+        // A million PINGs, none of our PONGs ever handed to the transport.
+        for _ in 0..1000 {
+            st.apply_controls(vec![Control::Ping; 1000]);
+        }
+        // The history took what it could; one more is owed.
+        assert_eq!(st.session.write_count(), 64 << 10);
+        assert_eq!(st.controls.len(), 1, "PONGs owed");
+        assert_eq!(st.controls.first(), Some(&Control::Pong));
     }
 }
