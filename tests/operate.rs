@@ -786,3 +786,58 @@ fn a_taken_port_is_asked_for_again() {
     }
     echo(&format!("127.0.0.1:{port}"), 10_000);
 }
+
+/// Unauthenticated noise: handshakes with a wrong token, one after another
+/// for 2.5 s, are logged about once a second, each line saying how many it
+/// left out, not one line each.
+#[test]
+fn refused_handshakes_are_logged_once_a_second() {
+    let server = Proc::start(
+        &["server", "--listen", "127.0.0.1:0", "--token", TOKEN],
+        None,
+    );
+    let addr = line_with(&server, "listening on ").replace("listening on ", "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let started = Instant::now();
+    let attempts = runtime.block_on(async {
+        let psk = rejoin::tunnel::auth::Token::new("not the token")
+            .key()
+            .psk();
+        let mut attempts = 0u64;
+        while started.elapsed() < Duration::from_millis(2500) && attempts < 5000 {
+            let config = rejoin::stream::Config::sealed(psk.clone());
+            let attempt = rejoin::stream::connect(addr.clone(), config);
+            let refused = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+            assert!(matches!(refused, Ok(Err(_))), "a wrong token is refused");
+            attempts += 1;
+        }
+        attempts
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("handshake refused"))
+        .collect();
+    println!(
+        "{attempts} refused handshakes in {seconds:.1} s: {} log lines",
+        lines.len()
+    );
+    assert!(attempts >= 20, "the flood ran ({attempts} attempts)");
+    assert!(
+        (lines.len() as f64) <= seconds + 2.0,
+        "{} lines for {attempts} attempts in {seconds:.1} s",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("left_out=") && !l.contains("left_out=0")),
+        "a line says how many it left out:\n{}",
+        lines.join("\n")
+    );
+}

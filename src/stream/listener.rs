@@ -123,6 +123,36 @@ struct Inner<T> {
     shed: AtomicU64,
     unknown_identity: AtomicU64,
     bad_key: AtomicU64,
+    /// Refusals of peers that proved nothing are logged at most once a second.
+    noise: NoiseLog,
+}
+
+/// Paces log lines about unauthenticated peers: at most one a second, each
+/// saying how many were left out before it, so that a flood of bad
+/// handshakes cannot flood the log. (The counters in [`ListenerStats`] see
+/// every one.)
+#[derive(Default)]
+struct NoiseLog {
+    /// When the last line was written, and how many were left out since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl NoiseLog {
+    /// `Some(left out since the last line)` if a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        match state.0 {
+            Some(last) if now.duration_since(last) < std::time::Duration::from_secs(1) => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
 }
 
 /// Accepts resumable sessions.
@@ -202,6 +232,7 @@ impl<T: Transport> Listener<T> {
             shed: AtomicU64::new(0),
             unknown_identity: AtomicU64::new(0),
             bad_key: AtomicU64::new(0),
+            noise: NoiseLog::default(),
         });
         Ok(Listener {
             inner,
@@ -340,7 +371,9 @@ impl<T: Transport> Inner<T> {
             }
             .fetch_add(1, Ordering::Relaxed);
             let e = proto::Error::KeyRejected(code);
-            info!(identity = ?shown, ?peer, error = %e, "handshake refused");
+            if let Some(left_out) = self.noise.allow() {
+                info!(identity = ?shown, ?peer, error = %e, left_out, "handshake refused");
+            }
             ex.reject(code);
             send_rest(&mut io, &mut ex).await;
             return Err(Error::Handshake(e));
@@ -374,7 +407,9 @@ impl<T: Transport> Inner<T> {
             // Said in the clear (the server no longer has the secret): the
             // client starts over instead of retrying until it gives up.
             self.refused.fetch_add(1, Ordering::Relaxed);
-            info!(id = %shown, ?peer, "reconnect refused: unknown conn ID");
+            if let Some(left_out) = self.noise.allow() {
+                info!(id = %shown, ?peer, left_out, "reconnect refused: unknown conn ID");
+            }
             ex.reject(REJECT_UNKNOWN_SESSION);
             send_rest(&mut io, &mut ex).await;
             return Ok(());
@@ -394,7 +429,9 @@ impl<T: Transport> Inner<T> {
         });
         if let Err(e) = accepted {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            info!(id = %shown, ?peer, error = %e, "reconnect refused");
+            if let Some(left_out) = self.noise.allow() {
+                info!(id = %shown, ?peer, error = %e, left_out, "reconnect refused");
+            }
             send_rest(&mut io, &mut ex).await;
             return Ok(());
         }
@@ -522,7 +559,10 @@ impl<T: Transport> Inner<T> {
         reason: RefuseReason,
     ) -> Result<(), Error> {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        info!(id = %format_args!("{:016x}", request.id), ?peer, %reason, "reconnect refused");
+        if let Some(left_out) = self.noise.allow() {
+            let id = format_args!("{:016x}", request.id);
+            info!(%id, ?peer, %reason, left_out, "reconnect refused");
+        }
         io.write_all(&ServerResume::refusal(self.config.version))
             .await?;
         let _ = io.shutdown().await;
