@@ -192,66 +192,21 @@ async fn the_go_model_against_itself_through_cuts() {
         }
     }
 }
-
 /// A stock Go v1 server that reads on past a resend (PROTOCOL.md §1.10, bug
 /// 2) for bytes nobody writes: it resumes, sends nothing more, gives up at
 /// its deadline and forgets the session, then closes every reconnect. The
 /// client's error says what happened rather than a bare refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_server_left_waiting_past_a_resend_is_named() {
-    use bytes::BytesMut;
-    use rand::SeedableRng;
-    use rejoin::proto::{Incoming, Params, ResumeReply, ServerHandshake};
     use rejoin::stream::{self, Config, Error};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = fake_v1::listen().await;
     let addr = listener.local_addr().expect("an address");
-    let params = Params {
-        version: Version::V1,
-        ..Params::default()
-    };
     let server = tokio::spawn(async move {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let mut input = BytesMut::new();
-        // The session, and 100 bytes of data on it.
-        let (mut conn, _) = listener.accept().await.expect("accept");
-        let mut hs = ServerHandshake::new(params, 7);
-        let mut established = false;
-        while !established || input.len() < 100 {
-            assert!(conn.read_buf(&mut input).await.expect("read") > 0);
-            if !established {
-                hs.handle_input(&mut input, &mut rng).expect("handshake");
-                if let Some(t) = hs.poll_transmit() {
-                    conn.write_all(&t).await.expect("write");
-                }
-                established = matches!(hs.poll_outcome(), Some(Incoming::Session(_)));
-            }
-        }
-        drop(conn); // the link breaks
         // The reconnect: counts, nothing to resend, and then nothing at all
         // until its deadline.
-        let (mut conn, _) = listener.accept().await.expect("accept");
-        let mut hs = ServerHandshake::new(params, 8);
-        input.clear();
-        loop {
-            assert!(conn.read_buf(&mut input).await.expect("read") > 0);
-            hs.handle_input(&mut input, &mut rng)
-                .expect("reconnect request");
-            if let Some(Incoming::Reconnect(_)) = hs.poll_outcome() {
-                break;
-            }
-        }
-        let mut reply = BytesMut::new();
-        ResumeReply::Accept {
-            write_count: 0,
-            read_count: 100,
-            challenge: None,
-        }
-        .encode(Version::V1, &mut reply);
-        conn.write_all(&reply).await.expect("reply");
+        let conn = fake_v1::break_and_resume(&listener, 0).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(conn);
         // The session is gone: a v1 server reads the request (40 bytes) and
@@ -281,4 +236,103 @@ async fn a_v1_server_left_waiting_past_a_resend_is_named() {
     );
     assert!(err.to_string().contains("past a resend"), "{err}");
     server.abort();
+}
+
+/// A hostile server announces a resend (1 MiB, within the history) and never
+/// sends it. The client holds what it writes meanwhile, as it must, but the
+/// session is not stuck: its idle timeout replaces the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_announced_and_never_sent_does_not_hang_the_client() {
+    use rejoin::stream::{self, Config};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = fake_v1::listen().await;
+    let addr = listener.local_addr().expect("an address");
+    let server = tokio::spawn(async move {
+        let mut conn = fake_v1::break_and_resume(&listener, 1 << 20).await;
+        // Whatever the client sends on it now (nothing it wrote after the
+        // resume may come before the announced resend).
+        let mut after = Vec::new();
+        let read = tokio::time::timeout(LIMIT, conn.read_to_end(&mut after)).await;
+        // The client gives up on this connection and dials again.
+        let (_third, _) = listener.accept().await.expect("accept");
+        (read.is_ok(), after.len())
+    });
+    let mut config = Config::default();
+    config.version = Version::V1;
+    config.idle_timeout = Some(Duration::from_secs(1));
+    config.redial.initial = Duration::from_millis(10);
+    let mut client = stream::connect(addr, config).await.expect("connects");
+    client.write_all(&[7; 100]).await.expect("write");
+    client.flush().await.expect("flush");
+    // Written after the break: held until the announced resend arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.write_all(&[8; 50]).await.expect("write");
+    let (closed, sent_after) = tokio::time::timeout(LIMIT, server)
+        .await
+        .expect("the client dials again in time")
+        .expect("the server task");
+    assert!(closed, "the client left the silent connection");
+    assert_eq!(sent_after, 0, "nothing new went out before the resend");
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A v1 server driven by hand, for the tests of servers that misbehave.
+mod fake_v1 {
+    use bytes::BytesMut;
+    use rand::SeedableRng;
+    use rejoin::proto::{Incoming, Params, ResumeReply, ServerHandshake, Version};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub async fn listen() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.expect("bind")
+    }
+
+    /// Accepts a session and reads 100 bytes on it, breaks the link, then
+    /// accepts the client's reconnect and replies read count 100 and
+    /// `write_count`, sending nothing else. Returns that connection.
+    pub async fn break_and_resume(listener: &TcpListener, write_count: u64) -> TcpStream {
+        let params = Params {
+            version: Version::V1,
+            ..Params::default()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut input = BytesMut::new();
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut hs = ServerHandshake::new(params, 7);
+        let mut established = false;
+        while !established || input.len() < 100 {
+            assert!(conn.read_buf(&mut input).await.expect("read") > 0);
+            if !established {
+                hs.handle_input(&mut input, &mut rng).expect("handshake");
+                if let Some(t) = hs.poll_transmit() {
+                    conn.write_all(&t).await.expect("write");
+                }
+                established = matches!(hs.poll_outcome(), Some(Incoming::Session(_)));
+            }
+        }
+        drop(conn); // the link breaks
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut hs = ServerHandshake::new(params, 8);
+        input.clear();
+        loop {
+            assert!(conn.read_buf(&mut input).await.expect("read") > 0);
+            hs.handle_input(&mut input, &mut rng)
+                .expect("reconnect request");
+            if let Some(Incoming::Reconnect(_)) = hs.poll_outcome() {
+                break;
+            }
+        }
+        let mut reply = BytesMut::new();
+        ResumeReply::Accept {
+            write_count,
+            read_count: 100,
+            challenge: None,
+        }
+        .encode(Version::V1, &mut reply);
+        conn.write_all(&reply).await.expect("reply");
+        conn
+    }
 }

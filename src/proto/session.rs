@@ -550,6 +550,25 @@ mod tests {
         assert_eq!(c.poll_transmit().0.len(), 40);
     }
 
+    #[test]
+    fn a_resend_larger_than_the_history_is_not_waited_for() {
+        let (mut c, _s) = pair(1024, 100);
+        c.handle_write(&[1; 100]);
+        c.handle_transmitted(100);
+        c.resume(ResumePoint {
+            peer_read: 100,
+            peer_write: 1 << 40,
+            reported_read: 0,
+            announced_write: 100,
+            epoch: 0,
+        })
+        .unwrap();
+        // Nothing owed (so no receive allowance), and new bytes go out.
+        assert_eq!(c.resend_owed(), 0);
+        c.handle_write(&[2; 10]);
+        assert_eq!(c.poll_transmit().0.len(), 10);
+    }
+
     fn point(peer_read: u64, announced_write: u64, epoch: u64) -> ResumePoint {
         ResumePoint {
             peer_read,
