@@ -311,7 +311,9 @@ async fn idle_half_open_connections_are_closed() {
     common::logs();
     let mut config = Config::default();
     config.handshake_timeout = Duration::from_secs(2);
+    config.first_byte_timeout = Duration::from_secs(2);
     config.max_handshakes = 2000;
+    config.max_handshakes_per_source = 2000;
     let (addr, listener) = echo_listener(config.clone()).await;
     let mut real = bystander(addr, config.clone()).await;
     let before = common::rss_kib();
@@ -358,15 +360,34 @@ async fn idle_half_open_connections_are_closed() {
     still_serving(&mut real, addr, &config).await;
 }
 
+/// A connection from `source` (a loopback address other than 127.0.0.1
+/// stands for another host).
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind a loopback source address");
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server has closed `io` (within `within`).
+async fn closed_within(io: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(timeout(within, io.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// Every handshake slot held by idle connections: a newcomer still gets in
+/// and is served, and the oldest idle connection makes room, at once.
 #[tokio::test]
-async fn handshake_limit_sheds_the_excess_at_once() {
+async fn a_full_table_makes_room_for_a_newcomer() {
     let mut config = Config::default();
     config.max_handshakes = 10;
-    config.handshake_timeout = Duration::from_secs(5);
+    config.handshake_timeout = Duration::from_secs(30);
+    config.first_byte_timeout = Duration::from_secs(30);
     let (addr, listener) = echo_listener(config.clone()).await;
     let mut held = Vec::new();
-    for _ in 0..10 {
-        held.push(TcpStream::connect(addr).await.unwrap());
+    for i in 0..10u8 {
+        held.push(connect_from([127, 0, 0, 10 + i], addr).await);
     }
     for _ in 0..100 {
         if listener.stats().handshakes == 10 {
@@ -374,10 +395,81 @@ async fn handshake_limit_sheds_the_excess_at_once() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (t, _) = close_time(addr, &[]).await;
-    assert!(t < Duration::from_secs(1), "shed at once");
-    assert!(listener.stats().shed >= 1);
-    drop(held);
+    assert_eq!(listener.stats().handshakes, 10);
+    let started = Instant::now();
+    let mut fresh = bystander(addr, config.clone()).await;
+    still_serving(&mut fresh, addr, &config).await;
+    assert!(
+        closed_within(&mut held[0], Duration::from_secs(5)).await,
+        "the oldest idle connection made room"
+    );
+    println!("served in {:?} with the table full", started.elapsed());
+    let stats = listener.stats();
+    assert_eq!(stats.shed, 0);
+    assert!(stats.evicted >= 1, "{stats:?}");
+    // The others are still held: only as many as needed made room.
+    for io in &mut held[2..] {
+        assert!(!closed_within(io, Duration::from_millis(20)).await);
+    }
+}
+
+/// One source at its own bound only pushes out its own connections; another
+/// source's connection, older, is untouched.
+#[tokio::test]
+async fn a_source_at_its_bound_evicts_only_its_own() {
+    let mut config = Config::default();
+    config.max_handshakes_per_source = 4;
+    config.handshake_timeout = Duration::from_secs(30);
+    config.first_byte_timeout = Duration::from_secs(30);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut other = connect_from([127, 0, 0, 3], addr).await;
+    let mut mine = Vec::new();
+    for _ in 0..4 {
+        mine.push(connect_from([127, 0, 0, 2], addr).await);
+    }
+    for _ in 0..100 {
+        if listener.stats().handshakes == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..20 {
+        mine.push(connect_from([127, 0, 0, 2], addr).await);
+    }
+    for io in &mut mine[..20] {
+        assert!(closed_within(io, Duration::from_secs(5)).await);
+    }
+    assert!(!closed_within(&mut other, Duration::from_millis(50)).await);
+    for _ in 0..100 {
+        if listener.stats().handshakes == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = listener.stats();
+    assert_eq!((stats.handshakes, stats.evicted), (5, 20), "{stats:?}");
+}
+
+/// A connection that sends nothing is closed after `first_byte_timeout`,
+/// well before the handshake timeout.
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_first_byte_deadline() {
+    let mut config = Config::default();
+    config.first_byte_timeout = Duration::from_millis(300);
+    config.handshake_timeout = Duration::from_secs(30);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(10)).await);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
+    for _ in 0..100 {
+        if listener.stats().failed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listener.stats().failed, 1);
 }
 
 #[tokio::test]

@@ -374,3 +374,74 @@ async fn a_ping_flood_that_never_reads_costs_little() {
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     still_good(&mut visitor, &server).await;
 }
+
+/// Issue 10's attack 3: 600 idle connections from 40 addresses (15 each,
+/// under the per-source bound, so the total bound has to do the work), each
+/// reopened as soon as the server closes it, for as long as the test runs.
+/// Five fresh clients log in one after another all the same, each within
+/// 15 s, and their visitors are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_held_and_reopened_do_not_lock_logins_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = Server::bind(server_config()).await.unwrap();
+    let addr = server.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut attackers = Vec::new();
+    for i in 0..600u32 {
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / 15) as u8);
+        let (stop, opened) = (stop.clone(), opened.clone());
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::from((source, 0))).unwrap();
+                let Ok(Ok(mut io)) = timeout(Duration::from_secs(2), socket.connect(addr)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                // Held, saying nothing, until the server closes it.
+                let mut buf = [0u8; 1];
+                let _ = timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+            }
+        }));
+    }
+    for _ in 0..500 {
+        if opened.load(Ordering::Relaxed) >= 600 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let local = echo_service().await;
+    let mut times = Vec::new();
+    for n in 0..5 {
+        let started = std::time::Instant::now();
+        let mut c = RunningClient::start(client_config(
+            addr.to_string(),
+            &format!("fresh{n}"),
+            &[(&local, 0)],
+        ));
+        let public = timeout(Duration::from_secs(15), c.published(1))
+            .await
+            .unwrap_or_else(|_| panic!("login {n} within 15 s"));
+        let mut v = TcpStream::connect(&public[0]).await.unwrap();
+        v.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        timeout(Duration::from_secs(15), v.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(&buf, b"hello");
+        times.push(started.elapsed());
+    }
+    let during = opened.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    println!("5/5 logins and echoes in {times:?}; {during} idle connections opened meanwhile");
+    assert!(during >= 600, "the flood ran: {during} connections");
+    for a in attackers {
+        a.abort();
+    }
+}

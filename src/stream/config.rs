@@ -224,9 +224,18 @@ pub struct Config {
     pub max_parked: usize,
     /// Server: most live sessions. Default 10,000.
     pub max_sessions: usize,
-    /// Server: most handshakes in progress at once; more connections are
-    /// closed at once. Default 256.
+    /// Server: most handshakes in progress at once. When they are all taken
+    /// a newcomer still gets in and the oldest connection that has sent
+    /// nothing (else the oldest still handshaking) is closed; reconnects of
+    /// live sessions are kept (up to half the slots). Default 256.
     pub max_handshakes: usize,
+    /// Server: most handshakes in progress from one source (an IPv4
+    /// address, an IPv6 /64); beyond it that source's own oldest is closed.
+    /// Default 16.
+    pub max_handshakes_per_source: usize,
+    /// Server: how long a new connection may take to send its first byte.
+    /// Default 3 s.
+    pub first_byte_timeout: Duration,
     /// Server: established sessions waiting for `accept`. Default 128.
     pub accept_backlog: usize,
     /// Set `TCP_NODELAY`. Default on.
@@ -259,6 +268,8 @@ impl Default for Config {
             max_parked: 1024,
             max_sessions: 10_000,
             max_handshakes: 256,
+            max_handshakes_per_source: 16,
+            first_byte_timeout: Duration::from_secs(3),
             accept_backlog: 128,
             nodelay: true,
             keepalive: Some(Keepalive::default()),
@@ -300,6 +311,8 @@ setters! {
     with_redial => redial: Redial,
     with_max_parked => max_parked: usize,
     with_max_sessions => max_sessions: usize,
+    with_max_handshakes_per_source => max_handshakes_per_source: usize,
+    with_first_byte_timeout => first_byte_timeout: Duration,
     with_max_handshakes => max_handshakes: usize,
     with_accept_backlog => accept_backlog: usize,
     with_nodelay => nodelay: bool,
@@ -402,6 +415,7 @@ impl Config {
         }
         for (name, d) in [
             ("handshake_timeout", self.handshake_timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
             ("reconnect_wait", self.reconnect_wait),
             ("close_timeout", self.close_timeout),
         ] {
@@ -415,9 +429,14 @@ impl Config {
         {
             return fail("idle_timeout must be at least 10 ms".into());
         }
-        if self.max_handshakes == 0 || self.accept_backlog == 0 || self.max_sessions == 0 {
+        if self.max_handshakes == 0
+            || self.max_handshakes_per_source == 0
+            || self.accept_backlog == 0
+            || self.max_sessions == 0
+        {
             return fail(
-                "max_handshakes, accept_backlog and max_sessions must be above zero".into(),
+                "max_handshakes, max_handshakes_per_source, accept_backlog and max_sessions must be above zero"
+                    .into(),
             );
         }
         let r = &self.redial;

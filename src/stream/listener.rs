@@ -1,7 +1,9 @@
 //! The server: accepting sessions, and routing reconnects to them.
 //!
-//! Every incoming transport gets a handshake task, bounded in number
-//! (`max_handshakes`) and in time (`handshake_timeout`). A new session gets a
+//! Every incoming transport gets a handshake task, bounded in number (see
+//! [`super::admission`]: `max_handshakes` in all and
+//! `max_handshakes_per_source`, the oldest making room for a newcomer) and
+//! in time (`first_byte_timeout`, then `handshake_timeout`). A new session gets a
 //! driver task and goes to [`Listener::accept`]; a reconnect is checked
 //! against its session here and, only once it succeeded, handed to that
 //! session's driver, which swaps transports. A failed or forged reconnect
@@ -16,14 +18,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rand::RngExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::exchange::{Hello, Stop, drive, send_rest};
+use super::admission::{Admission, Source};
+use super::exchange::{Exchange, Hello, Stop, drive, send_rest};
 use super::pump::{PumpConfig, PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::SocketOptions;
@@ -68,6 +72,29 @@ fn app_event(shared: &Shared) -> impl std::future::Future<Output = ()> + '_ {
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
+/// A handshake's slot in the listener's admission table, given back when
+/// the handshake task ends however it ends.
+struct Slot<T: Transport> {
+    inner: Arc<Inner<T>>,
+    ticket: u64,
+}
+
+impl<T: Transport> Slot<T> {
+    fn talking(&self) {
+        self.inner.admission.lock().talking(self.ticket);
+    }
+
+    fn protect(&self) {
+        self.inner.admission.lock().protect(self.ticket);
+    }
+}
+
+impl<T: Transport> Drop for Slot<T> {
+    fn drop(&mut self) {
+        self.inner.admission.lock().release(self.ticket);
+    }
+}
+
 /// A resumed transport on its way to its session's driver.
 struct Commit<T> {
     io: T,
@@ -100,8 +127,12 @@ pub struct ListenerStats {
     pub refused: u64,
     /// Handshakes that failed or timed out.
     pub failed: u64,
-    /// Connections closed at once because `max_handshakes` were in progress.
+    /// Connections closed at once because every handshake slot was held
+    /// by a reconnect.
     pub shed: u64,
+    /// Connections closed mid-handshake to make room for a newer one
+    /// (`max_handshakes` or `max_handshakes_per_source` reached).
+    pub evicted: u64,
     /// Sealed handshakes refused because the identity (a tunnel client's
     /// name) has no key here.
     pub unknown_identity: u64,
@@ -114,13 +145,14 @@ struct Inner<T> {
     config: Config,
     sessions: Mutex<HashMap<u64, Entry<T>>>,
     parked: AtomicUsize,
-    handshakes: Arc<Semaphore>,
+    admission: Mutex<Admission<CancellationToken>>,
     new_sessions: mpsc::Sender<Stream>,
     established: AtomicU64,
     resumed: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
     shed: AtomicU64,
+    evicted: AtomicU64,
     unknown_identity: AtomicU64,
     bad_key: AtomicU64,
     /// Refusals of peers that proved nothing are logged at most once a second.
@@ -220,7 +252,10 @@ impl<T: Transport> Listener<T> {
         config.validate().map_err(Error::from)?;
         let (tx, rx) = mpsc::channel(config.accept_backlog);
         let inner = Arc::new(Inner {
-            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            admission: Mutex::new(Admission::new(
+                config.max_handshakes,
+                config.max_handshakes_per_source,
+            )),
             config,
             sessions: Mutex::new(HashMap::new()),
             parked: AtomicUsize::new(0),
@@ -230,6 +265,7 @@ impl<T: Transport> Listener<T> {
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             unknown_identity: AtomicU64::new(0),
             bad_key: AtomicU64::new(0),
             noise: NoiseLog::default(),
@@ -268,12 +304,13 @@ impl<T: Transport> Listener<T> {
         ListenerStats {
             sessions: i.sessions.lock().len(),
             parked: i.parked.load(Ordering::Relaxed),
-            handshakes: i.config.max_handshakes - i.handshakes.available_permits(),
+            handshakes: i.admission.lock().len(),
             established: i.established.load(Ordering::Relaxed),
             resumed: i.resumed.load(Ordering::Relaxed),
             refused: i.refused.load(Ordering::Relaxed),
             failed: i.failed.load(Ordering::Relaxed),
             shed: i.shed.load(Ordering::Relaxed),
+            evicted: i.evicted.load(Ordering::Relaxed),
             unknown_identity: i.unknown_identity.load(Ordering::Relaxed),
             bad_key: i.bad_key.load(Ordering::Relaxed),
         }
@@ -290,19 +327,38 @@ impl<T: Transport> Drop for Listener<T> {
 
 impl<T: Transport> Inner<T> {
     fn serve(this: &Arc<Self>, io: T, peer: Option<SocketAddr>) {
-        let Ok(permit) = this.handshakes.clone().try_acquire_owned() else {
+        let cancel = CancellationToken::new();
+        let admitted = this
+            .admission
+            .lock()
+            .admit(Source::of(peer), cancel.clone());
+        let Some(admitted) = admitted else {
             this.shed.fetch_add(1, Ordering::Relaxed);
-            debug!(?peer, "too many handshakes in progress; connection closed");
+            debug!(
+                ?peer,
+                "every handshake slot holds a reconnect; connection closed"
+            );
             return;
         };
-        let inner = this.clone();
+        if let Some(evicted) = admitted.evicted {
+            this.evicted.fetch_add(1, Ordering::Relaxed);
+            evicted.cancel();
+        }
+        let slot = Slot {
+            inner: this.clone(),
+            ticket: admitted.ticket,
+        };
         tokio::spawn(async move {
+            let inner = slot.inner.clone();
             let limit = inner.config.handshake_timeout;
-            let result = match timeout(limit, inner.handshake(io, peer)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::HandshakeTimeout(limit)),
+            let result = tokio::select! {
+                result = timeout(limit, inner.handshake(io, peer, &slot)) => match result {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::HandshakeTimeout(limit)),
+                },
+                () = cancel.cancelled() => Err(Error::LimitReached("handshake slot taken by a newer connection")),
             };
-            drop(permit);
+            drop(slot);
             if let Err(e) = result {
                 inner.failed.fetch_add(1, Ordering::Relaxed);
                 debug!(?peer, error = %e, "handshake failed");
@@ -321,15 +377,28 @@ impl<T: Transport> Inner<T> {
         }
     }
 
-    async fn handshake(self: &Arc<Self>, mut io: T, peer: Option<SocketAddr>) -> Result<(), Error> {
+    async fn handshake(
+        self: &Arc<Self>,
+        mut io: T,
+        peer: Option<SocketAddr>,
+        slot: &Slot<T>,
+    ) -> Result<(), Error> {
         let mut buf = BytesMut::with_capacity(64);
+        let first = self.config.first_byte_timeout;
+        match timeout(first, io.read_buf(&mut buf)).await {
+            Err(_) => return Err(Error::HandshakeTimeout(first)),
+            Ok(Ok(0)) => return Err(stopped(Stop::Closed)),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(_)) => slot.talking(),
+        }
         if self.config.sealed_keys().is_some() {
-            return self.sealed(io, buf, peer).await;
+            return self.sealed(io, buf, peer, slot).await;
         }
         let mut hs = ServerHandshake::new(self.config.params(), self.fresh_id());
+        Exchange::handle_input(&mut hs, &mut buf).map_err(Error::Handshake)?;
         match drive(&mut io, &mut hs, &mut buf).await.map_err(stopped)? {
             Incoming::Session(session) => self.establish(io, session, None, buf, peer).await,
-            Incoming::Reconnect(request) => self.resume(io, request, buf, peer).await,
+            Incoming::Reconnect(request) => self.resume(io, request, buf, peer, slot).await,
         }
     }
 
@@ -339,17 +408,21 @@ impl<T: Transport> Inner<T> {
         mut io: T,
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
+        slot: &Slot<T>,
     ) -> Result<(), Error> {
         let keys = self
             .config
             .sealed_keys()
             .ok_or(Error::Internal("sealed connection without sealed keys"))?;
         let mut ex = ServerExchange::new(keys.static_key.clone());
+        ex.handle_input(&mut buf).map_err(Error::Handshake)?;
         let request = drive(&mut io, &mut Hello(&mut ex), &mut buf)
             .await
             .map_err(stopped)?;
         let psk_id = match request {
-            Request::Resume { id, .. } => return self.sealed_resume(io, ex, id, buf, peer).await,
+            Request::Resume { id, .. } => {
+                return self.sealed_resume(io, ex, id, buf, peer, slot).await;
+            }
             Request::New { psk_id, .. } => psk_id,
         };
         let shown = String::from_utf8_lossy(&psk_id).into_owned();
@@ -397,6 +470,7 @@ impl<T: Transport> Inner<T> {
         id: u64,
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
+        slot: &Slot<T>,
     ) -> Result<(), Error> {
         let shown = format!("{id:016x}");
         let entry = self.entry(id);
@@ -435,6 +509,8 @@ impl<T: Transport> Inner<T> {
             send_rest(&mut io, &mut ex).await;
             return Ok(());
         }
+        // Proved: a reconnect of a live session, kept from eviction.
+        slot.protect();
         ex.handle_input(&mut buf).map_err(Error::Handshake)?;
         let ServerOutcome::Resumed(resumed) =
             drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)?
@@ -515,6 +591,7 @@ impl<T: Transport> Inner<T> {
         request: ReconnectRequest,
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
+        slot: &Slot<T>,
     ) -> Result<(), Error> {
         let Some((shared, commits)) = self.entry(request.id) else {
             return self
@@ -533,6 +610,9 @@ impl<T: Transport> Inner<T> {
             Ok(offer) => offer,
             Err(reason) => return self.refuse(io, &request, peer, reason).await,
         };
+        // Its proof checked out: a reconnect of a live session, kept from
+        // eviction.
+        slot.protect();
         let point = drive(&mut io, &mut offer, &mut buf)
             .await
             .map_err(stopped)?

@@ -1,0 +1,309 @@
+//! Who holds the listener's handshake slots: the bounded phase before a
+//! peer has proved anything.
+//!
+//! A connection takes a slot when it is accepted and gives it back when its
+//! handshake ends. The slots are bounded in total (`max_handshakes`) and per
+//! source address (`max_handshakes_per_source`); when either bound is
+//! reached, a newcomer is let in and an older connection makes room, so
+//! that connections held open by someone else can delay an honest client by
+//! at most one round trip, never lock it out:
+//!
+//! - a source at its own bound loses its own oldest connection;
+//! - a full table loses its oldest connection that has sent nothing, else
+//!   its oldest one still talking;
+//! - a connection that asked to resume a live session is protected (up to
+//!   half the table, the reserve for reconnects), so a flood of new
+//!   connections cannot push an established session's reconnect out.
+//!
+//! Plain data with no IO: the listener holds it under a lock, and passes
+//! each slot's cancel handle in; what is evicted comes back to be cancelled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+/// Where a connection comes from, as far as the per-source bound goes: an
+/// IPv4 address, or an IPv6 /64 (what one host is usually given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    V4([u8; 4]),
+    V6([u8; 8]),
+    /// A transport without an address (`Listener::serve` with `None`).
+    Unknown,
+}
+
+impl Source {
+    pub(crate) fn of(peer: Option<SocketAddr>) -> Source {
+        match peer.map(|p| p.ip()) {
+            None => Source::Unknown,
+            Some(IpAddr::V4(v4)) => Source::V4(v4.octets()),
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source::V4(v4.octets()),
+                None => {
+                    let mut prefix = [0; 8];
+                    prefix.copy_from_slice(&v6.octets()[..8]);
+                    Source::V6(prefix)
+                }
+            },
+        }
+    }
+}
+
+/// How far a connection in a slot has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Accepted; nothing received yet. Evicted first.
+    Silent,
+    /// Sending its handshake.
+    Talking,
+    /// Resuming a live session: not evicted by newcomers.
+    Protected,
+}
+
+struct Slot<H> {
+    source: Source,
+    phase: Phase,
+    handle: H,
+}
+
+/// The slots. `H` is what the owner needs to cancel an evicted connection.
+pub(crate) struct Admission<H> {
+    max: usize,
+    per_source: usize,
+    next: u64,
+    /// By ticket, which grows with age: the first entry is the oldest.
+    slots: BTreeMap<u64, Slot<H>>,
+    by_source: HashMap<Source, usize>,
+    protected: usize,
+}
+
+/// The outcome of [`Admission::admit`].
+#[derive(Debug)]
+pub(crate) struct Admitted<H> {
+    /// The newcomer's ticket, for [`Admission::release`].
+    pub ticket: u64,
+    /// The connection that made room, to be cancelled.
+    pub evicted: Option<H>,
+}
+
+impl<H> Admission<H> {
+    pub(crate) fn new(max: usize, per_source: usize) -> Self {
+        Admission {
+            max: max.max(1),
+            per_source: per_source.max(1),
+            next: 0,
+            slots: BTreeMap::new(),
+            by_source: HashMap::new(),
+            protected: 0,
+        }
+    }
+
+    /// Slots in use.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The most connections that may resume at once without being evicted.
+    fn reserve(&self) -> usize {
+        self.max / 2
+    }
+
+    /// Lets a connection from `source` in, making room if needed. `None`
+    /// only when every slot is a protected reconnect.
+    pub(crate) fn admit(&mut self, source: Source, handle: H) -> Option<Admitted<H>> {
+        let own = self.by_source.get(&source).copied().unwrap_or(0);
+        let victim = if own >= self.per_source {
+            self.oldest(|s| s.source == source)
+        } else if self.slots.len() >= self.max {
+            self.oldest(|_| true)
+        } else {
+            None
+        };
+        if victim.is_none() && (own >= self.per_source || self.slots.len() >= self.max) {
+            return None;
+        }
+        let evicted = victim.and_then(|t| self.remove(t));
+        let ticket = self.next;
+        self.next += 1;
+        self.slots.insert(
+            ticket,
+            Slot {
+                source,
+                phase: Phase::Silent,
+                handle,
+            },
+        );
+        *self.by_source.entry(source).or_default() += 1;
+        Some(Admitted { ticket, evicted })
+    }
+
+    /// The ticket to evict among those `matching`: the oldest silent one,
+    /// else the oldest talking one; never a protected one.
+    fn oldest(&self, matching: impl Fn(&Slot<H>) -> bool) -> Option<u64> {
+        [Phase::Silent, Phase::Talking]
+            .into_iter()
+            .find_map(|phase| {
+                self.slots
+                    .iter()
+                    .find(|(_, s)| s.phase == phase && matching(s))
+                    .map(|(&t, _)| t)
+            })
+    }
+
+    /// The connection has sent its first bytes.
+    pub(crate) fn talking(&mut self, ticket: u64) {
+        if let Some(slot) = self.slots.get_mut(&ticket) {
+            slot.phase = slot.phase.max(Phase::Talking);
+        }
+    }
+
+    /// The connection asks to resume a live session: protect it from
+    /// eviction if the reserve has room. Returns whether it is protected.
+    pub(crate) fn protect(&mut self, ticket: u64) -> bool {
+        let reserve = self.reserve();
+        let Some(slot) = self.slots.get_mut(&ticket) else {
+            return false;
+        };
+        if slot.phase == Phase::Protected {
+            return true;
+        }
+        if self.protected >= reserve {
+            return false;
+        }
+        slot.phase = Phase::Protected;
+        self.protected += 1;
+        true
+    }
+
+    /// The handshake ended (or was cancelled): its slot is free.
+    pub(crate) fn release(&mut self, ticket: u64) {
+        self.remove(ticket);
+    }
+
+    fn remove(&mut self, ticket: u64) -> Option<H> {
+        let slot = self.slots.remove(&ticket)?;
+        if slot.phase == Phase::Protected {
+            self.protected -= 1;
+        }
+        if let Some(n) = self.by_source.get_mut(&slot.source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&slot.source);
+            }
+        }
+        Some(slot.handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(last: u8) -> Source {
+        Source::of(Some(SocketAddr::from(([10, 0, 0, last], 1))))
+    }
+
+    #[test]
+    fn a_source_at_its_bound_loses_its_own_oldest() {
+        let mut a = Admission::new(100, 3);
+        for i in 0..3 {
+            assert!(a.admit(src(1), i).unwrap().evicted.is_none());
+        }
+        let other = a.admit(src(2), 100).unwrap();
+        assert!(other.evicted.is_none());
+        // The fourth from the same source pushes out that source's first.
+        assert_eq!(a.admit(src(1), 3).unwrap().evicted, Some(0));
+        assert_eq!(a.admit(src(1), 4).unwrap().evicted, Some(1));
+        assert_eq!(a.len(), 4);
+    }
+
+    #[test]
+    fn a_full_table_loses_the_oldest_silent_first() {
+        let mut a = Admission::new(3, 10);
+        let first = a.admit(src(1), 'a').unwrap().ticket;
+        a.admit(src(2), 'b').unwrap();
+        a.admit(src(3), 'c').unwrap();
+        a.talking(first);
+        // 'a' is older but talking; 'b' is the oldest silent one.
+        assert_eq!(a.admit(src(4), 'd').unwrap().evicted, Some('b'));
+        assert_eq!(a.admit(src(5), 'e').unwrap().evicted, Some('c'));
+        assert_eq!(a.admit(src(6), 'f').unwrap().evicted, Some('d'));
+        // Once every other one is talking, the oldest talking one goes.
+        for t in 0..10 {
+            a.talking(t);
+        }
+        assert_eq!(a.admit(src(7), 'g').unwrap().evicted, Some('a'));
+    }
+
+    #[test]
+    fn reconnects_are_protected_up_to_the_reserve() {
+        let mut a = Admission::new(4, 10);
+        let r1 = a.admit(src(1), 1).unwrap().ticket;
+        let r2 = a.admit(src(1), 2).unwrap().ticket;
+        let r3 = a.admit(src(1), 3).unwrap().ticket;
+        assert!(a.protect(r1));
+        assert!(a.protect(r2));
+        assert!(a.protect(r2), "protecting twice is harmless");
+        assert!(!a.protect(r3), "the reserve is half the table");
+        a.admit(src(2), 4).unwrap();
+        // A flood of newcomers cycles through the two unprotected slots.
+        for i in 5..100 {
+            let e = a.admit(src(9), i).unwrap().evicted.unwrap();
+            assert!(e != 1 && e != 2, "evicted a protected reconnect");
+        }
+        a.release(r1);
+        a.release(r2);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.protected, 0);
+    }
+
+    #[test]
+    fn a_table_of_protected_reconnects_sheds_newcomers() {
+        let mut a = Admission::new(2, 10);
+        let r1 = a.admit(src(1), 1).unwrap().ticket;
+        assert!(a.protect(r1));
+        let t = a.admit(src(1), 2).unwrap().ticket;
+        a.talking(t);
+        assert_eq!(a.admit(src(2), 3).unwrap().evicted, Some(2));
+        // Per-source bound with only protected slots of that source left.
+        let mut b = Admission::new(10, 1);
+        let r = b.admit(src(1), 1).unwrap().ticket;
+        b.max = 2;
+        assert!(b.protect(r));
+        assert!(b.admit(src(1), 2).is_none());
+        assert!(b.admit(src(2), 3).is_some());
+    }
+
+    #[test]
+    fn releases_keep_the_counts_true() {
+        let mut a = Admission::new(8, 2);
+        let mut held = Vec::new();
+        for i in 0..1000u32 {
+            let s = src((i % 5) as u8);
+            let ad = a.admit(s, i).unwrap();
+            held.push(ad.ticket);
+            if let Some(e) = ad.evicted {
+                assert!(e < i);
+            }
+            if i % 3 == 0 {
+                let t = held.remove(0);
+                a.release(t);
+                a.release(t);
+            }
+            assert!(a.len() <= 8);
+            assert_eq!(a.by_source.values().sum::<usize>(), a.len());
+            assert!(a.by_source.values().all(|&n| (1..=2).contains(&n)));
+        }
+    }
+
+    #[test]
+    fn sources_group_ipv6_by_64() {
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:5".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:bbbb::9]:6".parse().unwrap();
+        let c: SocketAddr = "[2001:db8:1:3::1]:6".parse().unwrap();
+        let m: SocketAddr = "[::ffff:10.0.0.1]:7".parse().unwrap();
+        assert_eq!(Source::of(Some(a)), Source::of(Some(b)));
+        assert_ne!(Source::of(Some(a)), Source::of(Some(c)));
+        assert_eq!(Source::of(Some(m)), src(1));
+        assert_eq!(Source::of(None), Source::Unknown);
+    }
+}
