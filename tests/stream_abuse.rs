@@ -472,8 +472,10 @@ async fn a_silent_connection_is_closed_at_the_first_byte_deadline() {
     assert_eq!(listener.stats().failed, 1);
 }
 
+/// `max_parked` reached: the newest break makes room by ending the session
+/// that has waited longest (all being alike here).
 #[tokio::test]
-async fn parked_limit_ends_the_excess() {
+async fn parked_limit_makes_room_for_the_newest_break() {
     let mut config = Config::default();
     config.max_parked = 2;
     config.reconnect_wait = Duration::from_secs(20);
@@ -488,8 +490,11 @@ async fn parked_limit_ends_the_excess() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Break all three links: two park, the third is over the limit.
-    drop(raws);
+    // Break all three links: the third break ends the first parked.
+    for raw in raws {
+        drop(raw);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..200 {
         let s = listener.stats();
         if s.parked == 2 && s.sessions == 2 {
@@ -498,7 +503,50 @@ async fn parked_limit_ends_the_excess() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let s = listener.stats();
-    assert_eq!((s.parked, s.sessions), (2, 2));
+    assert_eq!((s.parked, s.sessions, s.parked_evicted), (2, 2, 1), "{s:?}");
+}
+
+/// Issue 10's attack 4 on the open listener: sessions that handshake and
+/// drop at once, never sending a byte, keep `max_parked` full; a session
+/// that has exchanged data is cut meanwhile, and still resumes, because the
+/// ones that never sent anything make room first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_session_flood_does_not_end_an_honest_session() {
+    use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+    let mut config = Config::default();
+    config.max_parked = 8;
+    config.reconnect_wait = Duration::from_secs(30);
+    let (addr, listener) = echo_listener(config.clone()).await;
+    let proxy = CutProxy::start("127.0.0.1:0".parse().unwrap(), addr, ProxyConfig::default())
+        .await
+        .unwrap();
+    let mut honest = bystander(proxy.local_addr(), config.clone()).await;
+    let params = config.params();
+    let flood = |n: usize| async move {
+        for _ in 0..n {
+            drop(Raw::connect(addr, params).await);
+        }
+    };
+    flood(40).await;
+    assert_eq!(proxy.cut_all(CutKind::Reset), 1);
+    flood(40).await;
+    honest.write_all(b"after").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(LIMIT, honest.read_exact(&mut buf))
+        .await
+        .expect("the honest session resumed in time")
+        .unwrap();
+    assert_eq!(&buf, b"after");
+    assert!(honest.handle().ended().is_none());
+    assert!(honest.handle().stats().reconnects >= 1);
+    flood(40).await;
+    let s = listener.stats();
+    println!("{s:?}");
+    assert!(s.parked <= 8, "{s:?}");
+    assert!(
+        s.parked_evicted >= 100,
+        "the flood filled the parking: {s:?}"
+    );
 }
 
 /// A sealed listener against hostile clients through real sockets, while a

@@ -445,3 +445,82 @@ async fn idle_connections_held_and_reopened_do_not_lock_logins_out() {
         a.abort();
     }
 }
+
+/// Issue 10's attack 4: while an honest client's link is down, a flood of
+/// handshakes that never log in (some with a wrong token, some with the
+/// right one that send a HELLO and drop) cannot take its parked place, even
+/// with `max_parked` at 4: a session that has not logged in is never
+/// parked. The honest link resumes and its visitor's connection survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_logged_in_sessions_cannot_push_out_a_parked_one() {
+    use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+    let mut sc = server_config();
+    sc.stream.max_parked = 4;
+    sc.stream.idle_timeout = Some(Duration::from_secs(10));
+    let server = Server::bind(sc).await.unwrap();
+    let addr = server.local_addr();
+    let proxy = CutProxy::start("127.0.0.1:0".parse().unwrap(), addr, ProxyConfig::default())
+        .await
+        .unwrap();
+    let front = proxy.local_addr();
+    let local = echo_service().await;
+    let mut c = client_config(front.to_string(), "good", &[(&local, 0)]);
+    c.stream.idle_timeout = Some(Duration::from_secs(10));
+    let mut good = RunningClient::start(c);
+    let public = good.published(1).await;
+    let mut v = TcpStream::connect(&public[0]).await.unwrap();
+    let mut buf = [0u8; 3];
+    v.write_all(b"one").await.unwrap();
+    v.read_exact(&mut buf).await.unwrap();
+    // The link goes down and stays down while the flood runs.
+    assert_eq!(proxy.cut_all(CutKind::Reset), 1);
+    drop(proxy);
+    for _ in 0..500 {
+        let clients = server.clients().await;
+        if clients
+            .iter()
+            .any(|c| c.name == "good" && !c.link.connected)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wrong = stream::Config::sealed(rejoin::tunnel::auth::Token::new("wrong").key().psk());
+    for n in 0..100u32 {
+        // Each through a proxy of its own, to break it as a network does.
+        let cutter = CutProxy::start("127.0.0.1:0".parse().unwrap(), addr, ProxyConfig::default())
+            .await
+            .unwrap();
+        let mut link = RawLink::connect(cutter.local_addr()).await;
+        link.send(Frame::Hello {
+            version: VERSION,
+            name: format!("never{n}"),
+            nonce: [3u8; 32],
+        })
+        .await;
+        let Some(Frame::Challenge { .. }) = link.recv_not_ping().await else {
+            panic!("a challenge");
+        };
+        assert_eq!(cutter.cut_all(CutKind::Reset), 1);
+        drop(cutter);
+        drop(link);
+        assert!(
+            stream::connect(addr.to_string(), wrong.clone())
+                .await
+                .is_err()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _back = CutProxy::start(front, addr, ProxyConfig::default())
+        .await
+        .expect("the proxy back on its port");
+    v.write_all(b"two").await.unwrap();
+    timeout(Duration::from_secs(15), v.read_exact(&mut buf))
+        .await
+        .expect("the visitor's echo within 15 s")
+        .expect("the visitor's connection survived");
+    assert_eq!(&buf, b"two");
+    let clients = server.clients().await;
+    let info = clients.iter().find(|c| c.name == "good").unwrap();
+    assert!(info.last_resume.is_some(), "the link resumed: {info:?}");
+}

@@ -116,6 +116,22 @@ impl Handle {
         wake.fire();
     }
 
+    /// Server: whether a broken connection waits for the client to resume
+    /// (the default), or ends the session at once. A server that
+    /// authenticates its clients inside the stream (as the tunnel does with
+    /// its login) turns it off until the client has proved itself, so that
+    /// no one who has not cannot hold a parked session.
+    pub fn set_resumable(&self, resumable: bool) {
+        let mut wake = Wake::default();
+        {
+            let mut st = self.shared.state.lock();
+            st.resumable = resumable;
+            // A session already waiting for its client looks again.
+            st.take_driver_waker(&mut wake);
+        }
+        wake.fire();
+    }
+
     /// Whether the session has ended; `Some(None)` for a clean close.
     pub fn ended(&self) -> Option<Option<Error>> {
         self.shared.state.lock().ended.clone().map(|r| r.err())

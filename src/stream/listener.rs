@@ -9,11 +9,11 @@
 //! session's driver, which swaps transports. A failed or forged reconnect
 //! never touches the live transport.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -40,6 +40,14 @@ use crate::proto::{
     self, Incoming, ReconnectRequest, RefuseReason, ResumePoint, ServerHandshake, ServerResume,
     Session,
 };
+
+/// A session that was not yet resumable lost its connection.
+fn not_resumable() -> Error {
+    Error::Transport(Arc::new(io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the connection broke before the session was resumable",
+    )))
+}
 
 /// What an exchange that stopped early means for the connection.
 fn stopped(stop: Stop) -> Error {
@@ -95,6 +103,71 @@ impl<T: Transport> Drop for Slot<T> {
     }
 }
 
+/// Sessions waiting for their client, by ticket (oldest first).
+#[derive(Default)]
+struct Parking {
+    next: u64,
+    waiting: BTreeMap<u64, (Arc<Shared>, CancellationToken)>,
+}
+
+/// How much a parked session is worth keeping, lowest first to go: one the
+/// application has dropped, one that never received a byte from its peer,
+/// any other.
+fn worth(shared: &Shared) -> u8 {
+    let st = shared.state.lock();
+    if st.abandoned() {
+        0
+    } else if st.session.read_count() == 0 {
+        1
+    } else {
+        2
+    }
+}
+
+impl Parking {
+    /// Parks `shared`, ending a less worthy (or else the oldest) parked
+    /// session if `max` are parked: its ticket, or `None` if every parked
+    /// session is worth more than this one.
+    fn enter(
+        &mut self,
+        shared: &Arc<Shared>,
+        cancel: CancellationToken,
+        max: usize,
+        evicted: &AtomicU64,
+    ) -> Option<u64> {
+        if self.waiting.len() >= max {
+            let (victim, victim_worth) = self
+                .waiting
+                .iter()
+                .map(|(&t, (s, _))| (t, worth(s)))
+                .min_by_key(|&(t, w)| (w, t))?;
+            if worth(shared) < victim_worth {
+                return None;
+            }
+            if let Some((_, cancel)) = self.waiting.remove(&victim) {
+                evicted.fetch_add(1, Ordering::Relaxed);
+                cancel.cancel();
+            }
+        }
+        let ticket = self.next;
+        self.next += 1;
+        self.waiting.insert(ticket, (shared.clone(), cancel));
+        Some(ticket)
+    }
+}
+
+/// A parked session's place, given back however the wait ends.
+struct Parked<'a, T: Transport> {
+    inner: &'a Inner<T>,
+    ticket: u64,
+}
+
+impl<T: Transport> Drop for Parked<'_, T> {
+    fn drop(&mut self) {
+        self.inner.parking.lock().waiting.remove(&self.ticket);
+    }
+}
+
 /// A resumed transport on its way to its session's driver.
 struct Commit<T> {
     io: T,
@@ -117,6 +190,10 @@ pub struct ListenerStats {
     pub sessions: usize,
     /// Sessions waiting for their client.
     pub parked: usize,
+    /// Parked sessions ended to make room for a newer break (`max_parked`
+    /// reached): those the application had dropped first, then those that
+    /// never received a byte, then the one waiting longest.
+    pub parked_evicted: u64,
     /// Handshakes in progress.
     pub handshakes: usize,
     /// Sessions established since start.
@@ -144,7 +221,8 @@ pub struct ListenerStats {
 struct Inner<T> {
     config: Config,
     sessions: Mutex<HashMap<u64, Entry<T>>>,
-    parked: AtomicUsize,
+    parking: Mutex<Parking>,
+    parked_evicted: AtomicU64,
     admission: Mutex<Admission<CancellationToken>>,
     new_sessions: mpsc::Sender<Stream>,
     established: AtomicU64,
@@ -258,7 +336,8 @@ impl<T: Transport> Listener<T> {
             )),
             config,
             sessions: Mutex::new(HashMap::new()),
-            parked: AtomicUsize::new(0),
+            parking: Mutex::new(Parking::default()),
+            parked_evicted: AtomicU64::new(0),
             new_sessions: tx,
             established: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
@@ -303,7 +382,8 @@ impl<T: Transport> Listener<T> {
         let i = &self.inner;
         ListenerStats {
             sessions: i.sessions.lock().len(),
-            parked: i.parked.load(Ordering::Relaxed),
+            parked: i.parking.lock().waiting.len(),
+            parked_evicted: i.parked_evicted.load(Ordering::Relaxed),
             handshakes: i.admission.lock().len(),
             established: i.established.load(Ordering::Relaxed),
             resumed: i.resumed.load(Ordering::Relaxed),
@@ -675,7 +755,7 @@ impl<T: Transport> Inner<T> {
 
     async fn drive(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         io: T,
         commits: &mut mpsc::Receiver<Commit<T>>,
         cfg: PumpConfig,
@@ -729,27 +809,46 @@ impl<T: Transport> Inner<T> {
     /// closed meanwhile and nothing is left to deliver.
     async fn park(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         commits: &mut mpsc::Receiver<Commit<T>>,
     ) -> Result<Option<T>, Error> {
-        if self.parked.fetch_add(1, Ordering::Relaxed) >= self.config.max_parked {
-            self.parked.fetch_sub(1, Ordering::Relaxed);
-            return Err(Error::LimitReached("max_parked"));
+        if !shared.state.lock().resumable {
+            return Err(not_resumable());
         }
+        let evicted = CancellationToken::new();
+        let ticket = self.parking.lock().enter(
+            shared,
+            evicted.clone(),
+            self.config.max_parked,
+            &self.parked_evicted,
+        );
+        let Some(ticket) = ticket else {
+            return Err(Error::LimitReached("max_parked"));
+        };
+        let _parked = Parked {
+            inner: self,
+            ticket,
+        };
         let wait = self.config.reconnect_wait;
         let expiry = Instant::now() + wait;
         let result = loop {
-            let (deadline, abandoned_clean) = {
+            let (deadline, abandoned_clean, resumable) = {
                 let st = shared.state.lock();
                 let nothing_left =
                     st.abandoned() && st.records.is_none() && !st.session.has_pending();
                 let deadline = st.close_deadline.map_or(expiry, |d| d.min(expiry));
-                (deadline, nothing_left)
+                (deadline, nothing_left, st.resumable)
             };
             if abandoned_clean {
                 break Err(None);
             }
+            if !resumable {
+                break Err(Some(not_resumable()));
+            }
             tokio::select! {
+                () = evicted.cancelled() => {
+                    break Err(Some(Error::LimitReached("max_parked: made room for a newer break")));
+                }
                 commit = commits.recv() => match commit {
                     Some(commit) => {
                         if let Some(io) = self.commit(shared, commit) {
@@ -764,7 +863,6 @@ impl<T: Transport> Inner<T> {
                 _ = app_event(shared) => {}
             }
         };
-        self.parked.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(io) => Ok(Some(io)),
             Err(None) => Ok(None),

@@ -51,6 +51,9 @@ pub(crate) struct State {
     /// The driver should drop the transport and reconnect (client) or wait
     /// for one (server).
     pub force_reconnect: bool,
+    /// Server: whether a broken connection waits for its client (else the
+    /// session ends at once). See `Handle::set_resumable`.
+    pub resumable: bool,
     /// Sealed suite: the current connection delivered a frame that did not
     /// open; the driver drops it (the session resumes on a new one).
     pub broken: Option<String>,
@@ -114,6 +117,7 @@ impl State {
             connected: true,
             flushed: true,
             force_reconnect: false,
+            resumable: true,
             broken: None,
             last_rx: Instant::now(),
             close_deadline: None,

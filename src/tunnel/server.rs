@@ -520,6 +520,9 @@ impl Inner {
 
     async fn serve(self: Arc<Self>, stream: Stream) {
         let peer = stream.peer_addr();
+        // Not parked if its link breaks before it has logged in: only
+        // clients that proved their token hold a waiting session.
+        stream.handle().set_resumable(false);
         let config = self.config();
         let (mux, mut events) = Mux::start(stream, Side::Server, config.mux.clone());
         let login = timeout(config.login_timeout, self.login(&mux, &mut events));
@@ -546,6 +549,7 @@ impl Inner {
         let Some(session) = self.take_name(&name, token, &mux, peer).await else {
             return;
         };
+        mux.stream().set_resumable(true);
         mux.send(welcome);
         info!(client = %name, ?peer, "client session up");
         let link_events = log_link_events(&session);
