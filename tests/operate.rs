@@ -792,8 +792,18 @@ fn a_taken_port_is_asked_for_again() {
 /// left out, not one line each.
 #[test]
 fn refused_handshakes_are_logged_once_a_second() {
+    // The limit on failed logins would close this flood's connections
+    // before they are refused (see `failed_logins_are_throttled`).
     let server = Proc::start(
-        &["server", "--listen", "127.0.0.1:0", "--token", TOKEN],
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--login-failures-per-minute",
+            "0",
+        ],
         None,
     );
     let addr = line_with(&server, "listening on ").replace("listening on ", "");
@@ -840,4 +850,83 @@ fn refused_handshakes_are_logged_once_a_second() {
         "a line says how many it left out:\n{}",
         lines.join("\n")
     );
+}
+
+/// Issue 10's attack 8: guessing tokens online. One address tries wrong
+/// tokens as fast as it can; after the default ten a minute its connections
+/// are closed before any handshake work, and a wrong token and an unknown
+/// name get the same answer. A client from another address logs in and is
+/// served meanwhile.
+#[test]
+fn failed_logins_are_throttled() {
+    use rejoin::stream;
+    let echo_addr = echo_service();
+    let (server, addr) = start_server(&[]);
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // The guesser's address: 127.0.0.2.
+    let from_guesser = move || async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(([127, 0, 0, 2], 0).into())?;
+        socket.connect(target).await
+    };
+    let (refused, closed) = runtime.block_on(async {
+        let (mut refused, mut closed) = (Vec::new(), 0u32);
+        for attempt in 0..40u32 {
+            // Half name a client the server has no token for.
+            let token = rejoin::tunnel::auth::Token::new(format!("guess {attempt}"));
+            let mut keys = stream::Sealed::new(token.key().psk());
+            if attempt % 2 == 1 {
+                keys.psk_id = b"nobody".to_vec();
+            }
+            let mut config = stream::Config::sealed(token.key().psk());
+            config.suite = stream::Suite::Sealed(keys);
+            let result = tokio::time::timeout(
+                Duration::from_secs(10),
+                stream::connect_with(from_guesser, config),
+            )
+            .await
+            .expect("an answer in time");
+            let Err(e) = result else {
+                panic!("a guess never gets in")
+            };
+            match stream::Error::from_io(&e) {
+                Some(stream::Error::Handshake(rejoin::proto::Error::KeyRejected(code))) => {
+                    refused.push(code.to_owned())
+                }
+                _ => closed += 1,
+            }
+        }
+        (refused, closed)
+    });
+    println!(
+        "40 guesses: {} refused after a handshake (codes {refused:?}), {closed} closed at once",
+        refused.len()
+    );
+    assert!(
+        (10..=12).contains(&refused.len()),
+        "ten a minute get a handshake: {refused:?}"
+    );
+    assert!(
+        refused.iter().all(|&c| c == 2),
+        "an unknown name is answered as a wrong token: {refused:?}"
+    );
+    assert_eq!(closed as usize, 40 - refused.len());
+    // Someone else, from 127.0.0.1, is not affected.
+    let client = Proc::start(
+        &[
+            "client", "--server", &addr, "--token", TOKEN, "--name", "honest", "--tcp", &echo_addr,
+        ],
+        None,
+    );
+    let public = line_with(&client, "tcp ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    echo(&public, 10_000);
+    drop(server);
 }

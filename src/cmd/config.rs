@@ -243,6 +243,7 @@ pub struct ServerFile {
     #[serde(default)]
     ports: Vec<String>,
     keep: Option<Span>,
+    login_failures_per_minute: Option<u32>,
     max_services: Option<usize>,
     udp_idle: Option<Span>,
     udp_max_associations: Option<usize>,
@@ -457,6 +458,9 @@ impl ServerFile {
         config.ports = ports;
         if let Some(keep) = self.keep {
             config.stream.reconnect_wait = keep.0;
+        }
+        if let Some(n) = self.login_failures_per_minute {
+            config.stream.auth_failures_per_minute = n;
         }
         if let Some(n) = self.max_services {
             config.max_services = n;

@@ -33,6 +33,11 @@ pub struct Args {
     /// How long a disconnected client's session is kept, like 60s or 5m.
     #[arg(long)]
     keep: Option<Span>,
+    /// Failed logins (a wrong token, an unknown name, a forged reconnect)
+    /// one address may make a minute; beyond it its connections are closed
+    /// at once until one comes back. 0: no limit. Default 10.
+    #[arg(long, value_name = "N")]
+    login_failures_per_minute: Option<u32>,
     /// Where the server's static key is kept (created if missing). Default:
     /// next to the config file (server.toml → server.key); without a config
     /// file the key lasts only this run unless this is given.
@@ -121,6 +126,9 @@ fn settings(args: Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(keep) = args.keep {
         config.stream.reconnect_wait = keep.0;
+    }
+    if let Some(n) = args.login_failures_per_minute {
+        config.stream.auth_failures_per_minute = n;
     }
     config.static_key = Some(match &key_file {
         Some(path) => load_or_create_key(path)?,

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 /// Where a connection comes from, as far as the per-source bound goes: an
 /// IPv4 address, or an IPv6 /64 (what one host is usually given).
@@ -194,6 +195,80 @@ impl<H> Admission<H> {
     }
 }
 
+/// Failed proofs (a wrong key, a forged reconnect) per source: a token
+/// bucket each, so that guessing a key online costs a source a minute per
+/// `per_minute` guesses. A source whose bucket is empty has its connections
+/// closed at once, before any work is done for them.
+pub(crate) struct Throttle {
+    per_minute: u32,
+    buckets: HashMap<Source, Bucket>,
+    most_sources: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Throttle {
+    /// `per_minute` failures a minute per source (0: no limit), tracking
+    /// at most `most_sources` sources at once.
+    pub(crate) fn new(per_minute: u32, most_sources: usize) -> Self {
+        Throttle {
+            per_minute,
+            buckets: HashMap::new(),
+            most_sources: most_sources.max(1),
+        }
+    }
+
+    fn refill(&self, b: Bucket, now: Instant) -> f64 {
+        let rate = f64::from(self.per_minute) / 60.0;
+        let grown = b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate;
+        grown.min(f64::from(self.per_minute))
+    }
+
+    /// Whether `source` may try now.
+    pub(crate) fn allows(&self, source: Source, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        self.buckets
+            .get(&source)
+            .is_none_or(|&b| self.refill(b, now) >= 1.0)
+    }
+
+    /// `source` failed a proof.
+    pub(crate) fn failed(&mut self, source: Source, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= self.most_sources {
+            // Forget the sources that have their whole minute back; if that
+            // is not enough, any one.
+            let full = f64::from(self.per_minute);
+            let buckets = std::mem::take(&mut self.buckets);
+            self.buckets = buckets
+                .into_iter()
+                .filter(|&(_, b)| self.refill(b, now) < full)
+                .collect();
+            if self.buckets.len() >= self.most_sources {
+                let any = self.buckets.keys().next().copied();
+                if let Some(any) = any {
+                    self.buckets.remove(&any);
+                }
+            }
+        }
+        let fresh = Bucket {
+            tokens: f64::from(self.per_minute),
+            at: now,
+        };
+        let b = self.buckets.get(&source).copied().unwrap_or(fresh);
+        let tokens = (self.refill(b, now) - 1.0).max(0.0);
+        self.buckets.insert(source, Bucket { tokens, at: now });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +380,46 @@ mod tests {
         assert_ne!(Source::of(Some(a)), Source::of(Some(c)));
         assert_eq!(Source::of(Some(m)), src(1));
         assert_eq!(Source::of(None), Source::Unknown);
+    }
+
+    #[test]
+    fn failures_are_throttled_per_source_and_refill() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let mut t = Throttle::new(6, 100);
+        for _ in 0..6 {
+            assert!(t.allows(src(1), t0));
+            t.failed(src(1), t0);
+        }
+        assert!(!t.allows(src(1), t0), "six a minute, all spent");
+        assert!(t.allows(src(2), t0), "another source is not affected");
+        // One comes back every ten seconds.
+        assert!(!t.allows(src(1), at(9_900)));
+        assert!(t.allows(src(1), at(10_000)));
+        t.failed(src(1), at(10_000));
+        assert!(!t.allows(src(1), at(15_000)));
+        // Never more than the minute's worth back.
+        assert!(t.allows(src(1), at(3_600_000)));
+        for _ in 0..6 {
+            t.failed(src(1), at(3_600_000));
+        }
+        assert!(!t.allows(src(1), at(3_600_000)));
+    }
+
+    #[test]
+    fn the_throttle_table_is_bounded() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(2, 10);
+        for i in 0..=255u8 {
+            t.failed(src(i), t0);
+            t.failed(src(i), t0);
+            assert!(t.buckets.len() <= 10);
+        }
+        assert!(!t.allows(src(255), t0));
+        // Off: everything allowed, nothing kept.
+        let mut off = Throttle::new(0, 10);
+        off.failed(src(1), t0);
+        assert!(off.allows(src(1), t0));
+        assert!(off.buckets.is_empty());
     }
 }

@@ -236,6 +236,11 @@ pub struct Config {
     /// Server: how long a new connection may take to send its first byte.
     /// Default 3 s.
     pub first_byte_timeout: Duration,
+    /// Server: failed proofs (a wrong key or PSK, a forged or unknown
+    /// reconnect) one source may make a minute, refilled evenly; a source
+    /// that has used them up has its connections closed at once until one
+    /// comes back. 0 turns it off. Default 10.
+    pub auth_failures_per_minute: u32,
     /// Server: established sessions waiting for `accept`. Default 128.
     pub accept_backlog: usize,
     /// Set `TCP_NODELAY`. Default on.
@@ -270,6 +275,7 @@ impl Default for Config {
             max_handshakes: 256,
             max_handshakes_per_source: 16,
             first_byte_timeout: Duration::from_secs(3),
+            auth_failures_per_minute: 10,
             accept_backlog: 128,
             nodelay: true,
             keepalive: Some(Keepalive::default()),
@@ -313,6 +319,7 @@ setters! {
     with_max_sessions => max_sessions: usize,
     with_max_handshakes_per_source => max_handshakes_per_source: usize,
     with_first_byte_timeout => first_byte_timeout: Duration,
+    with_auth_failures_per_minute => auth_failures_per_minute: u32,
     with_max_handshakes => max_handshakes: usize,
     with_accept_backlog => accept_backlog: usize,
     with_nodelay => nodelay: bool,

@@ -26,14 +26,14 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::admission::{Admission, Source};
+use super::admission::{Admission, Source, Throttle};
 use super::exchange::{Exchange, Hello, Stop, drive, send_rest};
 use super::pump::{PumpConfig, PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
 use super::transport::SocketOptions;
 use super::{Config, Error, Event, Stream};
 use crate::proto::sealed::exchange::{
-    REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_ID, REJECT_UNKNOWN_SESSION,
+    REJECT_BAD_KEY, REJECT_NO_STATIC_KEY, REJECT_UNKNOWN_SESSION,
 };
 use crate::proto::sealed::{Link, Request, ServerExchange, ServerOutcome};
 use crate::proto::{
@@ -210,6 +210,9 @@ pub struct ListenerStats {
     /// Connections closed mid-handshake to make room for a newer one
     /// (`max_handshakes` or `max_handshakes_per_source` reached).
     pub evicted: u64,
+    /// Connections closed at once because their source had used up its
+    /// `auth_failures_per_minute`.
+    pub throttled: u64,
     /// Sealed handshakes refused because the identity (a tunnel client's
     /// name) has no key here.
     pub unknown_identity: u64,
@@ -224,6 +227,12 @@ struct Inner<T> {
     parking: Mutex<Parking>,
     parked_evicted: AtomicU64,
     admission: Mutex<Admission<CancellationToken>>,
+    throttle: Mutex<Throttle>,
+    throttled: AtomicU64,
+    /// The PSK an unknown identity's hello is read with: no client has it,
+    /// so the hello fails as one under a wrong key does, and a refusal does
+    /// not tell which identities exist.
+    decoy: crate::proto::sealed::Psk,
     new_sessions: mpsc::Sender<Stream>,
     established: AtomicU64,
     resumed: AtomicU64,
@@ -329,7 +338,9 @@ impl<T: Transport> Listener<T> {
     pub fn new(config: Config) -> io::Result<Self> {
         config.validate().map_err(Error::from)?;
         let (tx, rx) = mpsc::channel(config.accept_backlog);
+        let throttle = Throttle::new(config.auth_failures_per_minute, 65_536);
         let inner = Arc::new(Inner {
+            throttle: Mutex::new(throttle),
             admission: Mutex::new(Admission::new(
                 config.max_handshakes,
                 config.max_handshakes_per_source,
@@ -345,6 +356,8 @@ impl<T: Transport> Listener<T> {
             failed: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            decoy: crate::proto::sealed::Psk::from_bytes(rand::random()),
             unknown_identity: AtomicU64::new(0),
             bad_key: AtomicU64::new(0),
             noise: NoiseLog::default(),
@@ -391,6 +404,7 @@ impl<T: Transport> Listener<T> {
             failed: i.failed.load(Ordering::Relaxed),
             shed: i.shed.load(Ordering::Relaxed),
             evicted: i.evicted.load(Ordering::Relaxed),
+            throttled: i.throttled.load(Ordering::Relaxed),
             unknown_identity: i.unknown_identity.load(Ordering::Relaxed),
             bad_key: i.bad_key.load(Ordering::Relaxed),
         }
@@ -407,11 +421,21 @@ impl<T: Transport> Drop for Listener<T> {
 
 impl<T: Transport> Inner<T> {
     fn serve(this: &Arc<Self>, io: T, peer: Option<SocketAddr>) {
-        let cancel = CancellationToken::new();
-        let admitted = this
-            .admission
+        let source = Source::of(peer);
+        if !this
+            .throttle
             .lock()
-            .admit(Source::of(peer), cancel.clone());
+            .allows(source, std::time::Instant::now())
+        {
+            this.throttled.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                ?peer,
+                "too many failed proofs from this source; connection closed"
+            );
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let admitted = this.admission.lock().admit(source, cancel.clone());
         let Some(admitted) = admitted else {
             this.shed.fetch_add(1, Ordering::Relaxed);
             debug!(
@@ -444,6 +468,13 @@ impl<T: Transport> Inner<T> {
                 debug!(?peer, error = %e, "handshake failed");
             }
         });
+    }
+
+    /// A peer failed to prove a key: its source has one guess fewer.
+    fn failed_proof(&self, peer: Option<SocketAddr>) {
+        self.throttle
+            .lock()
+            .failed(Source::of(peer), std::time::Instant::now());
     }
 
     /// A random conn ID that no live session has.
@@ -506,26 +537,35 @@ impl<T: Transport> Inner<T> {
             Request::New { psk_id, .. } => psk_id,
         };
         let shown = String::from_utf8_lossy(&psk_id).into_owned();
-        let accepted = match keys.psk_for(&psk_id) {
-            None => Err(REJECT_UNKNOWN_ID),
-            Some(psk) => {
-                let id = self.fresh_id();
-                match ex.accept_new(&psk, id, self.config.params(), &mut rand::rng()) {
-                    Ok(()) => Ok(()),
-                    Err(proto::Error::Unsupported(_)) => Err(REJECT_NO_STATIC_KEY),
-                    Err(_) => Err(REJECT_BAD_KEY),
-                }
-            }
+        let psk = keys.psk_for(&psk_id);
+        let known = psk.is_some();
+        // An unknown identity is read with the decoy and refused as a wrong
+        // key is: the same answer after the same work.
+        let psk = psk.unwrap_or_else(|| self.decoy.clone());
+        let id = self.fresh_id();
+        let accepted = match ex.accept_new(&psk, id, self.config.params(), &mut rand::rng()) {
+            Ok(()) => Ok(()),
+            Err(proto::Error::Unsupported(_)) => Err(REJECT_NO_STATIC_KEY),
+            Err(_) => Err(REJECT_BAD_KEY),
         };
         if let Err(code) = accepted {
-            match code {
-                REJECT_UNKNOWN_ID => &self.unknown_identity,
-                _ => &self.bad_key,
+            if code == REJECT_BAD_KEY {
+                self.failed_proof(peer);
+                if known {
+                    &self.bad_key
+                } else {
+                    &self.unknown_identity
+                }
+                .fetch_add(1, Ordering::Relaxed);
             }
-            .fetch_add(1, Ordering::Relaxed);
             let e = proto::Error::KeyRejected(code);
             if let Some(left_out) = self.noise.allow() {
-                info!(identity = ?shown, ?peer, error = %e, left_out, "handshake refused");
+                let why = if known {
+                    "wrong key"
+                } else {
+                    "unknown identity"
+                };
+                info!(identity = ?shown, ?peer, error = %e, why, left_out, "handshake refused");
             }
             ex.reject(code);
             send_rest(&mut io, &mut ex).await;
@@ -561,6 +601,7 @@ impl<T: Transport> Inner<T> {
             // Said in the clear (the server no longer has the secret): the
             // client starts over instead of retrying until it gives up.
             self.refused.fetch_add(1, Ordering::Relaxed);
+            self.failed_proof(peer);
             if let Some(left_out) = self.noise.allow() {
                 info!(id = %shown, ?peer, left_out, "reconnect refused: unknown conn ID");
             }
@@ -583,6 +624,10 @@ impl<T: Transport> Inner<T> {
         });
         if let Err(e) = accepted {
             self.refused.fetch_add(1, Ordering::Relaxed);
+            if !matches!(e, proto::Error::Refuse(_)) {
+                // The proof did not open: a guess, not a stale client.
+                self.failed_proof(peer);
+            }
             if let Some(left_out) = self.noise.allow() {
                 info!(id = %shown, ?peer, error = %e, left_out, "reconnect refused");
             }
@@ -719,6 +764,9 @@ impl<T: Transport> Inner<T> {
         reason: RefuseReason,
     ) -> Result<(), Error> {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        if matches!(reason, RefuseReason::UnknownId | RefuseReason::BadTag) {
+            self.failed_proof(peer);
+        }
         if let Some(left_out) = self.noise.allow() {
             let id = format_args!("{:016x}", request.id);
             info!(%id, ?peer, %reason, left_out, "reconnect refused");

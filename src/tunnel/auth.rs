@@ -14,6 +14,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+/// Why a login is refused, whether the token is wrong or the name unknown:
+/// the same words either way, so that a refusal does not tell which client
+/// names a server has. (Its own counters and logs tell them apart.)
+pub const BAD_TOKEN: &str = "bad token, or a client name the server does not know";
+
 /// PBKDF2 rounds for stretching a token.
 pub const ROUNDS: u32 = 100_000;
 const SALT: &[u8] = b"rejoin tunnel token v1";

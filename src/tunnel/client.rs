@@ -197,12 +197,13 @@ fn refused(e: &std::io::Error, pinned: bool) -> Option<ClientError> {
     Some(match cause {
         // With a pinned key the server cannot tell a wrong token from a
         // key that is not its own: both make the hello unreadable.
-        P::KeyRejected(REJECT_BAD_KEY) if pinned => {
-            ClientError::Refused("bad token, or the pinned server key is not this server's".into())
-        }
-        P::KeyRejected(REJECT_BAD_KEY) => ClientError::Refused("bad token".into()),
-        P::KeyRejected(REJECT_UNKNOWN_ID) => {
-            ClientError::Refused("unknown client (no token for this name)".into())
+        P::KeyRejected(REJECT_BAD_KEY) if pinned => ClientError::Refused(format!(
+            "{}; or the pinned server key is not this server's",
+            super::auth::BAD_TOKEN
+        )),
+        // (Code 1, an unknown identity, is only sent by older servers.)
+        P::KeyRejected(REJECT_BAD_KEY | REJECT_UNKNOWN_ID) => {
+            ClientError::Refused(super::auth::BAD_TOKEN.into())
         }
         P::KeyRejected(REJECT_NO_STATIC_KEY) => {
             ClientError::Refused("the server has no static key, but --server-key pins one".into())
@@ -210,6 +211,14 @@ fn refused(e: &std::io::Error, pinned: bool) -> Option<ClientError> {
         P::Unauthenticated => ClientError::ServerUnproven,
         _ => return None,
     })
+}
+
+/// Why a login did not complete.
+enum LoginFailed {
+    /// The server refused it (or could not prove itself): retrying cannot help.
+    Refused(ClientError),
+    /// The link ended first.
+    Lost(String),
 }
 
 /// Why a client stopped.
@@ -530,9 +539,16 @@ impl Client {
         *self.state.session.lock() = Some(mux.clone());
         match timeout(Duration::from_secs(30), self.login(&mux, &mut events)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Ok(Err(LoginFailed::Refused(e))) => {
                 mux.goodbye("login failed");
                 return Err(e);
+            }
+            // The server keeps no session for a client that has not logged
+            // in, so a link lost now is a session lost: start over.
+            Ok(Err(LoginFailed::Lost(reason))) => {
+                return Ok(SessionEnd::Lost(format!(
+                    "link lost during login: {reason}"
+                )));
             }
             Err(_) => {
                 mux.goodbye("login timed out");
@@ -690,7 +706,7 @@ impl Client {
         &self,
         mux: &Mux,
         events: &mut mpsc::Receiver<Event>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), LoginFailed> {
         let key = self.config.token.key();
         let client_nonce: [u8; 32] = rand::random();
         mux.send(Frame::Hello {
@@ -701,9 +717,9 @@ impl Client {
         let server_nonce = match events.recv().await {
             Some(Event::Control(Frame::Challenge { nonce })) => nonce,
             Some(Event::Control(Frame::Refuse { reason })) => {
-                return Err(ClientError::Refused(reason));
+                return Err(LoginFailed::Refused(ClientError::Refused(reason)));
             }
-            _ => return Err(ClientError::Refused(mux.ended().await.to_string())),
+            _ => return Err(LoginFailed::Lost(mux.ended().await.to_string())),
         };
         let binding = mux.stream().binding();
         let transcript = Transcript {
@@ -720,11 +736,13 @@ impl Client {
                 if proofs_equal(&key.server_proof(&transcript), &proof) {
                     Ok(())
                 } else {
-                    Err(ClientError::ServerUnproven)
+                    Err(LoginFailed::Refused(ClientError::ServerUnproven))
                 }
             }
-            Some(Event::Control(Frame::Refuse { reason })) => Err(ClientError::Refused(reason)),
-            _ => Err(ClientError::Refused(mux.ended().await.to_string())),
+            Some(Event::Control(Frame::Refuse { reason })) => {
+                Err(LoginFailed::Refused(ClientError::Refused(reason)))
+            }
+            _ => Err(LoginFailed::Lost(mux.ended().await.to_string())),
         }
     }
 

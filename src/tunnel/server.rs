@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::auth::{LoginKey, Token, Transcript, proofs_equal};
+use super::auth::{BAD_TOKEN, LoginKey, Token, Transcript, proofs_equal};
 use super::bridge::bridge;
 use super::frame::{Frame, ServiceKind, VERSION};
 use super::mux::{End, Event, Mux, MuxConfig, Side, UdpStats};
@@ -684,7 +684,7 @@ impl Inner {
             let current = self.keys.read().for_name(name).map(|(t, _)| t.clone());
             if current.as_ref() != Some(&token) {
                 drop(sessions);
-                refuse(Refusal::BadToken, "bad token".into());
+                refuse(Refusal::BadToken, BAD_TOKEN.into());
                 return None;
             }
             sessions.insert(name.to_string(), session.clone())
@@ -734,7 +734,7 @@ impl Inner {
         }
         let (token, key) = self
             .key_for(&name)
-            .ok_or_else(|| (Refusal::UnknownClient, format!("unknown client {name:?}")))?;
+            .ok_or_else(|| (Refusal::UnknownClient, BAD_TOKEN.into()))?;
         let server_nonce: [u8; 32] = rand::random();
         mux.send(Frame::Challenge {
             nonce: server_nonce,
@@ -750,7 +750,7 @@ impl Inner {
             name: &name,
         };
         if !proofs_equal(&key.client_proof(&transcript), &proof) {
-            return Err((Refusal::BadToken, "bad token".into()));
+            return Err((Refusal::BadToken, BAD_TOKEN.into()));
         }
         let welcome = Frame::Welcome {
             proof: key.server_proof(&transcript),

@@ -110,7 +110,7 @@ impl RunningClient {
                     panic!("{local} not published: {reason}")
                 }
                 Some(_) => {}
-                None => panic!("client ended"),
+                None => panic!("client ended: {:?}", (&mut self.task).await),
             }
         }
         out

@@ -43,6 +43,8 @@ pub const STATUS_READ_ABOVE_WRITE: u8 = 3;
 pub const STATUS_HISTORY: u8 = 4;
 
 /// Rejection of a new-session hello: no PSK for the identity it names.
+/// Reserved: rejoin servers answer an unknown identity as a wrong key
+/// ([`REJECT_BAD_KEY`]), so that a refusal does not tell which exist.
 pub const REJECT_UNKNOWN_ID: u8 = 1;
 /// Rejection of a new-session hello: it does not open under the PSK.
 pub const REJECT_BAD_KEY: u8 = 2;
