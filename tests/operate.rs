@@ -79,6 +79,22 @@ fn start_server(extra: &[&str]) -> (Proc, String) {
 }
 
 /// Echoes `n` bytes through `public` and checks them.
+/// A `rejoin client` named `name` publishing `local`; and where it is published.
+fn start_client(server: &str, name: &str, local: &str) -> (Proc, String) {
+    let client = Proc::start(
+        &[
+            "client", "--server", server, "--token", TOKEN, "--name", name, "--tcp", local,
+        ],
+        None,
+    );
+    let public = line_with(&client, "tcp ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (client, public)
+}
+
 fn echo(public: &str, n: usize) {
     let mut v = TcpStream::connect(public).expect("visitor connects");
     v.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -561,17 +577,7 @@ fn failures_are_visible() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let client = Proc::start(
-        &[
-            "client", "--server", &addr, "--token", TOKEN, "--name", "d", "--tcp", &dead,
-        ],
-        None,
-    );
-    let public = line_with(&client, "tcp ")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (client, public) = start_client(&addr, "d", &dead);
     let mut v = TcpStream::connect(&public).unwrap();
     v.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = [0u8; 1];
@@ -916,17 +922,7 @@ fn failed_logins_are_throttled() {
     );
     assert_eq!(closed as usize, 40 - refused.len());
     // Someone else, from 127.0.0.1, is not affected.
-    let client = Proc::start(
-        &[
-            "client", "--server", &addr, "--token", TOKEN, "--name", "honest", "--tcp", &echo_addr,
-        ],
-        None,
-    );
-    let public = line_with(&client, "tcp ")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (_client, public) = start_client(&addr, "honest", &echo_addr);
     echo(&public, 10_000);
     drop(server);
 }
