@@ -19,6 +19,9 @@
 
 #[cfg(feature = "chaos")]
 pub mod chaos;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod proto;
 pub mod stream;
 pub mod tunnel;

@@ -527,3 +527,136 @@ async fn never_logged_in_sessions_cannot_push_out_a_parked_one() {
     let info = clients.iter().find(|c| c.name == "good").unwrap();
     assert!(info.last_resume.is_some(), "the link resumed: {info:?}");
 }
+
+/// A sealed link driven by hand, frames sealed here, so that a test can put
+/// any record bytes into the stream (what a holder of the token can do).
+struct SealedRaw {
+    io: TcpStream,
+    session: rejoin::proto::Session,
+    link: rejoin::proto::sealed::Link,
+    plain: BytesMut,
+}
+
+impl SealedRaw {
+    async fn connect(server: SocketAddr, name: &str) -> SealedRaw {
+        use rejoin::proto::sealed::{ClientExchange, ClientOutcome};
+        let config = stream::Config::sealed(token().key().psk());
+        let mut ex = ClientExchange::new_session(
+            config.params(),
+            &token().key().psk(),
+            name.as_bytes(),
+            None,
+        )
+        .unwrap();
+        let mut io = TcpStream::connect(server).await.unwrap();
+        let mut input = BytesMut::new();
+        loop {
+            if let Some(out) = ex.poll_transmit() {
+                io.write_all(&out).await.unwrap();
+            }
+            if let Some(outcome) = ex.poll_outcome() {
+                let Ok(ClientOutcome::Established(e)) = outcome else {
+                    panic!("not established: {outcome:?}");
+                };
+                return SealedRaw {
+                    io,
+                    session: e.session,
+                    link: e.link,
+                    plain: BytesMut::new(),
+                };
+            }
+            assert!(io.read_buf(&mut input).await.unwrap() > 0, "server closed");
+            ex.handle_input(&mut input).unwrap();
+        }
+    }
+
+    /// Sends what is sealed and ready; then reads for up to `wait`, opening
+    /// frames (their acks and windows let more out); returns the stream
+    /// bytes received, or `None` once the server has closed.
+    async fn exchange(&mut self, wait: Duration) -> Option<usize> {
+        let window = self.session.read_count() + (1 << 20);
+        loop {
+            let out = self
+                .link
+                .poll_transmit(&mut self.session, window)
+                .unwrap()
+                .to_vec();
+            if out.is_empty() {
+                break;
+            }
+            self.io.write_all(&out).await.ok()?;
+            self.link.handle_transmitted(out.len());
+        }
+        if let Ok(Ok(0) | Err(_)) = timeout(wait, self.io.read_buf(self.link.input_buffer())).await
+        {
+            return None;
+        }
+        self.link
+            .handle_input(&mut self.session, &mut self.plain)
+            .unwrap();
+        let n = self.plain.len();
+        let mut got = self.plain.split();
+        self.session.handle_input(&mut got);
+        Some(n)
+    }
+}
+
+/// Issue 10's attack 2, by a holder of the token (no one else gets a link
+/// now): 24 MiB of record-layer PINGs from one connection, as fast as the
+/// server takes them (it answers each as the flood reads, owing at most one
+/// PONG at a time). Memory stays put, and a new client logs in and an
+/// existing visitor's echo works within 15 s after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_ping_flood_leaves_the_server_serving() {
+    let mut sc = server_config();
+    sc.login_timeout = Duration::from_secs(60);
+    let server = Server::bind(sc).await.unwrap();
+    let addr = server.local_addr();
+    let (_good, mut visitor) = bystander(&server).await;
+    let mut raw = SealedRaw::connect(addr, "flood").await;
+    let pings = vec![rejoin::proto::record::PING; 1 << 20];
+    let total = 24u64 << 20;
+    let started = std::time::Instant::now();
+    let (mut sent, mut answered) = (0u64, 0usize);
+    let before = common::rss_kib();
+    let mut most = before;
+    while sent < total && started.elapsed() < Duration::from_secs(60) {
+        most = most.max(common::rss_kib());
+        let left = usize::try_from(total - sent).unwrap().min(pings.len());
+        sent += raw.session.handle_write(&pings[..left]) as u64;
+        match raw.exchange(Duration::from_millis(1)).await {
+            Some(n) => answered += n,
+            None => panic!("the server closed the flood's link after {sent} PINGs"),
+        }
+    }
+    assert_eq!(sent, total, "24 MiB of PINGs within 60 s");
+    // Then it reads what the server sends: PONGs, no more than owed.
+    for _ in 0..20 {
+        answered += raw.exchange(Duration::from_millis(50)).await.unwrap_or(0);
+    }
+    let flooded = started.elapsed();
+    println!("{sent} PINGs in {flooded:?}; {answered} bytes of PONGs came back");
+    let grown = most.saturating_sub(before);
+    println!("RSS grew by {grown} KiB at most during the flood");
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    let after = std::time::Instant::now();
+    let local = echo_service().await;
+    let mut fresh = RunningClient::start(client_config(addr.to_string(), "fresh", &[(&local, 0)]));
+    let public = timeout(Duration::from_secs(15), fresh.published(1))
+        .await
+        .expect("a new login within 15 s");
+    let mut v = TcpStream::connect(&public[0]).await.unwrap();
+    v.write_all(b"new").await.unwrap();
+    let mut buf = [0u8; 3];
+    timeout(Duration::from_secs(15), v.read_exact(&mut buf))
+        .await
+        .expect("the new visitor's echo within 15 s")
+        .unwrap();
+    timeout(Duration::from_secs(15), still_good(&mut visitor, &server))
+        .await
+        .expect("the existing visitor's echo within 15 s");
+    println!(
+        "new login and both echoes {:?} after the flood",
+        after.elapsed()
+    );
+}
