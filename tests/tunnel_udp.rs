@@ -180,28 +180,69 @@ async fn idle_associations_expire() {
     );
 }
 
+/// A service at `max_associations`: each new visitor ends the least
+/// recently used association, so every visitor is answered and the count
+/// stays at the bound.
 #[tokio::test]
 async fn associations_per_service_are_bounded() {
     let local = udp_echo("127.0.0.1:0").await;
     let mut sc = server_config();
     sc.udp.max_associations = 3;
     let (server, _client, public) = udp_tunnel(sc, &local).await;
-    let mut answered = 0;
     let mut socks = Vec::new();
     for i in 0..5 {
         let s = visitor(&public).await;
-        if ask(&s, format!("v{i}").as_bytes(), Duration::from_millis(700))
-            .await
-            .is_some()
-        {
-            answered += 1;
-        }
+        let reply = ask(&s, format!("v{i}").as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(reply.as_deref(), Some(format!("v{i}").as_bytes()));
         socks.push(s);
     }
-    assert_eq!(answered, 3);
     let info = &server.clients().await[0];
-    assert!(info.udp.dropped_limit >= 2, "{:?}", info.udp);
+    assert_eq!(info.udp.evicted, 2, "{:?}", info.udp);
+    assert_eq!(info.udp.dropped_limit, 0, "{:?}", info.udp);
     assert_eq!(info.streams, 3);
+}
+
+/// Issue 10's attack 7: one host sends from 1,100 source ports (more than
+/// the service's whole default limit of 1,024). It holds at most its own
+/// 128 associations; visitors from other addresses are answered
+/// throughout, and one talking all along keeps its association.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cycling_ports_cannot_lock_others_out() {
+    let local = udp_echo("127.0.0.1:0").await;
+    let (server, _client, public) = udp_tunnel(server_config(), &local).await;
+    let steady = visitor(&public).await;
+    assert!(
+        ask(&steady, b"steady", Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    let mut flood = Vec::new();
+    for i in 0..1100u32 {
+        let s = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        s.send_to(format!("f{i}").as_bytes(), &public)
+            .await
+            .unwrap();
+        flood.push(s);
+        if i % 100 == 0 {
+            let reply = ask(&steady, b"steady", Duration::from_secs(5)).await;
+            assert_eq!(reply.as_deref(), Some(&b"steady"[..]), "after {i}");
+        }
+    }
+    // Let the last of the flood reach the server before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..5 {
+        let s = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+        s.connect(&public).await.unwrap();
+        let reply = ask(&s, format!("new{n}").as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(reply.as_deref(), Some(format!("new{n}").as_bytes()));
+    }
+    let info = &server.clients().await[0];
+    println!("{:?}; {} associations", info.udp, info.streams);
+    assert!(info.streams <= 128 + 6, "{} associations", info.streams);
+    assert!(info.udp.evicted >= 1100 - 128, "{:?}", info.udp);
+    assert_eq!(info.udp.dropped_limit, 0, "{:?}", info.udp);
+    let reply = ask(&steady, b"still", Duration::from_secs(5)).await;
+    assert_eq!(reply.as_deref(), Some(&b"still"[..]));
 }
 
 /// A UDP service that records every datagram's sequence number. Its receive

@@ -247,6 +247,7 @@ pub struct ServerFile {
     max_services: Option<usize>,
     udp_idle: Option<Span>,
     udp_max_associations: Option<usize>,
+    udp_max_associations_per_source: Option<usize>,
     #[serde(default)]
     clients: HashMap<String, Secret>,
     key_file: Option<PathBuf>,
@@ -471,6 +472,9 @@ impl ServerFile {
         if let Some(n) = self.udp_max_associations {
             config.udp.max_associations = n;
         }
+        if let Some(n) = self.udp_max_associations_per_source {
+            config.udp.max_associations_per_source = n;
+        }
         Tuning {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
@@ -638,6 +642,7 @@ mod tests {
         assert_eq!(client.services.len(), 3);
         assert_eq!(client.services[2].kind, ServiceKind::Udp);
         assert_eq!(server.udp.max_associations, 4096);
+        assert_eq!(server.udp.max_associations_per_source, 128);
         assert_eq!(client.services[0].port, 10022);
     }
 

@@ -20,7 +20,7 @@
 //! ([`Config::records`]) adds FIN and DONE: `shutdown` then gives the peer a
 //! clean end-of-file and frees the session at once.
 
-mod admission;
+pub(crate) mod admission;
 mod client;
 mod config;
 mod error;

@@ -212,6 +212,8 @@ pub struct UdpCounters {
     pub dropped_oversize: AtomicU64,
     /// Datagrams from visitors beyond the association limit.
     pub dropped_limit: AtomicU64,
+    /// Associations ended to make room for a newer visitor.
+    pub evicted: AtomicU64,
 }
 
 /// Why a datagram was dropped outside the mux.
@@ -242,6 +244,9 @@ pub struct UdpStats {
     pub dropped_oversize: u64,
     /// Datagrams from visitors beyond the association limit.
     pub dropped_limit: u64,
+    /// Associations ended to make room for a newer visitor (the least
+    /// recently used, of its source if that source was at its limit).
+    pub evicted: u64,
 }
 
 impl UdpStats {
@@ -265,6 +270,7 @@ impl UdpCounters {
             dropped_delivery: self.dropped_delivery.load(Ordering::Relaxed),
             dropped_oversize: self.dropped_oversize.load(Ordering::Relaxed),
             dropped_limit: self.dropped_limit.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 }
@@ -578,6 +584,14 @@ impl Mux {
     /// The link's UDP counters.
     pub fn udp_stats(&self) -> UdpStats {
         self.shared.udp_stats.snapshot()
+    }
+
+    /// Counts an association ended to make room for a newer visitor.
+    pub fn note_udp_eviction(&self) {
+        self.shared
+            .udp_stats
+            .evicted
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a datagram dropped outside the mux.

@@ -4,7 +4,11 @@
 //! its own association (ASSOCIATE), so replies go back to the visitor that
 //! asked, and only to it. On the client each association has its own socket,
 //! connected to the local service. Associations end after `idle` without
-//! traffic, and a service has at most `max_associations`.
+//! traffic. A service has at most `max_associations`, and one source (an
+//! IPv4 address, an IPv6 /64) at most `max_associations_per_source`; a new
+//! visitor beyond either makes room by ending the least recently used
+//! association (its own source's, if that source is at its bound), so that
+//! one host cycling through ports cannot lock others out.
 //!
 //! No per-association buffer is kept: datagrams are read with a non-blocking
 //! receive into a per-thread scratch buffer and copied out at their size.
@@ -14,7 +18,7 @@
 //! per service.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use super::frame::MAX_DATAGRAM;
 use super::mux::{DatagramReceiver, Mux, UdpDrop};
 use super::server::BindError;
 use super::traffic::{Traffic, Visitor};
+use crate::stream::admission::Source;
 
 /// Settings of the server's UDP services.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +42,13 @@ pub struct UdpConfig {
     /// An association with no datagram either way for this long ends.
     /// Default 60 s.
     pub idle: Duration,
-    /// Most associations (visitor addresses) per service at once; datagrams
-    /// from further visitors are dropped. Default 1,024.
+    /// Most associations (visitor addresses) per service at once; a new
+    /// visitor beyond it ends the least recently used one. Default 1,024.
     pub max_associations: usize,
+    /// Most associations per service from one source (an IPv4 address, an
+    /// IPv6 /64); a new visitor beyond it ends that source's least recently
+    /// used one. Default 128.
+    pub max_associations_per_source: usize,
 }
 
 impl Default for UdpConfig {
@@ -47,7 +56,132 @@ impl Default for UdpConfig {
         UdpConfig {
             idle: Duration::from_secs(60),
             max_associations: 1024,
+            max_associations_per_source: 128,
         }
+    }
+}
+
+/// A service's associations: by visitor, by id, and in order of last use.
+/// Plain data; the service's task owns it.
+struct Associations<V> {
+    max: usize,
+    per_source: usize,
+    tick: u64,
+    by_visitor: HashMap<SocketAddr, Assoc<V>>,
+    by_id: HashMap<u32, SocketAddr>,
+    /// Last use → visitor: the first is the least recently used.
+    order: BTreeMap<u64, SocketAddr>,
+    /// The same, per source.
+    by_source: HashMap<Source, BTreeMap<u64, SocketAddr>>,
+}
+
+struct Assoc<V> {
+    id: u32,
+    tick: u64,
+    seen: Instant,
+    _visitor: V,
+}
+
+impl<V> Associations<V> {
+    fn new(max: usize, per_source: usize) -> Self {
+        Associations {
+            max: max.max(1),
+            per_source: per_source.max(1),
+            tick: 0,
+            by_visitor: HashMap::new(),
+            by_id: HashMap::new(),
+            order: BTreeMap::new(),
+            by_source: HashMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_visitor.len()
+    }
+
+    /// Marks `visitor`'s association used now; its id, if it has one.
+    fn touch(&mut self, visitor: SocketAddr, now: Instant) -> Option<u32> {
+        let a = self.by_visitor.get_mut(&visitor)?;
+        self.tick += 1;
+        let old = std::mem::replace(&mut a.tick, self.tick);
+        a.seen = now;
+        self.order.remove(&old);
+        self.order.insert(self.tick, visitor);
+        if let Some(own) = self.by_source.get_mut(&Source::of(Some(visitor))) {
+            own.remove(&old);
+            own.insert(self.tick, visitor);
+        }
+        Some(a.id)
+    }
+
+    /// The association to end before `visitor` can have one: the least
+    /// recently used of its source if the source is at its bound, else the
+    /// least recently used of all if the service is.
+    fn victim(&self, visitor: SocketAddr) -> Option<u32> {
+        let own = self.by_source.get(&Source::of(Some(visitor)));
+        let lru = if own.is_some_and(|o| o.len() >= self.per_source) {
+            own.and_then(|o| o.values().next())
+        } else if self.len() >= self.max {
+            self.order.values().next()
+        } else {
+            None
+        };
+        lru.and_then(|v| self.by_visitor.get(v)).map(|a| a.id)
+    }
+
+    fn insert(&mut self, visitor: SocketAddr, id: u32, now: Instant, v: V) {
+        self.tick += 1;
+        self.by_visitor.insert(
+            visitor,
+            Assoc {
+                id,
+                tick: self.tick,
+                seen: now,
+                _visitor: v,
+            },
+        );
+        self.by_id.insert(id, visitor);
+        self.order.insert(self.tick, visitor);
+        self.by_source
+            .entry(Source::of(Some(visitor)))
+            .or_default()
+            .insert(self.tick, visitor);
+    }
+
+    fn visitor(&self, id: u32) -> Option<SocketAddr> {
+        self.by_id.get(&id).copied()
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_id.keys().copied()
+    }
+
+    /// Forgets association `id`; whether it was there.
+    fn remove(&mut self, id: u32) -> bool {
+        let Some(visitor) = self.by_id.remove(&id) else {
+            return false;
+        };
+        if let Some(a) = self.by_visitor.remove(&visitor) {
+            self.order.remove(&a.tick);
+            let source = Source::of(Some(visitor));
+            if let Some(own) = self.by_source.get_mut(&source) {
+                own.remove(&a.tick);
+                if own.is_empty() {
+                    self.by_source.remove(&source);
+                }
+            }
+        }
+        true
+    }
+
+    /// The associations unused for `idle`, oldest first.
+    fn idle_since(&self, now: Instant, idle: Duration) -> Vec<u32> {
+        self.order
+            .values()
+            .filter_map(|v| self.by_visitor.get(v))
+            .take_while(|a| now.duration_since(a.seen) >= idle)
+            .map(|a| a.id)
+            .collect()
     }
 }
 
@@ -186,8 +320,10 @@ impl UdpService {
         let addr = self.socket.local_addr().ok();
         let mut drops = DropLog::new(format!("udp service at {addr:?}"), self.traffic.clone());
         let (to_visitors, mut from_link) = self.mux.datagram_channel();
-        let mut by_visitor: HashMap<SocketAddr, (u32, Instant, Visitor)> = HashMap::new();
-        let mut by_id: HashMap<u32, SocketAddr> = HashMap::new();
+        let mut table: Associations<Visitor> = Associations::new(
+            self.config.max_associations,
+            self.config.max_associations_per_source,
+        );
         let mut sweep =
             tokio::time::interval((self.config.idle / 4).max(Duration::from_millis(20)));
         loop {
@@ -196,7 +332,7 @@ impl UdpService {
                     if ready.is_err() {
                         return;
                     }
-                    let (mux, config, index) = (&self.mux, &self.config, self.index);
+                    let (mux, index) = (&self.mux, self.index);
                     let traffic = &self.traffic;
                     let result = drain(&self.socket, |got, n| {
                         let Ok((datagram, from)) = got else { return };
@@ -205,16 +341,15 @@ impl UdpService {
                             drops.note("datagram above 65,507 bytes");
                             return;
                         }
-                        let id = match by_visitor.get_mut(&from) {
-                            Some((id, seen, _)) => {
-                                *seen = Instant::now();
-                                *id
-                            }
+                        let now = Instant::now();
+                        let id = match table.touch(from, now) {
+                            Some(id) => id,
                             None => {
-                                if by_visitor.len() >= config.max_associations {
-                                    mux.note_udp_drop(UdpDrop::Limit);
-                                    drops.note("association limit reached");
-                                    return;
+                                if let Some(old) = table.victim(from) {
+                                    debug!(%from, evicted = old, "UDP association ended to make room");
+                                    table.remove(old);
+                                    mux.dissociate(old);
+                                    mux.note_udp_eviction();
                                 }
                                 let Ok(id) = mux.associate(index, from, to_visitors.clone()) else {
                                     mux.note_udp_drop(UdpDrop::Limit);
@@ -222,8 +357,7 @@ impl UdpService {
                                     return;
                                 };
                                 debug!(%from, id, "new UDP association");
-                                by_visitor.insert(from, (id, Instant::now(), traffic.visitor()));
-                                by_id.insert(id, from);
+                                table.insert(from, id, now, traffic.visitor());
                                 id
                             }
                         };
@@ -239,10 +373,8 @@ impl UdpService {
                     }
                 }
                 Some((id, datagram)) = from_link.recv() => {
-                    let Some(visitor) = by_id.get(&id).copied() else { continue };
-                    if let Some((_, seen, _)) = by_visitor.get_mut(&visitor) {
-                        *seen = Instant::now();
-                    }
+                    let Some(visitor) = table.visitor(id) else { continue };
+                    table.touch(visitor, Instant::now());
                     if send(&self.socket, &datagram, Some(visitor)).await {
                         self.traffic.to_visitors(datagram.len());
                     } else {
@@ -251,28 +383,20 @@ impl UdpService {
                     }
                 }
                 _ = stop.cancelled() => {
-                    for id in by_id.keys() {
-                        self.mux.dissociate(*id);
+                    for id in table.ids() {
+                        self.mux.dissociate(id);
                     }
                     return;
                 }
                 Some(id) = self.dissociated.recv() => {
-                    if let Some(visitor) = by_id.remove(&id) {
-                        by_visitor.remove(&visitor);
-                    }
+                    table.remove(id);
                 }
                 _ = sweep.tick() => {
-                    let idle = self.config.idle;
-                    let now = Instant::now();
-                    by_visitor.retain(|visitor, (id, seen, _)| {
-                        let keep = now.duration_since(*seen) < idle;
-                        if !keep {
-                            debug!(%visitor, id = *id, "UDP association expired");
-                            self.mux.dissociate(*id);
-                            by_id.remove(id);
-                        }
-                        keep
-                    });
+                    for id in table.idle_since(Instant::now(), self.config.idle) {
+                        debug!(id, "UDP association expired");
+                        table.remove(id);
+                        self.mux.dissociate(id);
+                    }
                 }
             }
         }
@@ -353,4 +477,68 @@ async fn connect(local: &str) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(addr).await?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ip: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, ip], port))
+    }
+
+    #[test]
+    fn a_source_at_its_bound_ends_its_own_least_recently_used() {
+        let now = Instant::now();
+        let mut t = Associations::new(100, 3);
+        t.insert(at(9, 1), 90, now, ());
+        for (id, port) in [(1, 1), (2, 2), (3, 3)] {
+            assert_eq!(t.victim(at(1, port)), None);
+            t.insert(at(1, port), id, now, ());
+        }
+        // Port 1 was used again: port 2 is now the least recently used.
+        assert_eq!(t.touch(at(1, 1), now), Some(1));
+        assert_eq!(t.victim(at(1, 4)), Some(2));
+        assert!(t.remove(2));
+        t.insert(at(1, 4), 4, now, ());
+        assert_eq!(t.victim(at(1, 5)), Some(3));
+        // Another source is not at its bound, and the service is not full.
+        assert_eq!(t.victim(at(2, 1)), None);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_full_service_ends_its_least_recently_used() {
+        let now = Instant::now();
+        let mut t = Associations::new(3, 100);
+        for ip in 1..=3 {
+            t.insert(at(ip, 1), u32::from(ip), now, ());
+        }
+        t.touch(at(1, 1), now);
+        assert_eq!(t.victim(at(4, 1)), Some(2));
+        assert_eq!(t.visitor(2), Some(at(2, 1)));
+        assert!(t.remove(2));
+        assert!(!t.remove(2));
+        assert_eq!(t.visitor(2), None);
+        t.insert(at(4, 1), 4, now, ());
+        assert_eq!(t.victim(at(5, 1)), Some(3));
+        assert_eq!(t.order.len(), 3);
+        assert_eq!(t.by_source.values().map(BTreeMap::len).sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn idle_ones_are_found_oldest_first() {
+        let t0 = Instant::now();
+        let mut t = Associations::new(10, 10);
+        t.insert(at(1, 1), 1, t0, ());
+        t.insert(at(1, 2), 2, t0 + Duration::from_secs(5), ());
+        t.insert(at(1, 3), 3, t0 + Duration::from_secs(10), ());
+        t.touch(at(1, 1), t0 + Duration::from_secs(11));
+        let idle = Duration::from_secs(8);
+        assert_eq!(t.idle_since(t0 + Duration::from_secs(14), idle), vec![2]);
+        assert_eq!(
+            t.idle_since(t0 + Duration::from_secs(19), idle),
+            vec![2, 3, 1]
+        );
+    }
 }
