@@ -660,3 +660,80 @@ async fn a_record_ping_flood_leaves_the_server_serving() {
         after.elapsed()
     );
 }
+
+/// Issue 10's attack 6: visitors that send to a service that never reads.
+/// One address opens 200 of them (each sending until its window shuts): it
+/// gets `max_visitors_per_source` (128) and the rest are reset at once;
+/// someone else still gets in. Prints the memory each stalled visitor
+/// costs, the figure docs/security.md gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_visitors_are_capped_per_source() {
+    // A service that accepts and never reads.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = deaf.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = deaf.accept().await {
+            keep.lock().push(s);
+        }
+    });
+    let server = Server::bind(server_config()).await.unwrap();
+    let mut c = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, 0)],
+    ));
+    let public: SocketAddr = c.published(1).await[0].parse().unwrap();
+    let before = common::rss_kib();
+    let chunk = vec![7u8; 64 << 10];
+    let mut visitors = Vec::new();
+    let (mut reset, mut stalled) = (0, 0);
+    for _ in 0..200 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        let Ok(mut v) = socket.connect(public).await else {
+            reset += 1;
+            continue;
+        };
+        // Send until the window and every buffer on the way are full.
+        let mut sent = 0usize;
+        let ended = loop {
+            match timeout(Duration::from_millis(300), v.write(&chunk)).await {
+                Ok(Ok(n)) if n > 0 => sent += n,
+                Ok(_) => break true,
+                Err(_) => break false,
+            }
+            if sent >= 8 << 20 {
+                break false;
+            }
+        };
+        if ended {
+            reset += 1;
+        } else {
+            stalled += 1;
+            visitors.push(v);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = common::rss_kib().saturating_sub(before);
+    let info = &server.clients().await[0];
+    let stats = info.services[0].stats;
+    println!(
+        "{stalled} stalled visitors, {reset} reset; RSS (server and client together) grew by {grown} KiB, {} KiB per stalled visitor; {stats:?}",
+        grown / stalled.max(1) as u64
+    );
+    assert_eq!(stalled, 128, "the per-source limit");
+    assert_eq!(stats.visitors_refused, 72, "{stats:?}");
+    // Someone else gets in.
+    let mut other = TcpStream::connect(public).await.unwrap();
+    other.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        timeout(Duration::from_millis(300), other.read(&mut buf))
+            .await
+            .is_err(),
+        "another address's visitor is connected, not reset"
+    );
+    assert_eq!(server.clients().await[0].services[0].stats.visitors, 129);
+}

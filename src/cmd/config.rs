@@ -245,6 +245,8 @@ pub struct ServerFile {
     keep: Option<Span>,
     login_failures_per_minute: Option<u32>,
     max_services: Option<usize>,
+    max_visitors: Option<usize>,
+    max_visitors_per_source: Option<usize>,
     udp_idle: Option<Span>,
     udp_max_associations: Option<usize>,
     udp_max_associations_per_source: Option<usize>,
@@ -465,6 +467,12 @@ impl ServerFile {
         }
         if let Some(n) = self.max_services {
             config.max_services = n;
+        }
+        if let Some(n) = self.max_visitors {
+            config.max_visitors = n;
+        }
+        if let Some(n) = self.max_visitors_per_source {
+            config.max_visitors_per_source = n;
         }
         if let Some(idle) = self.udp_idle {
             config.udp.idle = idle.0;

@@ -22,6 +22,7 @@ use super::mux::{End, Event, Mux, MuxConfig, Side, UdpStats};
 use super::traffic::{Meter, ServiceStats, Traffic};
 use super::udp::{self, UdpConfig, UdpService};
 use crate::proto::sealed::{Psk, StaticKey};
+use crate::stream::admission::Source;
 use crate::stream::{self, Listener, SocketOptions, Stream};
 
 /// The server's settings.
@@ -39,6 +40,12 @@ pub struct ServerConfig {
     pub ports: Vec<RangeInclusive<u16>>,
     /// Most services per client. Default 64.
     pub max_services: usize,
+    /// Most visitors connected at once to one TCP service; beyond it a new
+    /// visitor is reset at once. Default 4,096.
+    pub max_visitors: usize,
+    /// Most visitors connected at once to one TCP service from one source
+    /// (an IPv4 address, an IPv6 /64). Default 128.
+    pub max_visitors_per_source: usize,
     /// Deadline for a client's login. Default 10 s.
     pub login_timeout: Duration,
     /// The server's static key: clients that pin its public half
@@ -66,6 +73,8 @@ impl ServerConfig {
             clients: HashMap::new(),
             ports: Vec::new(),
             max_services: 64,
+            max_visitors: 4096,
+            max_visitors_per_source: 128,
             login_timeout: Duration::from_secs(10),
             static_key: None,
             stream: stream::Config::default(),
@@ -820,11 +829,14 @@ impl Inner {
                     Ok(a) => a,
                     Err(e) => return refuse(BindError::new(e, "the bound", 0)),
                 };
+                let limits =
+                    VisitorLimits::new(config.max_visitors, config.max_visitors_per_source);
                 let task = tokio::spawn(accept_visitors(
                     listener,
                     session.mux.clone(),
                     index,
                     traffic.clone(),
+                    limits,
                 ));
                 (addr, task)
             }
@@ -1003,7 +1015,67 @@ fn log_link_events(session: &Arc<ClientSession>) -> JoinHandle<()> {
     })
 }
 
-async fn accept_visitors(listener: TcpListener, mux: Mux, index: u16, traffic: Arc<Traffic>) {
+/// A TCP service's visitors, counted in all and per source.
+struct VisitorLimits {
+    max: usize,
+    per_source: usize,
+    counts: Mutex<(usize, HashMap<Source, usize>)>,
+}
+
+/// One visitor's place, given back when its bridge ends.
+struct VisitorSlot {
+    limits: Arc<VisitorLimits>,
+    source: Source,
+}
+
+impl VisitorLimits {
+    fn new(max: usize, per_source: usize) -> Arc<Self> {
+        Arc::new(VisitorLimits {
+            max,
+            per_source,
+            counts: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for a visitor from `source`, or which limit it is over.
+    fn take(self: &Arc<Self>, source: Source) -> Result<VisitorSlot, &'static str> {
+        let mut counts = self.counts.lock();
+        if counts.0 >= self.max {
+            return Err("max_visitors");
+        }
+        let own = counts.1.entry(source).or_default();
+        if *own >= self.per_source {
+            return Err("max_visitors_per_source");
+        }
+        *own += 1;
+        counts.0 += 1;
+        Ok(VisitorSlot {
+            limits: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for VisitorSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts.lock();
+        counts.0 -= 1;
+        if let Some(n) = counts.1.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                counts.1.remove(&self.source);
+            }
+        }
+    }
+}
+
+async fn accept_visitors(
+    listener: TcpListener,
+    mux: Mux,
+    index: u16,
+    traffic: Arc<Traffic>,
+    limits: Arc<VisitorLimits>,
+) {
     let at = listener.local_addr().ok();
     loop {
         let (sock, visitor) = match listener.accept().await {
@@ -1014,10 +1086,23 @@ async fn accept_visitors(listener: TcpListener, mux: Mux, index: u16, traffic: A
                 continue;
             }
         };
+        let slot = match limits.take(Source::of(Some(visitor))) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                debug!(%visitor, limit, "visitor refused at its limit");
+                traffic.visitor_refused();
+                let _ = sock.set_zero_linger();
+                continue;
+            }
+        };
         let _ = sock.set_nodelay(true);
         match mux.open(index, visitor) {
             Ok(stream) => {
-                tokio::spawn(bridge(sock, stream, Meter::new(&traffic, true)));
+                let meter = Meter::new(&traffic, true);
+                tokio::spawn(async move {
+                    bridge(sock, stream, meter).await;
+                    drop(slot);
+                });
             }
             Err(why) => {
                 debug!(%visitor, %why, "visitor dropped");

@@ -19,6 +19,9 @@ pub struct ServiceStats {
     /// UDP datagrams dropped (queue full, association limit, oversize, a
     /// socket that would not take one).
     pub udp_dropped: u64,
+    /// TCP visitors turned away at a visitor limit (per service or per
+    /// source address).
+    pub visitors_refused: u64,
 }
 
 /// The live counters behind [`ServiceStats`].
@@ -29,6 +32,7 @@ pub(crate) struct Traffic {
     to_service: AtomicU64,
     to_visitors: AtomicU64,
     udp_dropped: AtomicU64,
+    visitors_refused: AtomicU64,
 }
 
 impl Traffic {
@@ -39,6 +43,7 @@ impl Traffic {
             bytes_to_service: self.to_service.load(Ordering::Relaxed),
             bytes_to_visitors: self.to_visitors.load(Ordering::Relaxed),
             udp_dropped: self.udp_dropped.load(Ordering::Relaxed),
+            visitors_refused: self.visitors_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -48,6 +53,10 @@ impl Traffic {
 
     pub(crate) fn to_visitors(&self, n: usize) {
         self.to_visitors.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn visitor_refused(&self) {
+        self.visitors_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn udp_dropped(&self) {
