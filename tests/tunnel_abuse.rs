@@ -539,6 +539,11 @@ struct SealedRaw {
 
 impl SealedRaw {
     async fn connect(server: SocketAddr, name: &str) -> SealedRaw {
+        Self::connect_from([127, 0, 0, 1], server, name).await
+    }
+
+    /// As `connect`, from a given loopback address.
+    async fn connect_from(source: [u8; 4], server: SocketAddr, name: &str) -> SealedRaw {
         use rejoin::proto::sealed::{ClientExchange, ClientOutcome};
         let config = stream::Config::sealed(token().key().psk());
         let mut ex = ClientExchange::new_session(
@@ -548,7 +553,9 @@ impl SealedRaw {
             None,
         )
         .unwrap();
-        let mut io = TcpStream::connect(server).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        let mut io = socket.connect(server).await.unwrap();
         let mut input = BytesMut::new();
         loop {
             if let Some(out) = ex.poll_transmit() {
@@ -573,7 +580,7 @@ impl SealedRaw {
     /// Sends what is sealed and ready; then reads for up to `wait`, opening
     /// frames (their acks and windows let more out); returns the stream
     /// bytes received, or `None` once the server has closed.
-    async fn exchange(&mut self, wait: Duration) -> Option<usize> {
+    async fn exchange(&mut self, wait: Duration) -> Option<BytesMut> {
         let window = self.session.read_count() + (1 << 20);
         loop {
             let out = self
@@ -594,10 +601,9 @@ impl SealedRaw {
         self.link
             .handle_input(&mut self.session, &mut self.plain)
             .unwrap();
-        let n = self.plain.len();
         let mut got = self.plain.split();
         self.session.handle_input(&mut got);
-        Some(n)
+        Some(got)
     }
 }
 
@@ -625,14 +631,17 @@ async fn a_record_ping_flood_leaves_the_server_serving() {
         let left = usize::try_from(total - sent).unwrap().min(pings.len());
         sent += raw.session.handle_write(&pings[..left]) as u64;
         match raw.exchange(Duration::from_millis(1)).await {
-            Some(n) => answered += n,
+            Some(got) => answered += got.len(),
             None => panic!("the server closed the flood's link after {sent} PINGs"),
         }
     }
     assert_eq!(sent, total, "24 MiB of PINGs within 60 s");
     // Then it reads what the server sends: PONGs, no more than owed.
     for _ in 0..20 {
-        answered += raw.exchange(Duration::from_millis(50)).await.unwrap_or(0);
+        answered += raw
+            .exchange(Duration::from_millis(50))
+            .await
+            .map_or(0, |got| got.len());
     }
     let flooded = started.elapsed();
     println!("{sent} PINGs in {flooded:?}; {answered} bytes of PONGs came back");
@@ -736,4 +745,68 @@ async fn stalled_visitors_are_capped_per_source() {
         "another address's visitor is connected, not reset"
     );
     assert_eq!(server.clients().await[0].services[0].stats.visitors, 129);
+}
+
+/// Issue 10's attacks 1 and 5 by a holder of the token (no one else gets a
+/// session): links that complete the handshake and never log in. One
+/// address gets `max_pending_logins_per_source` (16) at once, the rest are
+/// closed at once; 400 from 25 addresses are held until the login timeout,
+/// and each costs what docs/security.md says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_never_log_in_are_capped_and_cheap() {
+    let mut sc = server_config();
+    sc.login_timeout = Duration::from_secs(60);
+    // Silence must not end them: these links answer no PING.
+    sc.stream.idle_timeout = Some(Duration::from_secs(60));
+    sc.mux.ping_interval = Duration::from_secs(20);
+    sc.mux.ping_timeout = Duration::from_secs(60);
+    let server = Server::bind(sc).await.unwrap();
+    let addr = server.local_addr();
+    let (_good, mut visitor) = bystander(&server).await;
+    // One address: 16 held, the rest closed.
+    let mut one = Vec::new();
+    for n in 0..40 {
+        one.push(SealedRaw::connect_from([127, 0, 0, 2], addr, &format!("idle{n}")).await);
+    }
+    // A link turned away is closed: a FIN record (then, unanswered, the
+    // connection after the close timeout). A held one hears nothing.
+    let mut closed = 0;
+    for raw in &mut one {
+        let mut open = true;
+        for _ in 0..5 {
+            match raw.exchange(Duration::from_millis(20)).await {
+                Some(got) if got.is_empty() => {}
+                _ => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        closed += usize::from(!open);
+    }
+    println!(
+        "40 links from one address that never log in: {} closed at once",
+        closed
+    );
+    assert_eq!(closed, 24, "16 held, the rest closed");
+    drop(one);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 400 from 25 addresses, all held.
+    let before = common::rss_kib();
+    let mut many = Vec::new();
+    for n in 0..400u32 {
+        let source = [127, 0, 0, 10 + (n / 16) as u8];
+        many.push(SealedRaw::connect_from(source, addr, &format!("idle{n}")).await);
+    }
+    for raw in &mut many {
+        assert!(raw.exchange(Duration::from_millis(1)).await.is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown = common::rss_kib().saturating_sub(before);
+    println!(
+        "400 sessions that never log in: RSS (both ends) grew by {grown} KiB, {} KiB each",
+        grown / 400
+    );
+    assert!(grown / 400 < 256, "{} KiB each", grown / 400);
+    still_good(&mut visitor, &server).await;
 }

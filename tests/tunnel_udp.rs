@@ -431,3 +431,35 @@ async fn a_udp_burst_cannot_starve_tcp() {
         "memory stayed bounded (grew {grown} KiB)"
     );
 }
+
+/// What one UDP association costs (the server's entry and the client's
+/// socket and task), the figure docs/security.md gives: 1,000 of them from
+/// ten addresses, each answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_association() {
+    let local = udp_echo("127.0.0.1:0").await;
+    let (server, _client, public) = udp_tunnel(server_config(), &local).await;
+    let warm = visitor(&public).await;
+    assert!(ask(&warm, b"warm", Duration::from_secs(5)).await.is_some());
+    let before = common::rss_kib();
+    let mut socks = Vec::new();
+    for i in 0..1000u32 {
+        let s = UdpSocket::bind(format!("127.0.0.{}:0", 20 + i / 100))
+            .await
+            .unwrap();
+        s.connect(&public).await.unwrap();
+        assert!(
+            ask(&s, b"x", Duration::from_secs(5)).await.is_some(),
+            "visitor {i}"
+        );
+        socks.push(s);
+    }
+    let grown = common::rss_kib().saturating_sub(before);
+    let streams = server.clients().await[0].streams;
+    println!(
+        "{streams} associations: RSS (server, client and visitors' sockets) grew by {grown} KiB, {} KiB each",
+        grown / 1000
+    );
+    assert_eq!(streams, 1001);
+    assert!(grown / 1000 < 64, "{} KiB each", grown / 1000);
+}

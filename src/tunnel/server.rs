@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub max_visitors_per_source: usize,
     /// Deadline for a client's login. Default 10 s.
     pub login_timeout: Duration,
+    /// Most links from one source (an IPv4 address, an IPv6 /64) that have
+    /// completed the handshake and not yet logged in; beyond it a new one
+    /// is ended at once. Default 16.
+    pub max_pending_logins_per_source: usize,
     /// The server's static key: clients that pin its public half
     /// (`--server-key`) know they reach this server, even if the token leaked.
     pub static_key: Option<StaticKey>,
@@ -76,6 +80,7 @@ impl ServerConfig {
             max_visitors: 4096,
             max_visitors_per_source: 128,
             login_timeout: Duration::from_secs(10),
+            max_pending_logins_per_source: 16,
             static_key: None,
             stream: stream::Config::default(),
             mux: MuxConfig::default(),
@@ -187,6 +192,8 @@ pub enum Refusal {
     Timeout,
     /// Anything else the client sent out of turn.
     Protocol,
+    /// Its address had `max_pending_logins_per_source` logins in progress.
+    TooManyLogins,
 }
 
 impl Refusal {
@@ -199,6 +206,7 @@ impl Refusal {
             Refusal::Version => "version",
             Refusal::Timeout => "timeout",
             Refusal::Protocol => "protocol",
+            Refusal::TooManyLogins => "too_many_logins",
         }
     }
 }
@@ -250,6 +258,8 @@ struct Inner {
     /// time per name, so two newcomers never both replace a holder.
     naming: Mutex<std::collections::HashSet<String>>,
     refused: Mutex<BTreeMap<Refusal, u64>>,
+    /// Links between their handshake and their login, per source.
+    pending_logins: Arc<SourceLimits>,
 }
 
 /// A name being taken; released when dropped.
@@ -354,6 +364,7 @@ impl Server {
         let addr = listener
             .local_addr()
             .ok_or_else(|| io::Error::other("listener without an address"))?;
+        let pending_logins = SourceLimits::new(usize::MAX, config.max_pending_logins_per_source);
         let inner = Arc::new(Inner {
             bind_ip: config.bind.unwrap_or(config.listen.ip()),
             config: parking_lot::RwLock::new(Arc::new(config)),
@@ -361,6 +372,7 @@ impl Server {
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             naming: Mutex::new(std::collections::HashSet::new()),
             refused: Mutex::new(BTreeMap::new()),
+            pending_logins,
         });
         let serving = inner.clone();
         let listener = Arc::new(listener);
@@ -416,6 +428,7 @@ impl Server {
             Refusal::Version,
             Refusal::Timeout,
             Refusal::Protocol,
+            Refusal::TooManyLogins,
         ]
         .into_iter()
         .map(|r| (r, refused.get(&r).copied().unwrap_or(0)))
@@ -533,6 +546,14 @@ impl Inner {
         // clients that proved their token hold a waiting session.
         stream.handle().set_resumable(false);
         let config = self.config();
+        let Ok(pending) = self.pending_logins.take(Source::of(peer)) else {
+            self.count_refusal(Refusal::TooManyLogins);
+            debug!(
+                ?peer,
+                "too many logins in progress from this address; link closed"
+            );
+            return;
+        };
         let (mux, mut events) = Mux::start(stream, Side::Server, config.mux.clone());
         let login = timeout(config.login_timeout, self.login(&mux, &mut events));
         let (name, token, welcome) = match login.await {
@@ -558,6 +579,7 @@ impl Inner {
         let Some(session) = self.take_name(&name, token, &mux, peer).await else {
             return;
         };
+        drop(pending);
         mux.stream().set_resumable(true);
         mux.send(welcome);
         info!(client = %name, ?peer, "client session up");
@@ -829,8 +851,7 @@ impl Inner {
                     Ok(a) => a,
                     Err(e) => return refuse(BindError::new(e, "the bound", 0)),
                 };
-                let limits =
-                    VisitorLimits::new(config.max_visitors, config.max_visitors_per_source);
+                let limits = SourceLimits::new(config.max_visitors, config.max_visitors_per_source);
                 let task = tokio::spawn(accept_visitors(
                     listener,
                     session.mux.clone(),
@@ -1015,48 +1036,50 @@ fn log_link_events(session: &Arc<ClientSession>) -> JoinHandle<()> {
     })
 }
 
-/// A TCP service's visitors, counted in all and per source.
-struct VisitorLimits {
+/// Things counted in all and per source address (a TCP service's
+/// visitors; logins in progress).
+struct SourceLimits {
     max: usize,
     per_source: usize,
     counts: Mutex<(usize, HashMap<Source, usize>)>,
 }
 
-/// One visitor's place, given back when its bridge ends.
-struct VisitorSlot {
-    limits: Arc<VisitorLimits>,
+/// One counted place, given back when dropped.
+struct SourceSlot {
+    limits: Arc<SourceLimits>,
     source: Source,
 }
 
-impl VisitorLimits {
+impl SourceLimits {
     fn new(max: usize, per_source: usize) -> Arc<Self> {
-        Arc::new(VisitorLimits {
+        Arc::new(SourceLimits {
             max,
             per_source,
             counts: Mutex::new((0, HashMap::new())),
         })
     }
 
-    /// A place for a visitor from `source`, or which limit it is over.
-    fn take(self: &Arc<Self>, source: Source) -> Result<VisitorSlot, &'static str> {
+    /// A place for `source`, or `Err(true)` if the total is at its limit,
+    /// `Err(false)` if the source is.
+    fn take(self: &Arc<Self>, source: Source) -> Result<SourceSlot, bool> {
         let mut counts = self.counts.lock();
         if counts.0 >= self.max {
-            return Err("max_visitors");
+            return Err(true);
         }
         let own = counts.1.entry(source).or_default();
         if *own >= self.per_source {
-            return Err("max_visitors_per_source");
+            return Err(false);
         }
         *own += 1;
         counts.0 += 1;
-        Ok(VisitorSlot {
+        Ok(SourceSlot {
             limits: self.clone(),
             source,
         })
     }
 }
 
-impl Drop for VisitorSlot {
+impl Drop for SourceSlot {
     fn drop(&mut self) {
         let mut counts = self.limits.counts.lock();
         counts.0 -= 1;
@@ -1074,7 +1097,7 @@ async fn accept_visitors(
     mux: Mux,
     index: u16,
     traffic: Arc<Traffic>,
-    limits: Arc<VisitorLimits>,
+    limits: Arc<SourceLimits>,
 ) {
     let at = listener.local_addr().ok();
     loop {
@@ -1088,7 +1111,12 @@ async fn accept_visitors(
         };
         let slot = match limits.take(Source::of(Some(visitor))) {
             Ok(slot) => slot,
-            Err(limit) => {
+            Err(total) => {
+                let limit = if total {
+                    "max_visitors"
+                } else {
+                    "max_visitors_per_source"
+                };
                 debug!(%visitor, limit, "visitor refused at its limit");
                 traffic.visitor_refused();
                 let _ = sock.set_zero_linger();
