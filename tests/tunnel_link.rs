@@ -227,8 +227,17 @@ async fn a_visitor_survives_the_client_changing_address() {
 async fn two_hundred_visitors_and_one_that_never_reads() {
     common::logs();
     let local = echo_service().await;
-    let (server, _client, public) = tunnel(&[(&local, 0)]).await;
-    let public = public[0].clone();
+    // All 201 visitors come from 127.0.0.1: above the per-source default.
+    let mut sc = server_config();
+    sc.max_visitors_per_source = 1024;
+    let server = Server::bind(sc).await.unwrap();
+    let mut client = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, 0)],
+    ));
+    let public = client.published(1).await.remove(0);
+    let _client = client;
 
     // The stalled visitor reads nothing for now, through a small receive
     // buffer, so the echo of what it writes fills its tunnel stream's window

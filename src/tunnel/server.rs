@@ -41,7 +41,7 @@ pub struct ServerConfig {
     /// Most services per client. Default 64.
     pub max_services: usize,
     /// Most visitors connected at once to one TCP service; beyond it a new
-    /// visitor is reset at once. Default 4,096.
+    /// visitor is reset at once. Default 16,384.
     pub max_visitors: usize,
     /// Most visitors connected at once to one TCP service from one source
     /// (an IPv4 address, an IPv6 /64). Default 128.
@@ -77,7 +77,7 @@ impl ServerConfig {
             clients: HashMap::new(),
             ports: Vec::new(),
             max_services: 64,
-            max_visitors: 4096,
+            max_visitors: 16_384,
             max_visitors_per_source: 128,
             login_timeout: Duration::from_secs(10),
             max_pending_logins_per_source: 16,
