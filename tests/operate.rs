@@ -800,19 +800,7 @@ fn a_taken_port_is_asked_for_again() {
 fn refused_handshakes_are_logged_once_a_second() {
     // The limit on failed logins would close this flood's connections
     // before they are refused (see `failed_logins_are_throttled`).
-    let server = Proc::start(
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-            "--login-failures-per-minute",
-            "0",
-        ],
-        None,
-    );
-    let addr = line_with(&server, "listening on ").replace("listening on ", "");
+    let (server, addr) = start_server(&["--login-failures-per-minute", "0"]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -155,6 +155,18 @@ async fn still_good(v: &mut TcpStream, server: &Server) {
     assert!(server.clients().await.iter().any(|c| c.name == "good"));
 }
 
+/// A new visitor to `public` gets its bytes echoed within 15 s.
+async fn echoes_within_15_s(public: &str) {
+    let mut v = TcpStream::connect(public).await.unwrap();
+    v.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(Duration::from_secs(15), v.read_exact(&mut buf))
+        .await
+        .expect("the echo within 15 s")
+        .unwrap();
+    assert_eq!(&buf, b"hello");
+}
+
 fn header(len: u32, k: u8, id: u32) -> Vec<u8> {
     let mut h = len.to_le_bytes()[..3].to_vec();
     h.push(k);
@@ -427,14 +439,7 @@ async fn idle_connections_held_and_reopened_do_not_lock_logins_out() {
         let public = timeout(Duration::from_secs(15), c.published(1))
             .await
             .unwrap_or_else(|_| panic!("login {n} within 15 s"));
-        let mut v = TcpStream::connect(&public[0]).await.unwrap();
-        v.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        timeout(Duration::from_secs(15), v.read_exact(&mut buf))
-            .await
-            .expect("echo in time")
-            .unwrap();
-        assert_eq!(&buf, b"hello");
+        echoes_within_15_s(&public[0]).await;
         times.push(started.elapsed());
     }
     let during = opened.load(Ordering::Relaxed);
@@ -654,13 +659,7 @@ async fn a_record_ping_flood_leaves_the_server_serving() {
     let public = timeout(Duration::from_secs(15), fresh.published(1))
         .await
         .expect("a new login within 15 s");
-    let mut v = TcpStream::connect(&public[0]).await.unwrap();
-    v.write_all(b"new").await.unwrap();
-    let mut buf = [0u8; 3];
-    timeout(Duration::from_secs(15), v.read_exact(&mut buf))
-        .await
-        .expect("the new visitor's echo within 15 s")
-        .unwrap();
+    echoes_within_15_s(&public[0]).await;
     timeout(Duration::from_secs(15), still_good(&mut visitor, &server))
         .await
         .expect("the existing visitor's echo within 15 s");
