@@ -82,9 +82,14 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                         meter.read(n);
                         // One frame per MAX_DATA bytes, sharing the buffer.
                         let mut bytes = pool::freeze(buf, n);
-                        while !bytes.is_empty() {
+                        let mut sent = Ok(());
+                        while !bytes.is_empty() && sent.is_ok() {
                             let n = bytes.len().min(MAX_DATA);
-                            stream.send(bytes.split_to(n));
+                            sent = stream.send(bytes.split_to(n));
+                        }
+                        // (Only a reset or ended mux refuses what fits the credit.)
+                        if sent.is_err() {
+                            break true;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

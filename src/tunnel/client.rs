@@ -667,7 +667,7 @@ impl Client {
             .collect();
         for index in gone {
             if let Some(s) = published.by_index.remove(&index) {
-                mux.send(Frame::Unpublish { index });
+                let _ = mux.send(Frame::Unpublish { index });
                 info!(service = %s.config.name, local = %s.config.local, "service removed");
                 let _ = self.events.send(ClientEvent::Unpublished {
                     name: s.config.name.clone(),
@@ -682,7 +682,7 @@ impl Client {
             published.next = published.next.wrapping_add(1);
             published.by_index.insert(index, s.clone());
             s.set(ServiceState::Pending);
-            mux.send(publish_frame(index, &s.config));
+            let _ = mux.send(publish_frame(index, &s.config));
         }
     }
 
@@ -696,7 +696,7 @@ impl Client {
             );
             if again {
                 s.set(ServiceState::Pending);
-                mux.send(publish_frame(index, &s.config));
+                let _ = mux.send(publish_frame(index, &s.config));
             }
         }
     }
@@ -709,7 +709,7 @@ impl Client {
     ) -> Result<(), LoginFailed> {
         let key = self.config.token.key();
         let client_nonce: [u8; 32] = rand::random();
-        mux.send(Frame::Hello {
+        let _ = mux.send(Frame::Hello {
             version: VERSION,
             name: self.config.name.clone(),
             nonce: client_nonce,
@@ -728,7 +728,7 @@ impl Client {
             client_nonce: &client_nonce,
             name: &self.config.name,
         };
-        mux.send(Frame::Login {
+        let _ = mux.send(Frame::Login {
             proof: key.client_proof(&transcript),
         });
         match events.recv().await {

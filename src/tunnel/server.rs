@@ -561,7 +561,7 @@ impl Inner {
             Ok(Err((why, reason))) => {
                 self.count_refusal(why);
                 warn!(?peer, %reason, "login refused");
-                mux.send(Frame::Refuse {
+                let _ = mux.send(Frame::Refuse {
                     reason: reason.clone(),
                 });
                 mux.goodbye(format!("login refused: {reason}"));
@@ -581,7 +581,7 @@ impl Inner {
         };
         drop(pending);
         mux.stream().set_resumable(true);
-        mux.send(welcome);
+        let _ = mux.send(welcome);
         info!(client = %name, ?peer, "client session up");
         let link_events = log_link_events(&session);
         while let Some(event) = events.recv().await {
@@ -660,7 +660,7 @@ impl Inner {
         let refuse = |why: Refusal, reason: String| {
             self.count_refusal(why);
             warn!(client = %name, ?peer, %reason, "login refused");
-            mux.send(Frame::Refuse {
+            let _ = mux.send(Frame::Refuse {
                 reason: reason.clone(),
             });
             mux.goodbye(format!("login refused: {reason}"));
@@ -767,7 +767,7 @@ impl Inner {
             .key_for(&name)
             .ok_or_else(|| (Refusal::UnknownClient, BAD_TOKEN.into()))?;
         let server_nonce: [u8; 32] = rand::random();
-        mux.send(Frame::Challenge {
+        let _ = mux.send(Frame::Challenge {
             nonce: server_nonce,
         });
         let Some(Event::Control(Frame::Login { proof })) = events.recv().await else {
@@ -800,7 +800,7 @@ impl Inner {
         let config = self.config();
         let refuse = |BindError { retry, reason }: BindError| {
             warn!(client = %session.name, service, %reason, "service refused");
-            session.mux.send(Frame::PublishFailed {
+            let _ = session.mux.send(Frame::PublishFailed {
                 index,
                 retry,
                 reason,
@@ -921,7 +921,7 @@ impl Inner {
             },
         );
         info!(client = %session.name, service, kind = kind.name(), %addr, "service published");
-        session.mux.send(Frame::Published { index, addr });
+        let _ = session.mux.send(Frame::Published { index, addr });
     }
 
     /// Binds the port a replaced session had. Its listener may still be

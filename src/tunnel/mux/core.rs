@@ -1,0 +1,1156 @@
+//! The mux without IO: the stream table, credit and window accounting, what
+//! a frame from the peer means, what goes out next, and liveness.
+//!
+//! Plain fields, `now` passed in, nothing awaited: the IO task (see
+//! `driver`) feeds it frames and takes frames out; the handles of streams
+//! and associations call it under the same lock. Arrivals for a stream go
+//! to its [`Port`], whatever the caller makes of that (a channel in the
+//! tunnel, a recording in the tests).
+//!
+//! Everything the peer can make this side owe is bounded here: one PONG
+//! (the latest nonce), one WINDOW per stream (grants add up), and the
+//! refusals and session frames queued in answer count against
+//! [`MAX_REPLIES`], past which the IO task stops reading until they have
+//! gone out.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::types::{End, Inbound, MuxConfig, SendError, Side, StreamError, UdpDrop, UdpStats};
+use crate::tunnel::frame::{Frame, INITIAL_WINDOW, MAX_CREDIT, MAX_DATA, MAX_DATAGRAM, MAX_STREAM};
+
+/// Most frames queued in answer to the peer (refusals, session replies)
+/// before this side stops reading from it.
+pub(super) const MAX_REPLIES: usize = 1024;
+
+/// Where a stream's arrivals go.
+pub(crate) trait Port {
+    /// Hands the stream's user what arrived.
+    fn deliver(&self, inbound: Inbound);
+    /// Credit arrived, or the stream is gone: wakes a sender waiting.
+    fn wake_sender(&self);
+}
+
+/// Where an association's datagrams go.
+pub(crate) trait DatagramPort {
+    /// Hands a datagram over; false if its receiver is gone.
+    fn deliver(&self, id: u32, payload: Bytes) -> bool;
+}
+
+/// A frame from the peer that the layer above must act on.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// The peer opens stream `id`; [`Core::accept`] registers it.
+    Open {
+        id: u32,
+        index: u16,
+        visitor: SocketAddr,
+    },
+    /// The peer starts association `id`; [`Core::accept_association`]
+    /// registers it.
+    Associate {
+        id: u32,
+        index: u16,
+        visitor: SocketAddr,
+    },
+    /// The peer ended association `id`.
+    Dissociate { id: u32 },
+    /// A session frame (login, publishing).
+    Control(Frame),
+}
+
+/// One stream's flow control.
+#[derive(Debug)]
+struct Flow {
+    /// Tells this stream from an earlier one under the same id.
+    serial: u64,
+    /// Bytes this side may still send.
+    credit: u32,
+    /// This side's receive window.
+    window: u32,
+    /// Bytes received and not yet granted back.
+    unacked: u32,
+    /// Of those, bytes the user has written out.
+    consumed: u32,
+    /// Credit granted and not yet sent (one WINDOW, however many grants).
+    grant: u32,
+    fin_sent: bool,
+    fin_received: bool,
+}
+
+struct Entry<P> {
+    flow: Flow,
+    port: P,
+}
+
+/// See the module documentation.
+pub(crate) struct Core<P, A> {
+    side: Side,
+    config: MuxConfig,
+    streams: HashMap<u32, Entry<P>>,
+    assocs: HashMap<u32, A>,
+    next_id: u32,
+    next_serial: u64,
+    /// Window growth granted beyond the initial windows, all streams.
+    window_extra: u64,
+    /// Bytes received and not yet granted back, all streams.
+    held: u64,
+    /// Streams with a WINDOW due, in the order they became due.
+    grants: VecDeque<u32>,
+    /// Session frames, first among what goes out after PING and PONG.
+    session: VecDeque<Frame>,
+    /// Frames that open, carry or end streams, in order; `true` marks a
+    /// refusal (it counts in `replies`).
+    data: VecDeque<(Frame, bool)>,
+    /// The same for associations.
+    udp: VecDeque<(Frame, bool)>,
+    /// Bytes of datagram payloads in `udp`.
+    udp_queued: usize,
+    /// Bytes of datagrams delivered and not yet taken by their sockets.
+    udp_inbound: usize,
+    /// Session frames and refusals queued: what the peer made this side owe.
+    replies: usize,
+    /// Whether UDP goes next (TCP and UDP take turns).
+    udp_turn: bool,
+    ping_due: Option<u64>,
+    pong_due: Option<u64>,
+    nonce: u64,
+    last_rx: Instant,
+    next_ping: Instant,
+    udp_stats: UdpStats,
+    ended: bool,
+}
+
+impl<P: Port, A: DatagramPort> Core<P, A> {
+    pub(crate) fn new(side: Side, config: MuxConfig, now: Instant) -> Self {
+        let next_ping = now + config.ping_interval;
+        Core {
+            side,
+            config,
+            streams: HashMap::new(),
+            assocs: HashMap::new(),
+            next_id: side.first_id(),
+            next_serial: 0,
+            window_extra: 0,
+            held: 0,
+            grants: VecDeque::new(),
+            session: VecDeque::new(),
+            data: VecDeque::new(),
+            udp: VecDeque::new(),
+            udp_queued: 0,
+            udp_inbound: 0,
+            replies: 0,
+            udp_turn: false,
+            ping_due: None,
+            pong_due: None,
+            nonce: 0,
+            last_rx: now,
+            next_ping,
+            udp_stats: UdpStats::default(),
+            ended: false,
+        }
+    }
+
+    // ---- the table ----
+
+    fn taken(&self, id: u32) -> bool {
+        self.streams.contains_key(&id) || self.assocs.contains_key(&id)
+    }
+
+    fn full(&self) -> bool {
+        self.streams.len() + self.assocs.len() >= self.config.max_streams
+    }
+
+    /// A fresh id of this side's parity, not reused until the space wraps.
+    /// Only called when the table is not full, so a free id exists.
+    fn allocate(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = if id + 2 > MAX_STREAM {
+                self.side.first_id()
+            } else {
+                id + 2
+            };
+            if !self.taken(id) {
+                return id;
+            }
+        }
+    }
+
+    fn insert(&mut self, id: u32, port: P) -> u64 {
+        self.next_serial += 1;
+        let flow = Flow {
+            serial: self.next_serial,
+            credit: INITIAL_WINDOW,
+            window: INITIAL_WINDOW,
+            unacked: 0,
+            consumed: 0,
+            grant: 0,
+            fin_sent: false,
+            fin_received: false,
+        };
+        self.streams.insert(id, Entry { flow, port });
+        self.next_serial
+    }
+
+    /// Drops stream `id`, returning its window growth and held bytes to the
+    /// session's budgets.
+    fn remove(&mut self, id: u32) -> Option<P> {
+        let entry = self.streams.remove(&id)?;
+        let flow = &entry.flow;
+        self.window_extra -= u64::from(flow.window - INITIAL_WINDOW);
+        self.held -= u64::from(flow.unacked);
+        Some(entry.port)
+    }
+
+    fn flow(&mut self, id: u32, serial: u64) -> Option<&mut Flow> {
+        self.streams
+            .get_mut(&id)
+            .map(|e| &mut e.flow)
+            .filter(|f| f.serial == serial)
+    }
+
+    /// Streams and associations open now.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.streams.len() + self.assocs.len()
+    }
+
+    // ---- this side's streams ----
+
+    /// Opens a stream to the peer for a visitor of service `index`; returns
+    /// its id and serial.
+    pub(crate) fn open(
+        &mut self,
+        index: u16,
+        visitor: SocketAddr,
+        port: P,
+    ) -> Result<(u32, u64), StreamError> {
+        if self.ended || self.full() {
+            return Err(StreamError::TooMany);
+        }
+        let id = self.allocate();
+        let serial = self.insert(id, port);
+        self.data
+            .push_back((Frame::Open { id, index, visitor }, false));
+        Ok((id, serial))
+    }
+
+    /// Registers the stream of an [`Arrival::Open`] just returned.
+    pub(crate) fn accept(&mut self, id: u32, port: P) -> u64 {
+        self.insert(id, port)
+    }
+
+    /// Bytes stream `id` may send now; `None` once it is gone.
+    pub(crate) fn credit(&mut self, id: u32, serial: u64) -> Option<u32> {
+        self.flow(id, serial).map(|f| f.credit)
+    }
+
+    /// Queues a DATA frame; it must fit the credit and one frame.
+    pub(crate) fn send_data(
+        &mut self,
+        id: u32,
+        serial: u64,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        let flow = self.flow(id, serial).ok_or(SendError::Gone)?;
+        let len = payload.len();
+        if flow.fin_sent {
+            return Err(SendError::Finished);
+        }
+        if len > MAX_DATA {
+            return Err(SendError::TooLarge(len));
+        }
+        if len > flow.credit as usize {
+            return Err(SendError::NoCredit {
+                len,
+                credit: flow.credit,
+            });
+        }
+        if len > 0 {
+            flow.credit -= len as u32;
+            self.data.push_back((Frame::Data { id, payload }, false));
+        }
+        Ok(())
+    }
+
+    /// Queues FIN; once both sides have sent theirs the id is free at once,
+    /// so one the peer reuses is never still taken here.
+    pub(crate) fn send_fin(&mut self, id: u32, serial: u64) {
+        let Some(flow) = self.flow(id, serial) else {
+            return;
+        };
+        if flow.fin_sent {
+            return;
+        }
+        flow.fin_sent = true;
+        let done = flow.fin_received;
+        self.data.push_back((Frame::Fin { id }, false));
+        if done {
+            self.remove(id);
+        }
+    }
+
+    /// Aborts stream `id` and tells the peer.
+    pub(crate) fn reset(&mut self, id: u32, serial: u64) {
+        if self.flow(id, serial).is_some() {
+            self.remove(id);
+            self.data.push_back((Frame::Reset { id }, false));
+        }
+    }
+
+    /// Records that the user wrote `n` received bytes out. Once half the
+    /// window is consumed the peer is granted it back (never after its FIN:
+    /// no more data is coming, and the id may be reused). A stream consuming
+    /// whole half-windows is window-bound: each grant then doubles its
+    /// window, up to `max_window` and within the session's `window_budget`.
+    /// True when a WINDOW became due.
+    pub(crate) fn consumed(&mut self, id: u32, serial: u64, n: usize) -> bool {
+        let (max_window, budget, extra) = (
+            self.config.max_window,
+            self.config.window_budget,
+            self.window_extra,
+        );
+        let Some(flow) = self.flow(id, serial) else {
+            return false;
+        };
+        // Never more than was received: the user's count is not trusted.
+        let n = (n.min(u32::MAX as usize) as u32).min(flow.unacked - flow.consumed);
+        flow.consumed += n;
+        if flow.consumed < flow.window / 2 || flow.fin_received {
+            return false;
+        }
+        let mut growth = flow.window.min(max_window.saturating_sub(flow.window));
+        if extra + u64::from(growth) > budget {
+            growth = 0;
+        }
+        // The window grows before the credit that uses it is granted.
+        flow.window += growth;
+        flow.unacked -= flow.consumed;
+        let granted = flow.consumed;
+        let first = flow.grant == 0;
+        flow.grant += granted + growth;
+        flow.consumed = 0;
+        self.window_extra += u64::from(growth);
+        self.held -= u64::from(granted);
+        if first {
+            self.grants.push_back(id);
+        }
+        first
+    }
+
+    // ---- associations ----
+
+    /// Starts an association for a visitor of service `index`.
+    pub(crate) fn associate(
+        &mut self,
+        index: u16,
+        visitor: SocketAddr,
+        port: A,
+    ) -> Result<u32, StreamError> {
+        if self.ended || self.full() {
+            return Err(StreamError::TooMany);
+        }
+        let id = self.allocate();
+        self.assocs.insert(id, port);
+        self.udp
+            .push_back((Frame::Associate { id, index, visitor }, false));
+        Ok(id)
+    }
+
+    /// Registers the association of an [`Arrival::Associate`] just returned.
+    pub(crate) fn accept_association(&mut self, id: u32, port: A) {
+        self.assocs.insert(id, port);
+    }
+
+    /// Ends an association and tells the peer; false if it was not open.
+    pub(crate) fn dissociate(&mut self, id: u32) -> bool {
+        let open = self.assocs.remove(&id).is_some();
+        if open {
+            self.udp.push_back((Frame::Dissociate { id }, false));
+        }
+        open
+    }
+
+    /// Queues a datagram; false if it was dropped (counted when it was too
+    /// big or the UDP queue full).
+    pub(crate) fn send_datagram(&mut self, id: u32, payload: Bytes) -> bool {
+        let len = payload.len();
+        if len > MAX_DATAGRAM {
+            self.udp_stats.note(UdpDrop::Oversize);
+            return false;
+        }
+        if !self.assocs.contains_key(&id) {
+            return false;
+        }
+        if self.udp_queued + len > self.config.udp_queue {
+            self.udp_stats.dropped_queue += 1;
+            return false;
+        }
+        self.udp_queued += len;
+        self.udp_stats.sent += 1;
+        self.udp.push_back((Frame::Datagram { id, payload }, false));
+        true
+    }
+
+    /// A delivered datagram of `len` bytes was taken by its socket.
+    pub(crate) fn datagram_taken(&mut self, len: usize) {
+        self.udp_inbound = self.udp_inbound.saturating_sub(len);
+    }
+
+    pub(crate) fn udp_stats(&self) -> UdpStats {
+        self.udp_stats
+    }
+
+    pub(crate) fn udp_stats_mut(&mut self) -> &mut UdpStats {
+        &mut self.udp_stats
+    }
+
+    // ---- the session ----
+
+    /// Queues a session frame (login, publishing).
+    pub(crate) fn send_session(&mut self, frame: Frame) -> Result<(), SendError> {
+        match frame {
+            Frame::Hello { .. }
+            | Frame::Challenge { .. }
+            | Frame::Login { .. }
+            | Frame::Welcome { .. }
+            | Frame::Refuse { .. }
+            | Frame::Publish { .. }
+            | Frame::Published { .. }
+            | Frame::PublishFailed { .. }
+            | Frame::Unpublish { .. } => {
+                self.push_session(frame);
+                Ok(())
+            }
+            _ => Err(SendError::NotSession),
+        }
+    }
+
+    fn push_session(&mut self, frame: Frame) {
+        self.replies += 1;
+        self.session.push_back(frame);
+    }
+
+    /// Queues GOODBYE and ends the mux.
+    pub(crate) fn goodbye(&mut self, reason: String) -> Vec<P> {
+        self.push_session(Frame::Goodbye { reason });
+        self.end()
+    }
+
+    /// Ends the mux: from now on only session frames already queued go out.
+    /// Returns the streams' ports, to be told they are reset; associations
+    /// are dropped (their receivers see the end).
+    pub(crate) fn end(&mut self) -> Vec<P> {
+        if self.ended {
+            return Vec::new();
+        }
+        self.ended = true;
+        self.data.clear();
+        self.udp.clear();
+        self.grants.clear();
+        self.udp_queued = 0;
+        self.replies = self.session.len();
+        self.assocs.clear();
+        self.window_extra = 0;
+        self.held = 0;
+        self.streams.drain().map(|(_, e)| e.port).collect()
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Whether to read from the peer: not once it has made this side owe
+    /// [`MAX_REPLIES`] frames it has not taken.
+    pub(crate) fn wants_read(&self) -> bool {
+        !self.ended && self.replies < MAX_REPLIES
+    }
+
+    // ---- frames from the peer ----
+
+    /// Bytes arrived at `now`.
+    pub(crate) fn touch(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    pub(crate) fn last_rx(&self) -> Instant {
+        self.last_rx
+    }
+
+    /// Acts on a frame from the peer. `Err` ends the mux.
+    pub(crate) fn handle_frame(&mut self, frame: Frame) -> Result<Option<Arrival>, End> {
+        if self.ended {
+            return Ok(None);
+        }
+        match frame {
+            Frame::Data { id, payload } => self.on_data(id, payload),
+
+            Frame::Window { id, increment } => {
+                if let Some(e) = self.streams.get_mut(&id) {
+                    if u64::from(e.flow.credit) + u64::from(increment) > MAX_CREDIT {
+                        return Err(End::Protocol(format!(
+                            "stream {id}: credit beyond {MAX_CREDIT} bytes"
+                        )));
+                    }
+                    e.flow.credit += increment;
+                    e.port.wake_sender();
+                }
+            }
+            Frame::Fin { id } => {
+                if let Some(e) = self.streams.get_mut(&id)
+                    && !e.flow.fin_received
+                {
+                    e.flow.fin_received = true;
+                    e.port.deliver(Inbound::Fin);
+                    if e.flow.fin_sent {
+                        self.remove(id);
+                    }
+                }
+            }
+            Frame::Reset { id } => {
+                if let Some(port) = self.remove(id) {
+                    port.deliver(Inbound::Reset);
+                    port.wake_sender();
+                }
+            }
+            Frame::Open { id, index, visitor } => {
+                if let Err(why) = self.check_peer_id(id) {
+                    debug!(id, %why, "open refused");
+                    self.refuse(Frame::Reset { id });
+                    return Ok(None);
+                }
+                return Ok(Some(Arrival::Open { id, index, visitor }));
+            }
+            Frame::Associate { id, index, visitor } => {
+                if let Err(why) = self.check_peer_id(id) {
+                    debug!(id, %why, "association refused");
+                    self.refuse(Frame::Dissociate { id });
+                    return Ok(None);
+                }
+                return Ok(Some(Arrival::Associate { id, index, visitor }));
+            }
+            Frame::Datagram { id, payload } => {
+                self.udp_stats.received += 1;
+                if let Some(port) = self.assocs.get(&id) {
+                    let len = payload.len();
+                    if self.udp_inbound + len > self.config.udp_inbound {
+                        self.udp_stats.dropped_inbound += 1;
+                    } else if port.deliver(id, payload) {
+                        self.udp_inbound += len;
+                    }
+                }
+            }
+            Frame::Dissociate { id } => {
+                if self.assocs.remove(&id).is_some() {
+                    return Ok(Some(Arrival::Dissociate { id }));
+                }
+            }
+            Frame::Ping { nonce } => self.pong_due = Some(nonce),
+            Frame::Pong { .. } => {}
+            Frame::Goodbye { reason } => return Err(End::Goodbye(reason)),
+            other => return Ok(Some(Arrival::Control(other))),
+        }
+        Ok(None)
+    }
+
+    fn check_peer_id(&self, id: u32) -> Result<(), StreamError> {
+        if self.full() {
+            Err(StreamError::TooMany)
+        } else if !self.side.is_peers(id) || self.taken(id) {
+            Err(StreamError::BadId)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues a refusal (RESET or DISSOCIATE) of what the peer asked for.
+    fn refuse(&mut self, frame: Frame) {
+        self.replies += 1;
+        let queue = match frame {
+            Frame::Dissociate { .. } => &mut self.udp,
+            _ => &mut self.data,
+        };
+        queue.push_back((frame, true));
+    }
+
+    fn on_data(&mut self, id: u32, payload: Bytes) {
+        let Some(e) = self.streams.get_mut(&id) else {
+            debug!(id, "data for an unknown stream");
+            return;
+        };
+        let len = payload.len() as u32;
+        let unacked = u64::from(e.flow.unacked) + u64::from(len);
+        if unacked > u64::from(e.flow.window) || e.flow.fin_received {
+            warn!(
+                id,
+                unacked, "peer overran the stream's window or FIN; stream reset"
+            );
+            self.abort(id);
+            return;
+        }
+        e.flow.unacked += len;
+        e.port.deliver(Inbound::Data(payload));
+        self.held += u64::from(len);
+        if self.held > self.config.inbound_budget {
+            self.shed();
+        }
+    }
+
+    /// Resets stream `id` on both sides (the peer broke its rules, or the
+    /// session's inbound budget needs its bytes).
+    fn abort(&mut self, id: u32) {
+        if let Some(port) = self.remove(id) {
+            port.deliver(Inbound::Reset);
+            port.wake_sender();
+            self.refuse(Frame::Reset { id });
+        }
+    }
+
+    /// Over the inbound budget: resets the stream holding the most. Rare
+    /// (each time the peer has sent a budget's worth that nobody read), so a
+    /// scan of the table is cheap enough.
+    fn shed(&mut self) {
+        let most = self
+            .streams
+            .iter()
+            .max_by_key(|(_, e)| e.flow.unacked - e.flow.consumed)
+            .map(|(id, e)| (*id, e.flow.unacked));
+        if let Some((id, held)) = most {
+            warn!(
+                id,
+                held, "session's inbound budget spent; the stream holding the most is reset"
+            );
+            self.abort(id);
+        }
+    }
+
+    // ---- what goes out ----
+
+    /// The next frame to send: PONG and PING first, then session frames,
+    /// WINDOWs, and TCP and UDP frames in turn so neither starves the other.
+    pub(crate) fn poll_transmit(&mut self) -> Option<Frame> {
+        if !self.ended {
+            if let Some(nonce) = self.pong_due.take() {
+                return Some(Frame::Pong { nonce });
+            }
+            if let Some(nonce) = self.ping_due.take() {
+                return Some(Frame::Ping { nonce });
+            }
+        }
+        if let Some(f) = self.session.pop_front() {
+            self.replies -= 1;
+            return Some(f);
+        }
+        while let Some(id) = self.grants.pop_front() {
+            if let Some(e) = self.streams.get_mut(&id)
+                && e.flow.grant > 0
+            {
+                let increment = std::mem::take(&mut e.flow.grant);
+                return Some(Frame::Window { id, increment });
+            }
+        }
+        for _ in 0..2 {
+            self.udp_turn = !self.udp_turn;
+            let queue = if self.udp_turn {
+                &mut self.udp
+            } else {
+                &mut self.data
+            };
+            if let Some((frame, reply)) = queue.pop_front() {
+                if reply {
+                    self.replies -= 1;
+                }
+                if let Frame::Datagram { payload, .. } = &frame {
+                    self.udp_queued -= payload.len();
+                }
+                return Some(frame);
+            }
+        }
+        None
+    }
+
+    // ---- liveness ----
+
+    /// When [`Core::handle_timeout`] wants to run next.
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        self.next_ping
+    }
+
+    /// Queues the PING due at `now`; true when nothing has arrived for the
+    /// ping timeout, and the link should be forced to reconnect (the clock
+    /// then starts again, giving the reconnect a full timeout).
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> bool {
+        if now < self.next_ping || self.ended {
+            return false;
+        }
+        self.nonce += 1;
+        self.ping_due = Some(self.nonce);
+        self.next_ping = now + self.config.ping_interval;
+        let silent = now.saturating_duration_since(self.last_rx) >= self.config.ping_timeout;
+        if silent {
+            self.last_rx = now;
+        }
+        silent
+    }
+
+    /// Queues a PING to see whether the peer is there; anything arriving
+    /// after the returned instant answers it.
+    pub(crate) fn ask_ping(&mut self, now: Instant) -> Instant {
+        self.ping_due = Some(u64::MAX);
+        now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Records what a stream was handed.
+    #[derive(Clone, Default)]
+    struct Rec(Rc<RefCell<Vec<String>>>);
+
+    impl Rec {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.borrow_mut())
+        }
+    }
+
+    impl Port for Rec {
+        fn deliver(&self, inbound: Inbound) {
+            let s = match inbound {
+                Inbound::Data(b) => format!("data {}", b.len()),
+                Inbound::Fin => "fin".into(),
+                Inbound::Reset => "reset".into(),
+            };
+            self.0.borrow_mut().push(s);
+        }
+        fn wake_sender(&self) {
+            self.0.borrow_mut().push("wake".into());
+        }
+    }
+
+    impl DatagramPort for Rec {
+        fn deliver(&self, id: u32, payload: Bytes) -> bool {
+            self.0
+                .borrow_mut()
+                .push(format!("datagram {id} {}", payload.len()));
+            true
+        }
+    }
+
+    type TestCore = Core<Rec, Rec>;
+
+    fn visitor() -> SocketAddr {
+        "192.0.2.1:4000".parse().expect("address")
+    }
+
+    fn core(side: Side, config: MuxConfig) -> TestCore {
+        Core::new(side, config, Instant::now())
+    }
+
+    fn drain(core: &mut TestCore) -> Vec<Frame> {
+        std::iter::from_fn(|| core.poll_transmit()).collect()
+    }
+
+    fn data(id: u32, len: usize) -> Frame {
+        Frame::Data {
+            id,
+            payload: Bytes::from(vec![0u8; len]),
+        }
+    }
+
+    /// A server-side core with one stream the client opened (id 1).
+    fn with_peer_stream(config: MuxConfig) -> (TestCore, Rec, u64) {
+        let mut c = core(Side::Server, config);
+        let Ok(Some(Arrival::Open { id, .. })) = c.handle_frame(Frame::Open {
+            id: 1,
+            index: 0,
+            visitor: visitor(),
+        }) else {
+            panic!("open not passed up");
+        };
+        let rec = Rec::default();
+        let serial = c.accept(id, rec.clone());
+        (c, rec, serial)
+    }
+
+    #[test]
+    fn sending_spends_credit_and_refuses_beyond_it() {
+        let mut c = core(Side::Client, MuxConfig::default());
+        let (id, serial) = c
+            .open(0, visitor(), Rec::default())
+            .expect("room for a stream");
+        assert_eq!(id, 1);
+        assert_eq!(c.credit(id, serial), Some(INITIAL_WINDOW));
+        for _ in 0..16 {
+            c.send_data(id, serial, Bytes::from(vec![0; MAX_DATA]))
+                .expect("within credit");
+        }
+        assert_eq!(c.credit(id, serial), Some(0));
+        assert_eq!(
+            c.send_data(id, serial, Bytes::from_static(b"x")),
+            Err(SendError::NoCredit { len: 1, credit: 0 })
+        );
+        // OPEN, then the sixteen DATA frames in order.
+        let out = drain(&mut c);
+        assert!(matches!(out[0], Frame::Open { id: 1, .. }));
+        assert_eq!(out.len(), 17);
+        // A WINDOW restores credit and wakes the sender.
+        c.handle_frame(Frame::Window {
+            id,
+            increment: 1000,
+        })
+        .expect("within MAX_CREDIT");
+        assert_eq!(c.credit(id, serial), Some(1000));
+    }
+
+    #[test]
+    fn oversized_sends_and_foreign_frames_are_refused_without_ending_anything() {
+        let mut c = core(Side::Client, MuxConfig::default());
+        let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        assert_eq!(
+            c.send_data(id, serial, Bytes::from(vec![0; MAX_DATA + 1])),
+            Err(SendError::TooLarge(MAX_DATA + 1))
+        );
+        assert_eq!(c.send_session(data(id, 10)), Err(SendError::NotSession));
+        assert_eq!(
+            c.send_session(Frame::Window {
+                id,
+                increment: 1 << 29
+            }),
+            Err(SendError::NotSession)
+        );
+        let assoc = c.associate(0, visitor(), Rec::default()).expect("room");
+        assert!(!c.send_datagram(assoc, Bytes::from(vec![0; MAX_DATAGRAM + 1])));
+        assert_eq!(c.udp_stats().dropped_oversize, 1);
+        assert!(!c.send_datagram(assoc + 2, Bytes::from_static(b"unknown")));
+        assert!(!c.is_ended());
+        assert_eq!(c.credit(id, serial), Some(INITIAL_WINDOW));
+    }
+
+    #[test]
+    fn a_grant_follows_half_a_window_and_doubles_a_busy_stream() {
+        let (mut c, rec, serial) = with_peer_stream(MuxConfig::default());
+        let half = INITIAL_WINDOW as usize / 2;
+        for _ in 0..half / MAX_DATA {
+            c.handle_frame(data(1, MAX_DATA)).expect("within window");
+        }
+        assert_eq!(rec.take().len(), half / MAX_DATA);
+        c.consumed(1, serial, half - 1);
+        assert!(drain(&mut c).is_empty(), "no grant before half the window");
+        c.consumed(1, serial, 1);
+        // Half a window consumed: granted back plus a doubling.
+        let out = drain(&mut c);
+        assert!(
+            matches!(out[..], [Frame::Window { id: 1, increment }] if increment == half as u32 + INITIAL_WINDOW),
+            "{out:?}"
+        );
+        // The peer may now have 2 MiB outstanding: exactly that fits.
+        for _ in 0..(2 * INITIAL_WINDOW as usize) / MAX_DATA {
+            c.handle_frame(data(1, MAX_DATA)).expect("within window");
+        }
+        assert!(rec.take().iter().all(|s| s.starts_with("data")));
+        // One byte more overruns: the stream is reset on both sides.
+        c.handle_frame(data(1, 1)).expect("a stream matter");
+        assert_eq!(rec.take(), ["reset", "wake"]);
+        assert!(matches!(drain(&mut c)[..], [Frame::Reset { id: 1 }]));
+        assert!(!c.is_ended());
+        assert_eq!((c.held, c.window_extra), (0, 0));
+    }
+
+    #[test]
+    fn grants_to_one_stream_add_up_into_one_window_frame() {
+        let (mut c, _rec, serial) = with_peer_stream(MuxConfig {
+            max_window: INITIAL_WINDOW,
+            ..MuxConfig::default()
+        });
+        let half = INITIAL_WINDOW / 2;
+        for _ in 0..3 {
+            for _ in 0..half as usize / MAX_DATA {
+                c.handle_frame(data(1, MAX_DATA)).expect("within window");
+            }
+            c.consumed(1, serial, half as usize);
+        }
+        // Nothing was sent meanwhile (the writer was stuck): one WINDOW.
+        let out = drain(&mut c);
+        assert!(
+            matches!(out[..], [Frame::Window { id: 1, increment }] if increment == 3 * half),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn consumption_claimed_beyond_what_arrived_is_ignored() {
+        let (mut c, _rec, serial) = with_peer_stream(MuxConfig::default());
+        c.consumed(1, serial, usize::MAX);
+        assert!(drain(&mut c).is_empty());
+        c.handle_frame(data(1, 100)).expect("within window");
+        c.consumed(1, serial, usize::MAX);
+        assert_eq!(c.streams[&1].flow.consumed, 100);
+    }
+
+    #[test]
+    fn window_growth_stays_within_the_session_budget() {
+        let mut c = core(
+            Side::Server,
+            MuxConfig {
+                window_budget: u64::from(INITIAL_WINDOW),
+                ..MuxConfig::default()
+            },
+        );
+        let mut serials = Vec::new();
+        for id in [1, 3] {
+            assert!(matches!(
+                c.handle_frame(Frame::Open {
+                    id,
+                    index: 0,
+                    visitor: visitor()
+                }),
+                Ok(Some(Arrival::Open { .. }))
+            ));
+            serials.push((id, c.accept(id, Rec::default())));
+        }
+        let half = INITIAL_WINDOW as usize / 2;
+        for &(id, serial) in &serials {
+            for _ in 0..half / MAX_DATA {
+                c.handle_frame(data(id, MAX_DATA)).expect("within window");
+            }
+            c.consumed(id, serial, half);
+        }
+        // The first stream doubled and used the budget; the second did not.
+        assert_eq!(c.streams[&1].flow.window, 2 * INITIAL_WINDOW);
+        assert_eq!(c.streams[&3].flow.window, INITIAL_WINDOW);
+        // Its end returns the growth.
+        c.handle_frame(Frame::Reset { id: 1 }).expect("reset");
+        assert_eq!(c.window_extra, 0);
+    }
+
+    #[test]
+    fn the_inbound_budget_resets_the_stream_holding_the_most() {
+        let mut c = core(
+            Side::Server,
+            MuxConfig {
+                inbound_budget: 3 << 20,
+                ..MuxConfig::default()
+            },
+        );
+        let recs: Vec<Rec> = (0..4).map(|_| Rec::default()).collect();
+        for (i, rec) in recs.iter().enumerate() {
+            let id = 2 * i as u32 + 1;
+            c.handle_frame(Frame::Open {
+                id,
+                index: 0,
+                visitor: visitor(),
+            })
+            .expect("open");
+            c.accept(id, rec.clone());
+        }
+        // Streams 1, 3, 5 each take 1 MiB - 1 KiB (nobody reads), then 7
+        // takes 64 KiB and the total passes 3 MiB.
+        for id in [1, 3, 5] {
+            for _ in 0..15 {
+                c.handle_frame(data(id, MAX_DATA)).expect("within window");
+            }
+            c.handle_frame(data(id, MAX_DATA - 1024))
+                .expect("within window");
+        }
+        c.handle_frame(data(7, MAX_DATA)).expect("within window");
+        c.handle_frame(data(7, MAX_DATA)).expect("within window");
+        let reset: Vec<bool> = recs
+            .iter()
+            .map(|r| r.take().contains(&"reset".to_string()))
+            .collect();
+        assert_eq!(reset.iter().filter(|r| **r).count(), 1);
+        assert!(!reset[3], "the stream holding the least is kept");
+        assert!(c.held <= 3 << 20);
+        assert!(!c.is_ended());
+    }
+
+    #[test]
+    fn fin_both_ways_frees_the_id_at_once() {
+        let (mut c, rec, serial) = with_peer_stream(MuxConfig::default());
+        c.send_fin(1, serial);
+        assert!(c.streams.contains_key(&1));
+        c.handle_frame(Frame::Fin { id: 1 }).expect("fin");
+        assert_eq!(rec.take(), ["fin"]);
+        assert!(!c.streams.contains_key(&1));
+        // The peer may reuse the id now.
+        assert!(matches!(
+            c.handle_frame(Frame::Open {
+                id: 1,
+                index: 0,
+                visitor: visitor()
+            }),
+            Ok(Some(Arrival::Open { id: 1, .. }))
+        ));
+        // The old handle no longer reaches the new stream.
+        let new = c.accept(1, Rec::default());
+        assert_ne!(new, serial);
+        assert_eq!(c.credit(1, serial), None);
+        assert_eq!(
+            c.send_data(1, serial, Bytes::from_static(b"x")),
+            Err(SendError::Gone)
+        );
+    }
+
+    #[test]
+    fn data_after_the_peers_fin_resets_the_stream() {
+        let (mut c, rec, _serial) = with_peer_stream(MuxConfig::default());
+        c.handle_frame(Frame::Fin { id: 1 }).expect("fin");
+        c.handle_frame(data(1, 10)).expect("a stream matter");
+        assert_eq!(rec.take(), ["fin", "reset", "wake"]);
+    }
+
+    #[test]
+    fn bad_opens_are_refused_and_their_refusals_bound_reading() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        // Even ids are the server's own.
+        for i in 0..MAX_REPLIES as u32 {
+            assert!(c.wants_read());
+            let r = c.handle_frame(Frame::Open {
+                id: 2 * i + 2,
+                index: 0,
+                visitor: visitor(),
+            });
+            assert!(matches!(r, Ok(None)));
+        }
+        assert!(
+            !c.wants_read(),
+            "a peer owed {MAX_REPLIES} refusals is not read from"
+        );
+        let out = drain(&mut c);
+        assert_eq!(out.len(), MAX_REPLIES);
+        assert!(out.iter().all(|f| matches!(f, Frame::Reset { .. })));
+        assert!(c.wants_read());
+    }
+
+    #[test]
+    fn a_flood_of_pings_owes_one_pong_with_the_latest_nonce() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        for nonce in 0..100_000 {
+            c.handle_frame(Frame::Ping { nonce }).expect("ping");
+        }
+        assert!(c.wants_read());
+        let out = drain(&mut c);
+        assert!(
+            matches!(out[..], [Frame::Pong { nonce: 99_999 }]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn credit_beyond_the_maximum_ends_the_mux() {
+        let mut c = core(Side::Client, MuxConfig::default());
+        let (id, _) = c.open(0, visitor(), Rec::default()).expect("room");
+        let r = c.handle_frame(Frame::Window {
+            id,
+            increment: u32::MAX,
+        });
+        assert!(matches!(r, Err(End::Protocol(_))));
+    }
+
+    #[test]
+    fn pings_are_due_each_interval_and_silence_forces_a_reconnect() {
+        let start = Instant::now();
+        let config = MuxConfig::default();
+        let mut c: TestCore = Core::new(Side::Client, config.clone(), start);
+        assert_eq!(c.poll_timeout(), start + config.ping_interval);
+        assert!(!c.handle_timeout(start + Duration::from_secs(1)));
+        assert!(drain(&mut c).is_empty());
+        let mut now = start;
+        let mut forced = 0;
+        for _ in 0..3 {
+            now = c.poll_timeout();
+            if c.handle_timeout(now) {
+                forced += 1;
+            }
+            assert!(matches!(drain(&mut c)[..], [Frame::Ping { .. }]));
+        }
+        // 15 s of silence at the third ping.
+        assert_eq!(forced, 1);
+        assert_eq!(c.last_rx(), now);
+        // Something arrives: no reconnect at the next ping.
+        c.touch(now + Duration::from_secs(1));
+        assert!(!c.handle_timeout(c.poll_timeout()));
+    }
+
+    #[test]
+    fn session_frames_go_first_and_survive_the_end() {
+        let mut c = core(Side::Client, MuxConfig::default());
+        let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        c.send_data(id, serial, Bytes::from_static(b"abc"))
+            .expect("credit");
+        c.send_session(Frame::Unpublish { index: 3 })
+            .expect("a session frame");
+        let first = c.poll_transmit();
+        assert!(matches!(first, Some(Frame::Unpublish { index: 3 })));
+        let ports = c.goodbye("bye".into());
+        assert_eq!(ports.len(), 1);
+        // Only the goodbye goes out after the end.
+        let out = drain(&mut c);
+        assert!(matches!(&out[..], [Frame::Goodbye { reason }] if reason == "bye"));
+        assert!(c.open(0, visitor(), Rec::default()).is_err());
+    }
+
+    #[test]
+    fn datagrams_within_the_inbound_budget_are_delivered_and_the_rest_counted() {
+        let mut c = core(
+            Side::Server,
+            MuxConfig {
+                udp_inbound: 1000,
+                ..MuxConfig::default()
+            },
+        );
+        let Ok(Some(Arrival::Associate { id, .. })) = c.handle_frame(Frame::Associate {
+            id: 1,
+            index: 0,
+            visitor: visitor(),
+        }) else {
+            panic!("association not passed up");
+        };
+        let rec = Rec::default();
+        c.accept_association(id, rec.clone());
+        for _ in 0..3 {
+            c.handle_frame(Frame::Datagram {
+                id,
+                payload: Bytes::from(vec![0; 400]),
+            })
+            .expect("datagram");
+        }
+        assert_eq!(rec.take().len(), 2);
+        assert_eq!(c.udp_stats().dropped_inbound, 1);
+        c.datagram_taken(400);
+        c.handle_frame(Frame::Datagram {
+            id,
+            payload: Bytes::from(vec![0; 400]),
+        })
+        .expect("datagram");
+        assert_eq!(rec.take().len(), 1);
+    }
+
+    #[test]
+    fn tcp_and_udp_take_turns() {
+        let mut c = core(Side::Client, MuxConfig::default());
+        let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        let assoc = c.associate(0, visitor(), Rec::default()).expect("room");
+        for _ in 0..3 {
+            c.send_data(id, serial, Bytes::from_static(b"tcp"))
+                .expect("credit");
+            assert!(c.send_datagram(assoc, Bytes::from_static(b"udp")));
+        }
+        let kinds: Vec<bool> = drain(&mut c)
+            .iter()
+            .map(|f| matches!(f, Frame::Associate { .. } | Frame::Datagram { .. }))
+            .collect();
+        assert_eq!(kinds, [true, false, true, false, true, false, true, false]);
+        assert_eq!(c.udp_queued, 0);
+    }
+}

@@ -1,0 +1,299 @@
+//! The mux's one IO task: frames from the stream into the core, frames from
+//! the core onto the stream, the core's timer, and session events out.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::{Instant, sleep_until};
+use tracing::info;
+
+use super::core::Arrival;
+use super::stream::{DatagramReceiver, MuxStream};
+use super::types::End;
+use super::{Event, MuxCore, Shared};
+use crate::stream::Stream;
+use crate::tunnel::frame::Frame;
+use crate::tunnel::pool;
+
+/// Payloads at least this large are passed on as slices of the read
+/// buffer; a stalled stream holding one pins the buffer, at most four times
+/// the payload. Smaller ones (and every datagram) are copied out and pin
+/// nothing.
+const SHARE_PAYLOAD: usize = pool::BUF_SIZE / 4;
+
+/// Most frames handled in one hold of the core's lock.
+const DISPATCH_BATCH: usize = 64;
+
+/// Most bytes handed to the stream in one write (the stream copies them into
+/// its history under its lock; this keeps the lock short).
+const WRITE_BATCH: usize = 64 << 10;
+
+/// Most slices in one vectored write.
+const WRITE_SLICES: usize = 64;
+
+/// How long an ended mux may take to write its last session frames (a
+/// refusal, a goodbye), and then to flush them.
+const CLOSE_WRITE: Duration = Duration::from_secs(5);
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Encoded frames waiting to be written, and their total size.
+#[derive(Default)]
+struct Outbox {
+    pieces: VecDeque<Bytes>,
+    bytes: usize,
+    headers: BytesMut,
+}
+
+impl Outbox {
+    fn push(&mut self, frame: Frame) {
+        // DATA and DATAGRAM payloads go out as they are, without a copy.
+        let payload = frame.encode_split(&mut self.headers);
+        let header = self.headers.split().freeze();
+        self.bytes += header.len();
+        self.pieces.push_back(header);
+        // (An empty piece would stay at the front for ever: a write of
+        // nothing but empty slices takes 0 bytes.)
+        if let Some(p) = payload.filter(|p| !p.is_empty()) {
+            self.bytes += p.len();
+            self.pieces.push_back(p);
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.bytes -= n;
+        advance_pieces(&mut self.pieces, n);
+    }
+}
+
+/// Drops the first `n` bytes of `pieces` (what a vectored write took).
+pub(crate) fn advance_pieces(pieces: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = pieces.front_mut() else {
+            return;
+        };
+        if n < front.len() {
+            front.advance(n);
+            return;
+        }
+        n -= front.len();
+        pieces.pop_front();
+    }
+}
+
+/// Copies small payloads out of the read buffer (see [`SHARE_PAYLOAD`]).
+fn unpin(frame: Frame) -> Frame {
+    match frame {
+        Frame::Data { id, payload } if payload.len() < SHARE_PAYLOAD => Frame::Data {
+            id,
+            payload: Bytes::copy_from_slice(&payload),
+        },
+        Frame::Datagram { id, payload } => Frame::Datagram {
+            id,
+            payload: Bytes::copy_from_slice(&payload),
+        },
+        other => other,
+    }
+}
+
+/// Turns what the core passed up into an event, registering a new stream or
+/// association with the core.
+fn event(shared: &Arc<Shared>, core: &mut MuxCore, arrival: Arrival) -> Event {
+    match arrival {
+        Arrival::Open { id, index, visitor } => {
+            let (port, inbound, credit) = MuxStream::port();
+            let serial = core.accept(id, port);
+            Event::Open {
+                stream: MuxStream::new(id, serial, inbound, credit, shared.clone()),
+                index,
+                visitor,
+            }
+        }
+        Arrival::Associate { id, index, visitor } => {
+            let (tx, datagrams) = DatagramReceiver::new(shared.clone());
+            core.accept_association(id, tx);
+            Event::Associate {
+                id,
+                index,
+                visitor,
+                datagrams,
+            }
+        }
+        Arrival::Dissociate { id } => Event::Dissociate { id },
+        Arrival::Control(frame) => Event::Control(frame),
+    }
+}
+
+/// Why dispatching stopped.
+enum Dispatched {
+    /// Only a partial frame (or nothing) is left: time to read.
+    Drained,
+    /// A batch was handled and more frames are buffered, or an event waits
+    /// for room: come back after the other work.
+    Paused,
+    /// The mux must end: the end, and the goodbye to send if any.
+    End(End, Option<String>),
+}
+
+/// Hands the frames buffered in `cur` to the core, a batch at a time. An
+/// event the session has no room for goes to `held`, and nothing more is
+/// handled until it has gone.
+fn dispatch(
+    shared: &Arc<Shared>,
+    core: &mut MuxCore,
+    cur: &mut Bytes,
+    events: &mpsc::Sender<Event>,
+    held: &mut Option<Event>,
+) -> Dispatched {
+    for _ in 0..DISPATCH_BATCH {
+        let frame = match Frame::decode_bytes(cur) {
+            Ok(Some(frame)) => unpin(frame),
+            Ok(None) => return Dispatched::Drained,
+            Err(e) => {
+                let reason = format!("protocol error: {e}");
+                return Dispatched::End(End::Protocol(e.to_string()), Some(reason));
+            }
+        };
+        match core.handle_frame(frame) {
+            Ok(None) => {}
+            Ok(Some(arrival)) => match events.try_send(event(shared, core, arrival)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    *held = Some(event);
+                    return Dispatched::Paused;
+                }
+                Err(TrySendError::Closed(event)) => {
+                    // Dropped by the caller once the core's lock is released
+                    // (a stream's drop takes it).
+                    *held = Some(event);
+                    return Dispatched::End(End::Closed("session gone".into()), None);
+                }
+            },
+            Err(end) => return Dispatched::End(end, None),
+        }
+    }
+    Dispatched::Paused
+}
+
+/// Runs the mux over `stream` until it ends, then writes out its last
+/// session frames (bounded in time) and drops the stream.
+pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sender<Event>) {
+    let (mut read, mut write) = stream.into_split();
+    // Received bytes not yet handed to the core: whole frames, or at most
+    // one partial frame once drained.
+    let mut cur = Bytes::new();
+    // The next read's buffer, the partial frame (if any) copied in front.
+    let mut buf: Option<Vec<u8>> = None;
+    let mut out = Outbox::default();
+    let mut held: Option<Event> = None;
+    let mut drained = true;
+    let mut received: Option<Instant> = None;
+    let mut close_at: Option<Instant> = None;
+    loop {
+        let (can_read, deadline, ended, stop) = {
+            let mut core = shared.core.lock();
+            if let Some(at) = received.take() {
+                core.touch(at);
+            }
+            let mut stop = None;
+            if held.is_none() && !core.is_ended() {
+                drained = match dispatch(&shared, &mut core, &mut cur, &events, &mut held) {
+                    Dispatched::Drained => true,
+                    Dispatched::Paused => false,
+                    Dispatched::End(end, goodbye) => {
+                        stop = Some((end, goodbye));
+                        false
+                    }
+                };
+            }
+            while out.bytes < WRITE_BATCH {
+                match core.poll_transmit() {
+                    Some(frame) => out.push(frame),
+                    None => break,
+                }
+            }
+            let can_read = drained && held.is_none() && core.wants_read();
+            (can_read, core.poll_timeout(), core.is_ended(), stop)
+        };
+        if let Some((end, goodbye)) = stop {
+            shared.finish(end, goodbye);
+            continue;
+        }
+        if ended {
+            // A stream inside an undelivered event is dropped here, outside
+            // the core's lock.
+            held = None;
+            if out.pieces.is_empty() {
+                break;
+            }
+        }
+        if ended {
+            close_at.get_or_insert_with(|| Instant::now() + CLOSE_WRITE);
+        }
+        let close_by = close_at.unwrap_or(deadline);
+        let more = !drained && held.is_none() && !ended;
+        if can_read && buf.is_none() {
+            let mut fresh = pool::take();
+            crate::proto::copy::copy(&cur, &mut fresh[..cur.len()]);
+            buf = Some(fresh);
+        }
+        let keep = cur.len();
+        let slices: Vec<IoSlice<'_>> = out
+            .pieces
+            .iter()
+            .take(WRITE_SLICES)
+            .map(|p| IoSlice::new(p))
+            .collect();
+        tokio::select! {
+            biased;
+            written = write.write_vectored(&slices), if !slices.is_empty() => match written {
+                Ok(n) if n > 0 => out.advance(n),
+                _ => {
+                    shared.finish(End::Stream("stream closed for writing".into()), None);
+                    break;
+                }
+            },
+            got = read_into(&mut read, &mut buf, keep), if can_read => match got {
+                Ok(0) => shared.finish(End::Stream("closed by the peer".into()), None),
+                Ok(n) => {
+                    received = Some(Instant::now());
+                    if let Some(full) = buf.take() {
+                        cur = pool::freeze(full, keep + n);
+                    }
+                }
+                Err(e) => shared.finish(End::Stream(e.to_string()), None),
+            },
+            permit = events.reserve(), if held.is_some() => match (permit, held.take()) {
+                (Ok(permit), Some(event)) => permit.send(event),
+                _ => shared.finish(End::Closed("session gone".into()), None),
+            },
+            _ = shared.wake.notified() => {}
+            _ = sleep_until(deadline), if !ended => {
+                if shared.core.lock().handle_timeout(Instant::now()) {
+                    info!("link silent; forcing a reconnect");
+                    shared.handle.force_reconnect();
+                }
+            }
+            // More frames are buffered: handle them after the work above.
+            _ = std::future::ready(()), if more => {}
+            _ = sleep_until(close_by), if ended => break,
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_FLUSH, write.flush()).await;
+}
+
+/// Reads into `buf` after its first `keep` bytes.
+async fn read_into(
+    read: &mut crate::stream::ReadHalf,
+    buf: &mut Option<Vec<u8>>,
+    keep: usize,
+) -> std::io::Result<usize> {
+    match buf {
+        Some(buf) => read.read(&mut buf[keep..]).await,
+        None => std::future::pending().await,
+    }
+}

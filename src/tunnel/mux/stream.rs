@@ -1,0 +1,228 @@
+//! What the users of a mux hold: a tunnel stream, the signal that it may
+//! send, and the receiving end of associations' datagrams.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use super::Shared;
+use super::core::{DatagramPort, Port};
+use super::types::{Inbound, SendError};
+
+/// Where the mux puts a stream's arrivals: a channel (bounded in bytes by
+/// the stream's window) and the signal a sender waiting for credit awaits.
+pub(crate) struct StreamPort {
+    inbound: mpsc::UnboundedSender<Inbound>,
+    credit: Arc<Notify>,
+}
+
+impl Port for StreamPort {
+    fn deliver(&self, inbound: Inbound) {
+        let _ = self.inbound.send(inbound);
+    }
+
+    fn wake_sender(&self) {
+        self.credit.notify_one();
+    }
+}
+
+/// Where the mux puts datagrams of UDP associations, with their id.
+pub type DatagramSender = mpsc::UnboundedSender<(u32, Bytes)>;
+
+impl DatagramPort for DatagramSender {
+    fn deliver(&self, id: u32, payload: Bytes) -> bool {
+        self.send((id, payload)).is_ok()
+    }
+}
+
+/// Receives datagrams from the link; each taken frees the link's inbound
+/// budget (see [`MuxConfig::udp_inbound`](super::MuxConfig::udp_inbound)).
+pub struct DatagramReceiver {
+    rx: mpsc::UnboundedReceiver<(u32, Bytes)>,
+    mux: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DatagramReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatagramReceiver").finish_non_exhaustive()
+    }
+}
+
+impl DatagramReceiver {
+    pub(super) fn new(mux: Arc<Shared>) -> (DatagramSender, DatagramReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, DatagramReceiver { rx, mux })
+    }
+
+    /// The next datagram, or `None` once the association (or mux) is gone.
+    pub async fn recv(&mut self) -> Option<(u32, Bytes)> {
+        let got = self.rx.recv().await?;
+        self.mux.core.lock().datagram_taken(got.1.len());
+        Some(got)
+    }
+}
+
+/// One tunnel stream, for its user (a bridge to a socket).
+pub struct MuxStream {
+    id: u32,
+    /// Tells this stream from a later one under the same id.
+    serial: u64,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+    credit: Arc<Notify>,
+    mux: Arc<Shared>,
+    fin_sent: bool,
+    fin_received: bool,
+    /// Reset by either side.
+    reset: bool,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxStream").field("id", &self.id).finish()
+    }
+}
+
+impl MuxStream {
+    /// A stream to be registered under `id`: the port goes to the core, the
+    /// rest (once the core has given the serial) to [`MuxStream::new`].
+    pub(super) fn port() -> (StreamPort, mpsc::UnboundedReceiver<Inbound>, Arc<Notify>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(Notify::new());
+        let port = StreamPort {
+            inbound: tx,
+            credit: credit.clone(),
+        };
+        (port, rx, credit)
+    }
+
+    pub(super) fn new(
+        id: u32,
+        serial: u64,
+        inbound: mpsc::UnboundedReceiver<Inbound>,
+        credit: Arc<Notify>,
+        mux: Arc<Shared>,
+    ) -> MuxStream {
+        MuxStream {
+            id,
+            serial,
+            inbound,
+            credit,
+            mux,
+            fin_sent: false,
+            fin_received: false,
+            reset: false,
+        }
+    }
+
+    /// The stream's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Bytes this side may send now (0 once the stream is gone).
+    pub fn credit(&self) -> u32 {
+        let mut core = self.mux.core.lock();
+        core.credit(self.id, self.serial).unwrap_or(0)
+    }
+
+    /// A signal that fires when credit arrives, usable while the stream is
+    /// borrowed elsewhere (say, in another branch of a `select!`).
+    pub fn credit_signal(&self) -> CreditSignal {
+        CreditSignal {
+            id: self.id,
+            serial: self.serial,
+            credit: self.credit.clone(),
+            mux: self.mux.clone(),
+        }
+    }
+
+    /// Sends data: at most the credit (see [`MuxStream::credit`]) and at most
+    /// one DATA frame's 64 KiB; anything else is refused, and the link and
+    /// the stream go on.
+    pub fn send(&mut self, payload: Bytes) -> Result<(), SendError> {
+        let sent = self
+            .mux
+            .core
+            .lock()
+            .send_data(self.id, self.serial, payload);
+        if sent.is_ok() {
+            self.mux.wake.notify_one();
+        }
+        sent
+    }
+
+    /// Tells the peer this side will send no more.
+    pub fn send_fin(&mut self) {
+        if self.reset || self.fin_sent {
+            return;
+        }
+        self.fin_sent = true;
+        self.mux.core.lock().send_fin(self.id, self.serial);
+        self.mux.wake.notify_one();
+    }
+
+    /// The next thing the peer sent.
+    pub async fn recv(&mut self) -> Inbound {
+        let inbound = self.inbound.recv().await.unwrap_or(Inbound::Reset);
+        match inbound {
+            Inbound::Reset => self.reset = true,
+            Inbound::Fin => self.fin_received = true,
+            Inbound::Data(_) => {}
+        }
+        inbound
+    }
+
+    /// Records that `n` received bytes were written out; the peer is granted
+    /// more credit as the window's halves are used (see the module docs).
+    pub fn consumed(&mut self, n: usize) {
+        let due = self.mux.core.lock().consumed(self.id, self.serial, n);
+        if due {
+            self.mux.wake.notify_one();
+        }
+    }
+
+    /// Whether both directions finished cleanly.
+    pub fn finished(&self) -> bool {
+        self.fin_sent && self.fin_received
+    }
+
+    /// Aborts the stream.
+    pub fn reset(&mut self) {
+        if self.reset || self.finished() {
+            return;
+        }
+        self.reset = true;
+        self.mux.core.lock().reset(self.id, self.serial);
+        self.mux.wake.notify_one();
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        // A stream dropped before both FINs were exchanged is aborted.
+        self.reset();
+    }
+}
+
+/// See [`MuxStream::credit_signal`].
+pub struct CreditSignal {
+    id: u32,
+    serial: u64,
+    credit: Arc<Notify>,
+    mux: Arc<Shared>,
+}
+
+impl CreditSignal {
+    /// Waits until there is credit to send, or the stream or mux is gone.
+    pub async fn wait(&self) {
+        // Each pass waits for a WINDOW or a reset; bounded by the stream.
+        loop {
+            let credit = self.mux.core.lock().credit(self.id, self.serial);
+            if credit != Some(0) {
+                return;
+            }
+            self.credit.notified().await;
+        }
+    }
+}
