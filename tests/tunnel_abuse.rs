@@ -367,24 +367,145 @@ async fn a_ping_flood_that_never_reads_costs_little() {
     for nonce in 0..4096 {
         Frame::Ping { nonce }.encode(&mut batch);
     }
+    let sent = flood_without_reading(&mut link, &batch, 4096, "PINGs").await;
+    assert!(sent > 100_000, "the flood ran ({sent} PINGs)");
+    still_good(&mut visitor, &server).await;
+}
+
+/// Writes `batch` (`frames` frames) again and again for 4 s on a link that
+/// never reads, and asserts the process's memory grew by less than 64 MiB
+/// meanwhile; returns the frames sent.
+async fn flood_without_reading(link: &mut RawLink, batch: &[u8], frames: u64, what: &str) -> u64 {
     let before = common::rss_kib();
     let mut most = before;
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_secs(4) {
         let left = Duration::from_secs(4).saturating_sub(started.elapsed());
-        match timeout(left, link.stream.write_all(&batch)).await {
-            Ok(Ok(())) => sent += 4096,
+        match timeout(left, link.stream.write_all(batch)).await {
+            Ok(Ok(())) => sent += frames,
             Ok(Err(e)) => panic!("the flood's link failed: {e}"),
             Err(_) => break, // the server stopped reading: fine too
         }
         most = most.max(common::rss_kib());
     }
     let grown = most.saturating_sub(before);
-    println!("{sent} PINGs sent unread in 4 s; RSS grew by {grown} KiB at most");
-    assert!(sent > 100_000, "the flood ran ({sent} PINGs)");
+    println!("{sent} {what} sent unread in 4 s; RSS grew by {grown} KiB at most");
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    sent
+}
+
+/// The same with OPENs the server must refuse (ids of its own parity), each
+/// owing a RESET: after 1,024 owed and untaken the server stops reading
+/// from the link, so the flood stalls and costs next to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_opens_that_never_reads_costs_little() {
+    common::logs();
+    let mut sc = server_config();
+    sc.login_timeout = Duration::from_secs(30);
+    let server = Server::bind(sc).await.unwrap();
+    let (_good, mut visitor) = bystander(&server).await;
+    let mut link = RawLink::connect(server.local_addr()).await;
+    link.send(Frame::Hello {
+        version: VERSION,
+        name: "flood".into(),
+        nonce: [1u8; 32],
+    })
+    .await;
+    let mut batch = BytesMut::new();
+    for n in 0..4096u32 {
+        Frame::Open {
+            id: 2 * n + 2,
+            index: 0,
+            visitor: "192.0.2.1:1".parse().unwrap(),
+        }
+        .encode(&mut batch);
+    }
+    let sent = flood_without_reading(&mut link, &batch, 4096, "refused OPENs").await;
+    // The server stopped reading after its 1,024 owed RESETs, plus what the
+    // buffers on the way hold: far fewer than the flood would send.
+    assert!(sent < 2_000_000, "the server kept reading ({sent} OPENs)");
     still_good(&mut visitor, &server).await;
+}
+
+/// A session-wide inbound budget: visitors to a service that never reads,
+/// each from an address of its own (so no per-source cap applies), with the
+/// client's budget at 8 MiB. The client resets the stream holding the most
+/// whenever the budget is spent, so what it holds stays near the budget
+/// whatever the number of visitors (with the default budget, 256 MiB, the
+/// same visitors would all be held, up to 8 MiB each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_budget_bounds_what_stalled_visitors_hold() {
+    common::logs();
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The smallest receive buffers (inherited by accepted sockets): the
+    // client's stream holds what the service does not take.
+    socket2::SockRef::from(&deaf)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let local = deaf.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = deaf.accept().await {
+            keep.lock().push(s);
+        }
+    });
+    let echo = echo_service().await;
+    let server = Server::bind(server_config()).await.unwrap();
+    let mut config = client_config(
+        server.local_addr().to_string(),
+        "home",
+        &[(&local, 0), (&echo, 0)],
+    );
+    config.mux.inbound_budget = 8 << 20;
+    let mut c = RunningClient::start(config);
+    let published = c.published(2).await;
+    let public: SocketAddr = published[0].parse().unwrap();
+    let before = common::rss_kib();
+    let chunk = vec![7u8; 64 << 10];
+    let mut visitors = Vec::new();
+    for i in 0..40u8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from(([127, 0, 1, 2 + i], 0)))
+            .unwrap();
+        let Ok(mut v) = socket.connect(public).await else {
+            continue;
+        };
+        // Send until every buffer on the way is full, or the stream is reset.
+        let mut sent = 0usize;
+        while sent < 8 << 20 {
+            match timeout(Duration::from_millis(300), v.write(&chunk)).await {
+                Ok(Ok(n)) if n > 0 => sent += n,
+                _ => break,
+            }
+        }
+        visitors.push(v);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = common::rss_kib().saturating_sub(before);
+    // A visitor whose stream was reset reads an error or the end at once.
+    let mut alive = 0;
+    for v in &mut visitors {
+        let mut buf = [0u8; 1];
+        if timeout(Duration::from_millis(50), v.read(&mut buf))
+            .await
+            .is_err()
+        {
+            alive += 1;
+        }
+    }
+    println!(
+        "40 stalled visitors, {alive} still connected; RSS (server and client together) grew by {grown} KiB"
+    );
+    // (A stream that keeps taking has its window doubled, so a few hold the
+    // whole budget.)
+    assert!(alive < 40, "the budget reset no stream");
+    assert!(alive >= 1, "the budget holds what it can");
+    assert!(grown < 40 * 1024, "RSS grew by {grown} KiB");
+    // A visitor with a service that reads still gets through.
+    echoes_within_15_s(&published[1]).await;
 }
 
 /// Issue 10's attack 3: 600 idle connections from 40 addresses (15 each,

@@ -149,6 +149,7 @@ struct Tuning {
     ping_timeout: Option<Span>,
     max_window: Option<Size>,
     window_budget: Option<Size>,
+    inbound_budget: Option<Size>,
 }
 
 impl Tuning {
@@ -174,6 +175,12 @@ impl Tuning {
         }
         if let Some(Size(v)) = self.window_budget {
             mux.window_budget = v;
+        }
+        if let Some(Size(v)) = self.inbound_budget {
+            if v < u64::from(INITIAL_WINDOW) {
+                bail!("inbound_budget must be at least 1MiB (one stream's initial window)");
+            }
+            mux.inbound_budget = v;
         }
         Ok(())
     }
@@ -260,6 +267,7 @@ pub struct ServerFile {
     ping_timeout: Option<Span>,
     max_window: Option<Size>,
     window_budget: Option<Size>,
+    inbound_budget: Option<Size>,
 }
 
 /// `rejoin client`'s config file. `Debug` hides the token.
@@ -282,6 +290,7 @@ pub struct ClientFile {
     ping_timeout: Option<Span>,
     max_window: Option<Size>,
     window_budget: Option<Size>,
+    inbound_budget: Option<Size>,
     give_up_after: Option<u32>,
 }
 
@@ -488,6 +497,7 @@ impl ServerFile {
             ping_timeout: self.ping_timeout,
             max_window: self.max_window,
             window_budget: self.window_budget,
+            inbound_budget: self.inbound_budget,
         }
         .apply(&mut config.mux)?;
         config.stream.validate()?;
@@ -531,6 +541,7 @@ impl ClientFile {
             ping_timeout: self.ping_timeout,
             max_window: self.max_window,
             window_budget: self.window_budget,
+            inbound_budget: self.inbound_budget,
         }
         .apply(&mut config.mux)?;
         if self.give_up_after == Some(0) {

@@ -36,13 +36,16 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
         }
         let can_read = !read_done && stream.credit() > 0;
         let wait_credit = !read_done && stream.credit() == 0;
-        let take_more = !write_done && !fin_pending && pending.len() < WRITE_SLICES;
+        // Always taken, however much is pending (the stream's window bounds
+        // it): a reset must be seen even while the socket takes nothing.
+        let take_more = !write_done && !fin_pending;
         tokio::select! {
             ready = sock.writable(), if !pending.is_empty() => {
                 if ready.is_err() {
                     break true;
                 }
-                let slices: Vec<IoSlice<'_>> = pending.iter().map(|b| IoSlice::new(b)).collect();
+                let slices: Vec<IoSlice<'_>> =
+                    pending.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
                 match sock.try_write_vectored(&slices) {
                     Ok(n) => {
                         meter.wrote(n);

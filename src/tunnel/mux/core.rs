@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::types::{End, Inbound, MuxConfig, SendError, Side, StreamError, UdpDrop, UdpStats};
 use crate::tunnel::frame::{Frame, INITIAL_WINDOW, MAX_CREDIT, MAX_DATA, MAX_DATAGRAM, MAX_STREAM};
@@ -97,7 +97,7 @@ pub(crate) struct Core<P, A> {
     next_serial: u64,
     /// Window growth granted beyond the initial windows, all streams.
     window_extra: u64,
-    /// Bytes received and not yet granted back, all streams.
+    /// Bytes received and not yet written out by their users, all streams.
     held: u64,
     /// Streams with a WINDOW due, in the order they became due.
     grants: VecDeque<u32>,
@@ -203,7 +203,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         let entry = self.streams.remove(&id)?;
         let flow = &entry.flow;
         self.window_extra -= u64::from(flow.window - INITIAL_WINDOW);
-        self.held -= u64::from(flow.unacked);
+        self.held -= u64::from(flow.unacked - flow.consumed);
         Some(entry.port)
     }
 
@@ -309,33 +309,34 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// window, up to `max_window` and within the session's `window_budget`.
     /// True when a WINDOW became due.
     pub(crate) fn consumed(&mut self, id: u32, serial: u64, n: usize) -> bool {
-        let (max_window, budget, extra) = (
-            self.config.max_window,
-            self.config.window_budget,
-            self.window_extra,
-        );
-        let Some(flow) = self.flow(id, serial) else {
+        let (max_window, budget) = (self.config.max_window, self.config.window_budget);
+        // (The table's field, not `self.flow`: the budgets are updated too.)
+        let Some(flow) = self
+            .streams
+            .get_mut(&id)
+            .map(|e| &mut e.flow)
+            .filter(|f| f.serial == serial)
+        else {
             return false;
         };
         // Never more than was received: the user's count is not trusted.
         let n = (n.min(u32::MAX as usize) as u32).min(flow.unacked - flow.consumed);
         flow.consumed += n;
+        self.held -= u64::from(n);
         if flow.consumed < flow.window / 2 || flow.fin_received {
             return false;
         }
         let mut growth = flow.window.min(max_window.saturating_sub(flow.window));
-        if extra + u64::from(growth) > budget {
+        if self.window_extra + u64::from(growth) > budget {
             growth = 0;
         }
         // The window grows before the credit that uses it is granted.
         flow.window += growth;
         flow.unacked -= flow.consumed;
-        let granted = flow.consumed;
         let first = flow.grant == 0;
-        flow.grant += granted + growth;
+        flow.grant += flow.consumed + growth;
         flow.consumed = 0;
         self.window_extra += u64::from(growth);
-        self.held -= u64::from(granted);
         if first {
             self.grants.push_back(id);
         }
@@ -610,22 +611,31 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
     }
 
-    /// Over the inbound budget: resets the stream holding the most. Rare
-    /// (each time the peer has sent a budget's worth that nobody read), so a
-    /// scan of the table is cheap enough.
+    /// Over the inbound budget: resets the streams holding the most until a
+    /// quarter of the budget is free again, so that each pass over the
+    /// table costs the peer a quarter budget of data, however many streams
+    /// share it.
     fn shed(&mut self) {
-        let most = self
+        let mut holders: Vec<(u32, u32)> = self
             .streams
             .iter()
-            .max_by_key(|(_, e)| e.flow.unacked - e.flow.consumed)
-            .map(|(id, e)| (*id, e.flow.unacked));
-        if let Some((id, held)) = most {
-            warn!(
-                id,
-                held, "session's inbound budget spent; the stream holding the most is reset"
-            );
+            .map(|(id, e)| (*id, e.flow.unacked - e.flow.consumed))
+            .filter(|(_, held)| *held > 0)
+            .collect();
+        holders.sort_unstable_by_key(|(_, held)| std::cmp::Reverse(*held));
+        let target = self.config.inbound_budget - self.config.inbound_budget / 4;
+        let mut shed = 0;
+        for (id, _) in holders {
+            if self.held <= target {
+                break;
+            }
             self.abort(id);
+            shed += 1;
         }
+        info!(
+            streams = shed,
+            "session's inbound budget spent; the streams holding the most were reset"
+        );
     }
 
     // ---- what goes out ----
@@ -682,8 +692,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
 
     /// Queues the PING due at `now`; true when nothing has arrived for the
     /// ping timeout, and the link should be forced to reconnect (the clock
-    /// then starts again, giving the reconnect a full timeout).
-    pub(crate) fn handle_timeout(&mut self, now: Instant) -> bool {
+    /// then starts again, giving the reconnect a full timeout). While this
+    /// side is not `reading` (it chose not to: see [`Core::wants_read`]),
+    /// silence is not the link's: the clock starts again instead.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, reading: bool) -> bool {
         if now < self.next_ping || self.ended {
             return false;
         }
@@ -691,10 +703,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         self.ping_due = Some(self.nonce);
         self.next_ping = now + self.config.ping_interval;
         let silent = now.saturating_duration_since(self.last_rx) >= self.config.ping_timeout;
-        if silent {
+        if silent || !reading {
             self.last_rx = now;
         }
-        silent
+        silent && reading
     }
 
     /// Queues a PING to see whether the peer is there; anything arriving
@@ -954,7 +966,8 @@ mod tests {
             c.accept(id, rec.clone());
         }
         // Streams 1, 3, 5 each take 1 MiB - 1 KiB (nobody reads), then 7
-        // takes 64 KiB and the total passes 3 MiB.
+        // takes 64 KiB and the total passes 3 MiB: one of the three goes,
+        // which frees more than the quarter of the budget to be freed.
         for id in [1, 3, 5] {
             for _ in 0..15 {
                 c.handle_frame(data(id, MAX_DATA)).expect("within window");
@@ -972,6 +985,70 @@ mod tests {
         assert!(!reset[3], "the stream holding the least is kept");
         assert!(c.held <= 3 << 20);
         assert!(!c.is_ended());
+    }
+
+    #[test]
+    fn bytes_written_out_do_not_count_against_the_inbound_budget() {
+        let (mut c, rec, serial) = with_peer_stream(MuxConfig {
+            inbound_budget: 1 << 20,
+            ..MuxConfig::default()
+        });
+        // 64 MiB through one stream whose user keeps up: never shed, though
+        // the window grows to 16 MiB and much is received and not yet
+        // granted back at times.
+        let mut window = INITIAL_WINDOW as usize;
+        let mut sent_since_grant = 0;
+        for _ in 0..(64 << 20) / MAX_DATA {
+            c.handle_frame(data(1, MAX_DATA)).expect("within window");
+            c.consumed(1, serial, MAX_DATA);
+            sent_since_grant += MAX_DATA;
+            for f in drain(&mut c) {
+                if let Frame::Window { increment, .. } = f {
+                    window += increment as usize - sent_since_grant;
+                    sent_since_grant = 0;
+                }
+            }
+            assert!(sent_since_grant <= window);
+        }
+        assert!(rec.take().iter().all(|s| s.starts_with("data")));
+        assert_eq!(c.held, 0);
+        assert_eq!(c.streams[&1].flow.window, 16 << 20);
+    }
+
+    #[test]
+    fn many_small_holders_are_shed_a_quarter_budget_at_a_time() {
+        let budget = 4u64 << 20;
+        let mut c = core(
+            Side::Server,
+            MuxConfig {
+                inbound_budget: budget,
+                ..MuxConfig::default()
+            },
+        );
+        let mut recs = Vec::new();
+        for i in 0..2000u32 {
+            let id = 2 * i + 1;
+            c.handle_frame(Frame::Open {
+                id,
+                index: 0,
+                visitor: visitor(),
+            })
+            .expect("open");
+            let rec = Rec::default();
+            c.accept(id, rec.clone());
+            recs.push(rec);
+            c.handle_frame(data(id, 4096)).expect("within window");
+            assert!(c.held <= budget);
+        }
+        let reset = recs
+            .iter()
+            .filter(|r| r.take().contains(&"reset".to_string()))
+            .count();
+        // 8,000,000 bytes arrived and at most 4 MiB were ever held. Each pass
+        // began 4 KiB over the budget and reset a quarter budget's worth and
+        // that 4 KiB (257 streams), not one stream at a time: 4 passes.
+        assert_eq!(reset, 4 * 257);
+        assert_eq!(c.open_streams(), 2000 - reset);
     }
 
     #[test]
@@ -1063,13 +1140,13 @@ mod tests {
         let config = MuxConfig::default();
         let mut c: TestCore = Core::new(Side::Client, config.clone(), start);
         assert_eq!(c.poll_timeout(), start + config.ping_interval);
-        assert!(!c.handle_timeout(start + Duration::from_secs(1)));
+        assert!(!c.handle_timeout(start + Duration::from_secs(1), true));
         assert!(drain(&mut c).is_empty());
         let mut now = start;
         let mut forced = 0;
         for _ in 0..3 {
             now = c.poll_timeout();
-            if c.handle_timeout(now) {
+            if c.handle_timeout(now, true) {
                 forced += 1;
             }
             assert!(matches!(drain(&mut c)[..], [Frame::Ping { .. }]));
@@ -1079,7 +1156,13 @@ mod tests {
         assert_eq!(c.last_rx(), now);
         // Something arrives: no reconnect at the next ping.
         c.touch(now + Duration::from_secs(1));
-        assert!(!c.handle_timeout(c.poll_timeout()));
+        assert!(!c.handle_timeout(c.poll_timeout(), true));
+        // Not reading by choice (a peer owed too much): silence is ours, and
+        // no reconnect is forced however long it lasts.
+        for _ in 0..10 {
+            assert!(!c.handle_timeout(c.poll_timeout(), false));
+        }
+        assert!(!c.handle_timeout(c.poll_timeout(), true));
     }
 
     #[test]

@@ -273,7 +273,7 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
             },
             _ = shared.wake.notified() => {}
             _ = sleep_until(deadline), if !ended => {
-                if shared.core.lock().handle_timeout(Instant::now()) {
+                if shared.core.lock().handle_timeout(Instant::now(), can_read) {
                     info!("link silent; forcing a reconnect");
                     shared.handle.force_reconnect();
                 }
