@@ -367,6 +367,9 @@ async fn stream_section(o: &Opts, rows: &mut Vec<Row>) {
         }
         return;
     }
+    if o.only.as_deref() == Some("stream-sealed") {
+        return sealed_stream_rows(o, rows).await;
+    }
     let (tcp, ours, ratio) = paired(
         n,
         plain_bytes,
@@ -397,6 +400,13 @@ async fn stream_section(o: &Opts, rows: &mut Vec<Row>) {
         ratio: Some(ratio),
         target: "≥ 0.90".into(),
     });
+    sealed_stream_rows(o, rows).await;
+}
+
+/// The sealed stream beside plain TCP (`--only stream-sealed` runs this
+/// alone).
+async fn sealed_stream_rows(o: &Opts, rows: &mut Vec<Row>) {
+    let (n, plain_bytes) = (o.samples(), o.bytes(1 << 30));
     let (tcp, ours, ratio) = paired(
         n,
         plain_bytes,

@@ -14,6 +14,11 @@ use super::Error;
 use super::shared::{Shared, State, Wake};
 use crate::proto::record::Control;
 
+/// Most application bytes one write takes under the session's lock (the
+/// compatible suite encrypts them there): the transport's pump and the
+/// reader never wait behind more than this.
+const LOCKED_WRITE: usize = 256 * 1024;
+
 /// Counters of one session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -303,7 +308,8 @@ impl AsyncWrite for WriteHalf {
         self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
-    /// Takes as much of `bufs` as the history has room for, under one lock.
+    /// Takes as much of `bufs` as the history has room for, up to
+    /// [`LOCKED_WRITE`], under one lock.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -319,9 +325,10 @@ impl AsyncWrite for WriteHalf {
             } else {
                 let mut total = 0;
                 for buf in bufs.iter().filter(|b| !b.is_empty()) {
-                    let n = st.write(buf);
+                    let take = buf.len().min(LOCKED_WRITE - total);
+                    let n = st.write(&buf[..take]);
                     total += n;
-                    if n < buf.len() {
+                    if n < buf.len() || total == LOCKED_WRITE {
                         break;
                     }
                 }

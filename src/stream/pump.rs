@@ -26,6 +26,11 @@ use crate::proto::record::Control;
 /// each costs a system call and a wakeup of the peer).
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Most bytes read (and decrypted), and most written, in one hold of the
+/// session's lock; past them the pump lets go and comes straight back, so
+/// the application's reads and writes never wait behind more.
+const STEP_BYTES: usize = 2 * READ_CHUNK;
+
 /// Why a pump returned.
 #[derive(Debug)]
 pub(crate) enum PumpEnd {
@@ -89,11 +94,16 @@ where
         return Poll::Ready(PumpEnd::Broken(reason));
     }
 
-    // Read while there is room.
+    // Read while there is room, a step's worth at most.
     let mut got = false;
+    let mut taken = 0;
     // Sealed: always, since the peer sends no more than our window (and acks
     // must never wait behind data nobody reads).
     while st.can_receive() || st.link.is_some() {
+        if taken >= STEP_BYTES {
+            cx.waker().wake_by_ref();
+            break;
+        }
         let start = st.rx.len();
         let poll = if let Some(link) = &mut st.link {
             // Sealed: frames go to the link, which opens them into rx.
@@ -118,7 +128,8 @@ where
                     PumpEnd::Broken("connection closed by the peer".into())
                 });
             }
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
+                taken += n;
                 let handled = if st.link.is_some() {
                     st.unseal()
                 } else {
@@ -148,9 +159,13 @@ where
     }
     st.flush_controls();
 
-    // Write what the transport has not taken.
-    let mut wrote = false;
+    // Write what the transport has not taken, a step's worth at most.
+    let mut wrote = 0;
     loop {
+        if wrote >= STEP_BYTES {
+            cx.waker().wake_by_ref();
+            break;
+        }
         let window = st.window();
         let poll = if let Some(link) = &mut st.link {
             let out = match link.poll_transmit(&mut st.session, window) {
@@ -184,13 +199,13 @@ where
                     Some(link) => link.handle_transmitted(n),
                     None => st.session.handle_transmitted(n),
                 }
-                wrote = true;
+                wrote += n;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Broken(e.to_string())),
             Poll::Pending => break,
         }
     }
-    if wrote {
+    if wrote > 0 {
         st.flushed = false;
         // Room may have opened in the history.
         st.take_write_waker(wake);

@@ -29,9 +29,9 @@ const SHARE_PAYLOAD: usize = pool::BUF_SIZE / 4;
 /// Most frames handled in one hold of the core's lock.
 const DISPATCH_BATCH: usize = 64;
 
-/// Most bytes handed to the stream in one write (the stream copies them into
-/// its history under its lock; this keeps the lock short).
-const WRITE_BATCH: usize = 64 << 10;
+/// Most bytes of frames taken from the core at once (under its lock) to be
+/// written; the stream itself takes at most 256 KiB per write.
+const OUTBOX_FILL: usize = 256 << 10;
 
 /// Most slices in one vectored write.
 const WRITE_SLICES: usize = 64;
@@ -210,7 +210,7 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
                     }
                 };
             }
-            while out.bytes < WRITE_BATCH {
+            while out.bytes < OUTBOX_FILL {
                 match core.poll_transmit() {
                     Some(frame) => out.push(frame),
                     None => break,
