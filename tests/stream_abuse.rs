@@ -618,3 +618,73 @@ async fn sealed_handshake_abuse_is_refused_cleanly() {
         "the live session untouched"
     );
 }
+
+/// A sealed peer that sends past the window it was given (its own link's
+/// check switched off) to a server whose application does not read: the
+/// server ends that session with a protocol error once the bytes beyond its
+/// receive buffer pass two frames, and holds no more than that meanwhile.
+/// Another session on the same listener is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_peer_past_its_window_is_ended() {
+    use rejoin::proto::record;
+    use rejoin::proto::sealed::Psk;
+    let psk = Psk::from_bytes([9u8; 32]);
+    let config = Config::sealed(psk.clone());
+    let listener =
+        std::sync::Arc::new(Listener::bind("127.0.0.1:0", config.clone()).await.unwrap());
+    let addr = listener.local_addr().unwrap();
+    let accepting = listener.clone();
+    // Every accepted stream is kept and never read.
+    let (kept_tx, mut kept_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(s) = accepting.accept().await {
+            let _ = kept_tx.send(s);
+        }
+    });
+    let mut raw =
+        common::sealed::SealedRaw::connect_from([127, 0, 0, 1], addr, psk.clone(), "x").await;
+    let accepted: Stream = timeout_secs(5, kept_rx.recv()).await.expect("accepted");
+    let handle = accepted.handle();
+    raw.session.ignore_peer_window();
+    let chunk = vec![5u8; record::MAX_DATA];
+    let mut sent = 0usize;
+    let mut closed = false;
+    // 4 MiB is 16 times the receive buffer (256 KiB): far past the window.
+    while sent < 4 << 20 {
+        let header = record::data_header(chunk.len());
+        assert_eq!(raw.session.handle_write(&header), header.len());
+        assert_eq!(raw.session.handle_write(&chunk), chunk.len());
+        sent += chunk.len();
+        if raw.exchange(Duration::from_millis(1)).await.is_none() {
+            closed = true;
+            break;
+        }
+    }
+    // The server may close while the last bytes are on their way.
+    for _ in 0..500 {
+        if closed || handle.ended().is_some() {
+            break;
+        }
+        closed = raw.exchange(Duration::from_millis(10)).await.is_none();
+    }
+    let ended = handle.ended();
+    println!("sent {sent} bytes past the window; server: {ended:?}");
+    let Some(Some(err)) = ended else {
+        panic!("the session was not ended with an error: {ended:?}");
+    };
+    assert!(err.to_string().contains("window"), "{err}");
+    assert_eq!(handle.stats().app_read, 0);
+    // Someone else is served.
+    let mut other = stream::connect(addr.to_string(), config).await.unwrap();
+    let mut served: Stream = timeout_secs(5, kept_rx.recv()).await.expect("accepted");
+    other.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    timeout_secs(5, served.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+async fn timeout_secs<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("in time")
+}

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::sealed::SealedRaw;
 use common::tunnel::*;
 use rejoin::stream::{self, Stream};
 use rejoin::tunnel::auth::{BAD_TOKEN, Transcript};
@@ -642,83 +643,9 @@ async fn never_logged_in_sessions_cannot_push_out_a_parked_one() {
     assert!(info.last_resume.is_some(), "the link resumed: {info:?}");
 }
 
-/// A sealed link driven by hand, frames sealed here, so that a test can put
-/// any record bytes into the stream (what a holder of the token can do).
-struct SealedRaw {
-    io: TcpStream,
-    session: rejoin::proto::Session,
-    link: rejoin::proto::sealed::Link,
-    plain: BytesMut,
-}
-
-impl SealedRaw {
-    async fn connect(server: SocketAddr, name: &str) -> SealedRaw {
-        Self::connect_from([127, 0, 0, 1], server, name).await
-    }
-
-    /// As `connect`, from a given loopback address.
-    async fn connect_from(source: [u8; 4], server: SocketAddr, name: &str) -> SealedRaw {
-        use rejoin::proto::sealed::{ClientExchange, ClientOutcome};
-        let config = stream::Config::sealed(token().key().psk());
-        let mut ex = ClientExchange::new_session(
-            config.params(),
-            &token().key().psk(),
-            name.as_bytes(),
-            None,
-        )
-        .unwrap();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::from((source, 0))).unwrap();
-        let mut io = socket.connect(server).await.unwrap();
-        let mut input = BytesMut::new();
-        loop {
-            if let Some(out) = ex.poll_transmit() {
-                io.write_all(&out).await.unwrap();
-            }
-            if let Some(outcome) = ex.poll_outcome() {
-                let Ok(ClientOutcome::Established(e)) = outcome else {
-                    panic!("not established: {outcome:?}");
-                };
-                return SealedRaw {
-                    io,
-                    session: e.session,
-                    link: e.link,
-                    plain: BytesMut::new(),
-                };
-            }
-            assert!(io.read_buf(&mut input).await.unwrap() > 0, "server closed");
-            ex.handle_input(&mut input).unwrap();
-        }
-    }
-
-    /// Sends what is sealed and ready; then reads for up to `wait`, opening
-    /// frames (their acks and windows let more out); returns the stream
-    /// bytes received, or `None` once the server has closed.
-    async fn exchange(&mut self, wait: Duration) -> Option<BytesMut> {
-        let window = self.session.read_count() + (1 << 20);
-        loop {
-            let out = self
-                .link
-                .poll_transmit(&mut self.session, window)
-                .unwrap()
-                .to_vec();
-            if out.is_empty() {
-                break;
-            }
-            self.io.write_all(&out).await.ok()?;
-            self.link.handle_transmitted(out.len());
-        }
-        if let Ok(Ok(0) | Err(_)) = timeout(wait, self.io.read_buf(self.link.input_buffer())).await
-        {
-            return None;
-        }
-        self.link
-            .handle_input(&mut self.session, &mut self.plain)
-            .unwrap();
-        let mut got = self.plain.split();
-        self.session.handle_input(&mut got);
-        Some(got)
-    }
+/// A hand-driven sealed link with the tunnel's token.
+async fn sealed_raw(source: [u8; 4], server: SocketAddr, name: &str) -> SealedRaw {
+    SealedRaw::connect_from(source, server, token().key().psk(), name).await
 }
 
 /// Issue 10's attack 2, by a holder of the token (no one else gets a link
@@ -733,7 +660,7 @@ async fn a_record_ping_flood_leaves_the_server_serving() {
     let server = Server::bind(sc).await.unwrap();
     let addr = server.local_addr();
     let (_good, mut visitor) = bystander(&server).await;
-    let mut raw = SealedRaw::connect(addr, "flood").await;
+    let mut raw = sealed_raw([127, 0, 0, 1], addr, "flood").await;
     let pings = vec![rejoin::proto::record::PING; 1 << 20];
     let total = 24u64 << 20;
     let started = std::time::Instant::now();
@@ -874,7 +801,7 @@ async fn sessions_that_never_log_in_are_capped_and_cheap() {
     // One address: 16 held, the rest closed.
     let mut one = Vec::new();
     for n in 0..40 {
-        one.push(SealedRaw::connect_from([127, 0, 0, 2], addr, &format!("idle{n}")).await);
+        one.push(sealed_raw([127, 0, 0, 2], addr, &format!("idle{n}")).await);
     }
     // A link turned away is closed: a FIN record (then, unanswered, the
     // connection after the close timeout). A held one hears nothing.
@@ -904,7 +831,7 @@ async fn sessions_that_never_log_in_are_capped_and_cheap() {
     let mut many = Vec::new();
     for n in 0..400u32 {
         let source = [127, 0, 0, 10 + (n / 16) as u8];
-        many.push(SealedRaw::connect_from(source, addr, &format!("idle{n}")).await);
+        many.push(sealed_raw(source, addr, &format!("idle{n}")).await);
     }
     for raw in &mut many {
         assert!(raw.exchange(Duration::from_millis(1)).await.is_some());

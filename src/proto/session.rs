@@ -138,6 +138,14 @@ impl Session {
         self.peer_window
     }
 
+    /// Sealed suite: forgets the peer's window, so that a link sends past
+    /// it, as a broken or hostile peer would. For tests only.
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn ignore_peer_window(&mut self) {
+        self.peer_window = u64::MAX;
+    }
+
     /// Sealed suite: the peer advertised it can take bytes below `window`.
     pub(crate) fn allow(&mut self, window: u64) {
         self.peer_window = self.peer_window.max(window);

@@ -83,8 +83,9 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                     }
                     Ok(n) => {
                         meter.read(n);
-                        // One frame per MAX_DATA bytes, sharing the buffer.
-                        let mut bytes = pool::freeze(buf, n);
+                        // One frame per MAX_DATA bytes, sharing the buffer
+                        // (a small read is copied out instead).
+                        let mut bytes = pool::freeze_or_copy(buf, n);
                         let mut sent = Ok(());
                         while !bytes.is_empty() && sent.is_ok() {
                             let n = bytes.len().min(MAX_DATA);

@@ -57,6 +57,24 @@ pub fn freeze(buf: Vec<u8>, len: usize) -> Bytes {
     Bytes::from_owner(Owner { buf, len })
 }
 
+/// Bytes at least this many are passed on as a slice of their pooled buffer;
+/// one held pins the buffer, at most four times its size. Fewer are copied
+/// out and the buffer goes back at once, so that small reads (a chatty
+/// visitor's, during an outage) never pin a buffer each.
+pub const SHARE_AT_LEAST: usize = BUF_SIZE / 4;
+
+/// Like [`freeze`], but copies the bytes out when they are fewer than
+/// [`SHARE_AT_LEAST`].
+pub fn freeze_or_copy(buf: Vec<u8>, len: usize) -> Bytes {
+    let len = len.min(buf.len());
+    if len >= SHARE_AT_LEAST {
+        return freeze(buf, len);
+    }
+    let bytes = Bytes::copy_from_slice(&buf[..len]);
+    give_back(buf);
+    bytes
+}
+
 /// Idle buffers in the pool now.
 #[cfg(test)]
 fn idle() -> usize {
@@ -79,5 +97,20 @@ mod tests {
         assert_eq!(idle(), before, "still in use");
         drop(part);
         assert_eq!(idle(), before + 1, "back in the pool");
+    }
+
+    #[test]
+    fn small_reads_pin_no_buffer() {
+        let buf = take();
+        let before = idle();
+        let small = freeze_or_copy(buf, 100);
+        assert_eq!(idle(), before + 1, "back in the pool at once");
+        assert_eq!(small.len(), 100);
+        let buf = take();
+        let before = idle();
+        let large = freeze_or_copy(buf, SHARE_AT_LEAST);
+        assert_eq!(idle(), before, "shared, so held");
+        drop(large);
+        assert_eq!(idle(), before + 1);
     }
 }

@@ -83,4 +83,5 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+pub mod sealed;
 pub mod tunnel;

@@ -20,12 +20,6 @@ use crate::stream::Stream;
 use crate::tunnel::frame::Frame;
 use crate::tunnel::pool;
 
-/// Payloads at least this large are passed on as slices of the read
-/// buffer; a stalled stream holding one pins the buffer, at most four times
-/// the payload. Smaller ones (and every datagram) are copied out and pin
-/// nothing.
-const SHARE_PAYLOAD: usize = pool::BUF_SIZE / 4;
-
 /// Most frames handled in one hold of the core's lock.
 const DISPATCH_BATCH: usize = 64;
 
@@ -85,10 +79,11 @@ pub(crate) fn advance_pieces(pieces: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-/// Copies small payloads out of the read buffer (see [`SHARE_PAYLOAD`]).
+/// Copies small payloads (see [`pool::SHARE_AT_LEAST`]) and every datagram
+/// out of the read buffer, so that they pin nothing.
 fn unpin(frame: Frame) -> Frame {
     match frame {
-        Frame::Data { id, payload } if payload.len() < SHARE_PAYLOAD => Frame::Data {
+        Frame::Data { id, payload } if payload.len() < pool::SHARE_AT_LEAST => Frame::Data {
             id,
             payload: Bytes::copy_from_slice(&payload),
         },
