@@ -273,8 +273,10 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
                     shared.handle.force_reconnect();
                 }
             }
-            // More frames are buffered: handle them after the work above.
-            _ = std::future::ready(()), if more => {}
+            // More frames are buffered: handle them after the work above,
+            // letting other tasks run first (a buffer of tiny frames is many
+            // batches).
+            _ = tokio::task::yield_now(), if more => {}
             _ = sleep_until(close_by), if ended => break,
         }
     }
