@@ -24,7 +24,7 @@ const WRITE_SLICES: usize = 16;
 /// Copies both ways between `sock` and `stream` until both directions have
 /// ended (FIN each way) or either side aborts; `meter` counts the bytes.
 pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter) {
-    let credit = stream.credit_signal();
+    let credit_signal = stream.credit_signal();
     // Bytes from the tunnel not yet written to the socket.
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let mut fin_pending = false;
@@ -34,8 +34,16 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
         if read_done && write_done {
             break false;
         }
-        let can_read = !read_done && stream.credit() > 0;
-        let wait_credit = !read_done && stream.credit() == 0;
+        // Read once per turn, so that the branches agree.
+        let credit = match stream.credit() {
+            Some(credit) => credit,
+            // Gone while this side still sends: only a reset or the mux's
+            // end does that (a clean end needs our FIN first).
+            None if !read_done => break true,
+            None => 0,
+        };
+        let can_read = !read_done && credit > 0;
+        let wait_credit = !read_done && credit == 0;
         // Always taken, however much is pending (the stream's window bounds
         // it): a reset must be seen even while the socket takes nothing.
         let take_more = !write_done && !fin_pending;
@@ -74,7 +82,7 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                 if ready.is_err() {
                     break true;
                 }
-                let want = (stream.credit() as usize).min(pool::BUF_SIZE);
+                let want = (credit as usize).min(pool::BUF_SIZE);
                 let mut buf = pool::take();
                 match sock.try_read(&mut buf[..want]) {
                     Ok(0) => {
@@ -100,7 +108,7 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                     Err(_) => break true,
                 }
             }
-            _ = credit.wait(), if wait_credit => {}
+            _ = credit_signal.wait(), if wait_credit => {}
             // Unreachable: one of the branches above is always enabled.
             else => break false,
         }

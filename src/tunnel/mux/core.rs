@@ -119,7 +119,11 @@ pub(crate) struct Core<P, A> {
     ping_due: Option<u64>,
     pong_due: Option<u64>,
     nonce: u64,
+    /// When bytes last arrived.
     last_rx: Instant,
+    /// Silence is judged from here when later than `last_rx`: the last
+    /// forced reconnect, or the last time silence was excused.
+    judged_from: Instant,
     next_ping: Instant,
     udp_stats: UdpStats,
     ended: bool,
@@ -149,6 +153,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             pong_due: None,
             nonce: 0,
             last_rx: now,
+            judged_from: now,
             next_ping,
             udp_stats: UdpStats::default(),
             ended: false,
@@ -414,6 +419,9 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
 
     /// Queues a session frame (login, publishing).
     pub(crate) fn send_session(&mut self, frame: Frame) -> Result<(), SendError> {
+        if self.ended {
+            return Err(SendError::Gone);
+        }
         match frame {
             Frame::Hello { .. }
             | Frame::Challenge { .. }
@@ -692,21 +700,23 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
 
     /// Queues the PING due at `now`; true when nothing has arrived for the
     /// ping timeout, and the link should be forced to reconnect (the clock
-    /// then starts again, giving the reconnect a full timeout). While this
-    /// side is not `reading` (it chose not to: see [`Core::wants_read`]),
-    /// silence is not the link's: the clock starts again instead.
-    pub(crate) fn handle_timeout(&mut self, now: Instant, reading: bool) -> bool {
+    /// then starts again, giving the reconnect a full timeout). Silence is
+    /// `excused` while this side chose not to read (see
+    /// [`Core::wants_read`]) and its writes still go out: the peer is
+    /// taking them, and what it sends waits unread here.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, excused: bool) -> bool {
         if now < self.next_ping || self.ended {
             return false;
         }
         self.nonce += 1;
         self.ping_due = Some(self.nonce);
         self.next_ping = now + self.config.ping_interval;
-        let silent = now.saturating_duration_since(self.last_rx) >= self.config.ping_timeout;
-        if silent || !reading {
-            self.last_rx = now;
+        let since = self.last_rx.max(self.judged_from);
+        let silent = now.saturating_duration_since(since) >= self.config.ping_timeout;
+        if silent || excused {
+            self.judged_from = now;
         }
-        silent && reading
+        silent && !excused
     }
 
     /// Queues a PING to see whether the peer is there; anything arriving
@@ -1140,29 +1150,37 @@ mod tests {
         let config = MuxConfig::default();
         let mut c: TestCore = Core::new(Side::Client, config.clone(), start);
         assert_eq!(c.poll_timeout(), start + config.ping_interval);
-        assert!(!c.handle_timeout(start + Duration::from_secs(1), true));
+        assert!(!c.handle_timeout(start + Duration::from_secs(1), false));
         assert!(drain(&mut c).is_empty());
         let mut now = start;
         let mut forced = 0;
         for _ in 0..3 {
             now = c.poll_timeout();
-            if c.handle_timeout(now, true) {
+            if c.handle_timeout(now, false) {
                 forced += 1;
             }
             assert!(matches!(drain(&mut c)[..], [Frame::Ping { .. }]));
         }
         // 15 s of silence at the third ping.
         assert_eq!(forced, 1);
-        assert_eq!(c.last_rx(), now);
+        // The clock starts again, but the time bytes last came stays true
+        // (a peer that is gone must not look alive).
+        assert_eq!(c.last_rx(), start);
         // Something arrives: no reconnect at the next ping.
         c.touch(now + Duration::from_secs(1));
-        assert!(!c.handle_timeout(c.poll_timeout(), true));
-        // Not reading by choice (a peer owed too much): silence is ours, and
-        // no reconnect is forced however long it lasts.
+        assert!(!c.handle_timeout(c.poll_timeout(), false));
+        // Not reading by choice while the writes go out: excused, however
+        // long it lasts.
         for _ in 0..10 {
-            assert!(!c.handle_timeout(c.poll_timeout(), false));
+            assert!(!c.handle_timeout(c.poll_timeout(), true));
         }
-        assert!(!c.handle_timeout(c.poll_timeout(), true));
+        assert!(!c.handle_timeout(c.poll_timeout(), false));
+        // Once not excused, silence is judged again.
+        let mut forced = false;
+        for _ in 0..3 {
+            forced |= c.handle_timeout(c.poll_timeout(), false);
+        }
+        assert!(forced);
     }
 
     #[test]

@@ -188,6 +188,8 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
     let mut drained = true;
     let mut received: Option<Instant> = None;
     let mut close_at: Option<Instant> = None;
+    // Whether anything was written since the last ping tick.
+    let mut wrote = false;
     loop {
         let (can_read, deadline, ended, stop) = {
             let mut core = shared.core.lock();
@@ -246,7 +248,10 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
         tokio::select! {
             biased;
             written = write.write_vectored(&slices), if !slices.is_empty() => match written {
-                Ok(n) if n > 0 => out.advance(n),
+                Ok(n) if n > 0 => {
+                    out.advance(n);
+                    wrote = true;
+                }
                 _ => {
                     shared.finish(End::Stream("stream closed for writing".into()), None);
                     break;
@@ -268,7 +273,9 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
             },
             _ = shared.wake.notified() => {}
             _ = sleep_until(deadline), if !ended => {
-                if shared.core.lock().handle_timeout(Instant::now(), can_read) {
+                // Not reading by choice is excused while writes go out.
+                let excused = std::mem::take(&mut wrote) && !can_read;
+                if shared.core.lock().handle_timeout(Instant::now(), excused) {
                     info!("link silent; forcing a reconnect");
                     shared.handle.force_reconnect();
                 }

@@ -49,6 +49,21 @@ impl std::fmt::Debug for DatagramReceiver {
     }
 }
 
+impl Drop for DatagramReceiver {
+    fn drop(&mut self) {
+        // Datagrams never taken give their bytes back to the link's inbound
+        // budget. (Never dropped under the core's lock.)
+        self.rx.close();
+        let mut left = 0;
+        while let Ok((_, datagram)) = self.rx.try_recv() {
+            left += datagram.len();
+        }
+        if left > 0 {
+            self.mux.core.lock().datagram_taken(left);
+        }
+    }
+}
+
 impl DatagramReceiver {
     pub(super) fn new(mux: Arc<Shared>) -> (DatagramSender, DatagramReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -120,10 +135,10 @@ impl MuxStream {
         self.id
     }
 
-    /// Bytes this side may send now (0 once the stream is gone).
-    pub fn credit(&self) -> u32 {
-        let mut core = self.mux.core.lock();
-        core.credit(self.id, self.serial).unwrap_or(0)
+    /// Bytes this side may send now; `None` once the stream is gone (reset,
+    /// finished both ways, or the mux ended).
+    pub fn credit(&self) -> Option<u32> {
+        self.mux.core.lock().credit(self.id, self.serial)
     }
 
     /// A signal that fires when credit arrives, usable while the stream is
