@@ -848,7 +848,7 @@ async fn sessions_that_never_log_in_are_capped_and_cheap() {
         "400 sessions that never log in: RSS (both ends) grew by {grown} KiB, {} KiB each",
         grown / 400
     );
-    assert!(grown / 400 < 256, "{} KiB each", grown / 400);
+    assert!(grown / 400 < 128, "{} KiB each", grown / 400);
     still_good(&mut visitor, &server).await;
 }
 

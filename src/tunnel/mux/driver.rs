@@ -27,6 +27,11 @@ const DISPATCH_BATCH: usize = 64;
 /// written; the stream itself takes at most 256 KiB per write.
 const OUTBOX_FILL: usize = 256 << 10;
 
+/// The read buffer of a link that is idle or carries little (the last read
+/// brought less than this); a read that brings this much switches to pooled
+/// ones.
+const SMALL_READ: usize = 4096;
+
 /// Most slices in one vectored write.
 const WRITE_SLICES: usize = 64;
 
@@ -183,6 +188,9 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
     let mut cur = Bytes::new();
     // The next read's buffer, the partial frame (if any) copied in front.
     let mut buf: Option<Vec<u8>> = None;
+    // Whether the last read brought a small buffer's worth or more: the
+    // link is busy, and reads go to pooled buffers.
+    let mut busy = false;
     let mut out = Outbox::default();
     let mut held: Option<Event> = None;
     let mut drained = true;
@@ -234,7 +242,14 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
         let close_by = close_at.unwrap_or(deadline);
         let more = !drained && held.is_none() && !ended;
         if can_read && buf.is_none() {
-            let mut fresh = pool::take();
+            // A link that is idle or carries little waits with a small
+            // buffer, not a pooled 256 KiB one: many idle sessions must not
+            // each hold one.
+            let mut fresh = if busy || cur.len() > SMALL_READ / 2 {
+                pool::take()
+            } else {
+                vec![0u8; SMALL_READ]
+            };
             crate::proto::copy::copy(&cur, &mut fresh[..cur.len()]);
             buf = Some(fresh);
         }
@@ -262,7 +277,14 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
                 Ok(n) => {
                     received = Some(Instant::now());
                     if let Some(full) = buf.take() {
-                        cur = pool::freeze(full, keep + n);
+                        busy = keep + n >= SMALL_READ;
+                        cur = if full.len() == pool::BUF_SIZE {
+                            pool::freeze(full, keep + n)
+                        } else {
+                            let mut small = Bytes::from(full);
+                            small.truncate(keep + n);
+                            small
+                        };
                     }
                 }
                 Err(e) => shared.finish(End::Stream(e.to_string()), None),
