@@ -427,20 +427,9 @@ async fn a_flood_of_refused_opens_that_never_reads_costs_little() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inbound_budget_bounds_what_stalled_visitors_hold() {
     common::logs();
-    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    // The smallest receive buffers (inherited by accepted sockets): the
-    // client's stream holds what the service does not take.
-    socket2::SockRef::from(&deaf)
-        .set_recv_buffer_size(4096)
-        .unwrap();
-    let local = deaf.local_addr().unwrap().to_string();
-    let held = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let keep = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = deaf.accept().await {
-            keep.lock().push(s);
-        }
-    });
+    // The smallest receive buffers: the client's stream holds what the
+    // service does not take.
+    let local = deaf_service(Some(4096)).await;
     let echo = echo_service().await;
     let server = Server::bind(server_config()).await.unwrap();
     let mut config = client_config(
@@ -496,6 +485,26 @@ async fn the_inbound_budget_bounds_what_stalled_visitors_hold() {
     assert!(grown < 40 * 1024, "RSS grew by {grown} KiB");
     // A visitor with a service that reads still gets through.
     echoes_within_15_s(&published[1]).await;
+}
+
+/// A local service that accepts connections, keeps them and never reads;
+/// `recv_buffer` sets its sockets' receive buffers (inherited from the
+/// listener). Returns its address.
+async fn deaf_service(recv_buffer: Option<usize>) -> String {
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    if let Some(size) = recv_buffer {
+        socket2::SockRef::from(&deaf)
+            .set_recv_buffer_size(size)
+            .unwrap();
+    }
+    let local = deaf.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = deaf.accept().await {
+            kept.push(s);
+        }
+    });
+    local
 }
 
 /// Issue 10's attack 3: 600 idle connections from 40 addresses (15 each,
@@ -718,16 +727,7 @@ async fn a_record_ping_flood_leaves_the_server_serving() {
 /// costs, the figure docs/security.md gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_visitors_are_capped_per_source() {
-    // A service that accepts and never reads.
-    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = deaf.local_addr().unwrap().to_string();
-    let held = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let keep = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = deaf.accept().await {
-            keep.lock().push(s);
-        }
-    });
+    let local = deaf_service(None).await;
     let server = Server::bind(server_config()).await.unwrap();
     let mut c = RunningClient::start(client_config(
         server.local_addr().to_string(),
