@@ -204,6 +204,12 @@ fn the_admin_endpoint_reports_what_happens() {
             0.0
         );
     }
+    // The echo's visitor is gone once its stream has closed both ways
+    // (through the cut link, that can take a resume): wait for it, so that
+    // it cannot pass for the next one.
+    eventually("the echo's visitor no longer counted", || {
+        sample(&metrics(&admin), "rejoin_visitors", &[("client", "office")]) == 0.0
+    });
     // A visitor that stays: counted while it is there.
     let stay = TcpStream::connect(&public).unwrap();
     eventually("a visitor counted", || {
