@@ -47,7 +47,7 @@ pub use dh::Key;
 pub use handshake::{ClientHandshake, Incoming, ServerHandshake};
 pub use message::{ClientHello, ReconnectRequest, ResumeReply, Welcome};
 pub use resume::{ClientResume, ResumePoint, ServerResume};
-pub use session::Session;
+pub use session::{Inbound, Outbound, Session};
 
 /// The smallest history a session may be configured with.
 pub const MIN_HISTORY: usize = 1024;

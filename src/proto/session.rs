@@ -41,6 +41,46 @@ use super::{Error, Key, Params, Result, Role, Version};
 /// header), so the hold releases before writes could stall on it.
 const HOLD_MARGIN: u64 = 256;
 
+/// A session's receiving side, lent out by [`Session::lend_inbound`]: the
+/// read cipher and the counts that tell a resend from new bytes.
+#[derive(Debug)]
+pub struct Inbound {
+    cipher: Cipher,
+    in_pos: u64,
+    read_count: u64,
+}
+
+impl Inbound {
+    /// Takes bytes that arrived on the current transport: decrypts, in
+    /// place, the part that is new to the session and returns where it
+    /// starts (the bytes before it are a resend of what already arrived).
+    pub fn handle_input(&mut self, data: &mut [u8]) -> usize {
+        let pos = self.in_pos;
+        self.in_pos += data.len() as u64;
+        if self.in_pos <= self.read_count {
+            return data.len();
+        }
+        // in_pos never exceeds read_count before this call, so pos <= read_count.
+        let skip = (self.read_count - pos) as usize;
+        self.read_count = self.in_pos;
+        self.cipher.apply(&mut data[skip..]);
+        skip
+    }
+}
+
+/// A session's write cipher, lent out by [`Session::lend_outbound`].
+#[derive(Debug)]
+pub struct Outbound {
+    cipher: Cipher,
+}
+
+impl Outbound {
+    /// Encrypts the next bytes of the stream in place.
+    pub fn encrypt(&mut self, buf: &mut [u8]) {
+        self.cipher.apply(buf);
+    }
+}
+
 /// One side of an established session.
 #[derive(Debug)]
 pub struct Session {
@@ -305,6 +345,33 @@ impl Session {
         n
     }
 
+    /// Lends the write cipher out, so that application bytes can be
+    /// encrypted away from whatever guards the session (a handle does so
+    /// outside the session's lock). Until [`Session::restore_outbound`]
+    /// nothing may be written.
+    pub fn lend_outbound(&mut self) -> Outbound {
+        Outbound {
+            cipher: std::mem::replace(&mut self.ciphers.write, Cipher::Plain),
+        }
+    }
+
+    /// Takes the write cipher back with the bytes it encrypted, which go
+    /// into the history as [`Session::handle_write`] would have put them.
+    /// Returns how many fit: all of them if there were no more than
+    /// [`Session::write_capacity`] when the cipher was lent (room only grows
+    /// meanwhile); bytes that do not fit are lost to the stream, so a caller
+    /// getting fewer must end the session.
+    pub fn restore_outbound(&mut self, outbound: Outbound, wire: &[u8]) -> usize {
+        self.ciphers.write = outbound.cipher;
+        let n = wire.len().min(self.write_capacity());
+        let mut done = 0;
+        self.history.append_with(n, |out| {
+            out.copy_from_slice(&wire[done..done + out.len()]);
+            done += out.len();
+        });
+        n
+    }
+
     /// The bytes the current transport may take now, as up to two slices.
     pub fn poll_transmit(&self) -> (&[u8], &[u8]) {
         // `sent` never falls outside the history: write_capacity keeps every
@@ -367,17 +434,30 @@ impl Session {
     /// returns the part that is new to the session (empty if all of it is a
     /// resend of what already arrived).
     pub fn handle_input<'a>(&mut self, data: &'a mut [u8]) -> &'a mut [u8] {
-        let pos = self.in_pos;
-        self.in_pos += data.len() as u64;
-        if self.in_pos <= self.read_count {
-            return &mut data[..0];
+        let mut inbound = self.lend_inbound();
+        let skip = inbound.handle_input(data);
+        self.restore_inbound(inbound);
+        &mut data[skip..]
+    }
+
+    /// Lends the receiving side out, so that bytes from the transport can be
+    /// decrypted away from whatever guards the session (its driver does so
+    /// outside the session's lock). Until [`Session::restore_inbound`] the
+    /// session must not be given input, and its read count stays where it
+    /// was: bytes count as received once they are handed back.
+    pub fn lend_inbound(&mut self) -> Inbound {
+        Inbound {
+            cipher: std::mem::replace(&mut self.ciphers.read, Cipher::Plain),
+            in_pos: self.in_pos,
+            read_count: self.read_count,
         }
-        // in_pos never exceeds read_count before this call, so pos <= read_count.
-        let skip = (self.read_count - pos) as usize;
-        let fresh = &mut data[skip..];
-        self.read_count = self.in_pos;
-        self.ciphers.read.apply(fresh);
-        fresh
+    }
+
+    /// Takes the receiving side back, with what it counted while lent.
+    pub fn restore_inbound(&mut self, inbound: Inbound) {
+        self.ciphers.read = inbound.cipher;
+        self.in_pos = inbound.in_pos;
+        self.read_count = inbound.read_count;
     }
 
     /// Confirms that the peer holds everything below `count` (learnt from a

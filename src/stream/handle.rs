@@ -163,6 +163,8 @@ pub struct ReadHalf {
 /// end-of-file. Dropping it does the same in the background.
 pub struct WriteHalf {
     shared: Arc<Shared>,
+    /// Where an encrypted write is laid out before it joins the history.
+    scratch: Vec<u8>,
 }
 
 /// A resumable stream: `AsyncRead + AsyncWrite` that survives broken
@@ -187,7 +189,10 @@ impl Stream {
             read: ReadHalf {
                 shared: shared.clone(),
             },
-            write: WriteHalf { shared },
+            write: WriteHalf {
+                shared,
+                scratch: Vec::new(),
+            },
         }
     }
 
@@ -309,19 +314,48 @@ impl AsyncWrite for WriteHalf {
     }
 
     /// Takes as much of `bufs` as the history has room for, up to
-    /// [`LOCKED_WRITE`], under one lock.
+    /// [`LOCKED_WRITE`]: under one lock, or, when the bytes are encrypted,
+    /// with the encryption outside it.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         let mut wake = Wake::default();
         let poll = {
-            let mut st = self.shared.state.lock();
+            let mut st = this.shared.state.lock();
             if let Some(ended) = &st.ended {
                 Poll::Ready(Err(end_error(ended)))
             } else if st.write_shut {
                 Poll::Ready(Err(Error::Closed.into()))
+            } else if st.session.encrypts() {
+                match st.lend_write() {
+                    Some(mut lent) => {
+                        drop(st);
+                        let taken = lent.fill(bufs, LOCKED_WRITE, &mut this.scratch);
+                        let mut st = this.shared.state.lock();
+                        match st.take_back_write(lent, &this.scratch, taken) {
+                            Err(e) => {
+                                st.end(Err(e.clone()), &mut wake);
+                                Poll::Ready(Err(e.into()))
+                            }
+                            Ok(()) => {
+                                if taken > 0 {
+                                    st.flushed = false;
+                                    st.take_driver_waker(&mut wake);
+                                }
+                                Poll::Ready(Ok(taken))
+                            }
+                        }
+                    }
+                    None if bufs.iter().all(|b| b.is_empty()) => Poll::Ready(Ok(0)),
+                    None => {
+                        // No room in the history: the driver wakes us when there is.
+                        st.write_waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
             } else {
                 let mut total = 0;
                 for buf in bufs.iter().filter(|b| !b.is_empty()) {

@@ -12,23 +12,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BufMut;
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-use tokio_util::io::poll_read_buf;
 
 use super::Error;
-use super::shared::{Shared, State, Wake};
+use super::shared::{READ_CHUNK, Shared, State, Wake};
 use crate::proto::Role;
 use crate::proto::record::Control;
 
-/// Most bytes taken from the transport in one read (fewer, larger reads:
-/// each costs a system call and a wakeup of the peer).
-const READ_CHUNK: usize = 256 * 1024;
-
-/// Most bytes read (and decrypted), and most written, in one hold of the
-/// session's lock; past them the pump lets go and comes straight back, so
-/// the application's reads and writes never wait behind more.
+/// Most bytes read, and most written, in one step; past them the pump lets
+/// go and comes straight back, so that one busy direction never starves
+/// the other, nor the other tasks on its thread.
 const STEP_BYTES: usize = 2 * READ_CHUNK;
 
 /// Why a pump returned.
@@ -60,16 +55,81 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+    let mut scratch = BytesMut::new();
     poll_fn(|cx| {
         let mut wake = Wake::default();
-        let poll = {
-            let mut st = shared.state.lock();
-            step(&mut st, io, cfg, &mut timer, cx, &mut wake)
+        let poll = match receive(shared, io, &mut scratch, cx, &mut wake) {
+            Some(end) => Poll::Ready(end),
+            None => {
+                let mut st = shared.state.lock();
+                step(&mut st, io, cfg, &mut timer, cx, &mut wake)
+            }
         };
         wake.fire();
         poll
     })
     .await
+}
+
+/// Reads while there is room, a step's worth at most. The lock is held only
+/// to lend the receiving side out and to take it back: the read and the
+/// decryption happen outside it. `None`: carry on with the step.
+fn receive<T>(
+    shared: &Shared,
+    io: &mut T,
+    scratch: &mut BytesMut,
+    cx: &mut Context<'_>,
+    wake: &mut Wake,
+) -> Option<PumpEnd>
+where
+    T: AsyncRead + Unpin,
+{
+    let mut taken = 0;
+    loop {
+        let mut lent = {
+            let mut st = shared.state.lock();
+            if st.ended.is_some() || st.force_reconnect || st.broken.is_some() {
+                // The step says why.
+                return None;
+            }
+            // Sealed: always, since the peer sends no more than our window
+            // (and acks must never wait behind data nobody reads).
+            if !st.can_receive() && st.link.is_none() {
+                return None;
+            }
+            if taken >= STEP_BYTES {
+                cx.waker().wake_by_ref();
+                return None;
+            }
+            st.lend(std::mem::take(scratch))?
+        };
+        let poll = lent.poll_read(io, cx);
+        let mut st = shared.state.lock();
+        let (buf, handled) = st.take_back(lent);
+        *scratch = buf;
+        match poll {
+            Poll::Ready(Ok(0)) => {
+                return Some(if closed_after_done(&st) {
+                    PumpEnd::Finished
+                } else {
+                    PumpEnd::Broken("connection closed by the peer".into())
+                });
+            }
+            Poll::Ready(Ok(n)) => {
+                taken += n;
+                if let Err(e) = handled {
+                    st.end(Err(e), wake);
+                    return Some(PumpEnd::Ended);
+                }
+                st.take_read_waker(wake);
+                if let Some(reason) = st.broken.take() {
+                    return Some(PumpEnd::Broken(reason));
+                }
+            }
+            Poll::Ready(Err(e)) => return Some(PumpEnd::Broken(e.to_string())),
+            Poll::Pending => return None,
+        }
+    }
 }
 
 fn step<T>(
@@ -92,66 +152,6 @@ where
     }
     if let Some(reason) = st.broken.take() {
         return Poll::Ready(PumpEnd::Broken(reason));
-    }
-
-    // Read while there is room, a step's worth at most.
-    let mut got = false;
-    let mut taken = 0;
-    // Sealed: always, since the peer sends no more than our window (and acks
-    // must never wait behind data nobody reads).
-    while st.can_receive() || st.link.is_some() {
-        if taken >= STEP_BYTES {
-            cx.waker().wake_by_ref();
-            break;
-        }
-        let start = st.rx.len();
-        let poll = if let Some(link) = &mut st.link {
-            // Sealed: frames go to the link, which opens them into rx.
-            let input = link.input_buffer();
-            input.reserve(READ_CHUNK);
-            poll_read_buf(Pin::new(&mut *io), cx, &mut input.limit(READ_CHUNK))
-        } else {
-            let room = if st.read_open {
-                st.rx_room()
-            } else {
-                READ_CHUNK
-            };
-            let chunk = room.clamp(1, READ_CHUNK);
-            st.rx.reserve(chunk);
-            poll_read_buf(Pin::new(&mut *io), cx, &mut (&mut st.rx).limit(chunk))
-        };
-        match poll {
-            Poll::Ready(Ok(0)) => {
-                return Poll::Ready(if closed_after_done(st) {
-                    PumpEnd::Finished
-                } else {
-                    PumpEnd::Broken("connection closed by the peer".into())
-                });
-            }
-            Poll::Ready(Ok(n)) => {
-                taken += n;
-                let handled = if st.link.is_some() {
-                    st.unseal()
-                } else {
-                    st.received(start)
-                        .map(|controls| st.apply_controls(controls))
-                };
-                if let Err(e) = handled {
-                    st.end(Err(e), wake);
-                    return Poll::Ready(PumpEnd::Ended);
-                }
-                got = true;
-                if let Some(reason) = st.broken.take() {
-                    st.take_read_waker(wake);
-                    return Poll::Ready(PumpEnd::Broken(reason));
-                }
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Broken(e.to_string())),
-            Poll::Pending => break,
-        }
-    }
-    if got {
-        st.take_read_waker(wake);
     }
 
     if st.records.is_some() {
@@ -223,7 +223,6 @@ where
 
     tracing::trace!(
         role = ?st.session.role(),
-        got,
         wrote,
         wc = st.session.write_count(),
         sent = st.session.sent(),

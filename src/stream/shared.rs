@@ -6,17 +6,20 @@
 //! the send queue), and the driver decrypts what arrives straight into `rx`.
 
 use std::net::SocketAddr;
-use std::task::Waker;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use parking_lot::Mutex;
+use tokio::io::AsyncRead;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use super::{Error, Event, Stats};
-use crate::proto::Session;
 use crate::proto::record::{self, Control, RecordReader};
-use crate::proto::sealed::{Link, MAX_FRAME_DATA};
+use crate::proto::sealed::{Acks, Link, MAX_FRAME_DATA, Opener};
+use crate::proto::{Inbound, Outbound, Session};
 
 /// The session state behind one lock.
 pub(crate) struct State {
@@ -39,6 +42,9 @@ pub(crate) struct State {
     pub done_seen: bool,
     /// Record layer: a PING is outstanding.
     pub ping_out: bool,
+    /// The write cipher is lent to an application write ([`LentWrite`]):
+    /// nothing else may go into the history until it is back.
+    pub writing: bool,
     /// The application will write no more.
     pub write_shut: bool,
     /// Handles still open.
@@ -69,6 +75,126 @@ pub(crate) struct State {
     pub read_waker: Option<Waker>,
     pub write_waker: Option<Waker>,
     pub driver_waker: Option<Waker>,
+}
+
+/// Most bytes taken from the transport in one read (fewer, larger reads:
+/// each costs a system call and a wakeup of the peer).
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+/// The receiving side of a session, lent to its driver for one read: the
+/// read cipher and counts, the sealed link's opener, and the receive
+/// buffer's spare room, split off so that the driver fills it while the
+/// application reads what is before it. The driver reads from the transport
+/// and decrypts (or opens) without the session's lock, so neither the
+/// application's reads nor its writes wait behind the cryptography; then
+/// [`State::take_back`] puts everything back, without copying the bytes.
+pub(crate) struct Lent {
+    inbound: Inbound,
+    opener: Option<Opener>,
+    /// The receive buffer's spare room: the compatible suite reads into it,
+    /// the sealed one opens into it.
+    tail: BytesMut,
+    /// Most bytes one read takes.
+    limit: usize,
+    acks: Acks,
+    /// A frame that did not open.
+    bad: Option<crate::proto::Error>,
+    /// Bytes the read brought, once it did.
+    read: Option<usize>,
+    /// Of the bytes in `tail`, how many at its front are a resend of what
+    /// had arrived.
+    dup: usize,
+}
+
+impl Lent {
+    /// Reads from the transport: ciphertext into the tail, or sealed frames
+    /// into the opener's input.
+    pub fn poll_read<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = match &mut self.opener {
+            Some(opener) => {
+                let input = opener.input_buffer();
+                input.reserve(self.limit);
+                poll_read_buf(Pin::new(io), cx, &mut input.limit(self.limit))
+            }
+            None => poll_read_buf(Pin::new(io), cx, &mut (&mut self.tail).limit(self.limit)),
+        };
+        if let Poll::Ready(Ok(n)) = poll {
+            if n > 0 {
+                self.decrypt(n);
+            }
+        }
+        poll
+    }
+
+    /// Decrypts what a read of `n` bytes brought, or opens the frames it
+    /// completed, and tells the resend apart from new bytes.
+    fn decrypt(&mut self, n: usize) {
+        if let Some(opener) = &mut self.opener {
+            if let Err(e) = opener.open(&mut self.tail, &mut self.acks) {
+                self.bad = Some(e);
+            }
+        }
+        self.dup = self.inbound.handle_input(&mut self.tail);
+        self.read = Some(n);
+    }
+}
+
+/// An application write with the session's write cipher lent to it: the
+/// handle lays the bytes out and encrypts them without the session's lock
+/// (so the driver's transmits never wait behind the cryptography), then
+/// [`State::take_back_write`] appends them to the history.
+pub(crate) struct LentWrite {
+    outbound: Outbound,
+    /// Free history when lent: the most wire bytes the write may take.
+    room: usize,
+    records: bool,
+}
+
+impl LentWrite {
+    /// Lays out up to `most` bytes from `bufs` as they go on the wire (in
+    /// DATA records with the record layer) within the room, encrypts them
+    /// into `out`, and returns how many of the application's bytes it took.
+    pub fn fill(&mut self, bufs: &[std::io::IoSlice<'_>], most: usize, out: &mut Vec<u8>) -> usize {
+        out.clear();
+        let mut taken = 0;
+        'bufs: for buf in bufs {
+            let mut buf = &buf[..buf.len().min(most - taken)];
+            while !buf.is_empty() {
+                let room = self.room - out.len();
+                let n = if self.records {
+                    if room <= record::DATA_HEADER {
+                        break 'bufs;
+                    }
+                    let n = buf
+                        .len()
+                        .min(record::MAX_DATA)
+                        .min(room - record::DATA_HEADER);
+                    out.extend_from_slice(&record::data_header(n));
+                    n
+                } else {
+                    if room == 0 {
+                        break 'bufs;
+                    }
+                    buf.len().min(room)
+                };
+                // In pieces: see proto::copy.
+                for piece in buf[..n].chunks(crate::proto::copy::PIECE) {
+                    out.extend_from_slice(piece);
+                }
+                buf = &buf[n..];
+                taken += n;
+            }
+            if taken == most {
+                break;
+            }
+        }
+        self.outbound.encrypt(out);
+        taken
+    }
 }
 
 /// Wakers to call once the lock is released.
@@ -111,6 +237,7 @@ impl State {
             done_at: None,
             done_seen: false,
             ping_out: false,
+            writing: false,
             write_shut: false,
             read_open: true,
             write_open: true,
@@ -177,7 +304,15 @@ impl State {
     pub fn received(&mut self, start: usize) -> Result<Vec<Control>, Error> {
         let fresh_len = self.session.handle_input(&mut self.rx[start..]).len();
         let dup = self.rx.len() - start - fresh_len;
+        self.accept(start, dup)
+    }
+
+    /// Handles bytes appended to `rx` from `start` on and already decrypted,
+    /// of which the first `dup` are a resend of what had arrived: drops
+    /// those, strips records. Returns the control records received.
+    fn accept(&mut self, start: usize, dup: usize) -> Result<Vec<Control>, Error> {
         if dup > 0 {
+            let fresh_len = self.rx.len() - start - dup;
             crate::proto::copy::move_down(&mut self.rx, start + dup, start, fresh_len);
             self.rx.truncate(self.rx.len() - dup);
         }
@@ -226,13 +361,20 @@ impl State {
             // Whatever opened before the bad frame is still good.
             self.broken = Some(format!("bad frame: {e}"));
         }
+        let fresh_len = self.session.handle_input(&mut self.rx[start..]).len();
+        self.opened(start, self.rx.len() - start - fresh_len)
+    }
+
+    /// Sealed suite: handles stream bytes opened into `rx` from `start` on,
+    /// of which the first `dup` were a resend of what had arrived.
+    fn opened(&mut self, start: usize, dup: usize) -> Result<(), Error> {
         if self.rx.len() == start {
             // Acks alone still prove the link alive.
             self.last_rx = Instant::now();
             self.ping_out = false;
             return Ok(());
         }
-        let controls = self.received(start)?;
+        let controls = self.accept(start, dup)?;
         self.apply_controls(controls);
         // Counted after duplicates (a resend overlapping the old connection)
         // are dropped: what is left is new, and must fit the window we gave.
@@ -243,6 +385,83 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// Lends the receiving side to the driver for one read from the
+    /// transport, which it makes, decrypts or opens outside the lock; see
+    /// [`Lent`]. `None` if the sealed link's opener is already out (a bug).
+    pub fn lend(&mut self, mut tail: BytesMut) -> Option<Lent> {
+        let (opener, limit, reserve) = match &mut self.link {
+            // Sealed: the peer sends no more than our window, so always read
+            // (acks must never wait behind data nobody reads). What opens
+            // is at most what was waiting plus what this read brings.
+            Some(link) => (
+                Some(link.lend_opener()?),
+                READ_CHUNK,
+                READ_CHUNK + MAX_FRAME_DATA,
+            ),
+            None => {
+                let room = if self.read_open {
+                    self.rx_room()
+                } else {
+                    READ_CHUNK
+                };
+                let limit = room.clamp(1, READ_CHUNK);
+                (None, limit, limit)
+            }
+        };
+        tail.clear();
+        tail.reserve(reserve);
+        Some(Lent {
+            inbound: self.session.lend_inbound(),
+            opener,
+            tail,
+            limit,
+            acks: Acks::default(),
+            bad: None,
+            read: None,
+            dup: 0,
+        })
+    }
+
+    /// Takes the receiving side back from the driver and handles what its
+    /// read brought, as [`State::received`] and [`State::unseal`] do.
+    pub fn take_back(&mut self, lent: Lent) -> (BytesMut, Result<(), Error>) {
+        let Lent {
+            inbound,
+            opener,
+            tail,
+            acks,
+            mut bad,
+            read,
+            dup,
+            ..
+        } = lent;
+        self.session.restore_inbound(inbound);
+        let start = self.rx.len();
+        self.rx.extend_from_slice(&tail[dup..]);
+        let sealed = match (&mut self.link, opener) {
+            (Some(link), Some(opener)) => {
+                link.restore_opener(opener);
+                if read.is_some() {
+                    if let Err(e) = link.apply(&mut self.session, acks) {
+                        bad.get_or_insert(e);
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
+        if let Some(e) = bad {
+            // Whatever opened before the bad frame is still good.
+            self.broken = Some(format!("bad frame: {e}"));
+        }
+        let handled = match (read, sealed) {
+            (None, _) => Ok(()),
+            (Some(_), true) => self.opened(start, 0),
+            (Some(_), false) => self.accept(start, 0).map(|c| self.apply_controls(c)),
+        };
+        (tail, handled)
     }
 
     /// Sealed suite: the window to advertise: the stream count up to which
@@ -337,6 +556,10 @@ impl State {
 
     /// Queues control records that fit into the history now.
     pub fn flush_controls(&mut self) {
+        if self.writing {
+            // They go in once the write is back.
+            return;
+        }
         while let Some(&c) = self.controls.first() {
             if self.session.write_capacity() == 0 {
                 return;
@@ -381,6 +604,51 @@ impl State {
         self.session.handle_write(&buf[..n]);
         self.stats.app_written += n as u64;
         n
+    }
+
+    /// Starts an application write whose encryption happens outside the
+    /// lock (see [`LentWrite`]); `None` if the history has no room now.
+    pub fn lend_write(&mut self) -> Option<LentWrite> {
+        if self.writing {
+            return None;
+        }
+        let records = self.records.is_some();
+        if records {
+            // Never let app data overtake a queued control record.
+            self.flush_controls();
+            if !self.controls.is_empty() {
+                return None;
+            }
+        }
+        let room = self.session.write_capacity();
+        if room <= if records { record::DATA_HEADER } else { 0 } {
+            return None;
+        }
+        self.writing = true;
+        Some(LentWrite {
+            outbound: self.session.lend_outbound(),
+            room,
+            records,
+        })
+    }
+
+    /// Finishes an application write: `wire` (what [`LentWrite::fill`]
+    /// encrypted, carrying `taken` bytes of the application's) goes into
+    /// the history, and the control records that waited for it after.
+    pub fn take_back_write(
+        &mut self,
+        lent: LentWrite,
+        wire: &[u8],
+        taken: usize,
+    ) -> Result<(), Error> {
+        self.writing = false;
+        let put = self.session.restore_outbound(lent.outbound, wire);
+        if put < wire.len() {
+            return Err(Error::Internal("a write outgrew the room it was given"));
+        }
+        self.stats.app_written += taken as u64;
+        self.flush_controls();
+        Ok(())
     }
 
     /// Copies received data out for the application.

@@ -66,15 +66,34 @@ impl Direction {
     }
 }
 
+/// One connection's receiving side: its key, and the bytes received and not
+/// yet opened. [`Link::lend_opener`] lends it out, so that frames can be
+/// opened away from whatever guards the session.
+pub struct Opener {
+    recv: Direction,
+    /// Received bytes not yet opened (a partial frame).
+    input: BytesMut,
+    frames_in: u64,
+}
+
+/// What the frames opened by one [`Opener::open`] said: the highest ack and
+/// the highest window (both only ever move up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Acks {
+    /// The peer's read count: our bytes below it may leave the history.
+    pub ack: u64,
+    /// The stream count below which the peer can take bytes.
+    pub window: u64,
+}
+
 /// One connection's frame sealing and opening.
 pub struct Link {
     send: Direction,
-    recv: Direction,
+    /// `None` while lent out.
+    opener: Option<Opener>,
     /// Sealed bytes the transport has not taken yet.
     out: Vec<u8>,
     out_pos: usize,
-    /// Received bytes not yet opened (a partial frame).
-    input: BytesMut,
     /// The read count last sent as an ack.
     acked: u64,
     /// The window last sent.
@@ -82,14 +101,13 @@ pub struct Link {
     /// The window the peer's first frame (its confirm) carried, not yet
     /// applied to the session.
     first_window: Option<u64>,
-    frames_in: u64,
 }
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
             .field("pending_out", &(self.out.len() - self.out_pos))
-            .field("input", &self.input.len())
+            .field("input", &self.opener.as_ref().map(|o| o.input.len()))
             .field("acked", &self.acked)
             .finish()
     }
@@ -109,20 +127,39 @@ impl Link {
         };
         Ok(Link {
             send: Direction::new(&send)?,
-            recv: Direction::new(&recv)?,
+            opener: Some(Opener {
+                recv: Direction::new(&recv)?,
+                input: BytesMut::new(),
+                frames_in: 0,
+            }),
             out: Vec::new(),
             out_pos: 0,
-            input: BytesMut::new(),
             acked,
             windowed: INITIAL_WINDOW,
             first_window: None,
-            frames_in: 0,
         })
     }
 
-    /// Frames opened on this connection.
+    /// Frames opened on this connection (0 while the opener is lent).
     pub fn frames_in(&self) -> u64 {
-        self.frames_in
+        self.opener.as_ref().map_or(0, |o| o.frames_in)
+    }
+
+    /// Lends the receiving side out (`None` if it already is). Until
+    /// [`Link::restore_opener`], nothing received can be opened here.
+    pub fn lend_opener(&mut self) -> Option<Opener> {
+        self.opener.take()
+    }
+
+    /// Takes the receiving side back.
+    pub fn restore_opener(&mut self, opener: Opener) {
+        self.opener = Some(opener);
+    }
+
+    fn opener(&mut self) -> Result<&mut Opener> {
+        self.opener
+            .as_mut()
+            .ok_or(Error::Malformed("the link's receiving side is lent out"))
     }
 
     /// Seals one frame carrying `data`, the ack `ack` and the window
@@ -201,8 +238,11 @@ impl Link {
     }
 
     /// The buffer received bytes go into before [`Link::handle_input`].
+    /// While the opener is lent out, a scratch buffer whose bytes are lost:
+    /// put them into [`Opener::input_buffer`] instead.
     pub fn input_buffer(&mut self) -> &mut BytesMut {
-        &mut self.input
+        let opener = self.opener.get_or_insert_with(Opener::spent);
+        &mut opener.input
     }
 
     /// Opens every complete frame in the input buffer: applies its ack to
@@ -212,15 +252,71 @@ impl Link {
     /// Fails, ending the connection, on a frame that does not authenticate,
     /// has an impossible length, or acknowledges bytes never written.
     pub fn handle_input(&mut self, session: &mut Session, plain: &mut BytesMut) -> Result<()> {
+        let mut acks = Acks::default();
+        let opened = self.opener()?.open(plain, &mut acks);
+        self.apply(session, acks)?;
+        opened
+    }
+
+    /// Applies what opened frames said to `session` (and the window of the
+    /// confirm, the first time). Fails on an ack of bytes never written.
+    pub fn apply(&mut self, session: &mut Session, acks: Acks) -> Result<()> {
         if let Some(window) = self.first_window.take() {
             session.allow(window);
         }
+        if acks.ack > session.write_count() {
+            return Err(Error::BadCounts("ack above what was written"));
+        }
+        session.confirm(acks.ack);
+        session.allow(acks.window);
+        Ok(())
+    }
+
+    /// Opens the first frame of a connection, which must carry no data and
+    /// exactly the ack `expected`: the confirm that ends a handshake. Its
+    /// window reaches the session with the next [`Link::handle_input`].
+    pub(crate) fn open_confirm(&mut self, expected: u64) -> Result<bool> {
+        let mut plain = BytesMut::new();
+        let Some((ack, window)) = self.opener()?.open_one(&mut plain)? else {
+            return Ok(false);
+        };
+        if !plain.is_empty() || ack != expected {
+            return Err(Error::Malformed("confirm frame"));
+        }
+        self.first_window = Some(window);
+        Ok(true)
+    }
+}
+
+impl Opener {
+    /// A stand-in that opens nothing: its counter is spent.
+    fn spent() -> Self {
+        Opener {
+            recv: Direction {
+                key: LessSafeKey::new(
+                    UnboundKey::new(&AES_256_GCM, &[0; 32])
+                        .unwrap_or_else(|_| unreachable!("a 32-byte key")),
+                ),
+                next: u64::MAX,
+            },
+            input: BytesMut::new(),
+            frames_in: 0,
+        }
+    }
+
+    /// The buffer received bytes go into before [`Opener::open`].
+    pub fn input_buffer(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Opens every complete frame in the input buffer, appends its stream
+    /// bytes to `plain` and raises `acks` to what it says. On a frame that
+    /// does not open or has an impossible length, fails; what opened before
+    /// it is in `plain` and `acks`.
+    pub fn open(&mut self, plain: &mut BytesMut, acks: &mut Acks) -> Result<()> {
         while let Some((ack, window)) = self.open_one(plain)? {
-            if ack > session.write_count() {
-                return Err(Error::BadCounts("ack above what was written"));
-            }
-            session.confirm(ack);
-            session.allow(window);
+            acks.ack = acks.ack.max(ack);
+            acks.window = acks.window.max(window);
         }
         Ok(())
     }
@@ -261,20 +357,5 @@ impl Link {
         self.input.advance(2 + len);
         self.frames_in += 1;
         Ok(Some((ack, window)))
-    }
-
-    /// Opens the first frame of a connection, which must carry no data and
-    /// exactly the ack `expected`: the confirm that ends a handshake. Its
-    /// window reaches the session with the next [`Link::handle_input`].
-    pub(crate) fn open_confirm(&mut self, expected: u64) -> Result<bool> {
-        let mut plain = BytesMut::new();
-        let Some((ack, window)) = self.open_one(&mut plain)? else {
-            return Ok(false);
-        };
-        if !plain.is_empty() || ack != expected {
-            return Err(Error::Malformed("confirm frame"));
-        }
-        self.first_window = Some(window);
-        Ok(true)
     }
 }

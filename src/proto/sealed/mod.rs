@@ -38,7 +38,7 @@ pub use exchange::{
     ClientExchange, ClientOutcome, Established, FixedKeys, Request, ResumeDecision, Resumed,
     ServerExchange, ServerOutcome,
 };
-pub use link::Link;
+pub use link::{Acks, Link, Opener};
 
 /// Label that starts every handshake's prologue.
 pub const PROLOGUE_LABEL: &[u8] = b"rejoin sealed v1";
