@@ -30,6 +30,7 @@ pub mod auth;
 pub mod cipher;
 #[cfg(not(feature = "internals"))]
 mod cipher;
+pub(crate) use self::cipher::Cipher;
 pub(crate) mod copy;
 pub mod dh;
 pub mod handshake;

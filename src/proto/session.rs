@@ -75,9 +75,10 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Encrypts the next bytes of the stream in place.
-    pub fn encrypt(&mut self, buf: &mut [u8]) {
-        self.cipher.apply(buf);
+    /// Encrypts the next bytes of the stream, `plain`, into `out` (of the
+    /// same length).
+    pub fn encrypt_into(&mut self, plain: &[u8], out: &mut [u8]) {
+        self.cipher.apply_into(plain, out);
     }
 }
 
@@ -230,6 +231,20 @@ impl Session {
     /// Whether application data is encrypted.
     pub fn encrypts(&self) -> bool {
         self.ciphers.write.is_encrypting()
+    }
+
+    /// Whether [`Session::handle_input`] decrypts (it does not once the
+    /// read cipher is taken).
+    pub fn decrypts(&self) -> bool {
+        self.ciphers.read.is_encrypting()
+    }
+
+    /// Takes the read cipher for good: from now on [`Session::handle_input`]
+    /// only counts what arrives and drops what arrived before, and the
+    /// caller decrypts the new bytes itself, in stream order (the stream's
+    /// reader does, as it hands them to the application).
+    pub(crate) fn take_read_cipher(&mut self) -> Cipher {
+        std::mem::replace(&mut self.ciphers.read, Cipher::Plain)
     }
 
     /// Bytes written into the session (sent or queued).

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::Error;
 use super::shared::{Shared, State, Wake};
+use crate::proto::Cipher;
 use crate::proto::record::Control;
 
 /// Most application bytes one write takes under the session's lock (the
@@ -153,6 +154,9 @@ fn end_error(ended: &Result<(), Error>) -> io::Error {
 /// The reading half of a [`Stream`].
 pub struct ReadHalf {
     shared: Arc<Shared>,
+    /// Compatible suite without records: the read cipher (see
+    /// `State::read_cipher`); what this half hands out it decrypts.
+    cipher: Option<Cipher>,
 }
 
 /// The writing half of a [`Stream`].
@@ -185,9 +189,11 @@ impl std::fmt::Debug for Stream {
 
 impl Stream {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let cipher = shared.state.lock().read_cipher.take();
         Stream {
             read: ReadHalf {
                 shared: shared.clone(),
+                cipher,
             },
             write: WriteHalf {
                 shared,
@@ -261,9 +267,11 @@ impl AsyncRead for ReadHalf {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        let this = self.get_mut();
+        let before = buf.filled().len();
         let mut wake = Wake::default();
         let poll = {
-            let mut st = self.shared.state.lock();
+            let mut st = this.shared.state.lock();
             if !st.rx.is_empty() {
                 let was_full = !st.can_receive();
                 st.read_into(buf);
@@ -285,6 +293,10 @@ impl AsyncRead for ReadHalf {
             }
         };
         wake.fire();
+        if let Some(cipher) = &mut this.cipher {
+            // Outside the lock: the driver goes on receiving meanwhile.
+            cipher.apply(&mut buf.filled_mut()[before..]);
+        }
         poll
     }
 }
@@ -333,9 +345,9 @@ impl AsyncWrite for WriteHalf {
                 match st.lend_write() {
                     Some(mut lent) => {
                         drop(st);
-                        let taken = lent.fill(bufs, LOCKED_WRITE, &mut this.scratch);
+                        let (taken, wire) = lent.fill(bufs, LOCKED_WRITE, &mut this.scratch);
                         let mut st = this.shared.state.lock();
-                        match st.take_back_write(lent, &this.scratch, taken) {
+                        match st.take_back_write(lent, &this.scratch[..wire], taken) {
                             Err(e) => {
                                 st.end(Err(e.clone()), &mut wake);
                                 Poll::Ready(Err(e.into()))

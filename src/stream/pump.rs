@@ -86,27 +86,31 @@ where
 {
     let mut taken = 0;
     loop {
-        let mut lent = {
-            let mut st = shared.state.lock();
-            if st.ended.is_some() || st.force_reconnect || st.broken.is_some() {
-                // The step says why.
-                return None;
-            }
-            // Sealed: always, since the peer sends no more than our window
-            // (and acks must never wait behind data nobody reads).
-            if !st.can_receive() && st.link.is_none() {
-                return None;
-            }
-            if taken >= STEP_BYTES {
-                cx.waker().wake_by_ref();
-                return None;
-            }
-            st.lend(std::mem::take(scratch))?
-        };
-        let poll = lent.poll_read(io, cx);
         let mut st = shared.state.lock();
-        let (buf, handled) = st.take_back(lent);
-        *scratch = buf;
+        if st.ended.is_some() || st.force_reconnect || st.broken.is_some() {
+            // The step says why.
+            return None;
+        }
+        // Sealed: always, since the peer sends no more than our window
+        // (and acks must never wait behind data nobody reads).
+        if !st.can_receive() && st.link.is_none() {
+            return None;
+        }
+        if taken >= STEP_BYTES {
+            cx.waker().wake_by_ref();
+            return None;
+        }
+        let (poll, handled) = if st.reads_in_place() {
+            st.read_in_place(io, cx)
+        } else {
+            let mut lent = st.lend(std::mem::take(scratch))?;
+            drop(st);
+            let poll = lent.poll_read(io, cx);
+            st = shared.state.lock();
+            let (buf, handled) = st.take_back(lent);
+            *scratch = buf;
+            (poll, handled)
+        };
         match poll {
             Poll::Ready(Ok(0)) => {
                 return Some(if closed_after_done(&st) {

@@ -19,7 +19,7 @@ use tokio_util::io::poll_read_buf;
 use super::{Error, Event, Stats};
 use crate::proto::record::{self, Control, RecordReader};
 use crate::proto::sealed::{Acks, Link, MAX_FRAME_DATA, Opener};
-use crate::proto::{Inbound, Outbound, Session};
+use crate::proto::{Cipher, Inbound, Outbound, Session};
 
 /// The session state behind one lock.
 pub(crate) struct State {
@@ -32,6 +32,11 @@ pub(crate) struct State {
     pub rx_limit: usize,
     /// Record layer: the parser of incoming records.
     pub records: Option<RecordReader>,
+    /// Compatible suite without records: the read cipher, until the
+    /// stream's reader claims it. `rx` then holds the bytes as they came
+    /// (duplicates dropped), and the reader decrypts what it hands out,
+    /// outside the lock: nothing in them needs reading before.
+    pub read_cipher: Option<Cipher>,
     /// Record layer: control records waiting for history space.
     pub controls: Vec<Control>,
     /// Record layer: the write count just after our FIN, once queued.
@@ -156,15 +161,27 @@ pub(crate) struct LentWrite {
 
 impl LentWrite {
     /// Lays out up to `most` bytes from `bufs` as they go on the wire (in
-    /// DATA records with the record layer) within the room, encrypts them
-    /// into `out`, and returns how many of the application's bytes it took.
-    pub fn fill(&mut self, bufs: &[std::io::IoSlice<'_>], most: usize, out: &mut Vec<u8>) -> usize {
-        out.clear();
-        let mut taken = 0;
+    /// DATA records with the record layer) within the room, encrypting them
+    /// into the front of `out`. Returns how many of the application's bytes
+    /// it took and how many wire bytes it laid out. `out` keeps its length
+    /// from one write to the next (only what a write lays out is used), so
+    /// it is zeroed once, not on every write.
+    pub fn fill(
+        &mut self,
+        bufs: &[std::io::IoSlice<'_>],
+        most: usize,
+        out: &mut Vec<u8>,
+    ) -> (usize, usize) {
+        let headers = (most / record::MAX_DATA + 1) * record::DATA_HEADER;
+        let most_wire = self.room.min(most.saturating_add(headers));
+        if out.len() < most_wire {
+            out.resize(most_wire, 0);
+        }
+        let (mut taken, mut at) = (0, 0);
         'bufs: for buf in bufs {
             let mut buf = &buf[..buf.len().min(most - taken)];
             while !buf.is_empty() {
-                let room = self.room - out.len();
+                let room = self.room - at;
                 let n = if self.records {
                     if room <= record::DATA_HEADER {
                         break 'bufs;
@@ -173,7 +190,10 @@ impl LentWrite {
                         .len()
                         .min(record::MAX_DATA)
                         .min(room - record::DATA_HEADER);
-                    out.extend_from_slice(&record::data_header(n));
+                    let header = record::data_header(n);
+                    self.outbound
+                        .encrypt_into(&header, &mut out[at..at + header.len()]);
+                    at += header.len();
                     n
                 } else {
                     if room == 0 {
@@ -181,10 +201,8 @@ impl LentWrite {
                     }
                     buf.len().min(room)
                 };
-                // In pieces: see proto::copy.
-                for piece in buf[..n].chunks(crate::proto::copy::PIECE) {
-                    out.extend_from_slice(piece);
-                }
+                self.outbound.encrypt_into(&buf[..n], &mut out[at..at + n]);
+                at += n;
                 buf = &buf[n..];
                 taken += n;
             }
@@ -192,8 +210,7 @@ impl LentWrite {
                 break;
             }
         }
-        self.outbound.encrypt(out);
-        taken
+        (taken, at)
     }
 }
 
@@ -225,13 +242,16 @@ impl State {
         close_timeout: std::time::Duration,
         peer: Option<SocketAddr>,
     ) -> Self {
+        let mut session = session;
         let records = session.extended().then(RecordReader::new);
+        let read_cipher = records.is_none().then(|| session.take_read_cipher());
         State {
             session,
             link: None,
             rx: BytesMut::new(),
             rx_limit,
             records,
+            read_cipher,
             controls: Vec::new(),
             fin_at: None,
             done_at: None,
@@ -385,6 +405,37 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// Whether what arrives needs no decrypting or opening by the driver,
+    /// so it reads straight into `rx` under the lock (the copy from the
+    /// kernel, no more than [`READ_CHUNK`]).
+    pub fn reads_in_place(&self) -> bool {
+        self.link.is_none() && !self.session.decrypts()
+    }
+
+    /// Reads from the transport straight into `rx` (see
+    /// [`State::reads_in_place`]) and handles what came, as
+    /// [`State::received`] does.
+    pub fn read_in_place<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> (Poll<std::io::Result<usize>>, Result<(), Error>) {
+        let room = if self.read_open {
+            self.rx_room()
+        } else {
+            READ_CHUNK
+        };
+        let limit = room.clamp(1, READ_CHUNK);
+        let start = self.rx.len();
+        self.rx.reserve(limit);
+        let poll = poll_read_buf(Pin::new(io), cx, &mut (&mut self.rx).limit(limit));
+        let handled = match poll {
+            Poll::Ready(Ok(n)) if n > 0 => self.received(start).map(|c| self.apply_controls(c)),
+            _ => Ok(()),
+        };
+        (poll, handled)
     }
 
     /// Lends the receiving side to the driver for one read from the
@@ -749,8 +800,134 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::cipher::client_ciphers;
+    use crate::proto::cipher::{client_ciphers, server_ciphers};
     use crate::proto::{Key, Params, Role};
+    use std::io::IoSlice;
+
+    /// A client's state and a server's, RC4 both ways, with or without
+    /// records, and `history` bytes of history each.
+    fn pair(records: bool, history: usize) -> (State, State) {
+        let key = Key::from_bytes(*b"01234567");
+        let params = Params {
+            history,
+            in_flight: history / 4,
+            ..Params::default()
+        };
+        let (sc, enc) = server_ciphers(&key, true, 9);
+        let (cc, id) = client_ciphers(&key, true, enc);
+        let state = |s| State::new(s, 1 << 20, std::time::Duration::from_secs(1), None);
+        (
+            state(Session::new(Role::Client, id, key, params, records, cc)),
+            state(Session::new(Role::Server, 9, key, params, records, sc)),
+        )
+    }
+
+    /// What the history holds for the transport.
+    fn pending(st: &State) -> Vec<u8> {
+        let (a, b) = st.session.poll_transmit();
+        [a, b].concat()
+    }
+
+    #[test]
+    fn a_write_encrypted_outside_the_lock_lays_out_what_a_locked_one_does() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let pieces = [
+            &data[..1],
+            &data[1..70_001],
+            &data[70_001..70_004],
+            &data[70_004..],
+        ];
+        let bufs: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        // Room for all of it, and room that runs out in the second piece.
+        for (records, history) in [
+            (false, 1 << 20),
+            (true, 1 << 20),
+            (false, 64 << 10),
+            (true, 64 << 10),
+        ] {
+            let (mut locked, _) = pair(records, history);
+            let mut locked_took = 0;
+            'pieces: for piece in pieces {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = locked.write(rest);
+                    if n == 0 {
+                        break 'pieces;
+                    }
+                    locked_took += n;
+                    rest = &rest[n..];
+                }
+            }
+            let (mut lent_out, _) = pair(records, history);
+            let mut lent = lent_out.lend_write().expect("room");
+            assert!(lent_out.lend_write().is_none(), "one write at a time");
+            let mut scratch = Vec::new();
+            let (took, wire) = lent.fill(&bufs, usize::MAX, &mut scratch);
+            lent_out
+                .take_back_write(lent, &scratch[..wire], took)
+                .expect("fits");
+            assert_eq!(took, locked_took, "records {records}, history {history}");
+            assert_eq!(
+                pending(&lent_out),
+                pending(&locked),
+                "records {records}, history {history}"
+            );
+            // The cipher is back: what follows is encrypted as it would be.
+            assert_eq!(lent_out.write(b"more"), locked.write(b"more"));
+            assert_eq!(pending(&lent_out), pending(&locked));
+        }
+    }
+
+    #[test]
+    fn controls_queued_during_a_lent_write_follow_it() {
+        let (mut client, mut server) = pair(true, 1 << 20);
+        let mut lent = client.lend_write().expect("room");
+        // A PING answered while the write is out waits for it.
+        client.apply_controls(vec![Control::Ping]);
+        assert_eq!(client.session.write_count(), 0);
+        let mut scratch = Vec::new();
+        let (took, wire) = lent.fill(&[IoSlice::new(b"data")], usize::MAX, &mut scratch);
+        client
+            .take_back_write(lent, &scratch[..wire], took)
+            .expect("fits");
+        server.rx.extend_from_slice(&pending(&client));
+        let controls = server.received(0).expect("records");
+        assert_eq!(&server.rx[..], b"data");
+        assert_eq!(controls, vec![Control::Pong]);
+    }
+
+    #[test]
+    fn the_application_reads_while_the_receiving_side_is_lent() {
+        let (mut client, mut server) = pair(true, 1 << 20);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        client.write(b"first ");
+        let first = pending(&client);
+        client.session.handle_transmitted(first.len());
+        client.write(b"second");
+        let second = pending(&client);
+        let mut scratch = BytesMut::new();
+        for wire in [first, second] {
+            let mut lent = server.lend(std::mem::take(&mut scratch)).expect("lent");
+            let before = server.session.read_count();
+            let read = lent.poll_read(&mut &wire[..], &mut cx);
+            assert!(matches!(read, Poll::Ready(Ok(n)) if n == wire.len()));
+            // Meanwhile the application takes what arrived before.
+            let mut out = [0u8; 16];
+            let mut buf = tokio::io::ReadBuf::new(&mut out);
+            server.read_into(&mut buf);
+            assert_eq!(server.session.read_count(), before, "counted once back");
+            let (back, handled) = server.take_back(lent);
+            handled.expect("records");
+            scratch = back;
+            assert_eq!(server.session.read_count(), before + wire.len() as u64);
+            if before == 0 {
+                assert!(buf.filled().is_empty());
+            } else {
+                assert_eq!(buf.filled(), b"first ");
+            }
+        }
+        assert_eq!(&server.rx[..], b"second");
+    }
 
     #[test]
     fn a_ping_flood_is_owed_one_pong() {
