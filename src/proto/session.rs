@@ -55,15 +55,28 @@ impl Inbound {
     /// place, the part that is new to the session and returns where it
     /// starts (the bytes before it are a resend of what already arrived).
     pub fn handle_input(&mut self, data: &mut [u8]) -> usize {
+        let skip = self.advance(data.len());
+        self.cipher.apply(&mut data[skip..]);
+        skip
+    }
+
+    /// Counts `n` bytes that arrived and need no decrypting (the sealed
+    /// suite's, opened already) and returns how many at their front are a
+    /// resend of what already arrived.
+    pub fn count(&mut self, n: usize) -> usize {
+        debug_assert!(!self.cipher.is_encrypting(), "bytes left encrypted");
+        self.advance(n)
+    }
+
+    fn advance(&mut self, n: usize) -> usize {
         let pos = self.in_pos;
-        self.in_pos += data.len() as u64;
+        self.in_pos += n as u64;
         if self.in_pos <= self.read_count {
-            return data.len();
+            return n;
         }
         // in_pos never exceeds read_count before this call, so pos <= read_count.
         let skip = (self.read_count - pos) as usize;
         self.read_count = self.in_pos;
-        self.cipher.apply(&mut data[skip..]);
         skip
     }
 }

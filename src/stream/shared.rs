@@ -2,8 +2,10 @@
 //!
 //! The application's handles ([`super::Stream`] and its halves) and the
 //! driver (which owns the transport) meet here, under one short-held lock:
-//! writes are encrypted straight into the session's history (which doubles as
-//! the send queue), and the driver decrypts what arrives straight into `rx`.
+//! writes go into the session's history (which doubles as the send queue),
+//! and what arrives into `rx`. Under the lock only bytes are copied: the
+//! ciphers are lent to whoever encrypts or decrypts ([`LentWrite`],
+//! [`Lent`], `read_cipher`), who does so with the lock released.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -87,17 +89,17 @@ pub(crate) struct State {
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
 /// The receiving side of a session, lent to its driver for one read: the
-/// read cipher and counts, the sealed link's opener, and the receive
-/// buffer's spare room, split off so that the driver fills it while the
-/// application reads what is before it. The driver reads from the transport
-/// and decrypts (or opens) without the session's lock, so neither the
-/// application's reads nor its writes wait behind the cryptography; then
-/// [`State::take_back`] puts everything back, without copying the bytes.
+/// read cipher and counts, and the sealed link's opener. The driver reads
+/// from the transport and decrypts (or opens) without the session's lock,
+/// so neither the application's reads nor its writes wait behind the
+/// cryptography; then [`State::take_back`] puts everything back and copies
+/// the new bytes into `rx`, the one copy there would be anyway.
 pub(crate) struct Lent {
     inbound: Inbound,
     opener: Option<Opener>,
-    /// The receive buffer's spare room: the compatible suite reads into it,
-    /// the sealed one opens into it.
+    /// Compatible suite: the driver's scratch buffer the read goes into and
+    /// is decrypted in. (Sealed frames are read into the opener's input and
+    /// opened in place.)
     tail: BytesMut,
     /// Most bytes one read takes.
     limit: usize,
@@ -106,14 +108,14 @@ pub(crate) struct Lent {
     bad: Option<crate::proto::Error>,
     /// Bytes the read brought, once it did.
     read: Option<usize>,
-    /// Of the bytes in `tail`, how many at its front are a resend of what
-    /// had arrived.
+    /// Of the bytes read (or opened), how many at their front are a resend
+    /// of what had arrived.
     dup: usize,
 }
 
 impl Lent {
-    /// Reads from the transport: ciphertext into the tail, or sealed frames
-    /// into the opener's input.
+    /// Reads from the transport: ciphertext into the scratch buffer, or
+    /// sealed frames into the opener's input.
     pub fn poll_read<T: AsyncRead + Unpin>(
         &mut self,
         io: &mut T,
@@ -138,12 +140,15 @@ impl Lent {
     /// Decrypts what a read of `n` bytes brought, or opens the frames it
     /// completed, and tells the resend apart from new bytes.
     fn decrypt(&mut self, n: usize) {
-        if let Some(opener) = &mut self.opener {
-            if let Err(e) = opener.open(&mut self.tail, &mut self.acks) {
-                self.bad = Some(e);
+        self.dup = match &mut self.opener {
+            Some(opener) => {
+                if let Err(e) = opener.open(&mut self.acks) {
+                    self.bad = Some(e);
+                }
+                self.inbound.count(opener.opened_len())
             }
-        }
-        self.dup = self.inbound.handle_input(&mut self.tail);
+            None => self.inbound.handle_input(&mut self.tail),
+        };
         self.read = Some(n);
     }
 }
@@ -444,13 +449,8 @@ impl State {
     pub fn lend(&mut self, mut tail: BytesMut) -> Option<Lent> {
         let (opener, limit, reserve) = match &mut self.link {
             // Sealed: the peer sends no more than our window, so always read
-            // (acks must never wait behind data nobody reads). What opens
-            // is at most what was waiting plus what this read brings.
-            Some(link) => (
-                Some(link.lend_opener()?),
-                READ_CHUNK,
-                READ_CHUNK + MAX_FRAME_DATA,
-            ),
+            // (acks must never wait behind data nobody reads).
+            Some(link) => (Some(link.lend_opener()?), READ_CHUNK, 0),
             None => {
                 let room = if self.read_open {
                     self.rx_room()
@@ -490,9 +490,10 @@ impl State {
         } = lent;
         self.session.restore_inbound(inbound);
         let start = self.rx.len();
-        self.rx.extend_from_slice(&tail[dup..]);
         let sealed = match (&mut self.link, opener) {
-            (Some(link), Some(opener)) => {
+            (Some(link), Some(mut opener)) => {
+                // Opened in place: one copy, from the frames to the buffer.
+                opener.take_opened(dup, &mut self.rx);
                 link.restore_opener(opener);
                 if read.is_some() {
                     if let Err(e) = link.apply(&mut self.session, acks) {
@@ -501,7 +502,10 @@ impl State {
                 }
                 true
             }
-            _ => false,
+            _ => {
+                self.rx.extend_from_slice(&tail[dup..]);
+                false
+            }
         };
         if let Some(e) = bad {
             // Whatever opened before the bad frame is still good.

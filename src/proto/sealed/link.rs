@@ -71,8 +71,12 @@ impl Direction {
 /// opened away from whatever guards the session.
 pub struct Opener {
     recv: Direction,
-    /// Received bytes not yet opened (a partial frame).
+    /// Received bytes: frames opened in place (the first `opened_to`
+    /// bytes), then bytes not yet opened (a partial frame).
     input: BytesMut,
+    opened_to: usize,
+    /// Where the opened frames' stream bytes are in `input`.
+    opened: Vec<std::ops::Range<usize>>,
     frames_in: u64,
 }
 
@@ -127,11 +131,7 @@ impl Link {
         };
         Ok(Link {
             send: Direction::new(&send)?,
-            opener: Some(Opener {
-                recv: Direction::new(&recv)?,
-                input: BytesMut::new(),
-                frames_in: 0,
-            }),
+            opener: Some(Opener::new(Direction::new(&recv)?)),
             out: Vec::new(),
             out_pos: 0,
             acked,
@@ -253,7 +253,9 @@ impl Link {
     /// has an impossible length, or acknowledges bytes never written.
     pub fn handle_input(&mut self, session: &mut Session, plain: &mut BytesMut) -> Result<()> {
         let mut acks = Acks::default();
-        let opened = self.opener()?.open(plain, &mut acks);
+        let opener = self.opener()?;
+        let opened = opener.open(&mut acks);
+        opener.take_opened(0, plain);
         self.apply(session, acks)?;
         opened
     }
@@ -276,11 +278,12 @@ impl Link {
     /// exactly the ack `expected`: the confirm that ends a handshake. Its
     /// window reaches the session with the next [`Link::handle_input`].
     pub(crate) fn open_confirm(&mut self, expected: u64) -> Result<bool> {
-        let mut plain = BytesMut::new();
-        let Some((ack, window)) = self.opener()?.open_one(&mut plain)? else {
+        let opener = self.opener()?;
+        let Some((data, ack, window)) = opener.open_one()? else {
             return Ok(false);
         };
-        if !plain.is_empty() || ack != expected {
+        opener.take_opened(0, &mut BytesMut::new());
+        if !data.is_empty() || ack != expected {
             return Err(Error::Malformed("confirm frame"));
         }
         self.first_window = Some(window);
@@ -289,19 +292,25 @@ impl Link {
 }
 
 impl Opener {
-    /// A stand-in that opens nothing: its counter is spent.
-    fn spent() -> Self {
+    fn new(recv: Direction) -> Self {
         Opener {
-            recv: Direction {
-                key: LessSafeKey::new(
-                    UnboundKey::new(&AES_256_GCM, &[0; 32])
-                        .unwrap_or_else(|_| unreachable!("a 32-byte key")),
-                ),
-                next: u64::MAX,
-            },
+            recv,
             input: BytesMut::new(),
+            opened_to: 0,
+            opened: Vec::new(),
             frames_in: 0,
         }
+    }
+
+    /// A stand-in that opens nothing: its counter is spent.
+    fn spent() -> Self {
+        Opener::new(Direction {
+            key: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &[0; 32])
+                    .unwrap_or_else(|_| unreachable!("a 32-byte key")),
+            ),
+            next: u64::MAX,
+        })
     }
 
     /// The buffer received bytes go into before [`Opener::open`].
@@ -309,53 +318,77 @@ impl Opener {
         &mut self.input
     }
 
-    /// Opens every complete frame in the input buffer, appends its stream
-    /// bytes to `plain` and raises `acks` to what it says. On a frame that
-    /// does not open or has an impossible length, fails; what opened before
-    /// it is in `plain` and `acks`.
-    pub fn open(&mut self, plain: &mut BytesMut, acks: &mut Acks) -> Result<()> {
-        while let Some((ack, window)) = self.open_one(plain)? {
+    /// Opens every complete frame in the input buffer, in place, and raises
+    /// `acks` to what they say; their stream bytes wait in the input for
+    /// [`Opener::take_opened`]. On a frame that does not open or has an
+    /// impossible length, fails; what opened before it is kept.
+    pub fn open(&mut self, acks: &mut Acks) -> Result<()> {
+        while let Some((_, ack, window)) = self.open_one()? {
             acks.ack = acks.ack.max(ack);
             acks.window = acks.window.max(window);
         }
         Ok(())
     }
 
-    /// Opens one frame if complete: appends its data to `plain` and returns
-    /// its ack and window.
-    fn open_one(&mut self, plain: &mut BytesMut) -> Result<Option<(u64, u64)>> {
-        if self.input.len() < 2 {
+    /// How many stream bytes the opened frames hold.
+    pub fn opened_len(&self) -> usize {
+        self.opened.iter().map(|r| r.len()).sum()
+    }
+
+    /// Appends the opened frames' stream bytes to `plain`, less the first
+    /// `skip` of them, and lets go of the frames.
+    pub fn take_opened(&mut self, skip: usize, plain: &mut BytesMut) {
+        let mut skip = skip;
+        for range in self.opened.drain(..) {
+            let data = &self.input[range];
+            let cut = skip.min(data.len());
+            skip -= cut;
+            // In pieces: see proto::copy.
+            for piece in data[cut..].chunks(crate::proto::copy::PIECE) {
+                plain.extend_from_slice(piece);
+            }
+        }
+        self.input.advance(self.opened_to);
+        self.opened_to = 0;
+    }
+
+    /// Opens the next frame, in place, if complete: returns where its
+    /// stream bytes are, its ack and its window.
+    fn open_one(&mut self) -> Result<Option<(std::ops::Range<usize>, u64, u64)>> {
+        let at = self.opened_to;
+        let have = self.input.len() - at;
+        if have < 2 {
             return Ok(None);
         }
-        let len = u16::from_le_bytes([self.input[0], self.input[1]]) as usize;
+        let len = u16::from_le_bytes([self.input[at], self.input[at + 1]]) as usize;
         if len + 2 < MIN_FRAME {
             return Err(Error::Malformed("frame shorter than its ack and tag"));
         }
-        if self.input.len() < 2 + len {
-            self.input.reserve(2 + len - self.input.len());
+        if have < 2 + len {
+            self.input.reserve(2 + len - have);
             return Ok(None);
         }
         let nonce = self.recv.nonce()?;
-        let Ok(opened) =
-            self.recv
-                .key
-                .open_in_place(nonce, Aad::empty(), &mut self.input[2..2 + len])
+        let frame = at + 2..at + 2 + len;
+        let Ok(opened) = self
+            .recv
+            .key
+            .open_in_place(nonce, Aad::empty(), &mut self.input[frame])
         else {
             return Err(Error::Unauthenticated);
         };
         // len - TAG_LEN >= TRAILER_LEN, checked above.
         let data = opened.len() - TRAILER_LEN;
-        for piece in opened[..data].chunks(crate::proto::copy::PIECE) {
-            plain.extend_from_slice(piece);
-        }
         let field = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&opened[at..at + 8]);
             u64::from_le_bytes(b)
         };
         let (ack, window) = (field(data), field(data + 8));
-        self.input.advance(2 + len);
+        let range = at + 2..at + 2 + data;
+        self.opened.push(range.clone());
+        self.opened_to = at + 2 + len;
         self.frames_in += 1;
-        Ok(Some((ack, window)))
+        Ok(Some((range, ack, window)))
     }
 }
