@@ -48,7 +48,8 @@ pub use dh::Key;
 pub use handshake::{ClientHandshake, Incoming, ServerHandshake};
 pub use message::{ClientHello, ReconnectRequest, ResumeReply, Welcome};
 pub use resume::{ClientResume, ResumePoint, ServerResume};
-pub use session::{Inbound, Outbound, Session};
+pub use session::Session;
+pub(crate) use session::{Inbound, Outbound};
 
 /// The smallest history a session may be configured with.
 pub const MIN_HISTORY: usize = 1024;

@@ -44,7 +44,7 @@ const HOLD_MARGIN: u64 = 256;
 /// A session's receiving side, lent out by [`Session::lend_inbound`]: the
 /// read cipher and the counts that tell a resend from new bytes.
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     cipher: Cipher,
     in_pos: u64,
     read_count: u64,
@@ -63,7 +63,7 @@ impl Inbound {
     /// Counts `n` bytes that arrived and need no decrypting (the sealed
     /// suite's, opened already) and returns how many at their front are a
     /// resend of what already arrived.
-    pub fn count(&mut self, n: usize) -> usize {
+    pub(crate) fn count(&mut self, n: usize) -> usize {
         debug_assert!(!self.cipher.is_encrypting(), "bytes left encrypted");
         self.advance(n)
     }
@@ -83,14 +83,14 @@ impl Inbound {
 
 /// A session's write cipher, lent out by [`Session::lend_outbound`].
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     cipher: Cipher,
 }
 
 impl Outbound {
     /// Encrypts the next bytes of the stream, `plain`, into `out` (of the
     /// same length).
-    pub fn encrypt_into(&mut self, plain: &[u8], out: &mut [u8]) {
+    pub(crate) fn encrypt_into(&mut self, plain: &[u8], out: &mut [u8]) {
         self.cipher.apply_into(plain, out);
     }
 }
@@ -377,7 +377,7 @@ impl Session {
     /// encrypted away from whatever guards the session (a handle does so
     /// outside the session's lock). Until [`Session::restore_outbound`]
     /// nothing may be written.
-    pub fn lend_outbound(&mut self) -> Outbound {
+    pub(crate) fn lend_outbound(&mut self) -> Outbound {
         Outbound {
             cipher: std::mem::replace(&mut self.ciphers.write, Cipher::Plain),
         }
@@ -389,7 +389,7 @@ impl Session {
     /// [`Session::write_capacity`] when the cipher was lent (room only grows
     /// meanwhile); bytes that do not fit are lost to the stream, so a caller
     /// getting fewer must end the session.
-    pub fn restore_outbound(&mut self, outbound: Outbound, wire: &[u8]) -> usize {
+    pub(crate) fn restore_outbound(&mut self, outbound: Outbound, wire: &[u8]) -> usize {
         self.ciphers.write = outbound.cipher;
         let n = wire.len().min(self.write_capacity());
         let mut done = 0;
@@ -473,7 +473,7 @@ impl Session {
     /// outside the session's lock). Until [`Session::restore_inbound`] the
     /// session must not be given input, and its read count stays where it
     /// was: bytes count as received once they are handed back.
-    pub fn lend_inbound(&mut self) -> Inbound {
+    pub(crate) fn lend_inbound(&mut self) -> Inbound {
         Inbound {
             cipher: std::mem::replace(&mut self.ciphers.read, Cipher::Plain),
             in_pos: self.in_pos,
@@ -482,7 +482,7 @@ impl Session {
     }
 
     /// Takes the receiving side back, with what it counted while lent.
-    pub fn restore_inbound(&mut self, inbound: Inbound) {
+    pub(crate) fn restore_inbound(&mut self, inbound: Inbound) {
         self.ciphers.read = inbound.cipher;
         self.in_pos = inbound.in_pos;
         self.read_count = inbound.read_count;

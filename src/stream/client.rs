@@ -288,7 +288,7 @@ async fn attempt<D: Dialer>(
 
     let mut wake = Wake::default();
     let resent = {
-        let mut st = shared.state.lock();
+        let mut st = shared.lock_between_writes().await;
         let resent = st
             .resumed(point, link, peer)
             .map_err(|e| Attempt::Fatal(e.into()))?;

@@ -341,7 +341,13 @@ impl AsyncWrite for WriteHalf {
                 Poll::Ready(Err(end_error(ended)))
             } else if st.write_shut {
                 Poll::Ready(Err(Error::Closed.into()))
-            } else if st.session.encrypts() {
+            } else if st.writing {
+                // Only if a write panicked with the cipher: it is gone.
+                let e = Error::Internal("an earlier write never finished");
+                st.end(Err(e.clone()), &mut wake);
+                Poll::Ready(Err(e.into()))
+            } else if st.encrypts {
+                let before = st.session.write_count();
                 match st.lend_write() {
                     Some(mut lent) => {
                         drop(st);
@@ -353,7 +359,9 @@ impl AsyncWrite for WriteHalf {
                                 Poll::Ready(Err(e.into()))
                             }
                             Ok(()) => {
-                                if taken > 0 {
+                                // (Control records that waited for the write
+                                // may have gone in even if it took nothing.)
+                                if st.session.write_count() != before {
                                     st.flushed = false;
                                     st.take_driver_waker(&mut wake);
                                 }

@@ -817,7 +817,7 @@ impl<T: Transport> Inner<T> {
                 };
                 match end {
                     Err(Some(commit)) => {
-                        if let Some(new) = self.commit(shared, commit) {
+                        if let Some(new) = self.commit(shared, commit).await {
                             io = Some(new);
                         }
                     }
@@ -899,7 +899,7 @@ impl<T: Transport> Inner<T> {
                 }
                 commit = commits.recv() => match commit {
                     Some(commit) => {
-                        if let Some(io) = self.commit(shared, commit) {
+                        if let Some(io) = self.commit(shared, commit).await {
                             break Ok(io);
                         }
                     }
@@ -920,7 +920,7 @@ impl<T: Transport> Inner<T> {
 
     /// Switches the session onto a resumed transport, unless a newer resume
     /// got there first.
-    fn commit(&self, shared: &Shared, commit: Commit<T>) -> Option<T> {
+    async fn commit(&self, shared: &Shared, commit: Commit<T>) -> Option<T> {
         let Commit {
             io,
             point,
@@ -930,7 +930,7 @@ impl<T: Transport> Inner<T> {
         } = commit;
         let mut wake = Wake::default();
         let resent = {
-            let mut st = shared.state.lock();
+            let mut st = shared.lock_between_writes().await;
             if st.ended.is_some() {
                 return None;
             }

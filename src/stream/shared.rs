@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BufMut, BytesMut};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::io::AsyncRead;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -50,8 +50,12 @@ pub(crate) struct State {
     /// Record layer: a PING is outstanding.
     pub ping_out: bool,
     /// The write cipher is lent to an application write ([`LentWrite`]):
-    /// nothing else may go into the history until it is back.
+    /// nothing else may go into the history, and no resume may commit
+    /// ([`Shared::lock_between_writes`]), until it is back.
     pub writing: bool,
+    /// Whether the application's bytes are encrypted (fixed for the
+    /// session; the session's own answer changes while its cipher is lent).
+    pub encrypts: bool,
     /// The application will write no more.
     pub write_shut: bool,
     /// Handles still open.
@@ -166,23 +170,24 @@ pub(crate) struct LentWrite {
 
 impl LentWrite {
     /// Lays out up to `most` bytes from `bufs` as they go on the wire (in
-    /// DATA records with the record layer) within the room, encrypting them
-    /// into the front of `out`. Returns how many of the application's bytes
-    /// it took and how many wire bytes it laid out. `out` keeps its length
-    /// from one write to the next (only what a write lays out is used), so
-    /// it is zeroed once, not on every write.
+    /// DATA records with the record layer, one or more per slice) within
+    /// the room, encrypting them into the front of `out`. Returns how many of
+    /// the application's bytes it took and how many wire bytes it laid out.
+    /// `out` keeps its length from one write to the next (only what a write
+    /// lays out is used), so it is zeroed as it grows, not on every write.
     pub fn fill(
         &mut self,
         bufs: &[std::io::IoSlice<'_>],
         most: usize,
         out: &mut Vec<u8>,
     ) -> (usize, usize) {
-        let headers = (most / record::MAX_DATA + 1) * record::DATA_HEADER;
-        let most_wire = self.room.min(most.saturating_add(headers));
-        if out.len() < most_wire {
-            out.resize(most_wire, 0);
-        }
         let (mut taken, mut at) = (0, 0);
+        // Grown as needed, never past the room.
+        let room_for = |out: &mut Vec<u8>, end: usize| {
+            if out.len() < end {
+                out.resize(end, 0);
+            }
+        };
         'bufs: for buf in bufs {
             let mut buf = &buf[..buf.len().min(most - taken)];
             while !buf.is_empty() {
@@ -196,6 +201,7 @@ impl LentWrite {
                         .min(record::MAX_DATA)
                         .min(room - record::DATA_HEADER);
                     let header = record::data_header(n);
+                    room_for(out, at + header.len());
                     self.outbound
                         .encrypt_into(&header, &mut out[at..at + header.len()]);
                     at += header.len();
@@ -206,6 +212,7 @@ impl LentWrite {
                     }
                     buf.len().min(room)
                 };
+                room_for(out, at + n);
                 self.outbound.encrypt_into(&buf[..n], &mut out[at..at + n]);
                 at += n;
                 buf = &buf[n..];
@@ -250,6 +257,7 @@ impl State {
         let mut session = session;
         let records = session.extended().then(RecordReader::new);
         let read_cipher = records.is_none().then(|| session.take_read_cipher());
+        let encrypts = session.encrypts();
         State {
             session,
             link: None,
@@ -263,6 +271,7 @@ impl State {
             done_seen: false,
             ping_out: false,
             writing: false,
+            encrypts,
             write_shut: false,
             read_open: true,
             write_open: true,
@@ -778,6 +787,24 @@ impl Shared {
         }
     }
 
+    /// The lock, taken when no application write has the write cipher
+    /// (see [`LentWrite`]): a resume commits only then, since it may take
+    /// back room in the history that a write was promised. A write gives the
+    /// cipher back within the poll that took it, so this waits for at most
+    /// that; the bound on the wait is only a guard.
+    pub async fn lock_between_writes(&self) -> MutexGuard<'_, State> {
+        let give_up = Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            {
+                let st = self.state.lock();
+                if !st.writing || Instant::now() >= give_up {
+                    return st;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Publishes an event (nobody listening is fine).
     pub fn emit(&self, event: Event) {
         let _ = self.events.send(event);
@@ -834,52 +861,86 @@ mod tests {
 
     #[test]
     fn a_write_encrypted_outside_the_lock_lays_out_what_a_locked_one_does() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let pieces = [
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let odd = [
             &data[..1],
             &data[1..70_001],
             &data[70_001..70_004],
             &data[70_004..],
         ];
-        let bufs: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
-        // Room for all of it, and room that runs out in the second piece.
-        for (records, history) in [
-            (false, 1 << 20),
-            (true, 1 << 20),
-            (false, 64 << 10),
-            (true, 64 << 10),
-        ] {
-            let (mut locked, _) = pair(records, history);
-            let mut locked_took = 0;
-            'pieces: for piece in pieces {
-                let mut rest = piece;
-                while !rest.is_empty() {
-                    let n = locked.write(rest);
-                    if n == 0 {
-                        break 'pieces;
+        // More records than one per 64 KiB of the whole: one slice of one
+        // byte, then one bigger than a write takes; and six of 50,000.
+        let small_first = [&data[..1], &data[1..]];
+        let sixes: Vec<&[u8]> = data[..300_000].chunks(50_000).collect();
+        let most = 256 << 10;
+        for pieces in [&odd[..], &small_first[..], &sixes[..]] {
+            let bufs: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+            // Room for all of it, and room that runs out part way.
+            for (records, history) in [
+                (false, 1 << 20),
+                (true, 1 << 20),
+                (false, 64 << 10),
+                (true, 64 << 10),
+            ] {
+                let case = format!(
+                    "{} slices, records {records}, history {history}",
+                    pieces.len()
+                );
+                let (mut locked, _) = pair(records, history);
+                let mut locked_took = 0;
+                'pieces: for piece in pieces {
+                    let mut rest = &piece[..piece.len().min(most - locked_took)];
+                    while !rest.is_empty() {
+                        let n = locked.write(rest);
+                        if n == 0 {
+                            break 'pieces;
+                        }
+                        locked_took += n;
+                        rest = &rest[n..];
                     }
-                    locked_took += n;
-                    rest = &rest[n..];
+                    if locked_took == most {
+                        break;
+                    }
                 }
+                let (mut lent_out, _) = pair(records, history);
+                let mut lent = lent_out.lend_write().expect("room");
+                assert!(lent_out.lend_write().is_none(), "one write at a time");
+                let mut scratch = Vec::new();
+                let (took, wire) = lent.fill(&bufs, most, &mut scratch);
+                lent_out
+                    .take_back_write(lent, &scratch[..wire], took)
+                    .expect("fits");
+                assert_eq!(took, locked_took, "{case}");
+                assert_eq!(pending(&lent_out), pending(&locked), "{case}");
+                // The cipher is back: what follows is encrypted as it would be.
+                assert_eq!(lent_out.write(b"more"), locked.write(b"more"));
+                assert_eq!(pending(&lent_out), pending(&locked), "{case}");
             }
-            let (mut lent_out, _) = pair(records, history);
-            let mut lent = lent_out.lend_write().expect("room");
-            assert!(lent_out.lend_write().is_none(), "one write at a time");
-            let mut scratch = Vec::new();
-            let (took, wire) = lent.fill(&bufs, usize::MAX, &mut scratch);
-            lent_out
-                .take_back_write(lent, &scratch[..wire], took)
-                .expect("fits");
-            assert_eq!(took, locked_took, "records {records}, history {history}");
-            assert_eq!(
-                pending(&lent_out),
-                pending(&locked),
-                "records {records}, history {history}"
-            );
-            // The cipher is back: what follows is encrypted as it would be.
-            assert_eq!(lent_out.write(b"more"), locked.write(b"more"));
-            assert_eq!(pending(&lent_out), pending(&locked));
         }
+    }
+
+    #[tokio::test]
+    async fn a_resume_commits_only_once_a_lent_write_is_back() {
+        let (client, _) = pair(false, 1 << 20);
+        let shared = std::sync::Arc::new(Shared::new(client));
+        let mut lent = shared.state.lock().lend_write().expect("room");
+        let writer = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let mut scratch = Vec::new();
+                let (took, wire) = lent.fill(&[IoSlice::new(b"data")], usize::MAX, &mut scratch);
+                let mut st = shared.state.lock();
+                st.take_back_write(lent, &scratch[..wire], took)
+            })
+        };
+        let (writing, written) = {
+            let st = shared.lock_between_writes().await;
+            (st.writing, st.session.write_count())
+        };
+        assert!(!writing, "waited for the write");
+        assert_eq!(written, 4);
+        writer.await.expect("writer").expect("fits");
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Direction {
 /// One connection's receiving side: its key, and the bytes received and not
 /// yet opened. [`Link::lend_opener`] lends it out, so that frames can be
 /// opened away from whatever guards the session.
-pub struct Opener {
+pub(crate) struct Opener {
     recv: Direction,
     /// Received bytes: frames opened in place (the first `opened_to`
     /// bytes), then bytes not yet opened (a partial frame).
@@ -83,7 +83,7 @@ pub struct Opener {
 /// What the frames opened by one [`Opener::open`] said: the highest ack and
 /// the highest window (both only ever move up).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Acks {
+pub(crate) struct Acks {
     /// The peer's read count: our bytes below it may leave the history.
     pub ack: u64,
     /// The stream count below which the peer can take bytes.
@@ -147,12 +147,12 @@ impl Link {
 
     /// Lends the receiving side out (`None` if it already is). Until
     /// [`Link::restore_opener`], nothing received can be opened here.
-    pub fn lend_opener(&mut self) -> Option<Opener> {
+    pub(crate) fn lend_opener(&mut self) -> Option<Opener> {
         self.opener.take()
     }
 
     /// Takes the receiving side back.
-    pub fn restore_opener(&mut self, opener: Opener) {
+    pub(crate) fn restore_opener(&mut self, opener: Opener) {
         self.opener = Some(opener);
     }
 
@@ -262,7 +262,7 @@ impl Link {
 
     /// Applies what opened frames said to `session` (and the window of the
     /// confirm, the first time). Fails on an ack of bytes never written.
-    pub fn apply(&mut self, session: &mut Session, acks: Acks) -> Result<()> {
+    pub(crate) fn apply(&mut self, session: &mut Session, acks: Acks) -> Result<()> {
         if let Some(window) = self.first_window.take() {
             session.allow(window);
         }

@@ -38,7 +38,8 @@ pub use exchange::{
     ClientExchange, ClientOutcome, Established, FixedKeys, Request, ResumeDecision, Resumed,
     ServerExchange, ServerOutcome,
 };
-pub use link::{Acks, Link, Opener};
+pub use link::Link;
+pub(crate) use link::{Acks, Opener};
 
 /// Label that starts every handshake's prologue.
 pub const PROLOGUE_LABEL: &[u8] = b"rejoin sealed v1";
