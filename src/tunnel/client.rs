@@ -71,7 +71,7 @@ impl ClientConfig {
     /// brings the record layer: a session's end is a clean close rather than
     /// a lost link).
     pub fn new(server: impl Into<String>, token: Token, name: impl Into<String>) -> Self {
-        let stream = stream::Config::default();
+        let stream = super::link_stream_config();
         ClientConfig {
             server: server.into(),
             token,

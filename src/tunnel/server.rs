@@ -82,7 +82,7 @@ impl ServerConfig {
             login_timeout: Duration::from_secs(10),
             max_pending_logins_per_source: 16,
             static_key: None,
-            stream: stream::Config::default(),
+            stream: super::link_stream_config(),
             mux: MuxConfig::default(),
             udp: UdpConfig::default(),
         }
