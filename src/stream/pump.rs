@@ -59,10 +59,19 @@ where
     poll_fn(|cx| {
         let mut wake = Wake::default();
         let poll = match receive(shared, io, &mut scratch, cx, &mut wake) {
-            Some(end) => Poll::Ready(end),
-            None => {
+            Received::End(end) => Poll::Ready(end),
+            received => {
+                #[cfg(test)]
+                tests::between(shared);
                 let mut st = shared.state.lock();
-                step(&mut st, io, cfg, &mut timer, cx, &mut wake)
+                let poll = step(&mut st, io, cfg, &mut timer, cx, &mut wake);
+                if poll.is_pending() && matches!(received, Received::Full) && st.can_receive() {
+                    // The application made room after the read stopped and
+                    // before the step registered our waker: its wake found
+                    // none to take, and no read is waiting on the transport.
+                    cx.waker().wake_by_ref();
+                }
+                poll
             }
         };
         wake.fire();
@@ -71,16 +80,30 @@ where
     .await
 }
 
+/// How [`receive`] stopped.
+#[derive(Debug)]
+enum Received {
+    /// The transport has nothing now (it wakes us when it has), or the step
+    /// has something to act on, or a step's worth was read (and we woke
+    /// ourselves to come back).
+    Carry,
+    /// The receive buffer is full: nothing wakes us for the transport until
+    /// the application reads.
+    Full,
+    /// The transport is done with.
+    End(PumpEnd),
+}
+
 /// Reads while there is room, a step's worth at most. The lock is held only
 /// to lend the receiving side out and to take it back: the read and the
-/// decryption happen outside it. `None`: carry on with the step.
+/// decryption happen outside it.
 fn receive<T>(
     shared: &Shared,
     io: &mut T,
     scratch: &mut BytesMut,
     cx: &mut Context<'_>,
     wake: &mut Wake,
-) -> Option<PumpEnd>
+) -> Received
 where
     T: AsyncRead + Unpin,
 {
@@ -89,21 +112,23 @@ where
         let mut st = shared.state.lock();
         if st.ended.is_some() || st.force_reconnect || st.broken.is_some() {
             // The step says why.
-            return None;
+            return Received::Carry;
         }
         // Sealed: always, since the peer sends no more than our window
         // (and acks must never wait behind data nobody reads).
         if !st.can_receive() && st.link.is_none() {
-            return None;
+            return Received::Full;
         }
         if taken >= STEP_BYTES {
             cx.waker().wake_by_ref();
-            return None;
+            return Received::Carry;
         }
         let (poll, handled) = if st.reads_in_place() {
             st.read_in_place(io, cx)
         } else {
-            let mut lent = st.lend(std::mem::take(scratch))?;
+            let Some(mut lent) = st.lend(std::mem::take(scratch)) else {
+                return Received::Carry;
+            };
             drop(st);
             let poll = lent.poll_read(io, cx);
             st = shared.state.lock();
@@ -113,7 +138,7 @@ where
         };
         match poll {
             Poll::Ready(Ok(0)) => {
-                return Some(if closed_after_done(&st) {
+                return Received::End(if closed_after_done(&st) {
                     PumpEnd::Finished
                 } else {
                     PumpEnd::Broken("connection closed by the peer".into())
@@ -123,15 +148,15 @@ where
                 taken += n;
                 if let Err(e) = handled {
                     st.end(Err(e), wake);
-                    return Some(PumpEnd::Ended);
+                    return Received::End(PumpEnd::Ended);
                 }
                 st.take_read_waker(wake);
                 if let Some(reason) = st.broken.take() {
-                    return Some(PumpEnd::Broken(reason));
+                    return Received::End(PumpEnd::Broken(reason));
                 }
             }
-            Poll::Ready(Err(e)) => return Some(PumpEnd::Broken(e.to_string())),
-            Poll::Pending => return None,
+            Poll::Ready(Err(e)) => return Received::End(PumpEnd::Broken(e.to_string())),
+            Poll::Pending => return Received::Carry,
         }
     }
 }
@@ -313,4 +338,120 @@ fn close_complete(st: &State) -> bool {
 fn closed_after_done(st: &State) -> bool {
     st.done_at
         .is_some_and(|d| st.session.sent() >= d && st.session.role() == Role::Client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cipher::server_ciphers;
+    use crate::proto::{Key, Params, Session};
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// What the application does in the window under test.
+    type Meanwhile = Box<dyn FnMut(&Shared)>;
+
+    thread_local! {
+        /// Runs between the pump's reading and its step (the window where
+        /// the application may take the lock).
+        static BETWEEN: RefCell<Option<Meanwhile>> = RefCell::new(None);
+    }
+
+    pub(super) fn between(shared: &Shared) {
+        BETWEEN.with(|b| {
+            if let Some(f) = b.borrow_mut().as_mut() {
+                f(shared);
+            }
+        });
+    }
+
+    /// A transport with nothing to read that takes every write, counting
+    /// the reads tried.
+    struct Quiet(Arc<AtomicUsize>);
+
+    impl AsyncRead for Quiet {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Quiet {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The application empties a full receive buffer after the pump stopped
+    /// reading for want of room and before its step registered its waker:
+    /// the application's wake finds no waker, so the pump must see the room
+    /// itself and come back to read (it slept until the idle timeout).
+    #[test]
+    fn room_made_while_the_pump_stops_reading_is_not_missed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let _entered = runtime.enter();
+        let key = Key::from_bytes(*b"01234567");
+        let (sc, _) = server_ciphers(&key, true, 9);
+        let session = Session::new(Role::Server, 9, key, Params::default(), false, sc);
+        let limit = 4096;
+        let mut state = State::new(session, limit, Duration::from_secs(1), None);
+        state.rx.extend_from_slice(&vec![0; limit]);
+        let shared = Shared::new(state);
+        BETWEEN.with(|b| {
+            *b.borrow_mut() = Some(Box::new(|shared: &Shared| {
+                let mut st = shared.state.lock();
+                let mut out = vec![0u8; 2 * 4096];
+                let mut buf = tokio::io::ReadBuf::new(&mut out);
+                st.read_into(&mut buf);
+                let mut wake = Wake::default();
+                st.take_driver_waker(&mut wake);
+                drop(st);
+                wake.fire();
+            }))
+        });
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = Quiet(reads.clone());
+        let cfg = PumpConfig {
+            idle: None,
+            ping: None,
+        };
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(pump(&shared, &mut io, cfg));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        BETWEEN.with(|b| *b.borrow_mut() = None);
+        assert_eq!(reads.load(Ordering::Relaxed), 0, "stopped for want of room");
+        assert!(shared.state.lock().rx.is_empty(), "the application read");
+        assert!(count.0.load(Ordering::Relaxed) > 0, "the pump comes back");
+        // And back, it reads (and waits on the transport).
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+    }
 }
