@@ -174,10 +174,10 @@ pub fn sealed_frames(data: &[u8]) {
     let _ = s.1.handle_input(&mut s.0, &mut plain);
 }
 
-type End = (Session, crate::proto::sealed::Link);
+pub(crate) type End = (Session, crate::proto::sealed::Link);
 
 /// A sealed session on each side, run in memory.
-fn sealed_pair() -> Option<(End, End)> {
+pub(crate) fn sealed_pair() -> Option<(End, End)> {
     let mut client = ClientExchange::new_session(Params::default(), &psk(), b"x", None).ok()?;
     let mut server = ServerExchange::new(None);
     let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());

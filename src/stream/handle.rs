@@ -468,6 +468,9 @@ impl Drop for WriteHalf {
             shut_write(&mut st, &mut wake);
             let t = st.close_timeout;
             maybe_closing(&mut st, t);
+            // Even after a shutdown (which woke it then): the session may be
+            // abandoned now, and the driver finishes the close.
+            st.take_driver_waker(&mut wake);
         }
         wake.fire();
     }

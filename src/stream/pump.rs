@@ -151,6 +151,12 @@ where
                     return Received::End(PumpEnd::Ended);
                 }
                 st.take_read_waker(wake);
+                if st.link.is_some() && st.session.write_capacity() > 0 {
+                    // Sealed: acks free history room, and a writer waiting
+                    // for it has nothing else to wake it when we have
+                    // nothing to send.
+                    st.take_write_waker(wake);
+                }
                 if let Some(reason) = st.broken.take() {
                     return Received::End(PumpEnd::Broken(reason));
                 }
@@ -349,6 +355,27 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// A runtime for the pump's timers.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    /// No idle timeout, no PINGs: nothing but the test wakes the pump.
+    const QUIET: PumpConfig = PumpConfig {
+        idle: None,
+        ping: None,
+    };
+
+    /// A server's session of the compatible suite (v2, RC4, no records).
+    fn compatible_server() -> Session {
+        let key = Key::from_bytes(*b"01234567");
+        let (sc, _) = server_ciphers(&key, true, 9);
+        Session::new(Role::Server, 9, key, Params::default(), false, sc)
+    }
+
     /// What the application does in the window under test.
     type Meanwhile = Box<dyn FnMut(&Shared)>;
 
@@ -366,27 +393,54 @@ mod tests {
         });
     }
 
-    /// A transport with nothing to read that takes every write, counting
-    /// the reads tried.
-    struct Quiet(Arc<AtomicUsize>);
+    struct Count(AtomicUsize);
 
-    impl AsyncRead for Quiet {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
+    /// A waker and the count of its wakes.
+    fn counting() -> (Arc<Count>, std::task::Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), std::task::Waker::from(count))
+    }
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::Relaxed);
-            Poll::Pending
         }
     }
 
-    impl AsyncWrite for Quiet {
+    /// A transport reading what `inbound` holds (nothing: pending) and
+    /// writing into `outbound`, counting the reads tried.
+    #[derive(Default)]
+    struct Pipe {
+        inbound: Arc<parking_lot::Mutex<Vec<u8>>>,
+        outbound: Arc<parking_lot::Mutex<Vec<u8>>>,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let mut inbound = self.inbound.lock();
+            if inbound.is_empty() {
+                return Poll::Pending;
+            }
+            let n = inbound.len().min(buf.remaining());
+            buf.put_slice(&inbound[..n]);
+            inbound.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Pipe {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
+            self.outbound.lock().extend_from_slice(buf);
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -397,12 +451,106 @@ mod tests {
         }
     }
 
-    struct Count(AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+    /// Sealed: a writer waits for history room with everything it wrote
+    /// sent; the peer's acks free the room. They come in a frame with no
+    /// data and we have nothing to send, so only the ack itself can wake
+    /// the writer (before, it slept until something else was sent).
+    #[test]
+    fn acks_that_free_the_history_wake_a_waiting_writer() {
+        let runtime = runtime();
+        let _entered = runtime.enter();
+        let ((cs, cl), (ss, sl)) = crate::fuzz::sealed_pair().expect("handshake");
+        let mut client = State::new(cs, 1 << 20, Duration::from_secs(1), None);
+        client.link = Some(cl);
+        // So that the whole history goes out before any ack comes back.
+        client.session.allow(u64::MAX);
+        let chunk = vec![7u8; 60_000];
+        for _ in 0..1_000 {
+            if client.write(&chunk) == 0 {
+                break;
+            }
         }
+        let mut server = State::new(ss, 16 << 20, Duration::from_secs(1), None);
+        server.link = Some(sl);
+        let shared = Shared::new(client);
+        let io = Pipe::default();
+        let (inbound, outbound) = (io.inbound.clone(), io.outbound.clone());
+        let mut io = io;
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(pump(&shared, &mut io, QUIET));
+        for _ in 0..100 {
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            let st = shared.state.lock();
+            if st.session.sent() == st.session.write_count() && !st.wire_ready() {
+                break;
+            }
+        }
+        {
+            let st = shared.state.lock();
+            assert_eq!(st.session.sent(), st.session.write_count(), "all sent");
+            assert!(
+                st.session.write_capacity() <= crate::proto::record::DATA_HEADER,
+                "history full"
+            );
+        }
+        let (writer, writer_waker) = counting();
+        shared.state.lock().write_waker = Some(writer_waker);
+        // The peer takes it all and acks.
+        let wire = std::mem::take(&mut *outbound.lock());
+        let mut no_wake = Context::from_waker(std::task::Waker::noop());
+        for piece in wire.chunks(READ_CHUNK) {
+            let mut lent = server.lend(BytesMut::new()).expect("lent");
+            let read = lent.poll_read(&mut &piece[..], &mut no_wake);
+            assert!(matches!(read, Poll::Ready(Ok(n)) if n == piece.len()));
+            server.take_back(lent).1.expect("opens");
+        }
+        let window = server.window();
+        let link = server.link.as_mut().expect("sealed");
+        let ack = link
+            .poll_transmit(&mut server.session, window)
+            .expect("seals")
+            .to_vec();
+        assert!(!ack.is_empty(), "an ack is owed");
+        inbound.lock().extend_from_slice(&ack);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(outbound.lock().is_empty(), "nothing for us to send");
+        assert!(shared.state.lock().session.write_capacity() > crate::proto::record::DATA_HEADER);
+        assert!(writer.0.load(Ordering::Relaxed) > 0, "the writer is woken");
+    }
+
+    /// A compatible server session without records whose application
+    /// drops its reading half, shuts its writing half down and then drops
+    /// it: the last drop abandons the session, and the driver must hear of
+    /// it to finish (before, only the shutdown woke it, and it slept on).
+    #[test]
+    fn dropping_a_shut_down_writer_wakes_the_driver_to_finish() {
+        let runtime = runtime();
+        let _entered = runtime.enter();
+        let session = compatible_server();
+        let state = State::new(session, 4096, Duration::from_secs(1), None);
+        let shared = Arc::new(Shared::new(state));
+        let (read, mut write) = super::super::Stream::new(shared.clone()).into_split();
+        let mut io = Pipe::default();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(pump(&shared, &mut io, QUIET));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        drop(read);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        let shut = Pin::new(&mut write).poll_shutdown(&mut cx);
+        assert!(shut.is_ready(), "nothing was written");
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "still writable");
+        let before = count.0.load(Ordering::Relaxed);
+        drop(write);
+        assert!(
+            count.0.load(Ordering::Relaxed) > before,
+            "the drop wakes the driver"
+        );
+        assert!(matches!(
+            fut.as_mut().poll(&mut cx),
+            Poll::Ready(PumpEnd::Finished)
+        ));
     }
 
     /// The application empties a full receive buffer after the pump stopped
@@ -411,14 +559,9 @@ mod tests {
     /// itself and come back to read (it slept until the idle timeout).
     #[test]
     fn room_made_while_the_pump_stops_reading_is_not_missed() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
+        let runtime = runtime();
         let _entered = runtime.enter();
-        let key = Key::from_bytes(*b"01234567");
-        let (sc, _) = server_ciphers(&key, true, 9);
-        let session = Session::new(Role::Server, 9, key, Params::default(), false, sc);
+        let session = compatible_server();
         let limit = 4096;
         let mut state = State::new(session, limit, Duration::from_secs(1), None);
         state.rx.extend_from_slice(&vec![0; limit]);
@@ -435,16 +578,11 @@ mod tests {
                 wake.fire();
             }))
         });
-        let reads = Arc::new(AtomicUsize::new(0));
-        let mut io = Quiet(reads.clone());
-        let cfg = PumpConfig {
-            idle: None,
-            ping: None,
-        };
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(count.clone());
+        let mut io = Pipe::default();
+        let reads = io.reads.clone();
+        let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
-        let mut fut = std::pin::pin!(pump(&shared, &mut io, cfg));
+        let mut fut = std::pin::pin!(pump(&shared, &mut io, QUIET));
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         BETWEEN.with(|b| *b.borrow_mut() = None);
         assert_eq!(reads.load(Ordering::Relaxed), 0, "stopped for want of room");
