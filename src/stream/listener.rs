@@ -62,16 +62,46 @@ fn stopped(stop: Stop) -> Error {
     }
 }
 
+/// What a parked session waits on, read under the lock.
+#[derive(Debug, PartialEq, Eq)]
+struct ParkView {
+    /// When to stop waiting: the close deadline or the reconnect wait.
+    deadline: Instant,
+    /// The application is gone and nothing is left to deliver.
+    nothing_left: bool,
+    resumable: bool,
+}
+
+impl ParkView {
+    fn of(st: &State, expiry: Instant) -> Self {
+        ParkView {
+            deadline: st.close_deadline.map_or(expiry, |d| d.min(expiry)),
+            nothing_left: st.abandoned() && st.records.is_none() && !st.session.has_pending(),
+            resumable: st.resumable,
+        }
+    }
+}
+
 /// Completes at the application's next call that wakes the driver (a write,
-/// a dropped half, a forced reconnect).
-fn app_event(shared: &Shared) -> impl std::future::Future<Output = ()> + '_ {
+/// a dropped half, a forced reconnect), or at once if what the parked
+/// session waits on is no longer `seen`: a call between reading it and
+/// registering here would otherwise find no waker to wake.
+fn app_event(
+    shared: &Shared,
+    seen: ParkView,
+    expiry: Instant,
+) -> impl std::future::Future<Output = ()> + '_ {
     let mut first = true;
     std::future::poll_fn(move |cx| {
         if !first {
             return std::task::Poll::Ready(());
         }
         first = false;
-        shared.state.lock().driver_waker = Some(cx.waker().clone());
+        let mut st = shared.state.lock();
+        if ParkView::of(&st, expiry) != seen {
+            return std::task::Poll::Ready(());
+        }
+        st.driver_waker = Some(cx.waker().clone());
         std::task::Poll::Pending
     })
 }
@@ -880,19 +910,14 @@ impl<T: Transport> Inner<T> {
         let wait = self.config.reconnect_wait;
         let expiry = Instant::now() + wait;
         let result = loop {
-            let (deadline, abandoned_clean, resumable) = {
-                let st = shared.state.lock();
-                let nothing_left =
-                    st.abandoned() && st.records.is_none() && !st.session.has_pending();
-                let deadline = st.close_deadline.map_or(expiry, |d| d.min(expiry));
-                (deadline, nothing_left, st.resumable)
-            };
-            if abandoned_clean {
+            let view = ParkView::of(&shared.state.lock(), expiry);
+            if view.nothing_left {
                 break Err(None);
             }
-            if !resumable {
+            if !view.resumable {
                 break Err(Some(not_resumable()));
             }
+            let deadline = view.deadline;
             tokio::select! {
                 () = evicted.cancelled() => {
                     break Err(Some(Error::LimitReached("max_parked: made room for a newer break")));
@@ -908,7 +933,7 @@ impl<T: Transport> Inner<T> {
                 _ = tokio::time::sleep_until(deadline) => {
                     break Err(Some(if Instant::now() >= expiry { Error::Expired(wait) } else { Error::Closed }));
                 }
-                _ = app_event(shared) => {}
+                _ = app_event(shared, view, expiry) => {}
             }
         };
         match result {
@@ -957,5 +982,42 @@ impl<T: Transport> Inner<T> {
         info!(?peer, resent, "resumed");
         shared.emit(Event::Resumed { peer, resent });
         Some(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Waker};
+
+    /// A parked session reads what it waits on, then registers for the
+    /// application's next call. A call in between (here: the session made
+    /// non-resumable) finds no waker, so the wait must see the change
+    /// itself and end at once rather than sleep out the reconnect wait.
+    #[test]
+    fn a_change_before_a_parked_wait_registers_is_not_missed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let _entered = runtime.enter();
+        let session = super::super::pump::tests::compatible_server();
+        let state = State::new(session, 4096, std::time::Duration::from_secs(1), None);
+        let shared = Shared::new(state);
+        let expiry = Instant::now() + std::time::Duration::from_secs(60);
+        let mut cx = Context::from_waker(Waker::noop());
+
+        let seen = ParkView::of(&shared.state.lock(), expiry);
+        let mut wait = std::pin::pin!(app_event(&shared, seen, expiry));
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "nothing changed");
+        assert!(
+            shared.state.lock().driver_waker.take().is_some(),
+            "registered"
+        );
+
+        let seen = ParkView::of(&shared.state.lock(), expiry);
+        shared.state.lock().resumable = false;
+        let mut wait = std::pin::pin!(app_event(&shared, seen, expiry));
+        assert!(wait.as_mut().poll(&mut cx).is_ready(), "the change is seen");
     }
 }

@@ -347,7 +347,7 @@ fn closed_after_done(st: &State) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::proto::cipher::server_ciphers;
     use crate::proto::{Key, Params, Session};
@@ -370,7 +370,7 @@ mod tests {
     };
 
     /// A server's session of the compatible suite (v2, RC4, no records).
-    fn compatible_server() -> Session {
+    pub(in crate::stream) fn compatible_server() -> Session {
         let key = Key::from_bytes(*b"01234567");
         let (sc, _) = server_ciphers(&key, true, 9);
         Session::new(Role::Server, 9, key, Params::default(), false, sc)
