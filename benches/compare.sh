@@ -143,9 +143,13 @@ EOF
 
 # port_bindable PORT: nothing holds 127.0.0.1:PORT.
 port_bindable() {
+    # SO_REUSEADDR, as tokio (so bore) sets it: connections in TIME_WAIT
+    # from an earlier run must not count as the port being in use, a
+    # listener must.
     python3 - "$1" <<'EOF'
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
