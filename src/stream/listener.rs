@@ -996,10 +996,7 @@ mod tests {
     /// itself and end at once rather than sleep out the reconnect wait.
     #[test]
     fn a_change_before_a_parked_wait_registers_is_not_missed() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
+        let runtime = super::super::pump::tests::runtime();
         let _entered = runtime.enter();
         let session = super::super::pump::tests::compatible_server();
         let state = State::new(session, 4096, std::time::Duration::from_secs(1), None);

@@ -356,7 +356,7 @@ pub(super) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A runtime for the pump's timers.
-    fn runtime() -> tokio::runtime::Runtime {
+    pub(in crate::stream) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
