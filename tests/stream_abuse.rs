@@ -623,13 +623,24 @@ async fn sealed_handshake_abuse_is_refused_cleanly() {
 /// check switched off) to a server whose application does not read: the
 /// server ends that session with a protocol error once the bytes beyond its
 /// receive buffer pass two frames, and holds no more than that meanwhile.
-/// Another session on the same listener is served throughout.
+/// Another session on the same listener is served throughout. With the
+/// stream's default receive buffer (256 KiB), and with the tunnel link's
+/// (2 MiB), the window a token holder may fill on a tunnel server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_peer_past_its_window_is_ended() {
+    past_the_window(Config::default().recv_buffer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_peer_past_the_tunnel_links_window_is_ended() {
+    past_the_window(rejoin::tunnel::LINK_RECV_BUFFER).await;
+}
+
+async fn past_the_window(recv_buffer: usize) {
     use rejoin::proto::record;
     use rejoin::proto::sealed::Psk;
     let psk = Psk::from_bytes([9u8; 32]);
-    let config = Config::sealed(psk.clone());
+    let config = Config::sealed(psk.clone()).with_recv_buffer(recv_buffer);
     let listener =
         std::sync::Arc::new(Listener::bind("127.0.0.1:0", config.clone()).await.unwrap());
     let addr = listener.local_addr().unwrap();
@@ -649,8 +660,8 @@ async fn a_sealed_peer_past_its_window_is_ended() {
     let chunk = vec![5u8; record::MAX_DATA];
     let mut sent = 0usize;
     let mut closed = false;
-    // 4 MiB is 16 times the receive buffer (256 KiB): far past the window.
-    while sent < 4 << 20 {
+    // Eight times the receive buffer: far past the window.
+    while sent < 8 * recv_buffer {
         let header = record::data_header(chunk.len());
         assert_eq!(raw.session.handle_write(&header), header.len());
         assert_eq!(raw.session.handle_write(&chunk), chunk.len());
@@ -668,7 +679,7 @@ async fn a_sealed_peer_past_its_window_is_ended() {
         closed = raw.exchange(Duration::from_millis(10)).await.is_none();
     }
     let ended = handle.ended();
-    println!("sent {sent} bytes past the window; server: {ended:?}");
+    println!("receive buffer {recv_buffer}: sent {sent} bytes; server: {ended:?}");
     let Some(Some(err)) = ended else {
         panic!("the session was not ended with an error: {ended:?}");
     };

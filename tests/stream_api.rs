@@ -210,6 +210,51 @@ async fn runs_over_any_transport() {
     assert_eq!(listener.stats().resumed, 1);
 }
 
+/// A forced reconnect while the client is between transports has nothing to
+/// drop: the reconnect already under way is the one it asked for, and the
+/// transport it brings is kept (one dial, one resume, not two).
+#[tokio::test]
+async fn forcing_a_reconnect_between_transports_reconnects_once() {
+    common::logs();
+    let config = Config::default();
+    let listener = std::sync::Arc::new(Listener::<DuplexStream>::new(config.clone()).unwrap());
+    let serving = listener.clone();
+    let dials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = dials.clone();
+    // The second dial waits until the test lets it through.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let held = gate.clone();
+    let dialer = move || {
+        let serving = serving.clone();
+        let counted = counted.clone();
+        let held = held.clone();
+        async move {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.acquire().await.expect("gate open").forget();
+            let (near, far) = tokio::io::duplex(64 << 10);
+            serving.serve(far, None);
+            Ok::<_, io::Error>(near)
+        }
+    };
+    let mut client = stream::connect_with(dialer, config).await.unwrap();
+    let mut server = listener.accept().await.unwrap();
+    server.force_reconnect();
+    let mut waited = 0;
+    while client.stats().connected || dials.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        waited += 1;
+        assert!(waited < 500, "the client never noticed the break");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.force_reconnect();
+    // Room for a needless third dial, so that one shows as a count.
+    gate.add_permits(2);
+    one_way(&mut client, &mut server, 5, 2 << 20).await;
+    one_way(&mut server, &mut client, 6, 2 << 20).await;
+    assert_eq!(dials.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(client.stats().reconnects, 1);
+    assert_eq!(listener.stats().resumed, 1);
+}
+
 /// A dialer that reports peers through `Dialed`.
 #[tokio::test]
 async fn dialers_can_report_the_peer() {

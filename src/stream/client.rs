@@ -121,6 +121,8 @@ fn disconnected(shared: &Shared, reason: String) {
     {
         let mut st = shared.state.lock();
         st.connected = false;
+        // A reconnect forced since the break is this one.
+        st.force_reconnect = false;
     }
     info!(%reason, "disconnected; reconnecting");
     shared.emit(Event::Disconnected { reason });

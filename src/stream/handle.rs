@@ -111,11 +111,15 @@ impl Handle {
 
     /// Drops the current transport at once: a client reconnects (for apps
     /// that know the network changed), a server waits for its client. No data
-    /// is lost either way.
+    /// is lost either way. Between transports there is nothing to drop, and
+    /// the transport the reconnect under way brings is kept.
     pub fn force_reconnect(&self) {
         let mut wake = Wake::default();
         {
             let mut st = self.shared.state.lock();
+            if !st.connected {
+                return;
+            }
             st.force_reconnect = true;
             st.take_driver_waker(&mut wake);
         }

@@ -878,7 +878,12 @@ impl<T: Transport> Inner<T> {
     }
 
     fn disconnected(&self, shared: &Shared, reason: String) {
-        shared.state.lock().connected = false;
+        {
+            let mut st = shared.state.lock();
+            st.connected = false;
+            // A drop forced since the break has nothing left to drop.
+            st.force_reconnect = false;
+        }
         info!(%reason, "disconnected; waiting for the client");
         shared.emit(Event::Disconnected { reason });
     }
