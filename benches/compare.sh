@@ -8,13 +8,22 @@
 #
 # Every tool runs through its own CLI with its defaults. For each path iperf3
 # measures visitor -> service (`iperf3 -c` through the published port) and
-# service -> visitor (`-R`), DURATION seconds each, and the script prints one
-# table with MB/s (10^6 bytes/s, iperf3's receiver figure) and the ratio to
-# direct TCP (the mean of the two direct runs), then the resident memory
-# (VmRSS) of each tunnel's server and client right after its run.
+# service -> visitor (`-R`), DURATION seconds each. The whole sequence of
+# paths runs ROUNDS times, so that every tool meets the machine's slow and
+# fast moments alike; ratios are taken within a round, then their median.
+# The script prints one table with MB/s (10^6 bytes/s, iperf3's receiver
+# figure, median and range over the rounds), the ratio to direct TCP (the
+# mean of the round's two direct runs) and the CPU time the tunnel's server
+# and client spent per MiB moved (utime + stime from /proc, both processes:
+# what the tunnel costs, less moved by other load than throughput is); then
+# rejoin against rathole's two transports round by round (the targets of
+# issue 9: at least 2x its Noise transport, at least 0.8x its plain one);
+# then the resident memory (VmRSS) of each tunnel's server and client right
+# after its last run.
 #
 # Usage:   bash benches/compare.sh
 # Env:     DURATION=5            seconds per iperf3 run
+#          ROUNDS=3              times the whole sequence of paths runs
 #          REJOIN_BIN=path       use this rejoin binary instead of building one
 #          REJOIN_BENCH_CACHE=…  where rathole and bore are installed
 #                                (default $HOME/.cache/rejoin-bench, binaries in bin/)
@@ -40,6 +49,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: DURATION must be a whole number of seconds" >&2; exit 1; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: ROUNDS must be a whole number, 1 or more" >&2; exit 1; }
+ROUND=1 # the round running now
 CACHE=${REJOIN_BENCH_CACHE:-$HOME/.cache/rejoin-bench}
 START_WAIT=20 # seconds any tool may take to come up
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rejoin-compare.XXXXXX")
@@ -221,7 +234,8 @@ start_iperf_server() {
     wait_until "iperf3 server" "$PID" listening "$IPORT"
 }
 
-# iperf_mbps PORT NAME [-R]: MB/s received, or dies with iperf3's error.
+# iperf_mbps PORT NAME [-R]: MB/s received and bytes received, or dies
+# with iperf3's error.
 iperf_mbps() {
     local port=$1 name=$2
     shift 2
@@ -238,7 +252,8 @@ except Exception as e:
 if "error" in d:
     print(d["error"], file=sys.stderr)
     sys.exit(1)
-print("%.1f" % (d["end"]["sum_received"]["bits_per_second"] / 8e6))
+r = d["end"]["sum_received"]
+print("%.1f %d" % (r["bits_per_second"] / 8e6, r["bytes"]))
 EOF
 }
 
@@ -248,18 +263,56 @@ rss_kib() {
     echo "${v:-?}"
 }
 
-# measure NAME PUBLIC_PORT SERVER_PID CLIENT_PID: writes the path's result.
+# cpu_ticks PID...: user + system CPU time of the processes, in clock ticks.
+cpu_ticks() {
+    local total=0 pid t
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that
+        # ends the command name (which may hold spaces).
+        t=$(sed -E 's/^.*\) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=
+        [[ -n $t ]] || die "process $pid is gone"
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# cpu_per_mib TICKS BYTES: milliseconds of CPU per MiB moved.
+cpu_per_mib() {
+    python3 -c 'import sys; t, b, hz = map(float, sys.argv[1:]); print("%.2f" % (t * 1000 / hz / (b / 1048576)))' \
+        "$1" "$2" "$(getconf CLK_TCK)"
+}
+
+# measure NAME PUBLIC_PORT SERVER_PID CLIENT_PID: writes the path's result
+# for this round.
 measure() {
-    local name=$1 port=$2 spid=$3 cpid=$4 up down
+    local name=$1 port=$2 spid=$3 cpid=$4 up down cpu_up cpu_down
+    local pids=()
+    if [[ -n $spid ]]; then pids=("$spid" "$cpid"); fi
     say "  $name: visitor -> service, ${DURATION}s"
-    up=$(iperf_mbps "$port" up)
+    read -r up cpu_up < <(iperf_cpu "$port" up "${pids[@]}")
+    [[ -n $cpu_up ]] || die "no result from iperf3"
     say "  $name: service -> visitor, ${DURATION}s"
-    down=$(iperf_mbps "$port" down -R)
+    read -r down cpu_down < <(iperf_cpu "$port" down "${pids[@]}")
+    [[ -n $cpu_down ]] || die "no result from iperf3"
     local srss=- crss=-
     if [[ -n $spid ]]; then srss=$(rss_kib "$spid"); fi
     if [[ -n $cpid ]]; then crss=$(rss_kib "$cpid"); fi
-    echo "$up $down $srss $crss" >"$WORK/result.$name"
-    say "  $name: $up MB/s up, $down MB/s down"
+    echo "$up $down $srss $crss $cpu_up $cpu_down" >"$WORK/result.$name.$ROUND"
+    say "  $name: $up MB/s up, $down MB/s down; CPU per MiB $cpu_up / $cpu_down ms"
+}
+
+# iperf_cpu PORT up|down PID...: "MB/s CPU", CPU being the ms per MiB moved
+# that the PIDs spent during the run ("-" without PIDs).
+iperf_cpu() {
+    local port=$1 dir=$2 before mbps bytes cpu=-
+    shift 2
+    local flags=()
+    [[ $dir == down ]] && flags=(-R)
+    (($#)) && before=$(cpu_ticks "$@")
+    read -r mbps bytes < <(iperf_mbps "$port" "$dir" "${flags[@]}")
+    [[ -n $bytes ]] || exit 1
+    (($#)) && cpu=$(cpu_per_mib $(($(cpu_ticks "$@") - before)) "$bytes")
+    echo "$mbps $cpu"
 }
 
 # --- the paths -------------------------------------------------------------------
@@ -318,7 +371,7 @@ EOF
 path_bore() {
     local name=$1
     if ! port_bindable 7835; then
-        echo "skipped: bore's fixed control port 7835 is in use" >"$WORK/result.$name.skip"
+        echo "skipped: bore's fixed control port 7835 is in use" >"$WORK/result.$name.$ROUND.skip"
         say "  $name: skipped, 127.0.0.1:7835 (bore's fixed control port) is in use"
         return 0
     fi
@@ -378,12 +431,12 @@ FAILED=()
 run_path() {
     local name=$1
     shift
-    say "== $name"
+    say "== $name (round $ROUND of $ROUNDS)"
     set +e
     (
         set -euo pipefail
         PIDFILE=$WORK/pids.$name
-        DIR=$WORK/$name
+        DIR=$WORK/$name.$ROUND
         mkdir -p "$DIR"
         trap 'kill_listed "$PIDFILE"' EXIT
         trap 'exit 143' TERM
@@ -398,7 +451,7 @@ run_path() {
     set -e
     if ((rc != 0)); then
         FAILED+=("$name")
-        echo "failed (see the error above)" >"$WORK/result.$name.skip"
+        echo "failed (see the error above)" >"$WORK/result.$name.$ROUND.skip"
     fi
 }
 
@@ -428,34 +481,35 @@ say "iperf3:  $(iperf3 --version | head -n 1)"
 say "rathole: $("$RATHOLE" --version 2>&1 | awk '/^Build Version:/ {print $3}')"
 say "bore:    $("$BORE" --version 2>&1 | head -n 1)"
 say "rejoin:  $("$REJOIN" --version 2>&1 | head -n 1) ($REJOIN, $REJOIN_FROM)"
-say "each direction: ${DURATION}s of iperf3, one stream"
+say "each direction: ${DURATION}s of iperf3, one stream; $ROUNDS rounds of every path"
 
 PATHS=(direct rathole rathole-noise bore rejoin direct-again)
-run_path direct path_direct
-run_path rathole path_rathole tcp
-run_path rathole-noise path_rathole noise
-run_path bore path_bore
-run_path rejoin path_rejoin
-run_path direct-again path_direct
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    run_path direct path_direct
+    run_path rathole path_rathole tcp
+    run_path rathole-noise path_rathole noise
+    run_path bore path_bore
+    run_path rejoin path_rejoin
+    run_path direct-again path_direct
+done
 
 # --- the tables --------------------------------------------------------------------
 
-python3 - "$WORK" "${PATHS[@]}" <<'EOF'
-import os, sys
-work, names = sys.argv[1], sys.argv[2:]
-res, notes = {}, {}
+python3 - "$WORK" "$ROUNDS" "${PATHS[@]}" <<'EOF'
+import os, statistics, sys
+work, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+# res[name][round] = (up, down, server rss, client rss, cpu up, cpu down)
+res, notes = {n: {} for n in names}, {n: [] for n in names}
 for n in names:
-    p = os.path.join(work, "result." + n)
-    if os.path.exists(p):
-        up, down, srss, crss = open(p).read().split()
-        res[n] = (float(up), float(down), srss, crss)
-    elif os.path.exists(p + ".skip"):
-        notes[n] = open(p + ".skip").read().strip()
-    else:
-        notes[n] = "no result"
-direct = [res[n] for n in ("direct", "direct-again") if n in res]
-base_up = sum(r[0] for r in direct) / len(direct) if direct else None
-base_down = sum(r[1] for r in direct) / len(direct) if direct else None
+    for r in range(1, rounds + 1):
+        p = os.path.join(work, "result.%s.%d" % (n, r))
+        if os.path.exists(p):
+            up, down, srss, crss, cup, cdown = open(p).read().split()
+            res[n][r] = (float(up), float(down), srss, crss, cup, cdown)
+        elif os.path.exists(p + ".skip"):
+            notes[n].append("round %d %s" % (r, open(p + ".skip").read().strip()))
+        else:
+            notes[n].append("round %d: no result" % r)
 label = {
     "direct": "direct TCP",
     "direct-again": "direct TCP (again, last)",
@@ -464,25 +518,62 @@ label = {
     "bore": "bore",
     "rejoin": "rejoin",
 }
-def ratio(v, b):
-    return "%.2f" % (v / b) if b else "-"
+def direct(r, d):
+    v = [res[n][r][d] for n in ("direct", "direct-again") if r in res[n]]
+    return sum(v) / len(v) if v else None
+def spread(v, fmt):
+    if not v:
+        return "-"
+    m = fmt % statistics.median(v)
+    return m if len(v) == 1 else "%s (%s–%s)" % (m, fmt % min(v), fmt % max(v))
+def ratios(a, b, d):
+    """a's figure over b's (a path, or None for direct TCP), in each round both ran."""
+    out = []
+    for r in sorted(res[a]):
+        base = direct(r, d) if b is None else (res[b][r][d] if r in res[b] else None)
+        if base:
+            out.append(res[a][r][d] / base)
+    return out
+def cpu(n, d):
+    return [float(x[4 + d]) for x in res[n].values() if x[4 + d] != "-"]
 print()
-print("path | visitor→service MB/s | service→visitor MB/s | ratio to direct (v→s / s→v)")
-print("---|---|---|---")
+print("%d round(s); MB/s and CPU ms per MiB: median (min–max) over the rounds" % rounds)
+print()
+print("path | visitor→service MB/s | service→visitor MB/s | ratio to direct (v→s / s→v) | CPU ms per MiB, server + client (v→s / s→v)")
+print("---|---|---|---|---")
 for n in names:
-    if n in res:
-        up, down, _, _ = res[n]
-        print("%s | %.0f | %.0f | %s / %s" % (label[n], up, down, ratio(up, base_up), ratio(down, base_down)))
-    else:
-        print("%s | - | - | %s" % (label[n], notes[n]))
+    if not res[n]:
+        print("%s | - | - | - | %s" % (label[n], "; ".join(notes[n])))
+        continue
+    up = [x[0] for x in res[n].values()]
+    down = [x[1] for x in res[n].values()]
+    cols = [label[n], spread(up, "%.0f"), spread(down, "%.0f"),
+            "%s / %s" % (spread(ratios(n, None, 0), "%.2f"), spread(ratios(n, None, 1), "%.2f"))]
+    cols.append("-" if n.startswith("direct") else
+                "%s / %s" % (spread(cpu(n, 0), "%.2f"), spread(cpu(n, 1), "%.2f")))
+    print(" | ".join(cols))
+    if notes[n]:
+        print("(%s: %s)" % (label[n], "; ".join(notes[n])))
 print()
-print("direct TCP baseline for the ratios: the mean of the two direct runs")
+print("direct TCP baseline for the ratios: the mean of the round's two direct runs")
 print()
-print("tunnel | server VmRSS KiB | client VmRSS KiB (after its run)")
+print("rejoin against rathole, round by round (issue 9's targets) | visitor→service | service→visitor | met")
+print("---|---|---|---")
+for other, target in (("rathole-noise", 2.0), ("rathole", 0.8)):
+    per = [ratios("rejoin", other, d) for d in (0, 1)]
+    shown = ["-" if not v else "%s; median %.2f" % (", ".join("%.2f" % x for x in v), statistics.median(v))
+             for v in per]
+    both = per[0] + per[1]
+    met = sum(1 for x in both if x >= target)
+    print("rejoin ÷ %s (target ≥ %.1f) | %s | %s | %d of %d directions" %
+          (label[other], target, shown[0], shown[1], met, len(both)))
+print()
+print("tunnel | server VmRSS KiB | client VmRSS KiB (after its last run)")
 print("---|---|---")
 for n in names:
-    if n in res and not n.startswith("direct"):
-        print("%s | %s | %s" % (label[n], res[n][2], res[n][3]))
+    if res[n] and not n.startswith("direct"):
+        last = res[n][max(res[n])]
+        print("%s | %s | %s" % (label[n], last[2], last[3]))
 EOF
 
 if ((${#FAILED[@]})); then
