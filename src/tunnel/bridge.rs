@@ -69,15 +69,32 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                     write_done = true;
                 }
             }
-            inbound = stream.recv(), if take_more => match inbound {
-                Inbound::Data(bytes) => pending.push_back(bytes),
-                Inbound::Fin if pending.is_empty() => {
-                    let _ = socket2::SockRef::from(&sock).shutdown(std::net::Shutdown::Write);
-                    write_done = true;
+            inbound = stream.recv(), if take_more => {
+                // And whatever else is here already, so that it goes out
+                // in one vectored write rather than one write per frame.
+                let mut next = Some(inbound);
+                let mut reset = false;
+                while let Some(inbound) = next.take() {
+                    match inbound {
+                        Inbound::Data(bytes) => {
+                            pending.push_back(bytes);
+                            if pending.len() < WRITE_SLICES {
+                                next = stream.try_recv();
+                            }
+                        }
+                        Inbound::Fin if pending.is_empty() => {
+                            let _ = socket2::SockRef::from(&sock)
+                                .shutdown(std::net::Shutdown::Write);
+                            write_done = true;
+                        }
+                        Inbound::Fin => fin_pending = true,
+                        Inbound::Reset => reset = true,
+                    }
                 }
-                Inbound::Fin => fin_pending = true,
-                Inbound::Reset => break true,
-            },
+                if reset {
+                    break true;
+                }
+            }
             ready = sock.readable(), if can_read => {
                 if ready.is_err() {
                     break true;

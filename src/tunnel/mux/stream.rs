@@ -180,12 +180,27 @@ impl MuxStream {
     /// The next thing the peer sent.
     pub async fn recv(&mut self) -> Inbound {
         let inbound = self.inbound.recv().await.unwrap_or(Inbound::Reset);
+        self.note(&inbound);
+        inbound
+    }
+
+    /// What the peer sent that is here already, without waiting.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        let inbound = match self.inbound.try_recv() {
+            Ok(inbound) => inbound,
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Inbound::Reset,
+        };
+        self.note(&inbound);
+        Some(inbound)
+    }
+
+    fn note(&mut self, inbound: &Inbound) {
         match inbound {
             Inbound::Reset => self.reset = true,
             Inbound::Fin => self.fin_received = true,
             Inbound::Data(_) => {}
         }
-        inbound
     }
 
     /// Records that `n` received bytes were written out; the peer is granted
