@@ -450,7 +450,7 @@ run_path() {
     CHILD=
     set -e
     if ((rc != 0)); then
-        FAILED+=("$name")
+        FAILED+=("$name (round $ROUND)")
         echo "failed (see the error above)" >"$WORK/result.$name.$ROUND.skip"
     fi
 }
