@@ -357,30 +357,45 @@ async fn a_ping_flood_that_never_reads_costs_little() {
     for nonce in 0..4096 {
         Frame::Ping { nonce }.encode(&mut batch);
     }
-    let sent = flood_without_reading(&batch, 4096, "PINGs").await;
+    let sent = flood_without_reading(Flooder::AtLogin, &batch, 4096, "PINGs").await;
     assert!(sent > 100_000, "the flood ran ({sent} PINGs)");
 }
 
 /// How long a flood that never reads goes on: the 10 s.
 const FLOOD: Duration = Duration::from_secs(10);
 
-/// A holder of the token sends HELLO and then `batch` (`frames` frames)
-/// again and again for [`FLOOD`], never reading. Asserts the process's
-/// memory grew by less than 64 MiB meanwhile (sampled after every batch and
-/// at the end) and that a logged-in client's visitor is served afterwards;
-/// returns the frames sent.
-async fn flood_without_reading(batch: &[u8], frames: u64, what: &str) -> u64 {
+/// Whether a flooding holder of the token logs in first.
+#[derive(Clone, Copy, PartialEq)]
+enum Flooder {
+    /// Sends HELLO and floods in place of its LOGIN.
+    AtLogin,
+    /// Logs in, then floods.
+    LoggedIn,
+}
+
+/// A holder of the token sends HELLO (and logs in, if `who` says so) and
+/// then `batch` (`frames` frames) again and again for [`FLOOD`], never
+/// reading. Asserts the process's memory grew by less than 64 MiB meanwhile
+/// (sampled after every batch and at the end) and that a logged-in client's
+/// visitor is served afterwards; returns the frames sent.
+async fn flood_without_reading(who: Flooder, batch: &[u8], frames: u64, what: &str) -> u64 {
     let mut sc = server_config();
     sc.login_timeout = Duration::from_secs(30);
     let server = Server::bind(sc).await.unwrap();
     let (_good, mut visitor) = bystander(&server).await;
-    let mut link = RawLink::connect(server.local_addr()).await;
-    link.send(Frame::Hello {
-        version: VERSION,
-        name: "flood".into(),
-        nonce: [1u8; 32],
-    })
-    .await;
+    let mut link = match who {
+        Flooder::LoggedIn => RawLink::login(server.local_addr(), "flood").await,
+        Flooder::AtLogin => {
+            let mut link = RawLink::connect(server.local_addr()).await;
+            link.send(Frame::Hello {
+                version: VERSION,
+                name: "flood".into(),
+                nonce: [1u8; 32],
+            })
+            .await;
+            link
+        }
+    };
     let before = common::rss_kib();
     let mut most = before;
     let started = std::time::Instant::now();
@@ -423,10 +438,40 @@ async fn a_flood_of_refused_opens_that_never_reads_costs_little() {
         }
         .encode(&mut batch);
     }
-    let sent = flood_without_reading(&batch, 4096, "refused OPENs").await;
+    let sent = flood_without_reading(Flooder::AtLogin, &batch, 4096, "refused OPENs").await;
     // The server stopped reading after its 1,024 owed RESETs, plus what the
     // buffers on the way hold: far fewer than the flood would send.
     assert!(sent < 2_000_000, "the server kept reading ({sent} OPENs)");
+}
+
+/// After logging in, a client sends OPENs and ASSOCIATEs (a client never
+/// may), with fresh ids of the client's parity, never reading. Each owes a
+/// refusal, and those count towards the 1,024 owed like any other: the
+/// server stops reading and the flood stalls. (They were once passed up,
+/// accepted and reset outside that count: the server's memory grew by
+/// about 100 MiB a second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_client_opens_after_login_costs_little() {
+    let mut batch = BytesMut::new();
+    for n in 0..4096u32 {
+        let (id, visitor) = (2 * n + 1, "192.0.2.1:1".parse().unwrap());
+        let frame = if n % 2 == 0 {
+            Frame::Open {
+                id,
+                index: 0,
+                visitor,
+            }
+        } else {
+            Frame::Associate {
+                id,
+                index: 0,
+                visitor,
+            }
+        };
+        frame.encode(&mut batch);
+    }
+    let sent = flood_without_reading(Flooder::LoggedIn, &batch, 4096, "client OPENs").await;
+    assert!(sent < 2_000_000, "the server kept reading ({sent} frames)");
 }
 
 /// A session-wide inbound budget: visitors to a service that never reads,

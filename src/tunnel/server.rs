@@ -608,14 +608,11 @@ impl Inner {
                     }
                 }
                 Event::Control(other) => debug!(frame = ?other, "unexpected frame ignored"),
-                Event::Open { mut stream, .. } => {
-                    debug!("clients do not open streams; reset");
-                    stream.reset();
-                }
-                Event::Associate { id, .. } => {
-                    debug!("clients do not start associations; ended");
-                    mux.dissociate(id);
-                }
+                // The server's mux refuses a client's OPEN and ASSOCIATE
+                // itself (counted among the replies it owes); these arms
+                // only keep the match whole.
+                Event::Open { mut stream, .. } => stream.reset(),
+                Event::Associate { id, .. } => mux.dissociate(id),
                 Event::Dissociate { id } => {
                     for service in session.udp_services.lock().iter() {
                         let _ = service.send(id);

@@ -566,8 +566,13 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         Ok(None)
     }
 
+    /// Whether the peer may open stream or association `id`. A client never
+    /// opens (PROTOCOL.md §3.5, §3.8): refused here, so that each refusal
+    /// counts towards [`MAX_REPLIES`] like any other.
     fn check_peer_id(&self, id: u32) -> Result<(), StreamError> {
-        if self.full() {
+        if self.side == Side::Server {
+            Err(StreamError::NotTheOpener)
+        } else if self.full() {
             Err(StreamError::TooMany)
         } else if !self.side.is_peers(id) || self.taken(id) {
             Err(StreamError::BadId)
@@ -789,11 +794,11 @@ mod tests {
         }
     }
 
-    /// A server-side core with one stream the client opened (id 1).
+    /// A client-side core with one stream the server opened (id 2).
     fn with_peer_stream(config: MuxConfig) -> (TestCore, Rec, u64) {
-        let mut c = core(Side::Server, config);
+        let mut c = core(Side::Client, config);
         let Ok(Some(Arrival::Open { id, .. })) = c.handle_frame(Frame::Open {
-            id: 1,
+            id: 2,
             index: 0,
             visitor: visitor(),
         }) else {
@@ -863,27 +868,27 @@ mod tests {
         let (mut c, rec, serial) = with_peer_stream(MuxConfig::default());
         let half = INITIAL_WINDOW as usize / 2;
         for _ in 0..half / MAX_DATA {
-            c.handle_frame(data(1, MAX_DATA)).expect("within window");
+            c.handle_frame(data(2, MAX_DATA)).expect("within window");
         }
         assert_eq!(rec.take().len(), half / MAX_DATA);
-        c.consumed(1, serial, half - 1);
+        c.consumed(2, serial, half - 1);
         assert!(drain(&mut c).is_empty(), "no grant before half the window");
-        c.consumed(1, serial, 1);
+        c.consumed(2, serial, 1);
         // Half a window consumed: granted back plus a doubling.
         let out = drain(&mut c);
         assert!(
-            matches!(out[..], [Frame::Window { id: 1, increment }] if increment == half as u32 + INITIAL_WINDOW),
+            matches!(out[..], [Frame::Window { id: 2, increment }] if increment == half as u32 + INITIAL_WINDOW),
             "{out:?}"
         );
         // The peer may now have 2 MiB outstanding: exactly that fits.
         for _ in 0..(2 * INITIAL_WINDOW as usize) / MAX_DATA {
-            c.handle_frame(data(1, MAX_DATA)).expect("within window");
+            c.handle_frame(data(2, MAX_DATA)).expect("within window");
         }
         assert!(rec.take().iter().all(|s| s.starts_with("data")));
         // One byte more overruns: the stream is reset on both sides.
-        c.handle_frame(data(1, 1)).expect("a stream matter");
+        c.handle_frame(data(2, 1)).expect("a stream matter");
         assert_eq!(rec.take(), ["reset", "wake"]);
-        assert!(matches!(drain(&mut c)[..], [Frame::Reset { id: 1 }]));
+        assert!(matches!(drain(&mut c)[..], [Frame::Reset { id: 2 }]));
         assert!(!c.is_ended());
         assert_eq!((c.held, c.window_extra), (0, 0));
     }
@@ -897,14 +902,14 @@ mod tests {
         let half = INITIAL_WINDOW / 2;
         for _ in 0..3 {
             for _ in 0..half as usize / MAX_DATA {
-                c.handle_frame(data(1, MAX_DATA)).expect("within window");
+                c.handle_frame(data(2, MAX_DATA)).expect("within window");
             }
-            c.consumed(1, serial, half as usize);
+            c.consumed(2, serial, half as usize);
         }
         // Nothing was sent meanwhile (the writer was stuck): one WINDOW.
         let out = drain(&mut c);
         assert!(
-            matches!(out[..], [Frame::Window { id: 1, increment }] if increment == 3 * half),
+            matches!(out[..], [Frame::Window { id: 2, increment }] if increment == 3 * half),
             "{out:?}"
         );
     }
@@ -912,24 +917,24 @@ mod tests {
     #[test]
     fn consumption_claimed_beyond_what_arrived_is_ignored() {
         let (mut c, _rec, serial) = with_peer_stream(MuxConfig::default());
-        c.consumed(1, serial, usize::MAX);
+        c.consumed(2, serial, usize::MAX);
         assert!(drain(&mut c).is_empty());
-        c.handle_frame(data(1, 100)).expect("within window");
-        c.consumed(1, serial, usize::MAX);
-        assert_eq!(c.streams[&1].flow.consumed, 100);
+        c.handle_frame(data(2, 100)).expect("within window");
+        c.consumed(2, serial, usize::MAX);
+        assert_eq!(c.streams[&2].flow.consumed, 100);
     }
 
     #[test]
     fn window_growth_stays_within_the_session_budget() {
         let mut c = core(
-            Side::Server,
+            Side::Client,
             MuxConfig {
                 window_budget: u64::from(INITIAL_WINDOW),
                 ..MuxConfig::default()
             },
         );
         let mut serials = Vec::new();
-        for id in [1, 3] {
+        for id in [2, 4] {
             assert!(matches!(
                 c.handle_frame(Frame::Open {
                     id,
@@ -948,17 +953,17 @@ mod tests {
             c.consumed(id, serial, half);
         }
         // The first stream doubled and used the budget; the second did not.
-        assert_eq!(c.streams[&1].flow.window, 2 * INITIAL_WINDOW);
-        assert_eq!(c.streams[&3].flow.window, INITIAL_WINDOW);
+        assert_eq!(c.streams[&2].flow.window, 2 * INITIAL_WINDOW);
+        assert_eq!(c.streams[&4].flow.window, INITIAL_WINDOW);
         // Its end returns the growth.
-        c.handle_frame(Frame::Reset { id: 1 }).expect("reset");
+        c.handle_frame(Frame::Reset { id: 2 }).expect("reset");
         assert_eq!(c.window_extra, 0);
     }
 
     #[test]
     fn the_inbound_budget_resets_the_stream_holding_the_most() {
         let mut c = core(
-            Side::Server,
+            Side::Client,
             MuxConfig {
                 inbound_budget: 3 << 20,
                 ..MuxConfig::default()
@@ -966,7 +971,7 @@ mod tests {
         );
         let recs: Vec<Rec> = (0..4).map(|_| Rec::default()).collect();
         for (i, rec) in recs.iter().enumerate() {
-            let id = 2 * i as u32 + 1;
+            let id = 2 * i as u32 + 2;
             c.handle_frame(Frame::Open {
                 id,
                 index: 0,
@@ -975,18 +980,18 @@ mod tests {
             .expect("open");
             c.accept(id, rec.clone());
         }
-        // Streams 1, 3, 5 each take 1 MiB - 1 KiB (nobody reads), then 7
+        // Streams 2, 4, 6 each take 1 MiB - 1 KiB (nobody reads), then 8
         // takes 64 KiB and the total passes 3 MiB: one of the three goes,
         // which frees more than the quarter of the budget to be freed.
-        for id in [1, 3, 5] {
+        for id in [2, 4, 6] {
             for _ in 0..15 {
                 c.handle_frame(data(id, MAX_DATA)).expect("within window");
             }
             c.handle_frame(data(id, MAX_DATA - 1024))
                 .expect("within window");
         }
-        c.handle_frame(data(7, MAX_DATA)).expect("within window");
-        c.handle_frame(data(7, MAX_DATA)).expect("within window");
+        c.handle_frame(data(8, MAX_DATA)).expect("within window");
+        c.handle_frame(data(8, MAX_DATA)).expect("within window");
         let reset: Vec<bool> = recs
             .iter()
             .map(|r| r.take().contains(&"reset".to_string()))
@@ -1009,8 +1014,8 @@ mod tests {
         let mut window = INITIAL_WINDOW as usize;
         let mut sent_since_grant = 0;
         for _ in 0..(64 << 20) / MAX_DATA {
-            c.handle_frame(data(1, MAX_DATA)).expect("within window");
-            c.consumed(1, serial, MAX_DATA);
+            c.handle_frame(data(2, MAX_DATA)).expect("within window");
+            c.consumed(2, serial, MAX_DATA);
             sent_since_grant += MAX_DATA;
             for f in drain(&mut c) {
                 if let Frame::Window { increment, .. } = f {
@@ -1022,14 +1027,14 @@ mod tests {
         }
         assert!(rec.take().iter().all(|s| s.starts_with("data")));
         assert_eq!(c.held, 0);
-        assert_eq!(c.streams[&1].flow.window, 16 << 20);
+        assert_eq!(c.streams[&2].flow.window, 16 << 20);
     }
 
     #[test]
     fn many_small_holders_are_shed_a_quarter_budget_at_a_time() {
         let budget = 4u64 << 20;
         let mut c = core(
-            Side::Server,
+            Side::Client,
             MuxConfig {
                 inbound_budget: budget,
                 ..MuxConfig::default()
@@ -1037,7 +1042,7 @@ mod tests {
         );
         let mut recs = Vec::new();
         for i in 0..2000u32 {
-            let id = 2 * i + 1;
+            let id = 2 * i + 2;
             c.handle_frame(Frame::Open {
                 id,
                 index: 0,
@@ -1064,26 +1069,26 @@ mod tests {
     #[test]
     fn fin_both_ways_frees_the_id_at_once() {
         let (mut c, rec, serial) = with_peer_stream(MuxConfig::default());
-        c.send_fin(1, serial);
-        assert!(c.streams.contains_key(&1));
-        c.handle_frame(Frame::Fin { id: 1 }).expect("fin");
+        c.send_fin(2, serial);
+        assert!(c.streams.contains_key(&2));
+        c.handle_frame(Frame::Fin { id: 2 }).expect("fin");
         assert_eq!(rec.take(), ["fin"]);
-        assert!(!c.streams.contains_key(&1));
+        assert!(!c.streams.contains_key(&2));
         // The peer may reuse the id now.
         assert!(matches!(
             c.handle_frame(Frame::Open {
-                id: 1,
+                id: 2,
                 index: 0,
                 visitor: visitor()
             }),
-            Ok(Some(Arrival::Open { id: 1, .. }))
+            Ok(Some(Arrival::Open { id: 2, .. }))
         ));
         // The old handle no longer reaches the new stream.
-        let new = c.accept(1, Rec::default());
+        let new = c.accept(2, Rec::default());
         assert_ne!(new, serial);
-        assert_eq!(c.credit(1, serial), None);
+        assert_eq!(c.credit(2, serial), None);
         assert_eq!(
-            c.send_data(1, serial, Bytes::from_static(b"x")),
+            c.send_data(2, serial, Bytes::from_static(b"x")),
             Err(SendError::Gone)
         );
     }
@@ -1091,19 +1096,19 @@ mod tests {
     #[test]
     fn data_after_the_peers_fin_resets_the_stream() {
         let (mut c, rec, _serial) = with_peer_stream(MuxConfig::default());
-        c.handle_frame(Frame::Fin { id: 1 }).expect("fin");
-        c.handle_frame(data(1, 10)).expect("a stream matter");
+        c.handle_frame(Frame::Fin { id: 2 }).expect("fin");
+        c.handle_frame(data(2, 10)).expect("a stream matter");
         assert_eq!(rec.take(), ["fin", "reset", "wake"]);
     }
 
     #[test]
     fn bad_opens_are_refused_and_their_refusals_bound_reading() {
-        let mut c = core(Side::Server, MuxConfig::default());
-        // Even ids are the server's own.
+        let mut c = core(Side::Client, MuxConfig::default());
+        // Odd ids are the client's own.
         for i in 0..MAX_REPLIES as u32 {
             assert!(c.wants_read());
             let r = c.handle_frame(Frame::Open {
-                id: 2 * i + 2,
+                id: 2 * i + 1,
                 index: 0,
                 visitor: visitor(),
             });
@@ -1117,6 +1122,33 @@ mod tests {
         assert_eq!(out.len(), MAX_REPLIES);
         assert!(out.iter().all(|f| matches!(f, Frame::Reset { .. })));
         assert!(c.wants_read());
+    }
+
+    #[test]
+    fn a_server_refuses_every_open_and_association_and_counts_them() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        for i in 0..MAX_REPLIES as u32 / 2 {
+            let (id, visitor) = (2 * i + 1, visitor());
+            let open = c.handle_frame(Frame::Open {
+                id,
+                index: 0,
+                visitor,
+            });
+            let assoc = c.handle_frame(Frame::Associate {
+                id: id + 2 * MAX_REPLIES as u32,
+                index: 0,
+                visitor,
+            });
+            assert!(matches!((open, assoc), (Ok(None), Ok(None))));
+        }
+        assert!(!c.wants_read(), "every refusal is owed and counted");
+        assert_eq!(c.open_streams(), 0);
+        let out = drain(&mut c);
+        assert_eq!(out.len(), MAX_REPLIES);
+        assert!(
+            out.iter()
+                .all(|f| matches!(f, Frame::Reset { .. } | Frame::Dissociate { .. }))
+        );
     }
 
     #[test]
@@ -1204,14 +1236,14 @@ mod tests {
     #[test]
     fn datagrams_within_the_inbound_budget_are_delivered_and_the_rest_counted() {
         let mut c = core(
-            Side::Server,
+            Side::Client,
             MuxConfig {
                 udp_inbound: 1000,
                 ..MuxConfig::default()
             },
         );
         let Ok(Some(Arrival::Associate { id, .. })) = c.handle_frame(Frame::Associate {
-            id: 1,
+            id: 2,
             index: 0,
             visitor: visitor(),
         }) else {

@@ -86,6 +86,9 @@ pub enum StreamError {
     /// The peer opened an id that is in use or not its own.
     #[error("stream id in use or of the wrong parity")]
     BadId,
+    /// A client opened a stream or an association: only the server does.
+    #[error("only the server opens streams and associations")]
+    NotTheOpener,
 }
 
 /// Why something handed to the mux was not sent. Nothing a caller hands in
