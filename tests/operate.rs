@@ -755,6 +755,17 @@ fn check_validates_configs() {
             "listen = \"127.0.0.1:7000\"\ntoken = \"t\"\nping_interval = \"30s\"\n",
             "ping_timeout",
         ),
+        (
+            // Once accepted, then a panic in every session's set-up.
+            "f.toml",
+            "listen = \"127.0.0.1:7000\"\ntoken = \"t\"\nping_interval = \"2562047788015215h\"\nping_timeout = \"2562047788015216h\"\n",
+            "longer than a year",
+        ),
+        (
+            "g.toml",
+            "listen = \"127.0.0.1:7000\"\ntoken = \"t\"\nkeep = \"9000h\"\n",
+            "longer than a year",
+        ),
     ] {
         let path = dir.join(name);
         write(&path, body);

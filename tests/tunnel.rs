@@ -201,6 +201,26 @@ async fn ports_outside_the_rules_are_refused_clearly() {
 /// closes, however the server's tasks are scheduled. (A refusal lost when the
 /// mux ended just as its writer finished a write was seen under load; a run
 /// of attempts on two threads gives such races a chance to show.)
+/// Pings that cannot work are refused when the server binds or the client
+/// starts, with the reason; a year-long timeout once panicked each session.
+#[tokio::test]
+async fn unworkable_ping_settings_are_refused_up_front() {
+    let mut sc = server_config();
+    sc.mux.ping_interval = Duration::from_secs(u64::MAX / 4);
+    sc.mux.ping_timeout = Duration::from_secs(u64::MAX / 2);
+    let e = Server::bind(sc).await.err().expect("refused");
+    assert!(e.to_string().contains("longer than a year"), "{e}");
+
+    let mut cc = client_config("127.0.0.1:9", "pings", &[]);
+    cc.mux.ping_timeout = cc.mux.ping_interval;
+    let (client, _events) = rejoin::tunnel::client::Client::new(cc);
+    let e = timeout(LIMIT, client.run()).await.expect("at once");
+    assert!(
+        matches!(&e, Err(ClientError::Config(why)) if why.0.contains("ping_timeout")),
+        "{e:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_on_both_sides() {
     let mut sc = server_config();

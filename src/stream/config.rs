@@ -162,6 +162,10 @@ impl Default for Keepalive {
     }
 }
 
+/// The longest any configured duration may be: a year. A deadline further
+/// out than a clock can count would be an error at run time, not at set-up.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything a client or a server stream can be told.
 ///
 /// Construct with [`Config::default`] and change fields:
@@ -430,6 +434,25 @@ impl Config {
                 return fail(format!("{name} must be above zero"));
             }
         }
+        let r = &self.redial;
+        let k = self.keepalive.unwrap_or_default();
+        for (name, d) in [
+            ("handshake_timeout", Some(self.handshake_timeout)),
+            ("reconnect_wait", Some(self.reconnect_wait)),
+            ("idle_timeout", self.idle_timeout),
+            ("first_byte_timeout", Some(self.first_byte_timeout)),
+            ("user_timeout", self.user_timeout),
+            ("close_timeout", Some(self.close_timeout)),
+            ("redial.initial", Some(r.initial)),
+            ("redial.max", Some(r.max)),
+            ("redial.give_up", r.give_up),
+            ("keepalive.idle", Some(k.idle)),
+            ("keepalive.interval", Some(k.interval)),
+        ] {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return fail(format!("{name} is longer than a year"));
+            }
+        }
         if self
             .idle_timeout
             .is_some_and(|d| d < Duration::from_millis(10))
@@ -446,7 +469,6 @@ impl Config {
                     .into(),
             );
         }
-        let r = &self.redial;
         let sane = r.multiplier >= 1.0
             && r.multiplier.is_finite()
             && (0.0..=1.0).contains(&r.jitter)
@@ -476,6 +498,18 @@ mod tests {
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         assert_eq!(Config::default().in_flight(), 1280 << 10);
+    }
+
+    #[test]
+    fn durations_are_at_most_a_year() {
+        let year = MAX_DURATION;
+        let c = Config::default().with_reconnect_wait(year);
+        c.validate().unwrap();
+        let c = c.with_reconnect_wait(year + Duration::from_secs(1));
+        assert!(c.validate().unwrap_err().0.contains("reconnect_wait"));
+        let mut c = Config::default();
+        c.redial.give_up = Some(Duration::MAX);
+        assert!(c.validate().unwrap_err().0.contains("redial.give_up"));
     }
 
     #[test]

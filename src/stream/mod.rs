@@ -32,7 +32,7 @@ mod shared;
 mod transport;
 
 pub use client::{connect, connect_with};
-pub use config::{Config, ConfigError, Keepalive, PskLookup, Redial, Sealed, Suite};
+pub use config::{Config, ConfigError, Keepalive, MAX_DURATION, PskLookup, Redial, Sealed, Suite};
 pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};

@@ -248,6 +248,9 @@ pub enum ClientError {
     /// cannot change (ports it does not allow, too many services).
     #[error("the server refused every service: {}", .0.join("; "))]
     AllRefused(Vec<String>),
+    /// The settings cannot work.
+    #[error("invalid settings: {0}")]
+    Config(crate::stream::ConfigError),
 }
 
 enum SessionEnd {
@@ -462,6 +465,7 @@ impl Client {
     /// Runs with a custom dialer (a source address, a proxy, TLS…); each
     /// session gets a clone.
     pub async fn run_with<D: Dialer + Clone>(&self, dialer: D) -> Result<(), ClientError> {
+        self.config.mux.validate().map_err(ClientError::Config)?;
         let mut failures = 0u32;
         let link_config = self.link_config();
         let pinned = self.config.server_key.is_some();

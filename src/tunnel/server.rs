@@ -355,6 +355,10 @@ impl Server {
                 "no token: set a shared token or per-client tokens",
             ));
         }
+        config
+            .mux
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // Stretch the tokens once, now, so a login costs nothing.
         let keys = Arc::new(parking_lot::RwLock::new(Keys::new(
             &config,

@@ -76,6 +76,25 @@ impl Default for MuxConfig {
     }
 }
 
+impl MuxConfig {
+    /// Checks the pings: an interval above zero, a timeout longer than it,
+    /// both within [`MAX_DURATION`](crate::stream::MAX_DURATION).
+    pub fn validate(&self) -> Result<(), crate::stream::ConfigError> {
+        let (interval, timeout) = (self.ping_interval, self.ping_timeout);
+        if interval.is_zero() || timeout <= interval {
+            return Err(crate::stream::ConfigError(format!(
+                "ping_timeout ({timeout:?}) must be longer than ping_interval ({interval:?}), which must not be 0"
+            )));
+        }
+        if timeout > crate::stream::MAX_DURATION {
+            return Err(crate::stream::ConfigError(
+                "ping_timeout is longer than a year".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a stream or association could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
