@@ -618,9 +618,7 @@ impl Inner {
                 Event::Open { mut stream, .. } => stream.reset(),
                 Event::Associate { id, .. } => mux.dissociate(id),
                 Event::Dissociate { id } => {
-                    for service in session.udp_services.lock().iter() {
-                        let _ = service.send(id);
-                    }
+                    session.udp_services.lock().retain(|s| s.send(id).is_ok());
                 }
             }
         }
@@ -906,7 +904,11 @@ impl Inner {
                     config.udp.clone(),
                     traffic.clone(),
                 );
-                session.udp_services.lock().push(dissociations);
+                let mut services = session.udp_services.lock();
+                // Services unpublished since have dropped their receivers.
+                services.retain(|s| !s.is_closed());
+                services.push(dissociations);
+                drop(services);
                 (addr, tokio::spawn(service.run(stop.clone())))
             }
         };
