@@ -45,8 +45,10 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
         let can_read = !read_done && credit > 0;
         let wait_credit = !read_done && credit == 0;
         // Always taken, however much is pending (the stream's window bounds
-        // it): a reset must be seen even while the socket takes nothing.
-        let take_more = !write_done && !fin_pending;
+        // it), and after the peer's FIN too: a reset (the inbound budget's,
+        // the session's end) must be seen even while the socket takes
+        // nothing. The stream stays in the mux until it is all written.
+        let take_more = !write_done;
         tokio::select! {
             ready = sock.writable(), if !pending.is_empty() => {
                 if ready.is_err() {
@@ -99,7 +101,12 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                 if ready.is_err() {
                     break true;
                 }
-                let want = (credit as usize).min(pool::BUF_SIZE);
+                // Credit as it is now: other streams may have filled the
+                // session's outbound queue while this one waited.
+                let want = (stream.credit().unwrap_or(0) as usize).min(pool::BUF_SIZE);
+                if want == 0 {
+                    continue;
+                }
                 let mut buf = pool::take();
                 match sock.try_read(&mut buf[..want]) {
                     Ok(0) => {

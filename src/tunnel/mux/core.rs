@@ -27,6 +27,11 @@ use crate::tunnel::frame::{Frame, INITIAL_WINDOW, MAX_CREDIT, MAX_DATA, MAX_DATA
 /// before this side stops reading from it.
 pub(super) const MAX_REPLIES: usize = 1024;
 
+/// The most bytes of DATA a session queues for the link, all streams
+/// together. Credit is the peer's to grant (up to 1 GiB a stream); this is
+/// what bounds the memory of a peer that grants it and never reads.
+pub const OUTBOUND_QUEUE: usize = 8 << 20;
+
 /// Where a stream's arrivals go.
 pub(crate) trait Port {
     /// Hands the stream's user what arrived.
@@ -82,6 +87,16 @@ struct Flow {
     fin_received: bool,
 }
 
+impl Flow {
+    /// Whether the stream is over: FIN both ways, and every byte received
+    /// written out by its user. Until then it stays in the table, so that
+    /// what its user still holds counts in the inbound budget and a reset
+    /// (the budget's, or the session's end) still reaches it.
+    fn done(&self) -> bool {
+        self.fin_sent && self.fin_received && self.consumed == self.unacked
+    }
+}
+
 struct Entry<P> {
     flow: Flow,
     port: P,
@@ -110,6 +125,11 @@ pub(crate) struct Core<P, A> {
     udp: VecDeque<(Frame, bool)>,
     /// Bytes of datagram payloads in `udp`.
     udp_queued: usize,
+    /// Bytes of DATA payloads in `data`, all streams: at most about
+    /// [`OUTBOUND_QUEUE`], whatever credit the peer grants.
+    data_queued: usize,
+    /// Streams that had credit but found the queue full; woken as it drains.
+    starved: Vec<u32>,
     /// Bytes of datagrams delivered and not yet taken by their sockets.
     udp_inbound: usize,
     /// Session frames and refusals queued: what the peer made this side owe.
@@ -146,6 +166,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             data: VecDeque::new(),
             udp: VecDeque::new(),
             udp_queued: 0,
+            data_queued: 0,
+            starved: Vec::new(),
             udp_inbound: 0,
             replies: 0,
             udp_turn: false,
@@ -249,9 +271,16 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         self.insert(id, port)
     }
 
-    /// Bytes stream `id` may send now; `None` once it is gone.
+    /// Bytes stream `id` may send now: its credit, within what the
+    /// session's outbound queue has room for; `None` once it is gone. A
+    /// stream told 0 for want of room is woken when the queue drains.
     pub(crate) fn credit(&mut self, id: u32, serial: u64) -> Option<u32> {
-        self.flow(id, serial).map(|f| f.credit)
+        let room = OUTBOUND_QUEUE.saturating_sub(self.data_queued);
+        let credit = self.flow(id, serial)?.credit;
+        if credit > 0 && room == 0 && !self.starved.contains(&id) {
+            self.starved.push(id);
+        }
+        Some(credit.min(room.min(u32::MAX as usize) as u32))
     }
 
     /// Queues a DATA frame; it must fit the credit and one frame.
@@ -277,13 +306,23 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         if len > 0 {
             flow.credit -= len as u32;
+            self.data_queued += len;
             self.data.push_back((Frame::Data { id, payload }, false));
         }
         Ok(())
     }
 
-    /// Queues FIN; once both sides have sent theirs the id is free at once,
-    /// so one the peer reuses is never still taken here.
+    /// Wakes the streams waiting for room in the outbound queue.
+    fn wake_starved(&mut self) {
+        for id in std::mem::take(&mut self.starved) {
+            if let Some(e) = self.streams.get(&id) {
+                e.port.wake_sender();
+            }
+        }
+    }
+
+    /// Queues FIN; once both sides have sent theirs (and what arrived is
+    /// written out, see [`Flow::done`]) the stream is forgotten.
     pub(crate) fn send_fin(&mut self, id: u32, serial: u64) {
         let Some(flow) = self.flow(id, serial) else {
             return;
@@ -292,7 +331,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             return;
         }
         flow.fin_sent = true;
-        let done = flow.fin_received;
+        let done = flow.done();
         self.data.push_back((Frame::Fin { id }, false));
         if done {
             self.remove(id);
@@ -328,6 +367,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         let n = (n.min(u32::MAX as usize) as u32).min(flow.unacked - flow.consumed);
         flow.consumed += n;
         self.held -= u64::from(n);
+        if flow.done() {
+            self.remove(id);
+            return false;
+        }
         if flow.consumed < flow.window / 2 || flow.fin_received {
             return false;
         }
@@ -462,6 +505,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         self.udp.clear();
         self.grants.clear();
         self.udp_queued = 0;
+        self.data_queued = 0;
+        self.starved.clear();
         self.replies = self.session.len();
         self.assocs.clear();
         self.window_extra = 0;
@@ -515,7 +560,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                 {
                     e.flow.fin_received = true;
                     e.port.deliver(Inbound::Fin);
-                    if e.flow.fin_sent {
+                    if e.flow.done() {
                         self.remove(id);
                     }
                 }
@@ -687,8 +732,15 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                 if reply {
                     self.replies -= 1;
                 }
-                if let Frame::Datagram { payload, .. } = &frame {
-                    self.udp_queued -= payload.len();
+                match &frame {
+                    Frame::Datagram { payload, .. } => self.udp_queued -= payload.len(),
+                    Frame::Data { payload, .. } => {
+                        self.data_queued -= payload.len();
+                        if self.data_queued <= OUTBOUND_QUEUE / 2 {
+                            self.wake_starved();
+                        }
+                    }
+                    _ => {}
                 }
                 return Some(frame);
             }
@@ -1122,6 +1174,58 @@ mod tests {
         assert_eq!(out.len(), MAX_REPLIES);
         assert!(out.iter().all(|f| matches!(f, Frame::Reset { .. })));
         assert!(c.wants_read());
+    }
+
+    #[test]
+    fn granted_credit_is_sent_no_faster_than_the_link_takes_it() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        let rec = Rec::default();
+        let (id, serial) = c.open(0, visitor(), rec.clone()).expect("room");
+        // The peer grants all the credit it may, then never reads.
+        c.handle_frame(Frame::Window {
+            id,
+            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
+        })
+        .expect("within MAX_CREDIT");
+        rec.take();
+        let mut queued = 0;
+        while let Some(credit) = c.credit(id, serial).filter(|c| *c > 0) {
+            let n = (credit as usize).min(MAX_DATA);
+            c.send_data(id, serial, Bytes::from(vec![0; n]))
+                .expect("within credit");
+            queued += n;
+            assert!(queued <= OUTBOUND_QUEUE, "{queued} queued");
+        }
+        assert_eq!(queued, OUTBOUND_QUEUE);
+        assert!(c.flow(id, serial).expect("open").credit > 0);
+        assert!(rec.take().is_empty());
+        // The link takes half the queue: the stream is woken to send again.
+        let mut taken = 0;
+        while taken < OUTBOUND_QUEUE / 2 {
+            if let Some(Frame::Data { payload, .. }) = c.poll_transmit() {
+                taken += payload.len();
+            }
+        }
+        assert_eq!(rec.take(), ["wake"]);
+        assert_eq!(c.credit(id, serial), Some(taken as u32));
+    }
+
+    #[test]
+    fn a_finished_stream_stays_until_what_arrived_is_written_out() {
+        let (mut c, rec, serial) = with_peer_stream(MuxConfig::default());
+        c.handle_frame(data(2, 1000)).expect("within window");
+        c.handle_frame(Frame::Fin { id: 2 }).expect("fin");
+        c.send_fin(2, serial);
+        // FIN both ways, 1000 bytes not yet written out: still counted, and
+        // the session's end would still reach it.
+        assert!(c.streams.contains_key(&2));
+        assert_eq!(c.held, 1000);
+        c.consumed(2, serial, 600);
+        assert!(c.streams.contains_key(&2));
+        c.consumed(2, serial, 400);
+        assert!(!c.streams.contains_key(&2));
+        assert_eq!(c.held, 0);
+        assert_eq!(rec.take(), ["data 1000", "fin"]);
     }
 
     #[test]

@@ -177,9 +177,14 @@ impl MuxStream {
         self.mux.wake.notify_one();
     }
 
-    /// The next thing the peer sent.
+    /// The next thing the peer sent. After the peer's FIN only a reset can
+    /// come; once the mux has forgotten a finished stream, nothing comes.
     pub async fn recv(&mut self) -> Inbound {
-        let inbound = self.inbound.recv().await.unwrap_or(Inbound::Reset);
+        let inbound = match self.inbound.recv().await {
+            Some(inbound) => inbound,
+            None if self.fin_received => std::future::pending().await,
+            None => Inbound::Reset,
+        };
         self.note(&inbound);
         inbound
     }
@@ -189,6 +194,7 @@ impl MuxStream {
         let inbound = match self.inbound.try_recv() {
             Ok(inbound) => inbound,
             Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) if self.fin_received => return None,
             Err(mpsc::error::TryRecvError::Disconnected) => Inbound::Reset,
         };
         self.note(&inbound);
