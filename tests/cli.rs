@@ -364,6 +364,27 @@ fn server_key_is_kept_shown_and_pinned() {
         wrong.stderr()
     );
 
+    // The right key and a wrong token: the server reads the hello (it holds
+    // the key) and its answer does not open under this token.
+    let mut wrong_token = Proc::start(
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--server-key",
+            &public,
+            "--tcp",
+            &echo,
+        ],
+        Some("tok-not-the-servers"),
+    );
+    assert!(!wrong_token.wait());
+    let said = wrong_token.stderr();
+    assert!(
+        said.contains("login refused by the server: bad token") && !said.contains("pinned"),
+        "{said}"
+    );
+
     let mut bad = Proc::start(
         &[
             "client",

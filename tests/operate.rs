@@ -641,12 +641,16 @@ fn failures_are_visible() {
     );
     assert!(!gave_up.wait());
     let err = gave_up.stderr();
+    let last = err.lines().last().unwrap_or_default();
     assert!(
-        err.contains(&format!(
-            "cannot reach the server at {nowhere} after 3 attempts"
+        last.starts_with(&format!(
+            "error: cannot reach the server at {nowhere} after 3 attempts: "
         )),
         "{err}"
     );
+    // The cause once came twice (in the message and as its source).
+    let cause = last.rsplit(": ").next().unwrap_or_default();
+    assert_eq!(last.matches(cause).count(), 1, "{last}");
     assert_eq!(
         err.matches("cannot reach the server; retrying").count(),
         2,
@@ -730,6 +734,10 @@ fn check_validates_configs() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let (ok, text) = check(&examples.join("server.toml"));
     assert!(ok && text.contains("a valid server config"), "{text}");
+    assert!(
+        text.contains("warning: a token is still the example's placeholder"),
+        "{text}"
+    );
     let (ok, text) = check(&examples.join("client.toml"));
     assert!(
         ok && text.contains("a valid client config") && text.contains("3 service(s)"),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::config::{ClientFile, ServerFile, load};
+use super::config::{ClientFile, ServerFile, load, placeholder_warning};
 use super::say;
 
 #[derive(clap::Args)]
@@ -50,6 +50,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 config.clients.len(),
                 if config.token.is_some() { "" } else { "no " },
             );
+            if let Some(warning) =
+                placeholder_warning(config.token.iter().chain(config.clients.values()))
+            {
+                say!("warning: {warning}");
+            }
         }
         (false, true) => {
             let file: ClientFile = load(path)?;
@@ -65,6 +70,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 config.name,
                 config.services.len(),
             );
+            if let Some(warning) = placeholder_warning([&config.token]) {
+                say!("warning: {warning}");
+            }
         }
         (true, true) => bail!(
             "{}: has both `listen` (a server's) and `server` (a client's): which is it?",

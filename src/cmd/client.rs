@@ -12,7 +12,8 @@ use super::say;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// A TOML config file (see examples/client.toml); flags override it.
+    /// A TOML config file (see examples/client.toml); flags override it,
+    /// and --tcp and --udp add to its services.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The server, HOST:PORT.
@@ -109,6 +110,9 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
     let config = settings(args.clone())?;
+    if let Some(warning) = super::config::placeholder_warning([&config.token]) {
+        tracing::warn!("{warning}");
+    }
     let admin = admin_file(&args)?;
     let (client, mut events) = Client::new(config.clone());
     let handle = client.handle();

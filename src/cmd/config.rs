@@ -15,6 +15,21 @@ use rejoin::tunnel::mux::MuxConfig;
 use rejoin::tunnel::server::ServerConfig;
 use serde::Deserialize;
 
+/// The token the shipped example configs carry, to be replaced.
+const PLACEHOLDER_TOKEN: &str = "change-me-to-the-output-of-rejoin-token";
+
+/// What to say when a token is still the examples' placeholder, if one is.
+pub fn placeholder_warning<'a>(
+    tokens: impl IntoIterator<Item = &'a rejoin::tunnel::auth::Token>,
+) -> Option<&'static str> {
+    tokens
+        .into_iter()
+        .any(|t| t.expose() == PLACEHOLDER_TOKEN)
+        .then_some(
+            "a token is still the example's placeholder, which anyone can read: put the output of `rejoin token` in its place",
+        )
+}
+
 /// A duration written as `500ms`, `30s`, `5m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);

@@ -112,7 +112,9 @@ fn settings(args: Args) -> anyhow::Result<ServerConfig> {
         config.token = Some(Token::new(token));
     }
     if config.token.is_none() && config.clients.is_empty() {
-        anyhow::bail!("give --token TOKEN (or REJOIN_TOKEN, or a config file with tokens)");
+        anyhow::bail!(
+            "give --token TOKEN (or --token-file PATH, or REJOIN_TOKEN, or a config file with tokens)"
+        );
     }
     if let Some(bind) = args.bind {
         config.bind = Some(bind);
@@ -170,6 +172,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let persistent = args.key_file.is_some() || args.config.is_some();
     let config = settings(args.clone())?;
     let admin = admin_file(&args)?;
+    if let Some(warning) =
+        super::config::placeholder_warning(config.token.iter().chain(config.clients.values()))
+    {
+        tracing::warn!("{warning}");
+    }
     let server = Server::bind(config.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -83,6 +83,9 @@ async fn fetch(host: &str, token: Option<&str>) -> anyhow::Result<String> {
     let text = String::from_utf8_lossy(&body).into_owned();
     match code.as_u16() {
         200 => Ok(text),
+        401 if token.is_some() => bail!(
+            "the admin endpoint at {host} refused the admin token given (--admin-token or REJOIN_ADMIN_TOKEN)"
+        ),
         401 => bail!("the admin endpoint at {host} wants a token: give --admin-token"),
         _ => bail!(
             "the admin endpoint at {host} answered {code}: {}",

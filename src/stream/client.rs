@@ -50,7 +50,7 @@ pub async fn connect_with<D: Dialer>(dialer: D, config: Config) -> io::Result<St
     state.ingest(&leftover)?;
     let shared = Arc::new(Shared::new(state));
     let span = info_span!("session", id = %format_args!("{id:016x}"), role = "client");
-    span.in_scope(|| info!(?peer, "session up"));
+    span.in_scope(|| info!(peer = %crate::stream::shown(peer), "session up"));
     tokio::spawn(run(shared.clone(), dialer, config, io).instrument(span));
     Ok(Stream::new(shared))
 }
@@ -300,7 +300,7 @@ async fn attempt<D: Dialer>(
         resent
     };
     wake.fire();
-    info!(?peer, resent, "resumed");
+    info!(peer = %crate::stream::shown(peer), resent, "resumed");
     shared.emit(Event::Resumed { peer, resent });
     Ok(io)
 }

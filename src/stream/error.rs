@@ -53,7 +53,9 @@ pub enum Error {
     #[error("handshake failed: {0}")]
     Handshake(proto::Error),
     /// The handshake did not complete in time.
-    #[error("handshake timed out after {0:?}")]
+    #[error(
+        "handshake timed out after {0:?}: the peer is connected but did not complete it (does it speak this protocol, with the same suite?)"
+    )]
     HandshakeTimeout(Duration),
     /// A configured limit was reached.
     #[error("limit reached: {0}")]

@@ -459,7 +459,7 @@ impl<T: Transport> Inner<T> {
         {
             this.throttled.fetch_add(1, Ordering::Relaxed);
             debug!(
-                ?peer,
+                peer = %crate::stream::shown(peer),
                 "too many failed proofs from this source; connection closed"
             );
             return;
@@ -469,7 +469,7 @@ impl<T: Transport> Inner<T> {
         let Some(admitted) = admitted else {
             this.shed.fetch_add(1, Ordering::Relaxed);
             debug!(
-                ?peer,
+                peer = %crate::stream::shown(peer),
                 "every handshake slot holds a reconnect; connection closed"
             );
             return;
@@ -495,7 +495,7 @@ impl<T: Transport> Inner<T> {
             drop(slot);
             if let Err(e) = result {
                 inner.failed.fetch_add(1, Ordering::Relaxed);
-                debug!(?peer, error = %e, "handshake failed");
+                debug!(peer = %crate::stream::shown(peer), error = %e, "handshake failed");
             }
         });
     }
@@ -595,7 +595,7 @@ impl<T: Transport> Inner<T> {
                 } else {
                     "unknown identity"
                 };
-                info!(identity = ?shown, ?peer, error = %e, why, left_out, "handshake refused");
+                info!(identity = ?shown, peer = %crate::stream::shown(peer), error = %e, why, left_out, "handshake refused");
             }
             ex.reject(code);
             send_rest(&mut io, &mut ex).await;
@@ -633,7 +633,7 @@ impl<T: Transport> Inner<T> {
             self.refused.fetch_add(1, Ordering::Relaxed);
             self.failed_proof(peer);
             if let Some(left_out) = self.noise.allow() {
-                info!(id = %shown, ?peer, left_out, "reconnect refused: unknown conn ID");
+                info!(id = %shown, peer = %crate::stream::shown(peer), left_out, "reconnect refused: unknown conn ID");
             }
             ex.reject(REJECT_UNKNOWN_SESSION);
             send_rest(&mut io, &mut ex).await;
@@ -659,7 +659,7 @@ impl<T: Transport> Inner<T> {
                 self.failed_proof(peer);
             }
             if let Some(left_out) = self.noise.allow() {
-                info!(id = %shown, ?peer, error = %e, left_out, "reconnect refused");
+                info!(id = %shown, peer = %crate::stream::shown(peer), error = %e, left_out, "reconnect refused");
             }
             send_rest(&mut io, &mut ex).await;
             return Ok(());
@@ -730,7 +730,7 @@ impl<T: Transport> Inner<T> {
         }
         self.established.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("session", id = %format_args!("{id:016x}"), role = "server");
-        span.in_scope(|| info!(?peer, "session up"));
+        span.in_scope(|| info!(peer = %crate::stream::shown(peer), "session up"));
         tokio::spawn(self.clone().run(shared.clone(), io, rx).instrument(span));
         // Waits for room in the accept backlog, within the handshake timeout;
         // if that runs out the stream is dropped and the session closes.
@@ -799,7 +799,7 @@ impl<T: Transport> Inner<T> {
         }
         if let Some(left_out) = self.noise.allow() {
             let id = format_args!("{:016x}", request.id);
-            info!(%id, ?peer, %reason, left_out, "reconnect refused");
+            info!(%id, peer = %crate::stream::shown(peer), %reason, left_out, "reconnect refused");
         }
         io.write_all(&ServerResume::refusal(self.config.version))
             .await?;
@@ -984,7 +984,7 @@ impl<T: Transport> Inner<T> {
         };
         wake.fire();
         self.resumed.fetch_add(1, Ordering::Relaxed);
-        info!(?peer, resent, "resumed");
+        info!(peer = %crate::stream::shown(peer), resent, "resumed");
         shared.emit(Event::Resumed { peer, resent });
         Some(io)
     }

@@ -38,7 +38,32 @@ pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};
 pub use transport::{Dialed, Dialer, SocketOptions, Target, TcpDialer};
 
+/// A peer's address as logs show it: the address, or `-` when the
+/// transport has none (not `Some(…)`, which log shippers would have to strip).
+pub(crate) fn shown(peer: Option<std::net::SocketAddr>) -> impl std::fmt::Display {
+    struct Shown(Option<std::net::SocketAddr>);
+    impl std::fmt::Display for Shown {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0 {
+                Some(addr) => addr.fmt(f),
+                None => f.write_str("-"),
+            }
+        }
+    }
+    Shown(peer)
+}
+
 /// The code in `docs/stream.md`, compiled as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/stream.md")]
 pub struct Guide;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peers_are_shown_without_option_debug() {
+        let addr = "127.0.0.1:7000".parse().ok();
+        assert_eq!(super::shown(addr).to_string(), "127.0.0.1:7000");
+        assert_eq!(super::shown(None).to_string(), "-");
+    }
+}

@@ -208,8 +208,20 @@ fn refused(e: &std::io::Error, pinned: bool) -> Option<ClientError> {
         P::KeyRejected(REJECT_NO_STATIC_KEY) => {
             ClientError::Refused("the server has no static key, but --server-key pins one".into())
         }
+        // Pinned, the server proved it holds the key by reading the hello;
+        // its answer, which mixes in the token, then did not open: the token
+        // (or the name that picks it) is not the server's.
+        P::Unauthenticated if pinned => ClientError::Refused(super::auth::BAD_TOKEN.into()),
         P::Unauthenticated => ClientError::ServerUnproven,
         _ => return None,
+    })
+}
+
+/// Whether `server` reads as `host:port` (an IPv6 host in brackets).
+fn host_and_port(server: &str) -> bool {
+    server.rsplit_once(':').is_some_and(|(host, port)| {
+        let bare = !host.contains(':') || (host.starts_with('[') && host.ends_with(']'));
+        !host.is_empty() && bare && port.parse::<u16>().is_ok()
     })
 }
 
@@ -234,7 +246,7 @@ pub enum ClientError {
     )]
     ServerUnproven,
     /// The server could not be reached `give_up_after` times in a row.
-    #[error("cannot reach the server at {server} after {attempts} attempts: {error}")]
+    #[error("cannot reach the server at {server} after {attempts} attempts")]
     Connect {
         /// The server, as configured.
         server: String,
@@ -249,7 +261,7 @@ pub enum ClientError {
     #[error("the server refused every service: {}", .0.join("; "))]
     AllRefused(Vec<String>),
     /// The settings cannot work.
-    #[error("invalid settings: {0}")]
+    #[error("{}", .0.0)]
     Config(crate::stream::ConfigError),
 }
 
@@ -458,6 +470,12 @@ impl Client {
 
     /// Runs over TCP until stopped, or until the server refuses us.
     pub async fn run(&self) -> Result<(), ClientError> {
+        if !host_and_port(&self.config.server) {
+            return Err(ClientError::Config(stream::ConfigError(format!(
+                "server {:?} needs a port, like host:7000 or [::1]:7000",
+                self.config.server
+            ))));
+        }
         let dialer = TcpDialer::new(self.config.server.clone(), &self.config.stream);
         self.run_with(dialer).await
     }
@@ -559,7 +577,7 @@ impl Client {
                 return Ok(SessionEnd::Lost("login timed out".into()));
             }
         }
-        info!(?server, "session up");
+        info!(server = %crate::stream::shown(server), "session up");
         *self.state.since.lock() = Some(SystemTime::now());
         *self.state.last_resume.lock() = None;
         let resumes = self.note_resumes(&mux);
@@ -911,6 +929,21 @@ fn public_address(addr: SocketAddr, server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_address_needs_a_port() {
+        for good in [
+            "h:7000",
+            "127.0.0.1:1",
+            "[::1]:7000",
+            "tunnel.example.com:443",
+        ] {
+            assert!(host_and_port(good), "{good}");
+        }
+        for bad in ["127.0.0.1", "h", "h:", ":7000", "::1", "h:70000", "h:x", ""] {
+            assert!(!host_and_port(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn unspecified_addresses_show_the_server_host() {

@@ -553,7 +553,7 @@ impl Inner {
         let Ok(pending) = self.pending_logins.take(Source::of(peer)) else {
             self.count_refusal(Refusal::TooManyLogins);
             debug!(
-                ?peer,
+                peer = %crate::stream::shown(peer),
                 "too many logins in progress from this address; link closed"
             );
             return;
@@ -564,7 +564,7 @@ impl Inner {
             Ok(Ok(v)) => v,
             Ok(Err((why, reason))) => {
                 self.count_refusal(why);
-                warn!(?peer, %reason, "login refused");
+                warn!(peer = %crate::stream::shown(peer), %reason, "login refused");
                 let _ = mux.send(Frame::Refuse {
                     reason: reason.clone(),
                 });
@@ -573,7 +573,7 @@ impl Inner {
             }
             Err(_) => {
                 self.count_refusal(Refusal::Timeout);
-                warn!(?peer, "login timed out");
+                warn!(peer = %crate::stream::shown(peer), "login timed out");
                 mux.goodbye("login timed out");
                 return;
             }
@@ -586,7 +586,7 @@ impl Inner {
         drop(pending);
         mux.stream().set_resumable(true);
         let _ = mux.send(welcome);
-        info!(client = %name, ?peer, "client session up");
+        info!(client = %name, peer = %crate::stream::shown(peer), "client session up");
         let link_events = log_link_events(&session);
         while let Some(event) = events.recv().await {
             match event {
@@ -658,7 +658,7 @@ impl Inner {
     ) -> Option<Arc<ClientSession>> {
         let refuse = |why: Refusal, reason: String| {
             self.count_refusal(why);
-            warn!(client = %name, ?peer, %reason, "login refused");
+            warn!(client = %name, peer = %crate::stream::shown(peer), %reason, "login refused");
             let _ = mux.send(Frame::Refuse {
                 reason: reason.clone(),
             });
@@ -1031,7 +1031,7 @@ fn log_link_events(session: &Arc<ClientSession>) -> JoinHandle<()> {
                 }
                 stream::Event::Resumed { peer, resent } => {
                     *session.last_resume.lock() = Some(SystemTime::now());
-                    info!(client = %name, ?peer, resent, "link resumed")
+                    info!(client = %name, peer = %crate::stream::shown(peer), resent, "link resumed")
                 }
                 _ => {}
             }
