@@ -322,18 +322,22 @@ fn server_key_is_kept_shown_and_pinned() {
     let addr = server.line().replace("listening on ", "");
     assert_eq!(server.line(), format!("server key {public}"));
 
-    let mut pinned = Proc::start(
-        &[
-            "client",
-            "--server",
-            &addr,
-            "--server-key",
-            &public,
-            "--tcp",
-            &echo,
-        ],
-        Some(TOKEN),
-    );
+    // A client pinning `key`, with `token`.
+    let client = |key: &str, token: &str| {
+        Proc::start(
+            &[
+                "client",
+                "--server",
+                &addr,
+                "--server-key",
+                key,
+                "--tcp",
+                &echo,
+            ],
+            Some(token),
+        )
+    };
+    let mut pinned = client(&public, TOKEN);
     let line = pinned.line();
     assert!(
         line.starts_with(&format!("tcp {echo} published at ")),
@@ -343,18 +347,7 @@ fn server_key_is_kept_shown_and_pinned() {
     assert!(pinned.wait());
 
     let other = "ab".repeat(32);
-    let mut wrong = Proc::start(
-        &[
-            "client",
-            "--server",
-            &addr,
-            "--server-key",
-            &other,
-            "--tcp",
-            &echo,
-        ],
-        Some(TOKEN),
-    );
+    let mut wrong = client(&other, TOKEN);
     assert!(!wrong.wait());
     assert!(
         wrong
@@ -366,18 +359,7 @@ fn server_key_is_kept_shown_and_pinned() {
 
     // The right key and a wrong token: the server reads the hello (it holds
     // the key) and its answer does not open under this token.
-    let mut wrong_token = Proc::start(
-        &[
-            "client",
-            "--server",
-            &addr,
-            "--server-key",
-            &public,
-            "--tcp",
-            &echo,
-        ],
-        Some("tok-not-the-servers"),
-    );
+    let mut wrong_token = client(&public, "tok-not-the-servers");
     assert!(!wrong_token.wait());
     let said = wrong_token.stderr();
     assert!(
