@@ -2,7 +2,7 @@
 //! prints one summary line. Exits 0 only if every byte matched.
 //!
 //! ```sh
-//! cargo run --release --example echo_client -- --connect ADDR --bytes N [--v1] [--plain]
+//! cargo run --release --example echo_client -- --connect ADDR --bytes N [--v1] [--plain] [--sealed PASSPHRASE]
 //! ```
 
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rejoin::proto::Version;
+use rejoin::proto::sealed::Psk;
 use rejoin::stream::{self, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,6 +30,10 @@ struct Args {
     /// Send data in clear (RC4 off).
     #[arg(long)]
     plain: bool,
+    /// Use the sealed suite (Noise + AES-GCM, for rejoin peers only) with a
+    /// key stretched from this passphrase, which both ends must share.
+    #[arg(long, value_name = "PASSPHRASE", conflicts_with_all = ["v1", "plain"])]
+    sealed: Option<String>,
 }
 
 const CHUNK: usize = 64 << 10;
@@ -60,9 +65,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<String> {
-    let mut config = Config::default();
-    config.version = if args.v1 { Version::V1 } else { Version::V2 };
-    config.encrypt = !args.plain;
+    let config = match &args.sealed {
+        Some(passphrase) => Config::sealed(Psk::from_passphrase(passphrase)),
+        None => {
+            let mut config = Config::default();
+            config.version = if args.v1 { Version::V1 } else { Version::V2 };
+            config.encrypt = !args.plain;
+            config
+        }
+    };
     let seed: u64 = rand::random();
     let started = Instant::now();
     let stream = stream::connect(args.connect.clone(), config).await?;

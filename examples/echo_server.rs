@@ -1,7 +1,7 @@
 //! Echoes every byte of every session until killed.
 //!
 //! ```sh
-//! cargo run --release --example echo_server -- --listen 127.0.0.1:0 [--v1] [--plain]
+//! cargo run --release --example echo_server -- --listen 127.0.0.1:0 [--v1] [--plain] [--sealed PASSPHRASE]
 //! ```
 //!
 //! The first line on stdout is `listening on HOST:PORT`.
@@ -10,6 +10,7 @@ use std::io::Write;
 
 use clap::Parser;
 use rejoin::proto::Version;
+use rejoin::proto::sealed::Psk;
 use rejoin::stream::{Config, Listener};
 use tokio::io::AsyncWriteExt;
 
@@ -24,6 +25,10 @@ struct Args {
     /// Send data in clear (RC4 off).
     #[arg(long)]
     plain: bool,
+    /// Use the sealed suite (Noise + AES-GCM, for rejoin peers only) with a
+    /// key stretched from this passphrase, which both ends must share.
+    #[arg(long, value_name = "PASSPHRASE", conflicts_with_all = ["v1", "plain"])]
+    sealed: Option<String>,
 }
 
 #[tokio::main]
@@ -36,9 +41,15 @@ async fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
-    let mut config = Config::default();
-    config.version = if args.v1 { Version::V1 } else { Version::V2 };
-    config.encrypt = !args.plain;
+    let config = match &args.sealed {
+        Some(passphrase) => Config::sealed(Psk::from_passphrase(passphrase)),
+        None => {
+            let mut config = Config::default();
+            config.version = if args.v1 { Version::V1 } else { Version::V2 };
+            config.encrypt = !args.plain;
+            config
+        }
+    };
     let listener = Listener::bind(&args.listen, config).await?;
     let addr = listener
         .local_addr()

@@ -13,7 +13,14 @@ use std::time::Duration;
 
 #[test]
 fn echo_examples_work_together() {
-    for flags in [&[][..], &["--v1"], &["--plain"], &["--v1", "--plain"]] {
+    let sealed = &["--sealed", "correct horse"][..];
+    for flags in [
+        &[][..],
+        &["--v1"],
+        &["--plain"],
+        &["--v1", "--plain"],
+        sealed,
+    ] {
         let (_server, addr) = echo_server(flags);
         assert!(addr.starts_with("127.0.0.1:"));
         let (ok, out) = echo_client(&addr, 3_000_000, flags);
@@ -26,7 +33,7 @@ fn echo_examples_work_together() {
 
 #[test]
 fn the_examples_resume_through_the_cut_proxy() {
-    for flags in [&[][..], &["--v1"]] {
+    for flags in [&[][..], &["--v1"], &["--sealed", "correct horse"]] {
         let (_server, addr) = echo_server(flags);
         let (_proxy, via) = cut_proxy(&addr, "300000-600000");
         let (ok, out) = echo_client(&via, 4_000_000, flags);
@@ -62,6 +69,17 @@ fn echo_client_fails_on_a_mismatch() {
     let (ok, out) = echo_client(&addr, 1000, &["--v1"]);
     assert!(!ok, "a v1 client cannot talk to a v2 server: {out}");
     assert!(out.starts_with("FAILED"), "{out}");
+    let (ok, out) = echo_client(&addr, 1000, &["--sealed", "x"]);
+    assert!(
+        !ok && out.starts_with("FAILED"),
+        "sealed against compatible: {out}"
+    );
+    let (_sealed, addr) = echo_server(&["--sealed", "correct horse"]);
+    let (ok, out) = echo_client(&addr, 1000, &["--sealed", "battery staple"]);
+    assert!(
+        !ok && out.starts_with("FAILED"),
+        "another passphrase: {out}"
+    );
 }
 
 #[test]
