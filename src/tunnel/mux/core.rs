@@ -340,8 +340,14 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
 
     /// Aborts stream `id` and tells the peer.
     pub(crate) fn reset(&mut self, id: u32, serial: u64) {
-        if self.flow(id, serial).is_some() {
-            self.remove(id);
+        let Some(flow) = self.flow(id, serial) else {
+            return;
+        };
+        // Finished both ways (its user gave up before writing out all it
+        // received): the peer has forgotten it, only this side holds it.
+        let finished = flow.fin_sent && flow.fin_received;
+        self.remove(id);
+        if !finished {
             self.data.push_back((Frame::Reset { id }, false));
         }
     }
@@ -1226,6 +1232,17 @@ mod tests {
         assert!(!c.streams.contains_key(&2));
         assert_eq!(c.held, 0);
         assert_eq!(rec.take(), ["data 1000", "fin"]);
+        // A user that gives up on such a stream lets it go, quietly: the
+        // peer has forgotten it.
+        let (mut c, _rec, serial) = with_peer_stream(MuxConfig::default());
+        c.handle_frame(data(2, 1000)).expect("within window");
+        c.handle_frame(Frame::Fin { id: 2 }).expect("fin");
+        c.send_fin(2, serial);
+        drain(&mut c);
+        c.reset(2, serial);
+        assert!(!c.streams.contains_key(&2));
+        assert_eq!(c.held, 0);
+        assert!(drain(&mut c).is_empty());
     }
 
     #[test]

@@ -223,9 +223,10 @@ impl MuxStream {
         self.fin_sent && self.fin_received
     }
 
-    /// Aborts the stream.
+    /// Aborts the stream. After FIN both ways it only lets go of what the
+    /// mux still holds for it (nothing goes to the peer).
     pub fn reset(&mut self) {
-        if self.reset || self.finished() {
+        if self.reset {
             return;
         }
         self.reset = true;
@@ -236,7 +237,8 @@ impl MuxStream {
 
 impl Drop for MuxStream {
     fn drop(&mut self) {
-        // A stream dropped before both FINs were exchanged is aborted.
+        // A stream dropped before both FINs were exchanged is aborted; one
+        // dropped after them lets go of what the mux still holds for it.
         self.reset();
     }
 }
