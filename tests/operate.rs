@@ -880,7 +880,8 @@ fn refused_handshakes_are_logged_once_a_second() {
 fn failed_logins_are_throttled() {
     use rejoin::stream;
     let echo_addr = echo_service();
-    let (server, addr) = start_server(&[]);
+    let (server, addr) = start_server(&["--admin", "127.0.0.1:0"]);
+    let admin = line_with(&server, "admin at ").replace("admin at ", "");
     let target: std::net::SocketAddr = addr.parse().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -934,6 +935,21 @@ fn failed_logins_are_throttled() {
         "an unknown name is answered as a wrong token: {refused:?}"
     );
     assert_eq!(closed as usize, 40 - refused.len());
+    // The metrics count both kinds.
+    let (_, metrics) = get(&admin, "/metrics", None);
+    let count = |reason: &str| -> u64 {
+        let prefix = format!("rejoin_logins_refused_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {reason} in {metrics}"))
+    };
+    assert_eq!(
+        count("bad_token") + count("unknown_client"),
+        refused.len() as u64
+    );
+    assert_eq!(count("throttled"), u64::from(closed));
     // Someone else, from 127.0.0.1, is not affected.
     let (_client, public) = start_client(&addr, "honest", &echo_addr);
     echo(&public, 10_000);

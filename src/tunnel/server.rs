@@ -194,6 +194,9 @@ pub enum Refusal {
     Protocol,
     /// Its address had `max_pending_logins_per_source` logins in progress.
     TooManyLogins,
+    /// Its address had used up its failed proofs for the minute
+    /// (`auth_failures_per_minute`): closed before any work was done.
+    Throttled,
 }
 
 impl Refusal {
@@ -207,6 +210,7 @@ impl Refusal {
             Refusal::Timeout => "timeout",
             Refusal::Protocol => "protocol",
             Refusal::TooManyLogins => "too_many_logins",
+            Refusal::Throttled => "throttled",
         }
     }
 }
@@ -425,6 +429,7 @@ impl Server {
         let mut refused = self.inner.refused.lock().clone();
         *refused.entry(Refusal::BadToken).or_default() += link.bad_key;
         *refused.entry(Refusal::UnknownClient).or_default() += link.unknown_identity;
+        *refused.entry(Refusal::Throttled).or_default() += link.throttled;
         let logins_refused = [
             Refusal::BadToken,
             Refusal::UnknownClient,
@@ -433,6 +438,7 @@ impl Server {
             Refusal::Timeout,
             Refusal::Protocol,
             Refusal::TooManyLogins,
+            Refusal::Throttled,
         ]
         .into_iter()
         .map(|r| (r, refused.get(&r).copied().unwrap_or(0)))
