@@ -208,7 +208,11 @@ async fn unworkable_ping_settings_are_refused_up_front() {
     let mut sc = server_config();
     sc.mux.ping_interval = Duration::from_secs(u64::MAX / 4);
     sc.mux.ping_timeout = Duration::from_secs(u64::MAX / 2);
-    let e = Server::bind(sc).await.err().expect("refused");
+    let e = Server::bind(sc.clone()).await.err().expect("refused");
+    assert!(e.to_string().contains("longer than a year"), "{e}");
+    // And at a reload.
+    let server = Server::bind(server_config()).await.unwrap();
+    let e = server.reload(sc).await.expect_err("refused");
     assert!(e.to_string().contains("longer than a year"), "{e}");
 
     let mut cc = client_config("127.0.0.1:9", "pings", &[]);

@@ -208,10 +208,14 @@ fn refused(e: &std::io::Error, pinned: bool) -> Option<ClientError> {
         P::KeyRejected(REJECT_NO_STATIC_KEY) => {
             ClientError::Refused("the server has no static key, but --server-key pins one".into())
         }
-        // Pinned, the server proved it holds the key by reading the hello;
-        // its answer, which mixes in the token, then did not open: the token
-        // (or the name that picks it) is not the server's.
-        P::Unauthenticated if pinned => ClientError::Refused(super::auth::BAD_TOKEN.into()),
+        // Pinned, an answer comes only from whoever read the hello, which
+        // takes the pinned key; it mixes in the token and did not open: most
+        // likely the token (or the name that picks it) is not the server's.
+        // (Or someone on the path answered in its place.)
+        P::Unauthenticated if pinned => ClientError::Refused(format!(
+            "{}; or the answer did not come from the pinned server",
+            super::auth::BAD_TOKEN
+        )),
         P::Unauthenticated => ClientError::ServerUnproven,
         _ => return None,
     })

@@ -174,6 +174,9 @@ pub enum ReloadError {
     /// A setting that only a restart changes was changed.
     #[error("`{0}` cannot change while running: restart the server for that")]
     Fixed(&'static str),
+    /// The new settings cannot work.
+    #[error("{}", .0.0)]
+    Invalid(crate::stream::ConfigError),
 }
 
 /// Why logins were refused, for [`Server::status`].
@@ -461,6 +464,7 @@ impl Server {
         if config.token.is_none() && config.clients.is_empty() {
             return Err(ReloadError::NoToken);
         }
+        config.mux.validate().map_err(ReloadError::Invalid)?;
         let fixed = [
             ("listen", config.listen != old.listen),
             ("bind", config.bind != old.bind),

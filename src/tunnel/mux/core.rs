@@ -32,6 +32,9 @@ pub(super) const MAX_REPLIES: usize = 1024;
 /// what bounds the memory of a peer that grants it and never reads.
 pub const OUTBOUND_QUEUE: usize = 8 << 20;
 
+/// Starved streams woken per frame sent once the queue is half empty.
+const STARVED_WAKE: usize = 16;
+
 /// Where a stream's arrivals go.
 pub(crate) trait Port {
     /// Hands the stream's user what arrived.
@@ -85,6 +88,8 @@ struct Flow {
     grant: u32,
     fin_sent: bool,
     fin_received: bool,
+    /// Listed in the core's `starved`.
+    starved: bool,
 }
 
 impl Flow {
@@ -128,8 +133,10 @@ pub(crate) struct Core<P, A> {
     /// Bytes of DATA payloads in `data`, all streams: at most about
     /// [`OUTBOUND_QUEUE`], whatever credit the peer grants.
     data_queued: usize,
-    /// Streams that had credit but found the queue full; woken as it drains.
-    starved: Vec<u32>,
+    /// Streams that had credit but found the queue full, in that order;
+    /// woken a few at a time as it drains. (Entries of streams gone since
+    /// are skipped, and dropped when they outnumber the live ones.)
+    starved: VecDeque<(u32, u64)>,
     /// Bytes of datagrams delivered and not yet taken by their sockets.
     udp_inbound: usize,
     /// Session frames and refusals queued: what the peer made this side owe.
@@ -167,7 +174,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             udp: VecDeque::new(),
             udp_queued: 0,
             data_queued: 0,
-            starved: Vec::new(),
+            starved: VecDeque::new(),
             udp_inbound: 0,
             replies: 0,
             udp_turn: false,
@@ -219,6 +226,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             grant: 0,
             fin_sent: false,
             fin_received: false,
+            starved: false,
         };
         self.streams.insert(id, Entry { flow, port });
         self.next_serial
@@ -276,9 +284,19 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// stream told 0 for want of room is woken when the queue drains.
     pub(crate) fn credit(&mut self, id: u32, serial: u64) -> Option<u32> {
         let room = OUTBOUND_QUEUE.saturating_sub(self.data_queued);
-        let credit = self.flow(id, serial)?.credit;
-        if credit > 0 && room == 0 && !self.starved.contains(&id) {
-            self.starved.push(id);
+        let flow = self.flow(id, serial)?;
+        let credit = flow.credit;
+        if credit > 0 && room == 0 && !flow.starved {
+            flow.starved = true;
+            self.starved.push_back((id, serial));
+            if self.starved.len() > 2 * self.streams.len() + 64 {
+                let streams = &self.streams;
+                self.starved.retain(|(id, serial)| {
+                    streams
+                        .get(id)
+                        .is_some_and(|e| e.flow.serial == *serial && e.flow.starved)
+                });
+            }
         }
         Some(credit.min(room.min(u32::MAX as usize) as u32))
     }
@@ -313,10 +331,20 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     }
 
     /// Wakes the streams waiting for room in the outbound queue.
+    /// [`STARVED_WAKE`] of them at a time, which is more than the room
+    /// freed takes; the next frames out wake the next ones.
     fn wake_starved(&mut self) {
-        for id in std::mem::take(&mut self.starved) {
-            if let Some(e) = self.streams.get(&id) {
+        let mut woken = 0;
+        while woken < STARVED_WAKE {
+            let Some((id, serial)) = self.starved.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.streams.get_mut(&id)
+                && e.flow.serial == serial
+            {
+                e.flow.starved = false;
                 e.port.wake_sender();
+                woken += 1;
             }
         }
     }
@@ -339,9 +367,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     }
 
     /// Aborts stream `id` and tells the peer.
-    pub(crate) fn reset(&mut self, id: u32, serial: u64) {
+    /// Returns whether a RESET was queued.
+    pub(crate) fn reset(&mut self, id: u32, serial: u64) -> bool {
         let Some(flow) = self.flow(id, serial) else {
-            return;
+            return false;
         };
         // Finished both ways (its user gave up before writing out all it
         // received): the peer has forgotten it, only this side holds it.
@@ -350,6 +379,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         if !finished {
             self.data.push_back((Frame::Reset { id }, false));
         }
+        !finished
     }
 
     /// Records that the user wrote `n` received bytes out. Once half the
@@ -578,6 +608,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                 }
             }
             Frame::Open { id, index, visitor } => {
+                self.forget_finished(id);
                 if let Err(why) = self.check_peer_id(id) {
                     debug!(id, %why, "open refused");
                     self.refuse(Frame::Reset { id });
@@ -615,6 +646,20 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             other => return Ok(Some(Arrival::Control(other))),
         }
         Ok(None)
+    }
+
+    /// Before the peer reuses id `id` (after its whole id space): a stream
+    /// under it finished both ways, held here only until its user writes
+    /// out what it received, gives way (its user sees a reset).
+    fn forget_finished(&mut self, id: u32) {
+        let finished = self
+            .streams
+            .get(&id)
+            .is_some_and(|e| e.flow.fin_sent && e.flow.fin_received);
+        if finished && let Some(port) = self.remove(id) {
+            port.deliver(Inbound::Reset);
+            port.wake_sender();
+        }
     }
 
     /// Whether the peer may open stream or association `id`. A client never
@@ -668,10 +713,17 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// Resets stream `id` on both sides (the peer broke its rules, or the
     /// session's inbound budget needs its bytes).
     fn abort(&mut self, id: u32) {
+        let finished = self
+            .streams
+            .get(&id)
+            .is_some_and(|e| e.flow.fin_sent && e.flow.fin_received);
         if let Some(port) = self.remove(id) {
             port.deliver(Inbound::Reset);
             port.wake_sender();
-            self.refuse(Frame::Reset { id });
+            // A stream finished both ways is the peer's to forget already.
+            if !finished {
+                self.refuse(Frame::Reset { id });
+            }
         }
     }
 
@@ -1214,6 +1266,82 @@ mod tests {
         }
         assert_eq!(rec.take(), ["wake"]);
         assert_eq!(c.credit(id, serial), Some(taken as u32));
+    }
+
+    #[test]
+    fn starved_streams_are_listed_once_woken_a_few_at_a_time_and_the_list_stays_bounded() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        // Fill the queue with one stream's granted credit.
+        let (big, big_serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        c.handle_frame(Frame::Window {
+            id: big,
+            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
+        })
+        .expect("within MAX_CREDIT");
+        while c.credit(big, big_serial).is_some_and(|n| n > 0) {
+            c.send_data(big, big_serial, Bytes::from(vec![0; MAX_DATA]))
+                .expect("within credit");
+        }
+        // 100 streams find it full, each asks twice: listed once each.
+        let recs: Vec<Rec> = (0..100).map(|_| Rec::default()).collect();
+        let mut opened = Vec::new();
+        for rec in &recs {
+            let (id, serial) = c.open(0, visitor(), rec.clone()).expect("room");
+            assert_eq!(c.credit(id, serial), Some(0));
+            assert_eq!(c.credit(id, serial), Some(0));
+            opened.push((id, serial));
+        }
+        assert_eq!(c.starved.len(), 101);
+        // Streams that come and go while it stays full do not grow the list
+        // for ever.
+        for _ in 0..10_000 {
+            let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
+            assert_eq!(c.credit(id, serial), Some(0));
+            c.reset(id, serial);
+        }
+        assert!(
+            c.starved.len() <= 2 * c.streams.len() + 65,
+            "{}",
+            c.starved.len()
+        );
+        // Half the queue out: the first STARVED_WAKE listed are woken per
+        // frame out from then on, in the order they were listed.
+        for r in &recs {
+            r.take();
+        }
+        let mut taken = 0;
+        while taken <= OUTBOUND_QUEUE / 2 {
+            match c.poll_transmit() {
+                Some(Frame::Data { payload, .. }) => taken += payload.len(),
+                Some(_) => {}
+                None => panic!("the queue ran dry"),
+            }
+        }
+        let woken = recs.iter().filter(|r| r.take() == ["wake"]).count();
+        assert!(woken <= 2 * STARVED_WAKE, "{woken} woken");
+        assert!(woken >= 1);
+    }
+
+    #[test]
+    fn a_finished_stream_still_held_gives_way_to_a_reused_id() {
+        let (mut c, rec, serial) = with_peer_stream(MuxConfig::default());
+        c.handle_frame(data(2, 1000)).expect("within window");
+        c.handle_frame(Frame::Fin { id: 2 }).expect("fin");
+        c.send_fin(2, serial);
+        drain(&mut c);
+        rec.take();
+        // The peer, its id space used up, opens id 2 again.
+        assert!(matches!(
+            c.handle_frame(Frame::Open {
+                id: 2,
+                index: 0,
+                visitor: visitor()
+            }),
+            Ok(Some(Arrival::Open { id: 2, .. }))
+        ));
+        assert_eq!(rec.take(), ["reset", "wake"]);
+        assert_eq!(c.held, 0);
+        assert!(drain(&mut c).is_empty(), "nothing owed to the peer");
     }
 
     #[test]

@@ -230,8 +230,9 @@ impl MuxStream {
             return;
         }
         self.reset = true;
-        self.mux.core.lock().reset(self.id, self.serial);
-        self.mux.wake.notify_one();
+        if self.mux.core.lock().reset(self.id, self.serial) {
+            self.mux.wake.notify_one();
+        }
     }
 }
 
