@@ -1147,6 +1147,7 @@ async fn accept_visitors(
             }
             Err(why) => {
                 debug!(%visitor, %why, "visitor dropped");
+                traffic.visitor_refused();
                 let _ = sock.set_zero_linger();
             }
         }

@@ -353,7 +353,7 @@ impl UdpService {
                                 }
                                 let Ok(id) = mux.associate(index, from, to_visitors.clone()) else {
                                     mux.note_udp_drop(UdpDrop::Limit);
-                                    drops.note("too many streams on the link");
+                                    drops.note("too many streams on the link, or the link is backed up");
                                     return;
                                 };
                                 debug!(%from, id, "new UDP association");

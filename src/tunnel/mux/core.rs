@@ -32,6 +32,12 @@ pub(super) const MAX_REPLIES: usize = 1024;
 /// what bounds the memory of a peer that grants it and never reads.
 pub const OUTBOUND_QUEUE: usize = 8 << 20;
 
+/// The most frames without a payload queued for the link before new
+/// streams and associations are refused: a peer that never reads while
+/// visitors come and go would otherwise grow the queue by an OPEN and a
+/// RESET per visitor. (About 64 bytes each.)
+pub const MAX_QUEUED_CONTROLS: usize = 65_536;
+
 /// Starved streams woken per frame sent once the queue is half empty.
 const STARVED_WAKE: usize = 16;
 
@@ -128,11 +134,14 @@ pub(crate) struct Core<P, A> {
     data: VecDeque<(Frame, bool)>,
     /// The same for associations.
     udp: VecDeque<(Frame, bool)>,
-    /// Bytes of datagram payloads in `udp`.
+    /// Bytes of datagram payloads in `udp`: within `udp_queue`.
     udp_queued: usize,
     /// Bytes of DATA payloads in `data`, all streams: at most about
     /// [`OUTBOUND_QUEUE`], whatever credit the peer grants.
     data_queued: usize,
+    /// Frames without a payload (OPEN, FIN, RESET, ASSOCIATE, DISSOCIATE)
+    /// in `data` and `udp`: at most about [`MAX_QUEUED_CONTROLS`].
+    controls_queued: usize,
     /// Streams that had credit but found the queue full, in that order;
     /// woken a few at a time as it drains. (Entries of streams gone since
     /// are skipped, and dropped when they outnumber the live ones.)
@@ -174,6 +183,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             udp: VecDeque::new(),
             udp_queued: 0,
             data_queued: 0,
+            controls_queued: 0,
             starved: VecDeque::new(),
             udp_inbound: 0,
             replies: 0,
@@ -267,10 +277,12 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         if self.ended || self.full() {
             return Err(StreamError::TooMany);
         }
+        if self.controls_queued >= MAX_QUEUED_CONTROLS {
+            return Err(StreamError::Backlogged);
+        }
         let id = self.allocate();
         let serial = self.insert(id, port);
-        self.data
-            .push_back((Frame::Open { id, index, visitor }, false));
+        self.queue(Frame::Open { id, index, visitor }, false);
         Ok((id, serial))
     }
 
@@ -324,8 +336,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         if len > 0 {
             flow.credit -= len as u32;
-            self.data_queued += len;
-            self.data.push_back((Frame::Data { id, payload }, false));
+            self.queue(Frame::Data { id, payload }, false);
         }
         Ok(())
     }
@@ -360,7 +371,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         flow.fin_sent = true;
         let done = flow.done();
-        self.data.push_back((Frame::Fin { id }, false));
+        self.queue(Frame::Fin { id }, false);
         if done {
             self.remove(id);
         }
@@ -377,7 +388,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         let finished = flow.fin_sent && flow.fin_received;
         self.remove(id);
         if !finished {
-            self.data.push_back((Frame::Reset { id }, false));
+            self.queue(Frame::Reset { id }, false);
         }
         !finished
     }
@@ -439,10 +450,12 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         if self.ended || self.full() {
             return Err(StreamError::TooMany);
         }
+        if self.controls_queued >= MAX_QUEUED_CONTROLS {
+            return Err(StreamError::Backlogged);
+        }
         let id = self.allocate();
         self.assocs.insert(id, port);
-        self.udp
-            .push_back((Frame::Associate { id, index, visitor }, false));
+        self.queue(Frame::Associate { id, index, visitor }, false);
         Ok(id)
     }
 
@@ -455,7 +468,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     pub(crate) fn dissociate(&mut self, id: u32) -> bool {
         let open = self.assocs.remove(&id).is_some();
         if open {
-            self.udp.push_back((Frame::Dissociate { id }, false));
+            self.queue(Frame::Dissociate { id }, false);
         }
         open
     }
@@ -475,9 +488,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             self.udp_stats.dropped_queue += 1;
             return false;
         }
-        self.udp_queued += len;
         self.udp_stats.sent += 1;
-        self.udp.push_back((Frame::Datagram { id, payload }, false));
+        self.queue(Frame::Datagram { id, payload }, false);
         true
     }
 
@@ -542,6 +554,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         self.grants.clear();
         self.udp_queued = 0;
         self.data_queued = 0;
+        self.controls_queued = 0;
         self.starved.clear();
         self.replies = self.session.len();
         self.assocs.clear();
@@ -680,11 +693,33 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// Queues a refusal (RESET or DISSOCIATE) of what the peer asked for.
     fn refuse(&mut self, frame: Frame) {
         self.replies += 1;
-        let queue = match frame {
-            Frame::Dissociate { .. } => &mut self.udp,
-            _ => &mut self.data,
+        self.queue(frame, true);
+    }
+
+    /// Queues a frame of a stream or an association (`reply`: a refusal,
+    /// counted in `replies`) and counts it against its queue's bound.
+    fn queue(&mut self, frame: Frame, reply: bool) {
+        self.count_queued(&frame, true);
+        let udp = matches!(
+            frame,
+            Frame::Associate { .. } | Frame::Datagram { .. } | Frame::Dissociate { .. }
+        );
+        let queue = if udp { &mut self.udp } else { &mut self.data };
+        queue.push_back((frame, reply));
+    }
+
+    /// Counts `frame` into (`add`) or out of the queues' bounds.
+    fn count_queued(&mut self, frame: &Frame, add: bool) {
+        let (count, n) = match frame {
+            Frame::Data { payload, .. } => (&mut self.data_queued, payload.len()),
+            Frame::Datagram { payload, .. } => (&mut self.udp_queued, payload.len()),
+            _ => (&mut self.controls_queued, 1),
         };
-        queue.push_back((frame, true));
+        if add {
+            *count += n;
+        } else {
+            *count -= n;
+        }
     }
 
     fn on_data(&mut self, id: u32, payload: Bytes) {
@@ -790,15 +825,9 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                 if reply {
                     self.replies -= 1;
                 }
-                match &frame {
-                    Frame::Datagram { payload, .. } => self.udp_queued -= payload.len(),
-                    Frame::Data { payload, .. } => {
-                        self.data_queued -= payload.len();
-                        if self.data_queued <= OUTBOUND_QUEUE / 2 {
-                            self.wake_starved();
-                        }
-                    }
-                    _ => {}
+                self.count_queued(&frame, false);
+                if matches!(frame, Frame::Data { .. }) && self.data_queued <= OUTBOUND_QUEUE / 2 {
+                    self.wake_starved();
                 }
                 return Some(frame);
             }
@@ -1271,7 +1300,19 @@ mod tests {
     #[test]
     fn starved_streams_are_listed_once_woken_a_few_at_a_time_and_the_list_stays_bounded() {
         let mut c = core(Side::Server, MuxConfig::default());
-        // Fill the queue with one stream's granted credit.
+        // Streams opened while there was room: 1,000 that will go, 100 that
+        // stay, and one whose granted credit fills the queue.
+        let open = |c: &mut TestCore, n: usize| -> Vec<(u32, u64, Rec)> {
+            (0..n)
+                .map(|_| {
+                    let rec = Rec::default();
+                    let (id, serial) = c.open(0, visitor(), rec.clone()).expect("room");
+                    (id, serial, rec)
+                })
+                .collect()
+        };
+        let going = open(&mut c, 1000);
+        let staying = open(&mut c, 100);
         let (big, big_serial) = c.open(0, visitor(), Rec::default()).expect("room");
         c.handle_frame(Frame::Window {
             id: big,
@@ -1282,32 +1323,27 @@ mod tests {
             c.send_data(big, big_serial, Bytes::from(vec![0; MAX_DATA]))
                 .expect("within credit");
         }
-        // 100 streams find it full, each asks twice: listed once each.
-        let recs: Vec<Rec> = (0..100).map(|_| Rec::default()).collect();
-        let mut opened = Vec::new();
-        for rec in &recs {
-            let (id, serial) = c.open(0, visitor(), rec.clone()).expect("room");
-            assert_eq!(c.credit(id, serial), Some(0));
-            assert_eq!(c.credit(id, serial), Some(0));
-            opened.push((id, serial));
+        // Those that go find it full, then are reset: listed, then stale.
+        for (id, serial, _) in &going {
+            assert_eq!(c.credit(*id, *serial), Some(0));
+            c.reset(*id, *serial);
         }
-        assert_eq!(c.starved.len(), 101);
-        // Streams that come and go while it stays full do not grow the list
-        // for ever.
-        for _ in 0..10_000 {
-            let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
-            assert_eq!(c.credit(id, serial), Some(0));
-            c.reset(id, serial);
+        // Those that stay ask twice each: listed once, and the stale
+        // entries are dropped as they come.
+        for (id, serial, _) in &staying {
+            assert_eq!(c.credit(*id, *serial), Some(0));
+            assert_eq!(c.credit(*id, *serial), Some(0));
         }
         assert!(
             c.starved.len() <= 2 * c.streams.len() + 65,
-            "{}",
-            c.starved.len()
+            "{} listed for {} streams",
+            c.starved.len(),
+            c.streams.len()
         );
-        // Half the queue out: the first STARVED_WAKE listed are woken per
+        // Half the queue out: STARVED_WAKE of those listed are woken per
         // frame out from then on, in the order they were listed.
-        for r in &recs {
-            r.take();
+        for (_, _, rec) in &staying {
+            rec.take();
         }
         let mut taken = 0;
         while taken <= OUTBOUND_QUEUE / 2 {
@@ -1317,9 +1353,52 @@ mod tests {
                 None => panic!("the queue ran dry"),
             }
         }
-        let woken = recs.iter().filter(|r| r.take() == ["wake"]).count();
-        assert!(woken <= 2 * STARVED_WAKE, "{woken} woken");
-        assert!(woken >= 1);
+        let woken = staying
+            .iter()
+            .filter(|(_, _, r)| r.take() == ["wake"])
+            .count();
+        assert!((1..=2 * STARVED_WAKE).contains(&woken), "{woken} woken");
+    }
+
+    #[test]
+    fn a_link_that_takes_nothing_stops_new_streams_and_associations() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        // The peer resets each stream at once and never reads: OPENs and
+        // RESETs pile up until the queue's bound, then opens are refused.
+        let mut opened = 0u32;
+        let refused = loop {
+            match c.open(0, visitor(), Rec::default()) {
+                Ok((id, serial)) => {
+                    opened += 1;
+                    c.reset(id, serial);
+                    assert!(opened < 1 << 20, "never refused");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(refused, StreamError::Backlogged);
+        assert_eq!(opened as usize, MAX_QUEUED_CONTROLS / 2);
+        // UDP the same (the bound is shared), once the link took some.
+        for _ in 0..1000 {
+            c.poll_transmit();
+        }
+        let mut associated = 0usize;
+        let refused = loop {
+            match c.associate(0, visitor(), Rec::default()) {
+                Ok(id) => {
+                    associated += 1;
+                    assert!(c.dissociate(id));
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(refused, StreamError::Backlogged);
+        assert_eq!(associated, 500);
+        // Once the link takes it all, both work again.
+        while c.poll_transmit().is_some() {}
+        assert_eq!((c.data_queued, c.udp_queued, c.controls_queued), (0, 0, 0));
+        assert!(c.open(0, visitor(), Rec::default()).is_ok());
+        assert!(c.associate(0, visitor(), Rec::default()).is_ok());
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub enum StreamError {
     /// The peer opened an id that is in use or not its own.
     #[error("stream id in use or of the wrong parity")]
     BadId,
+    /// The link is backed up: the peer has not taken what is queued for it
+    /// (see [`MAX_QUEUED_CONTROLS`](super::core::MAX_QUEUED_CONTROLS)).
+    #[error("the link is backed up: the peer is not taking what is queued for it")]
+    Backlogged,
     /// A client opened a stream or an association: only the server does.
     #[error("only the server opens streams and associations")]
     NotTheOpener,
