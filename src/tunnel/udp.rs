@@ -345,6 +345,12 @@ impl UdpService {
                         let id = match table.touch(from, now) {
                             Some(id) => id,
                             None => {
+                                if mux.backlogged() {
+                                    // Evicting would free nothing usable.
+                                    mux.note_udp_drop(UdpDrop::Limit);
+                                    drops.note("the link is backed up");
+                                    return;
+                                }
                                 if let Some(old) = table.victim(from) {
                                     debug!(%from, evicted = old, "UDP association ended to make room");
                                     table.remove(old);

@@ -277,13 +277,19 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         if self.ended || self.full() {
             return Err(StreamError::TooMany);
         }
-        if self.controls_queued >= MAX_QUEUED_CONTROLS {
+        if self.backlogged() {
             return Err(StreamError::Backlogged);
         }
         let id = self.allocate();
         let serial = self.insert(id, port);
         self.queue(Frame::Open { id, index, visitor }, false);
         Ok((id, serial))
+    }
+
+    /// Whether new streams and associations are refused for now: the peer
+    /// has not taken [`MAX_QUEUED_CONTROLS`] frames without a payload.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.controls_queued >= MAX_QUEUED_CONTROLS
     }
 
     /// Registers the stream of an [`Arrival::Open`] just returned.
@@ -298,7 +304,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         let room = OUTBOUND_QUEUE.saturating_sub(self.data_queued);
         let flow = self.flow(id, serial)?;
         let credit = flow.credit;
-        if credit > 0 && room == 0 && !flow.starved {
+        if credit > 0 && room == 0 && !flow.starved && !flow.fin_sent {
             flow.starved = true;
             self.starved.push_back((id, serial));
             if self.starved.len() > 2 * self.streams.len() + 64 {
@@ -450,7 +456,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         if self.ended || self.full() {
             return Err(StreamError::TooMany);
         }
-        if self.controls_queued >= MAX_QUEUED_CONTROLS {
+        if self.backlogged() {
             return Err(StreamError::Backlogged);
         }
         let id = self.allocate();
@@ -630,6 +636,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                 return Ok(Some(Arrival::Open { id, index, visitor }));
             }
             Frame::Associate { id, index, visitor } => {
+                self.forget_finished(id);
                 if let Err(why) = self.check_peer_id(id) {
                     debug!(id, %why, "association refused");
                     self.refuse(Frame::Dissociate { id });
@@ -681,6 +688,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     fn check_peer_id(&self, id: u32) -> Result<(), StreamError> {
         if self.side == Side::Server {
             Err(StreamError::NotTheOpener)
+        } else if self.backlogged() {
+            // (Refused, the OPEN costs a counted reply: a peer that never
+            // reads stops being read.)
+            Err(StreamError::Backlogged)
         } else if self.full() {
             Err(StreamError::TooMany)
         } else if !self.side.is_peers(id) || self.taken(id) {
@@ -826,8 +837,17 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                     self.replies -= 1;
                 }
                 self.count_queued(&frame, false);
-                if matches!(frame, Frame::Data { .. }) && self.data_queued <= OUTBOUND_QUEUE / 2 {
-                    self.wake_starved();
+                if matches!(frame, Frame::Data { .. }) {
+                    if self.data_queued == 0 {
+                        // No DATA left whose going out would wake the
+                        // rest: listed streams that did not send when
+                        // woken must not keep a sender waiting.
+                        while !self.starved.is_empty() {
+                            self.wake_starved();
+                        }
+                    } else if self.data_queued <= OUTBOUND_QUEUE / 2 {
+                        self.wake_starved();
+                    }
                 }
                 return Some(frame);
             }
@@ -1399,6 +1419,74 @@ mod tests {
         assert_eq!((c.data_queued, c.udp_queued, c.controls_queued), (0, 0, 0));
         assert!(c.open(0, visitor(), Rec::default()).is_ok());
         assert!(c.associate(0, visitor(), Rec::default()).is_ok());
+    }
+
+    #[test]
+    fn a_waiting_sender_listed_behind_streams_that_do_not_send_is_woken() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        // 2,000 streams that will not send when woken (say, visitors that
+        // only receive), listed first; then an upload's stream; then one
+        // that sent its FIN, which is never listed.
+        let idle: Vec<(u32, u64)> = (0..2000)
+            .map(|_| c.open(0, visitor(), Rec::default()).expect("room"))
+            .collect();
+        let uploader = Rec::default();
+        let (up, up_serial) = c.open(0, visitor(), uploader.clone()).expect("room");
+        let (done, done_serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        c.send_fin(done, done_serial);
+        c.handle_frame(Frame::Window {
+            id: up,
+            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
+        })
+        .expect("within MAX_CREDIT");
+        while c.credit(up, up_serial).is_some_and(|n| n > 0) {
+            c.send_data(up, up_serial, Bytes::from(vec![0; MAX_DATA]))
+                .expect("within credit");
+        }
+        let listed_before = c.starved.len();
+        for &(id, serial) in &idle {
+            assert_eq!(c.credit(id, serial), Some(0));
+        }
+        assert_eq!(c.credit(done, done_serial), Some(0));
+        assert_eq!(c.starved.len(), listed_before + 2000);
+        // Move the uploader behind them all: woken first, it sent nothing
+        // more, and lists itself again.
+        c.flow(up, up_serial).expect("open").starved = false;
+        c.starved.retain(|(id, _)| *id != up);
+        assert_eq!(c.credit(up, up_serial), Some(0));
+        uploader.take();
+        // The link takes everything: the uploader is woken, although the
+        // batches woken as the queue drained did not reach it.
+        while c.poll_transmit().is_some() {}
+        assert_eq!(uploader.take(), ["wake"]);
+        assert!(c.starved.is_empty());
+    }
+
+    #[test]
+    fn a_client_stops_reading_a_server_that_takes_nothing() {
+        let mut c = core(Side::Client, MuxConfig::default());
+        // The server opens streams the client resets at once (its service is
+        // down) and never reads: the RESETs pile up to the bound, then its
+        // OPENs are refused with counted replies, and reading stops.
+        let mut id = 2;
+        while c.wants_read() {
+            match c.handle_frame(Frame::Open {
+                id,
+                index: 0,
+                visitor: visitor(),
+            }) {
+                Ok(Some(Arrival::Open { id, .. })) => {
+                    let serial = c.accept(id, Rec::default());
+                    c.reset(id, serial);
+                }
+                Ok(_) => {}
+                Err(_) => panic!("a refusal, not an end"),
+            }
+            id += 2;
+            assert!(id < 1 << 22, "never stopped reading");
+        }
+        assert!(c.controls_queued <= MAX_QUEUED_CONTROLS + MAX_REPLIES);
+        assert_eq!(c.open_streams(), 0);
     }
 
     #[test]

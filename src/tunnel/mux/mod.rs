@@ -224,6 +224,12 @@ impl Mux {
         self.shared.end.borrow().is_some()
     }
 
+    /// Whether new streams and associations are refused for now: the peer
+    /// is not taking the frames queued for it.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.shared.core.lock().backlogged()
+    }
+
     /// Streams and associations open now.
     pub fn streams(&self) -> usize {
         self.shared.core.lock().open_streams()

@@ -106,7 +106,7 @@ pub enum StreamError {
     #[error("stream id in use or of the wrong parity")]
     BadId,
     /// The link is backed up: the peer has not taken what is queued for it
-    /// (see [`MAX_QUEUED_CONTROLS`](super::core::MAX_QUEUED_CONTROLS)).
+    /// (65,536 frames without a payload: OPEN, FIN, RESET and the like).
     #[error("the link is backed up: the peer is not taking what is queued for it")]
     Backlogged,
     /// A client opened a stream or an association: only the server does.
