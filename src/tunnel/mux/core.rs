@@ -953,6 +953,20 @@ mod tests {
         }
     }
 
+    /// The peer grants stream `id` all the credit it may and never reads;
+    /// the stream sends until the outbound queue is full.
+    fn fill_the_queue(c: &mut TestCore, id: u32, serial: u64) {
+        c.handle_frame(Frame::Window {
+            id,
+            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
+        })
+        .expect("within MAX_CREDIT");
+        while c.credit(id, serial).is_some_and(|n| n > 0) {
+            c.send_data(id, serial, Bytes::from(vec![0; MAX_DATA]))
+                .expect("within credit");
+        }
+    }
+
     /// A client-side core with one stream the server opened (id 2).
     fn with_peer_stream(config: MuxConfig) -> (TestCore, Rec, u64) {
         let mut c = core(Side::Client, config);
@@ -1334,15 +1348,7 @@ mod tests {
         let going = open(&mut c, 1000);
         let staying = open(&mut c, 100);
         let (big, big_serial) = c.open(0, visitor(), Rec::default()).expect("room");
-        c.handle_frame(Frame::Window {
-            id: big,
-            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
-        })
-        .expect("within MAX_CREDIT");
-        while c.credit(big, big_serial).is_some_and(|n| n > 0) {
-            c.send_data(big, big_serial, Bytes::from(vec![0; MAX_DATA]))
-                .expect("within credit");
-        }
+        fill_the_queue(&mut c, big, big_serial);
         // Those that go find it full, then are reset: listed, then stale.
         for (id, serial, _) in &going {
             assert_eq!(c.credit(*id, *serial), Some(0));
@@ -1434,15 +1440,7 @@ mod tests {
         let (up, up_serial) = c.open(0, visitor(), uploader.clone()).expect("room");
         let (done, done_serial) = c.open(0, visitor(), Rec::default()).expect("room");
         c.send_fin(done, done_serial);
-        c.handle_frame(Frame::Window {
-            id: up,
-            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
-        })
-        .expect("within MAX_CREDIT");
-        while c.credit(up, up_serial).is_some_and(|n| n > 0) {
-            c.send_data(up, up_serial, Bytes::from(vec![0; MAX_DATA]))
-                .expect("within credit");
-        }
+        fill_the_queue(&mut c, up, up_serial);
         let listed_before = c.starved.len();
         for &(id, serial) in &idle {
             assert_eq!(c.credit(id, serial), Some(0));
