@@ -104,6 +104,21 @@ impl RawLink {
         link
     }
 
+    /// Publishes a TCP service as service 0; returns its public address.
+    async fn publish_tcp(&mut self, name: &str) -> SocketAddr {
+        self.send(Frame::Publish {
+            index: 0,
+            kind: rejoin::tunnel::frame::ServiceKind::Tcp,
+            port: 0,
+            name: name.into(),
+        })
+        .await;
+        let Some(Frame::Published { addr, .. }) = self.recv_not_ping().await else {
+            panic!("published");
+        };
+        addr
+    }
+
     /// Whether the server still answers a PING.
     async fn alive(&mut self) -> bool {
         self.send(Frame::Ping { nonce: 4242 }).await;
@@ -970,19 +985,10 @@ async fn a_reset_after_a_half_close_reaches_the_visitor() {
 /// sent: 700 MiB in 1.5 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn granted_credit_does_not_let_a_client_that_never_reads_grow_the_server() {
-    use rejoin::tunnel::frame::{MAX_CREDIT, ServiceKind};
+    use rejoin::tunnel::frame::MAX_CREDIT;
     let server = Server::bind(server_config()).await.unwrap();
     let mut link = RawLink::login(server.local_addr(), "granter").await;
-    link.send(Frame::Publish {
-        index: 0,
-        kind: ServiceKind::Tcp,
-        port: 0,
-        name: "sink".into(),
-    })
-    .await;
-    let Some(Frame::Published { addr, .. }) = link.recv_not_ping().await else {
-        panic!("published");
-    };
+    let addr = link.publish_tcp("sink").await;
     let mut v = TcpStream::connect(addr).await.unwrap();
     let Some(Frame::Open { id, .. }) = link.recv_not_ping().await else {
         panic!("an OPEN for the visitor");
@@ -1087,4 +1093,68 @@ async fn replies_held_for_visitors_that_never_read_count_in_the_budget() {
     // (Without the budget's hold on them: 26 of 40.)
     assert!(whole <= 12, "{whole} replies held whole");
     assert!(reset >= 1);
+}
+
+/// A logged-in client that never reads the link resets, blind, every stream
+/// the server opens for its visitors (their ids are predictable: 2, 4, 6…),
+/// while visitors come and go in thousands. Each visit leaves at least an
+/// OPEN queued for a link nobody reads; once the link's history is full,
+/// past 65,536 such frames queued the server refuses new visitors (and
+/// counts them) instead of queueing without end, and another client's
+/// visitor is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_coming_and_going_on_a_link_never_read_are_bounded() {
+    const BATCH: u32 = 1000;
+    let mut sc = server_config();
+    sc.max_visitors = 4 * BATCH as usize;
+    sc.max_visitors_per_source = 4 * BATCH as usize;
+    // The link's history takes frames the link has not sent: a small one
+    // brings the queue's bound sooner (4 MiB holds 160,000 OPENs).
+    sc.stream.history = 256 << 10;
+    let server = Server::bind(sc).await.unwrap();
+    let (_good, mut visitor) = bystander(&server).await;
+    let mut link = RawLink::login(server.local_addr(), "blind").await;
+    let addr = link.publish_tcp("blind").await;
+    let refused = || async {
+        server
+            .status()
+            .await
+            .clients
+            .iter()
+            .find(|c| c.name == "blind")
+            .map_or(0, |c| c.services[0].stats.visitors_refused)
+    };
+    let before = common::rss_kib();
+    let started = std::time::Instant::now();
+    let (mut next_id, mut visits) = (2u32, 0u32);
+    while refused().await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && visits < 150_000,
+            "never refused after {visits} visitors"
+        );
+        let mut batch = Vec::new();
+        for _ in 0..BATCH {
+            if let Ok(v) = TcpStream::connect(addr).await {
+                batch.push(v);
+            }
+        }
+        // Let the server open their streams, then reset them all, unread.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut resets = BytesMut::new();
+        for _ in 0..batch.len() {
+            Frame::Reset { id: next_id }.encode(&mut resets);
+            next_id += 2;
+        }
+        link.raw(&resets).await;
+        visits += batch.len() as u32;
+        drop(batch);
+    }
+    let grown = common::rss_kib().saturating_sub(before);
+    println!(
+        "{visits} visitors in {:.1} s before the first was refused; RSS grew by {grown} KiB",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(visits >= 32_000, "refused early, after {visits}");
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    still_good(&mut visitor, &server).await;
 }
