@@ -143,6 +143,7 @@ async fn forced_reconnects_lose_nothing_and_are_reported() {
     let handle = client.handle();
     let mut events = client.events();
     let server_handle = server.handle();
+    let mut server_events = server.events();
     let addr = listener.local_addr();
     let forcing = tokio::spawn(async move {
         let (mut resumed, mut disconnected) = (0, 0);
@@ -154,8 +155,9 @@ async fn forced_reconnects_lose_nothing_and_are_reported() {
             } else {
                 server_handle.force_reconnect();
             }
-            // Each drop ends in a resume before the next (a side that is
-            // already between transports has nothing to drop).
+            // Each drop ends in a resume on both sides before the next: a
+            // side that is still between transports has nothing to drop, and
+            // the server may take up the new transport after the client.
             loop {
                 match timeout(LIMIT, events.recv()).await.unwrap().unwrap() {
                     Event::Resumed { peer, .. } => {
@@ -164,6 +166,13 @@ async fn forced_reconnects_lose_nothing_and_are_reported() {
                         break;
                     }
                     Event::Disconnected { .. } => disconnected += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            loop {
+                match timeout(LIMIT, server_events.recv()).await.unwrap().unwrap() {
+                    Event::Resumed { .. } => break,
+                    Event::Disconnected { .. } => {}
                     other => panic!("unexpected {other:?}"),
                 }
             }
