@@ -154,7 +154,11 @@ fn tunnel_one_line_forms() {
     // SIGTERM: the client says goodbye and exits cleanly; so does the server.
     client.terminate();
     assert!(client.wait(), "client exits 0 on SIGTERM");
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        server.await_stderr("client session closed by the client"),
+        "{}",
+        server.stderr()
+    );
     server.terminate();
     assert!(server.wait(), "server exits 0 on SIGTERM");
     let (server_log, client_log) = (server.stderr(), client.stderr());

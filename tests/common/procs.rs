@@ -14,6 +14,8 @@ pub struct Proc {
     pub child: Running,
     lines: std::sync::mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Signalled when stderr reaches its end (the child has exited).
+    stderr_done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Proc {
@@ -41,6 +43,7 @@ impl Proc {
         });
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
+        let (done, stderr_done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::Read;
             let mut buf = [0u8; 8192];
@@ -52,11 +55,13 @@ impl Proc {
                     s.push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             }
+            let _ = done.send(());
         });
         Proc {
             child: Running(child),
             lines,
             stderr,
+            stderr_done,
         }
     }
 
@@ -93,13 +98,15 @@ impl Proc {
         false
     }
 
-    /// Waits (bounded) for the exit; true on success.
+    /// Waits (bounded) for the exit, and for all the child wrote to stderr
+    /// to be read; true on success.
     pub fn wait(&mut self) -> bool {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.0.try_wait().expect("wait") {
-                // Let the stderr thread catch up.
-                std::thread::sleep(Duration::from_millis(50));
+                // The pipe ends with the child; a loaded machine may take a
+                // while to run the thread that reads its last lines.
+                let _ = self.stderr_done.recv_timeout(Duration::from_secs(10));
                 return status.success();
             }
             assert!(started.elapsed() < Duration::from_secs(30), "ran too long");
