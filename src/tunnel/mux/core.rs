@@ -35,7 +35,8 @@ pub const OUTBOUND_QUEUE: usize = 8 << 20;
 /// The most frames without a payload queued for the link before new
 /// streams and associations are refused: a peer that never reads while
 /// visitors come and go would otherwise grow the queue by an OPEN and a
-/// RESET per visitor. (About 64 bytes each.)
+/// FIN per visitor (or an OPEN alone for one reset before it went out, see
+/// [`Core::reset`]). (About 64 bytes each.)
 pub const MAX_QUEUED_CONTROLS: usize = 65_536;
 
 /// Starved streams woken per frame sent once the queue is half empty.
@@ -96,6 +97,9 @@ struct Flow {
     fin_received: bool,
     /// Listed in the core's `starved`.
     starved: bool,
+    /// Where this side's OPEN of the stream is in the core's `data` queue
+    /// (its position, see `data_popped`); `None` for the peer's streams.
+    open_at: Option<u64>,
 }
 
 impl Flow {
@@ -132,6 +136,19 @@ pub(crate) struct Core<P, A> {
     /// Frames that open, carry or end streams, in order; `true` marks a
     /// refusal (it counts in `replies`).
     data: VecDeque<(Frame, bool)>,
+    /// Frames ever put in `data`, and taken from it: a frame's position
+    /// is the count pushed before it, and it is still queued while its
+    /// position is at least `data_popped`.
+    data_pushed: u64,
+    data_popped: u64,
+    /// This side's streams reset before their OPEN went out, by id, with
+    /// the position past their last frame: those frames are dropped as
+    /// they come up, and the peer never hears of the stream. (Their ids
+    /// are not given out again meanwhile.)
+    withdrawn: HashMap<u32, u64>,
+    /// The same, in the order of those positions, to forget each once
+    /// the queue has passed it.
+    withdrawn_order: VecDeque<(u64, u32)>,
     /// The same for associations.
     udp: VecDeque<(Frame, bool)>,
     /// Bytes of datagram payloads in `udp`: within `udp_queue`.
@@ -180,6 +197,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             grants: VecDeque::new(),
             session: VecDeque::new(),
             data: VecDeque::new(),
+            data_pushed: 0,
+            data_popped: 0,
+            withdrawn: HashMap::new(),
+            withdrawn_order: VecDeque::new(),
             udp: VecDeque::new(),
             udp_queued: 0,
             data_queued: 0,
@@ -202,7 +223,9 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     // ---- the table ----
 
     fn taken(&self, id: u32) -> bool {
-        self.streams.contains_key(&id) || self.assocs.contains_key(&id)
+        self.streams.contains_key(&id)
+            || self.assocs.contains_key(&id)
+            || self.withdrawn.contains_key(&id)
     }
 
     fn full(&self) -> bool {
@@ -237,6 +260,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             fin_sent: false,
             fin_received: false,
             starved: false,
+            open_at: None,
         };
         self.streams.insert(id, Entry { flow, port });
         self.next_serial
@@ -282,6 +306,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         let id = self.allocate();
         let serial = self.insert(id, port);
+        let at = self.data_pushed;
+        if let Some(flow) = self.flow(id, serial) {
+            flow.open_at = Some(at);
+        }
         self.queue(Frame::Open { id, index, visitor }, false);
         Ok((id, serial))
     }
@@ -383,16 +411,27 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
     }
 
-    /// Aborts stream `id` and tells the peer.
+    /// Aborts stream `id` and tells the peer; or, if this side's OPEN of
+    /// it has not gone out yet, withdraws it: its frames still queued are
+    /// dropped instead of sent, and the peer never hears of it (a visitor
+    /// that left before a slow or stalled link took its OPEN costs the
+    /// peer no connection to its service, and the link nothing).
     /// Returns whether a RESET was queued.
     pub(crate) fn reset(&mut self, id: u32, serial: u64) -> bool {
+        let popped = self.data_popped;
         let Some(flow) = self.flow(id, serial) else {
             return false;
         };
         // Finished both ways (its user gave up before writing out all it
         // received): the peer has forgotten it, only this side holds it.
         let finished = flow.fin_sent && flow.fin_received;
+        let unsent = flow.open_at.is_some_and(|at| at >= popped);
         self.remove(id);
+        if unsent {
+            self.withdrawn.insert(id, self.data_pushed);
+            self.withdrawn_order.push_back((self.data_pushed, id));
+            return false;
+        }
         if !finished {
             self.queue(Frame::Reset { id }, false);
         }
@@ -556,6 +595,9 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         self.ended = true;
         self.data.clear();
+        self.data_popped = self.data_pushed;
+        self.withdrawn.clear();
+        self.withdrawn_order.clear();
         self.udp.clear();
         self.grants.clear();
         self.udp_queued = 0;
@@ -715,8 +757,31 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             frame,
             Frame::Associate { .. } | Frame::Datagram { .. } | Frame::Dissociate { .. }
         );
-        let queue = if udp { &mut self.udp } else { &mut self.data };
-        queue.push_back((frame, reply));
+        if udp {
+            self.udp.push_back((frame, reply));
+        } else {
+            self.data_pushed += 1;
+            self.data.push_back((frame, reply));
+        }
+    }
+
+    /// Counts a frame just taken from `data` out of its position; true if
+    /// it belongs to a withdrawn stream (see [`Core::reset`]).
+    fn taken_from_data(&mut self, frame: &Frame) -> bool {
+        let position = self.data_popped;
+        self.data_popped += 1;
+        let withdrawn = !self.withdrawn.is_empty()
+            && self
+                .withdrawn
+                .get(&frame.stream())
+                .is_some_and(|&end| position < end);
+        while let Some(&(end, id)) = self.withdrawn_order.front()
+            && end <= self.data_popped
+        {
+            self.withdrawn_order.pop_front();
+            self.withdrawn.remove(&id);
+        }
+        withdrawn
     }
 
     /// Counts `frame` into (`add`) or out of the queues' bounds.
@@ -827,12 +892,12 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         for _ in 0..2 {
             self.udp_turn = !self.udp_turn;
-            let queue = if self.udp_turn {
-                &mut self.udp
-            } else {
-                &mut self.data
-            };
-            if let Some((frame, reply)) = queue.pop_front() {
+            loop {
+                let udp = self.udp_turn;
+                let queue = if udp { &mut self.udp } else { &mut self.data };
+                let Some((frame, reply)) = queue.pop_front() else {
+                    break;
+                };
                 if reply {
                     self.replies -= 1;
                 }
@@ -848,6 +913,9 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                     } else if self.data_queued <= OUTBOUND_QUEUE / 2 {
                         self.wake_starved();
                     }
+                }
+                if !udp && self.taken_from_data(&frame) {
+                    continue;
                 }
                 return Some(frame);
             }
@@ -1387,16 +1455,84 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_reset_before_its_open_went_out_never_reaches_the_peer() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        let (sent, sent_serial) = c.open(0, visitor(), Rec::default()).expect("open");
+        let (gone, serial) = c.open(0, visitor(), Rec::default()).expect("open");
+        c.send_data(gone, serial, Bytes::from(vec![1u8; 1000]))
+            .expect("within credit");
+        c.send_fin(gone, serial);
+        let (kept, kept_serial) = c.open(0, visitor(), Rec::default()).expect("open");
+        // Nothing of `gone` has gone out: withdrawn, no RESET owed.
+        assert!(!c.reset(gone, serial));
+        assert!(
+            c.taken(gone),
+            "its id is not given out while its frames wait"
+        );
+        let out = drain(&mut c);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.iter().all(|f| matches!(f, Frame::Open { .. })));
+        assert!(out.iter().all(|f| f.stream() != gone));
+        assert_eq!((c.data_queued, c.controls_queued), (0, 0));
+        assert!(!c.taken(gone) && c.withdrawn.is_empty());
+        // A stream whose OPEN went out is reset the usual way, and a
+        // frame queued after the withdrawal still goes.
+        assert!(c.reset(sent, sent_serial));
+        c.send_data(kept, kept_serial, Bytes::from_static(b"kept"))
+            .expect("within credit");
+        let out = drain(&mut c);
+        assert!(
+            matches!(out[..], [Frame::Reset { id }, Frame::Data { id: d, .. }] if id == sent && d == kept),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn withdrawn_streams_cost_one_queued_frame_each_until_the_link_takes_them() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        // Visitors that leave at once, on a link that takes nothing: one
+        // queued frame each (the OPEN), not two; one visitor stays.
+        let mut opened = 0usize;
+        let mut stays = None;
+        let refused = loop {
+            match c.open(0, visitor(), Rec::default()) {
+                Ok((id, _)) if opened == MAX_QUEUED_CONTROLS / 2 => {
+                    opened += 1;
+                    stays = Some(id);
+                }
+                Ok((id, serial)) => {
+                    opened += 1;
+                    assert!(!c.reset(id, serial));
+                    assert!(opened < 1 << 20, "never refused");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(refused, StreamError::Backlogged);
+        assert_eq!(opened, MAX_QUEUED_CONTROLS);
+        // The link takes the queue: only the stream that stayed goes out,
+        // and nothing is left queued or remembered.
+        let out = drain(&mut c);
+        assert!(
+            matches!(out[..], [Frame::Open { id, .. }] if Some(id) == stays),
+            "{out:?}"
+        );
+        assert_eq!(c.controls_queued, 0);
+        assert!(c.withdrawn.is_empty() && c.withdrawn_order.is_empty());
+        assert!(c.open(0, visitor(), Rec::default()).is_ok());
+    }
+
+    #[test]
     fn a_link_that_takes_nothing_stops_new_streams_and_associations() {
         let mut c = core(Side::Server, MuxConfig::default());
-        // The peer resets each stream at once and never reads: OPENs and
-        // RESETs pile up until the queue's bound, then opens are refused.
+        // The peer never reads while visitors come and go: their OPENs and
+        // FINs pile up until the queue's bound, then opens are refused.
         let mut opened = 0u32;
         let refused = loop {
             match c.open(0, visitor(), Rec::default()) {
                 Ok((id, serial)) => {
                     opened += 1;
-                    c.reset(id, serial);
+                    c.send_fin(id, serial);
                     assert!(opened < 1 << 20, "never refused");
                 }
                 Err(e) => break e,
