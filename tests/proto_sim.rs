@@ -110,7 +110,7 @@ struct Client {
 }
 
 enum Stage {
-    Hello(ServerHandshake),
+    Hello(Box<ServerHandshake>),
     Resuming(u64, ServerResume),
     Attached(u64),
     Closed,
@@ -167,6 +167,10 @@ impl World {
             encrypt: rng.random_bool(0.5),
             history,
             in_flight,
+            // Sometimes a writer held back by the transport, not the history.
+            unsent_limit: rng
+                .random_bool(0.3)
+                .then(|| rng.random_range(1..2 * link_cap)),
         };
         let recv_cap = rng.random_range(1..4096);
         let budget = rng.random_range(0..600);
@@ -214,7 +218,7 @@ impl World {
         let link = self.links.len() - 1;
         self.conns.push(ServerConn {
             link,
-            stage: Stage::Hello(ServerHandshake::new(self.params, self.next_id)),
+            stage: Stage::Hello(Box::new(ServerHandshake::new(self.params, self.next_id))),
             out: BytesMut::new(),
             input: BytesMut::new(),
         });

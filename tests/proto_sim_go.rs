@@ -541,6 +541,7 @@ impl World {
             encrypt: s.encrypt,
             history: s.history,
             in_flight: s.in_flight,
+            unsent_limit: None,
         };
         let go = GoConfig {
             version: s.version,

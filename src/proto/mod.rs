@@ -101,6 +101,10 @@ pub struct Params {
     /// and never lets unconfirmed bytes exceed `history`: that is what makes a
     /// resume never fail for lack of history. Must be below `history`.
     pub in_flight: usize,
+    /// The most written bytes held not yet handed to a transport: beyond it
+    /// [`Session::write_capacity`] is 0 until the transport takes some.
+    /// `None`: only the history bounds them.
+    pub unsent_limit: Option<usize>,
 }
 
 impl Default for Params {
@@ -110,6 +114,7 @@ impl Default for Params {
             encrypt: true,
             history: 4 << 20,
             in_flight: 2 << 20,
+            unsent_limit: None,
         }
     }
 }

@@ -357,7 +357,29 @@ impl Session {
     /// How many more bytes [`Session::handle_write`] accepts now.
     pub fn write_capacity(&self) -> usize {
         let needed = self.write_count() - self.safe_floor();
-        self.history.capacity().saturating_sub(needed as usize)
+        let room = self.history.capacity().saturating_sub(needed as usize);
+        match self.params.unsent_limit {
+            Some(limit) => room.min(limit.saturating_sub(self.unsent())),
+            None => room,
+        }
+    }
+
+    /// Bytes written and not yet handed to a transport.
+    fn unsent(&self) -> usize {
+        usize::try_from(self.write_count().saturating_sub(self.sent)).unwrap_or(usize::MAX)
+    }
+
+    /// Whether a writer waiting for [`Session::write_capacity`] should be
+    /// woken: there is room, and under an unsent limit the transport has
+    /// taken what was written back under half of it, so that the writer
+    /// comes back for at least half the limit, not for every piece the
+    /// transport takes.
+    pub fn writer_may_continue(&self) -> bool {
+        let half = self
+            .params
+            .unsent_limit
+            .is_none_or(|limit| self.unsent() <= limit / 2);
+        half && self.write_capacity() > 0
     }
 
     /// Encrypts as much of `plain` as fits into the history and returns how
@@ -584,6 +606,36 @@ mod tests {
         assert_eq!(c.write_capacity(), 24);
         c.handle_transmitted(24);
         assert_eq!(c.write_capacity(), 48);
+    }
+
+    /// An unsent limit holds a writer back by what the transport has not
+    /// taken, whatever room the history has; capacity falls by exactly what
+    /// is written (a record's header and its payload are two writes), and a
+    /// waiting writer is to be woken only once the transport has taken it
+    /// back under half the limit.
+    #[test]
+    fn an_unsent_limit_bounds_what_waits_for_the_transport() {
+        let (mut c, _s) = pair(1024, 16);
+        c.params.unsent_limit = Some(100);
+        assert_eq!(c.write_capacity(), 100);
+        assert!(c.writer_may_continue());
+        assert_eq!(c.handle_write(&[1; 3]), 3);
+        assert_eq!(c.write_capacity(), 97);
+        assert_eq!(c.handle_write(&[1; 200]), 97);
+        assert_eq!(c.write_capacity(), 0);
+        assert!(!c.writer_may_continue());
+        // The transport takes some, not yet half: room, but no wake.
+        c.handle_transmitted(30);
+        assert_eq!(c.write_capacity(), 30);
+        assert!(!c.writer_may_continue());
+        c.handle_transmitted(20);
+        assert_eq!(c.write_capacity(), 50);
+        assert!(c.writer_may_continue());
+        // After a resume the resend counts as unsent.
+        c.handle_transmitted(50);
+        c.resume(point(0, 100, 0)).unwrap();
+        assert_eq!(c.write_capacity(), 0);
+        assert!(!c.writer_may_continue());
     }
 
     #[test]

@@ -207,6 +207,14 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Bytes that relays on the path (proxies, tunnels) may hold. Default 256 KiB.
     pub path_buffer: usize,
+    /// The most written bytes the stream holds that no connection has taken
+    /// yet; a write waits while it is reached. The history's room beyond
+    /// what is in flight is otherwise all queue: on a slow path a new write
+    /// waits behind all of it (4 MiB is 3 s at 10 Mbit/s). A writer that
+    /// multiplexes (the tunnel) bounds it so that its own scheduling, not
+    /// this queue, decides what goes next. `None`: the history alone bounds
+    /// it. At least 16 KiB. Default `None`.
+    pub unsent_limit: Option<usize>,
     /// Received bytes buffered for the application before reading pauses.
     /// Default 256 KiB.
     pub recv_buffer: usize,
@@ -259,6 +267,9 @@ pub struct Config {
     pub close_timeout: Duration,
 }
 
+/// The least [`Config::unsent_limit`]: a record and then some.
+pub const MIN_UNSENT_LIMIT: usize = 16 << 10;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -269,6 +280,7 @@ impl Default for Config {
             history: 4 << 20,
             socket_buffer: 256 << 10,
             path_buffer: 256 << 10,
+            unsent_limit: None,
             recv_buffer: 256 << 10,
             handshake_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(60),
@@ -314,6 +326,7 @@ setters! {
     with_history => history: usize,
     with_socket_buffer => socket_buffer: usize,
     with_path_buffer => path_buffer: usize,
+    with_unsent_limit => unsent_limit: Option<usize>,
     with_recv_buffer => recv_buffer: usize,
     with_handshake_timeout => handshake_timeout: Duration,
     with_reconnect_wait => reconnect_wait: Duration,
@@ -383,6 +396,11 @@ impl Config {
                 "history {} is outside {MIN_HISTORY}..={MAX_HISTORY}",
                 self.history
             ));
+        }
+        if let Some(limit) = self.unsent_limit
+            && limit < MIN_UNSENT_LIMIT
+        {
+            return fail(format!("unsent_limit {limit} is below {MIN_UNSENT_LIMIT}"));
         }
         if self.socket_buffer < 4096 {
             return fail(format!(
@@ -486,6 +504,7 @@ impl Config {
             encrypt: self.encrypt,
             history: self.history,
             in_flight: self.in_flight(),
+            unsent_limit: self.unsent_limit,
         }
     }
 }
@@ -493,6 +512,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsent_limit_below_a_record_is_refused() {
+        let c = Config::default().with_unsent_limit(Some(MIN_UNSENT_LIMIT - 1));
+        let e = c.validate().expect_err("too small");
+        assert!(e.to_string().contains("unsent_limit"), "{e}");
+        Config::default()
+            .with_unsent_limit(Some(MIN_UNSENT_LIMIT))
+            .validate()
+            .expect("the least");
+    }
 
     #[test]
     fn defaults_are_valid() {

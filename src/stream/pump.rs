@@ -151,7 +151,7 @@ where
                     return Received::End(PumpEnd::Ended);
                 }
                 st.take_read_waker(wake);
-                if st.link.is_some() && st.session.write_capacity() > 0 {
+                if st.link.is_some() && st.session.writer_may_continue() {
                     // Sealed: acks free history room, and a writer waiting
                     // for it has nothing else to wake it when we have
                     // nothing to send.
@@ -242,7 +242,12 @@ where
     }
     if wrote > 0 {
         st.flushed = false;
-        // Room may have opened in the history.
+    }
+    // Room may have opened in the history, or under the unsent limit (which
+    // sealing moves, even when the transport then takes nothing). Not woken
+    // for every piece the transport takes: see
+    // `Session::writer_may_continue`.
+    if st.session.writer_may_continue() {
         st.take_write_waker(wake);
     }
     if !st.flushed && !st.wire_ready() {

@@ -21,11 +21,20 @@ pub use traffic::ServiceStats;
 /// fast as it comes, so this is memory only while the mux is behind.
 pub const LINK_RECV_BUFFER: usize = 2 << 20;
 
+/// The most bytes the mux hands the link ahead of what its connection has
+/// taken (the stream's `unsent_limit`). Without it the link's history (4 MiB)
+/// filled up with whatever the mux had, and a frame of another visitor
+/// waited behind all of it: seconds on a slow link. With it, frames wait in
+/// the mux, where each stream's share is bounded (see
+/// the mux's `STREAM_QUEUE`).
+pub const LINK_UNSENT_LIMIT: usize = 256 << 10;
+
 /// The stream settings a tunnel link starts from: the stream's defaults with
-/// [`LINK_RECV_BUFFER`].
+/// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`].
 pub(crate) fn link_stream_config() -> crate::stream::Config {
     crate::stream::Config {
         recv_buffer: LINK_RECV_BUFFER,
+        unsent_limit: Some(LINK_UNSENT_LIMIT),
         ..crate::stream::Config::default()
     }
 }

@@ -70,6 +70,7 @@ impl GoConfig {
             encrypt: self.encrypt,
             history: self.buffer,
             in_flight: self.buffer / 2,
+            unsent_limit: None,
         }
     }
 }

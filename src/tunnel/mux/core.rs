@@ -32,6 +32,16 @@ pub(super) const MAX_REPLIES: usize = 1024;
 /// what bounds the memory of a peer that grants it and never reads.
 pub const OUTBOUND_QUEUE: usize = 8 << 20;
 
+/// The most bytes of DATA one stream queues for the link, by default
+/// ([`MuxConfig::stream_queue`]). The queue is one
+/// line, in the order frames were sent: without a share per stream, a
+/// stream whose peer grants it credit faster than the link drains filled
+/// all of [`OUTBOUND_QUEUE`], and a frame of any other stream waited
+/// behind 8 MiB (seconds on a slow link; docs/benchmarks.md). A stream past half its share
+/// waits until it is back under half, so it sends in pieces of at least
+/// half of it.
+pub const STREAM_QUEUE: usize = 512 << 10;
+
 /// The most frames without a payload queued for the link before new
 /// streams and associations are refused: a peer that never reads while
 /// visitors come and go would otherwise grow the queue by an OPEN and a
@@ -95,8 +105,11 @@ struct Flow {
     grant: u32,
     fin_sent: bool,
     fin_received: bool,
-    /// Listed in the core's `starved`.
+    /// Listed in the core's `starved`, or waiting for its own frames to
+    /// go out (see [`STREAM_QUEUE`]).
     starved: bool,
+    /// Bytes of this stream's DATA in the core's `data` queue.
+    queued: usize,
     /// Where this side's OPEN of the stream is in the core's `data` queue
     /// (its position, see `data_popped`); `None` for the peer's streams.
     open_at: Option<u64>,
@@ -260,6 +273,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             fin_sent: false,
             fin_received: false,
             starved: false,
+            queued: 0,
             open_at: None,
         };
         self.streams.insert(id, Entry { flow, port });
@@ -330,7 +344,14 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// stream told 0 for want of room is woken when the queue drains.
     pub(crate) fn credit(&mut self, id: u32, serial: u64) -> Option<u32> {
         let room = OUTBOUND_QUEUE.saturating_sub(self.data_queued);
+        let share = self.config.stream_queue;
         let flow = self.flow(id, serial)?;
+        let own = if flow.queued <= share / 2 {
+            share - flow.queued
+        } else {
+            0
+        };
+        let room = room.min(own);
         let credit = flow.credit;
         if credit > 0 && room == 0 && !flow.starved && !flow.fin_sent {
             flow.starved = true;
@@ -370,6 +391,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         if len > 0 {
             flow.credit -= len as u32;
+            flow.queued += len;
             self.queue(Frame::Data { id, payload }, false);
         }
         Ok(())
@@ -386,6 +408,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             };
             if let Some(e) = self.streams.get_mut(&id)
                 && e.flow.serial == serial
+                && e.flow.starved
             {
                 e.flow.starved = false;
                 e.port.wake_sender();
@@ -784,6 +807,22 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         withdrawn
     }
 
+    /// Counts `len` bytes of stream `id`'s DATA out of its share, and wakes
+    /// it if it waited for them (see [`STREAM_QUEUE`]) and the queue has room.
+    fn data_taken(&mut self, id: u32, len: usize) {
+        let full = self.data_queued >= OUTBOUND_QUEUE;
+        let share = self.config.stream_queue;
+        if let Some(e) = self.streams.get_mut(&id) {
+            // (Saturating: the frame may be of an earlier stream that had
+            // this id.)
+            e.flow.queued = e.flow.queued.saturating_sub(len);
+            if e.flow.starved && e.flow.queued <= share / 2 && !full {
+                e.flow.starved = false;
+                e.port.wake_sender();
+            }
+        }
+    }
+
     /// Counts `frame` into (`add`) or out of the queues' bounds.
     fn count_queued(&mut self, frame: &Frame, add: bool) {
         let (count, n) = match frame {
@@ -902,7 +941,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
                     self.replies -= 1;
                 }
                 self.count_queued(&frame, false);
-                if matches!(frame, Frame::Data { .. }) {
+                if let Frame::Data { id, payload } = &frame {
+                    self.data_taken(*id, payload.len());
                     if self.data_queued == 0 {
                         // No DATA left whose going out would wake the
                         // rest: listed streams that did not send when
@@ -1010,6 +1050,15 @@ mod tests {
         Core::new(side, config, Instant::now())
     }
 
+    /// A config in which a stream may queue all its credit: for the tests
+    /// of the session's queue, which one stream fills.
+    fn whole_share() -> MuxConfig {
+        MuxConfig {
+            stream_queue: usize::MAX,
+            ..MuxConfig::default()
+        }
+    }
+
     fn drain(core: &mut TestCore) -> Vec<Frame> {
         std::iter::from_fn(|| core.poll_transmit()).collect()
     }
@@ -1052,7 +1101,7 @@ mod tests {
 
     #[test]
     fn sending_spends_credit_and_refuses_beyond_it() {
-        let mut c = core(Side::Client, MuxConfig::default());
+        let mut c = core(Side::Client, whole_share());
         let (id, serial) = c
             .open(0, visitor(), Rec::default())
             .expect("room for a stream");
@@ -1082,7 +1131,7 @@ mod tests {
 
     #[test]
     fn oversized_sends_and_foreign_frames_are_refused_without_ending_anything() {
-        let mut c = core(Side::Client, MuxConfig::default());
+        let mut c = core(Side::Client, whole_share());
         let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
         assert_eq!(
             c.send_data(id, serial, Bytes::from(vec![0; MAX_DATA + 1])),
@@ -1367,7 +1416,7 @@ mod tests {
 
     #[test]
     fn granted_credit_is_sent_no_faster_than_the_link_takes_it() {
-        let mut c = core(Side::Server, MuxConfig::default());
+        let mut c = core(Side::Server, whole_share());
         let rec = Rec::default();
         let (id, serial) = c.open(0, visitor(), rec.clone()).expect("room");
         // The peer grants all the credit it may, then never reads.
@@ -1399,9 +1448,64 @@ mod tests {
         assert_eq!(c.credit(id, serial), Some(taken as u32));
     }
 
+    /// A stream granted far more credit than the link drains queues at
+    /// most its share, so a frame of another stream goes out behind at most
+    /// that much of it (before, behind the whole 8 MiB queue); it is woken
+    /// once the link has taken it back under half its share, and not before.
+    #[test]
+    fn one_stream_queues_at_most_its_share_and_others_go_out_behind_no_more() {
+        let share = STREAM_QUEUE;
+        let mut c = core(Side::Server, MuxConfig::default());
+        let bulk_rec = Rec::default();
+        let (bulk, bulk_serial) = c.open(0, visitor(), bulk_rec.clone()).expect("room");
+        let (chat, chat_serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        c.handle_frame(Frame::Window {
+            id: bulk,
+            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
+        })
+        .expect("within MAX_CREDIT");
+        let mut queued = 0;
+        while let Some(credit) = c.credit(bulk, bulk_serial).filter(|c| *c > 0) {
+            let n = (credit as usize).min(MAX_DATA);
+            c.send_data(bulk, bulk_serial, Bytes::from(vec![0; n]))
+                .expect("within credit");
+            queued += n;
+            assert!(queued <= share, "{queued} queued");
+        }
+        assert!(queued > share / 2, "{queued} queued");
+        assert!(c.flow(bulk, bulk_serial).expect("open").credit > 0);
+        bulk_rec.take();
+        c.send_data(chat, chat_serial, Bytes::from_static(b"ls\n"))
+            .expect("within credit");
+        // Everything goes out in order: the other stream's byte after at
+        // most the share of the first.
+        let mut before = 0;
+        let mut woken_at = None;
+        loop {
+            match c.poll_transmit().expect("the chat frame is queued") {
+                Frame::Data { id, payload } if id == bulk => before += payload.len(),
+                Frame::Data { id, .. } if id == chat => break,
+                _ => {}
+            }
+            if woken_at.is_none() && bulk_rec.take() == ["wake"] {
+                woken_at = Some(before);
+            }
+        }
+        assert_eq!(before, queued);
+        let woken_at = woken_at.expect("the first stream was woken");
+        assert!(
+            queued - woken_at <= share / 2 && queued - woken_at + MAX_DATA > share / 2,
+            "woken with {} still queued",
+            queued - woken_at
+        );
+        // Woken, it may queue again, up to its share.
+        let credit = c.credit(bulk, bulk_serial).expect("open") as usize;
+        assert!(credit >= share / 2 && credit <= share, "{credit}");
+    }
+
     #[test]
     fn starved_streams_are_listed_once_woken_a_few_at_a_time_and_the_list_stays_bounded() {
-        let mut c = core(Side::Server, MuxConfig::default());
+        let mut c = core(Side::Server, whole_share());
         // Streams opened while there was room: 1,000 that will go, 100 that
         // stay, and one whose granted credit fills the queue.
         let open = |c: &mut TestCore, n: usize| -> Vec<(u32, u64, Rec)> {
@@ -1565,7 +1669,7 @@ mod tests {
 
     #[test]
     fn a_waiting_sender_listed_behind_streams_that_do_not_send_is_woken() {
-        let mut c = core(Side::Server, MuxConfig::default());
+        let mut c = core(Side::Server, whole_share());
         // 2,000 streams that will not send when woken (say, visitors that
         // only receive), listed first; then an upload's stream; then one
         // that sent its FIN, which is never listed.

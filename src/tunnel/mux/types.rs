@@ -59,6 +59,11 @@ pub struct MuxConfig {
     /// dropped (and counted). It must exceed what a resume can deliver at once
     /// (history plus UDP queue), or a resume burst would be cut. Default 8 MiB.
     pub udp_inbound: usize,
+    /// The most bytes of DATA one stream queues for the link, within the
+    /// session's 8 MiB: a frame of another stream never waits behind more
+    /// than this of any one stream. A stream past half of it waits until it
+    /// is back under half. Default 512 KiB.
+    pub stream_queue: usize,
 }
 
 impl Default for MuxConfig {
@@ -70,6 +75,7 @@ impl Default for MuxConfig {
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(15),
             max_streams: 65_536,
+            stream_queue: super::core::STREAM_QUEUE,
             udp_queue: 1 << 20,
             udp_inbound: 8 << 20,
         }
