@@ -27,7 +27,7 @@ pub const LINK_RECV_BUFFER: usize = 2 << 20;
 /// waited behind all of it: seconds on a slow link. With it, frames wait in
 /// the mux, where each stream's share is bounded (see
 /// the mux's `STREAM_QUEUE`).
-pub const LINK_UNSENT_LIMIT: usize = 256 << 10;
+pub const LINK_UNSENT_LIMIT: usize = 1 << 20;
 
 /// The stream settings a tunnel link starts from: the stream's defaults with
 /// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`].

@@ -40,7 +40,7 @@ pub const OUTBOUND_QUEUE: usize = 8 << 20;
 /// behind 8 MiB (seconds on a slow link; docs/benchmarks.md). A stream past half its share
 /// waits until it is back under half, so it sends in pieces of at least
 /// half of it.
-pub const STREAM_QUEUE: usize = 512 << 10;
+pub const STREAM_QUEUE: usize = 1 << 20;
 
 /// The most frames without a payload queued for the link before new
 /// streams and associations are refused: a peer that never reads while

@@ -62,7 +62,7 @@ pub struct MuxConfig {
     /// The most bytes of DATA one stream queues for the link, within the
     /// session's 8 MiB: a frame of another stream never waits behind more
     /// than this of any one stream. A stream past half of it waits until it
-    /// is back under half. Default 512 KiB.
+    /// is back under half. Default 1 MiB.
     pub stream_queue: usize,
 }
 
