@@ -60,6 +60,9 @@ pub struct ProxyConfig {
     pub plan: Option<Plan>,
     /// How long silently dropped connections are held open. Default 120 s.
     pub silent_hold: Duration,
+    /// Bytes a second each direction of a connection may carry, like a slow
+    /// link; `None` forwards as fast as the sockets go. Default `None`.
+    pub rate: Option<u64>,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +72,7 @@ impl Default for ProxyConfig {
             chunk: 16 << 10,
             plan: None,
             silent_hold: Duration::from_secs(120),
+            rate: None,
         }
     }
 }
@@ -315,6 +319,8 @@ async fn forward(
     mode: Arc<watch::Sender<Mode>>,
 ) -> (OwnedReadHalf, OwnedWriteHalf) {
     let mut buf = vec![0u8; shared.config.chunk];
+    // When the bytes forwarded so far may have gone, at `rate`.
+    let mut due = tokio::time::Instant::now();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
@@ -329,6 +335,11 @@ async fn forward(
         let (allowed, cut) = shared.budget(n);
         if to.write_all(&buf[..allowed]).await.is_err() {
             return (from, to);
+        }
+        if let Some(rate) = shared.config.rate.filter(|r| *r > 0) {
+            let now = tokio::time::Instant::now();
+            due = due.max(now) + Duration::from_secs_f64(allowed as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
         }
         if let Some(kind) = cut {
             if *mode.borrow() == Mode::Forward {
