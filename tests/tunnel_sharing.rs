@@ -5,8 +5,9 @@
 //! through a link that carries 4 MB/s, another sends one byte to an echo
 //! service; what the upload's service received between that byte's send and
 //! its echo is what was queued ahead of it. Before each stream had a share
-//! of the mux's link queue and the link an unsent limit, that was the whole
-//! 8 MiB queue plus the link's 4 MiB history: about 15 MB.
+//! of the mux's link queue and the link an unsent limit (both following the
+//! link's rate), that was the whole 8 MiB queue plus the link's 4 MiB
+//! history: about 16 MB.
 
 mod common;
 
@@ -25,13 +26,14 @@ use tokio::time::{Instant, timeout};
 /// The link's rate, each way.
 const RATE: u64 = 4_000_000;
 
-/// The most upload bytes that may go ahead of another visitor's byte: the
-/// upload's share of the mux queue (1 MiB), what the link may hold not yet
-/// sent (1 MiB), the frames taken for one write and the frames sealed for
-/// the socket (256 KiB each), the link's socket buffers (512 KiB each end),
-/// the proxy's (small), and the client's receive buffer (2 MiB) should the
-/// client's mux fall behind on a loaded machine: 5.6 MiB.
-const AHEAD_BOUND: u64 = 6 << 20;
+/// The most upload bytes that may go ahead of another visitor's byte on
+/// this link: the upload's share of the mux queue and what the link may
+/// hold unsent (256 KiB each on a link this slow), the frames taken for one
+/// write and the frames sealed for the socket (256 KiB each), the link's
+/// socket buffers (512 KiB each end), the proxy's (small), and the client's
+/// receive buffer (2 MiB) should the client's mux fall behind on a loaded
+/// machine: 4.1 MiB.
+const AHEAD_BOUND: u64 = 5 << 20;
 
 /// A service that reads and discards everything, counting it.
 async fn sink_service() -> (String, Arc<AtomicU64>) {

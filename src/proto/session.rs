@@ -364,6 +364,11 @@ impl Session {
         }
     }
 
+    /// Changes the unsent limit (see [`Params::unsent_limit`]).
+    pub fn set_unsent_limit(&mut self, limit: Option<usize>) {
+        self.params.unsent_limit = limit;
+    }
+
     /// Bytes written and not yet handed to a transport.
     fn unsent(&self) -> usize {
         usize::try_from(self.write_count().saturating_sub(self.sent)).unwrap_or(usize::MAX)

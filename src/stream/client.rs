@@ -113,6 +113,7 @@ fn pump_config(config: &Config, records: bool) -> super::pump::PumpConfig {
     super::pump::PumpConfig {
         idle: config.idle_timeout,
         ping: config.idle_timeout.filter(|_| records).map(|d| d / 3),
+        pace: config.pace(),
     }
 }
 

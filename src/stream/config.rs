@@ -215,6 +215,12 @@ pub struct Config {
     /// this queue, decides what goes next. `None`: the history alone bounds
     /// it. At least 16 KiB. Default `None`.
     pub unsent_limit: Option<usize>,
+    /// With `unsent_limit`: the limit follows what the connection takes in
+    /// this long (measured as it goes), never below `unsent_limit`. A fast
+    /// connection then holds as much as it drains in that time and its
+    /// writer is not woken for every piece; a slow one holds the floor.
+    /// Default `None` (the limit is fixed).
+    pub unsent_time: Option<Duration>,
     /// Received bytes buffered for the application before reading pauses.
     /// Default 256 KiB.
     pub recv_buffer: usize,
@@ -281,6 +287,7 @@ impl Default for Config {
             socket_buffer: 256 << 10,
             path_buffer: 256 << 10,
             unsent_limit: None,
+            unsent_time: None,
             recv_buffer: 256 << 10,
             handshake_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(60),
@@ -327,6 +334,7 @@ setters! {
     with_socket_buffer => socket_buffer: usize,
     with_path_buffer => path_buffer: usize,
     with_unsent_limit => unsent_limit: Option<usize>,
+    with_unsent_time => unsent_time: Option<Duration>,
     with_recv_buffer => recv_buffer: usize,
     with_handshake_timeout => handshake_timeout: Duration,
     with_reconnect_wait => reconnect_wait: Duration,
@@ -401,6 +409,12 @@ impl Config {
             && limit < MIN_UNSENT_LIMIT
         {
             return fail(format!("unsent_limit {limit} is below {MIN_UNSENT_LIMIT}"));
+        }
+        if self.unsent_time.is_some() && self.unsent_limit.is_none() {
+            return fail("unsent_time needs unsent_limit, its floor".into());
+        }
+        if self.unsent_time.is_some_and(|t| t.is_zero()) {
+            return fail("unsent_time must be more than zero".into());
         }
         if self.socket_buffer < 4096 {
             return fail(format!(
@@ -497,6 +511,12 @@ impl Config {
         Ok(())
     }
 
+    /// The unsent limit's floor and the time it follows the connection's
+    /// rate over, if it does.
+    pub(crate) fn pace(&self) -> Option<(usize, Duration)> {
+        self.unsent_limit.zip(self.unsent_time)
+    }
+
     /// The protocol parameters these settings imply.
     pub fn params(&self) -> Params {
         Params {
@@ -522,6 +542,20 @@ mod tests {
             .with_unsent_limit(Some(MIN_UNSENT_LIMIT))
             .validate()
             .expect("the least");
+    }
+
+    #[test]
+    fn an_unsent_time_needs_a_floor() {
+        let t = Duration::from_millis(20);
+        let e = Config::default().with_unsent_time(Some(t)).validate();
+        assert!(e.expect_err("no floor").to_string().contains("unsent_time"));
+        let c = Config::default()
+            .with_unsent_limit(Some(MIN_UNSENT_LIMIT))
+            .with_unsent_time(Some(Duration::ZERO));
+        assert!(c.validate().is_err());
+        let c = c.with_unsent_time(Some(t));
+        c.validate().expect("valid");
+        assert_eq!(c.pace(), Some((MIN_UNSENT_LIMIT, t)));
     }
 
     #[test]

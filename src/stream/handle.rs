@@ -260,6 +260,13 @@ impl WriteHalf {
             shared: self.shared.clone(),
         }
     }
+
+    /// The unsent limit now (see `Config::unsent_limit`; with
+    /// `Config::unsent_time` it follows the connection's rate). A writer
+    /// that multiplexes can bound its own queues by it.
+    pub fn unsent_limit(&self) -> Option<usize> {
+        self.shared.state.lock().session.params().unsent_limit
+    }
 }
 
 impl AsyncRead for ReadHalf {

@@ -821,6 +821,7 @@ impl<T: Transport> Inner<T> {
         let cfg = PumpConfig {
             idle: self.config.idle_timeout.filter(|_| records),
             ping: self.config.idle_timeout.filter(|_| records).map(|d| d / 3),
+            pace: self.config.pace(),
         };
         let result = self.drive(&shared, io, &mut commits, cfg).await;
         self.sessions.lock().remove(&shared.id);

@@ -47,6 +47,9 @@ pub(crate) struct PumpConfig {
     pub idle: Option<Duration>,
     /// Record layer: send a PING after this much silence.
     pub ping: Option<Duration>,
+    /// The unsent limit's floor and the time it follows the connection's
+    /// rate over (`Config::unsent_limit`, `Config::unsent_time`).
+    pub pace: Option<(usize, Duration)>,
 }
 
 /// Runs until the transport breaks or the session is done with it.
@@ -243,6 +246,10 @@ where
     if wrote > 0 {
         st.flushed = false;
     }
+    let now = Instant::now();
+    if let Some((floor, time)) = cfg.pace {
+        st.pace(floor, time, now);
+    }
     // Room may have opened in the history, or under the unsent limit (which
     // sealing moves, even when the transport then takes nothing). Not woken
     // for every piece the transport takes: see
@@ -276,7 +283,6 @@ where
     }
 
     // Timers: silence, PING, close deadline.
-    let now = Instant::now();
     let mut next: Option<Instant> = st.close_deadline;
     if st.close_deadline.is_some_and(|d| now >= d) {
         return Poll::Ready(PumpEnd::Finished);
@@ -372,6 +378,7 @@ pub(super) mod tests {
     const QUIET: PumpConfig = PumpConfig {
         idle: None,
         ping: None,
+        pace: None,
     };
 
     /// A server's session of the compatible suite (v2, RC4, no records).

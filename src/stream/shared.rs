@@ -86,6 +86,10 @@ pub(crate) struct State {
     pub read_waker: Option<Waker>,
     pub write_waker: Option<Waker>,
     pub driver_waker: Option<Waker>,
+    /// The unsent limit's last change (see [`State::pace`]): when, and
+    /// the session's `sent` then.
+    pace_at: Instant,
+    pace_sent: u64,
 }
 
 /// Most bytes taken from the transport in one read (fewer, larger reads:
@@ -289,7 +293,27 @@ impl State {
             read_waker: None,
             write_waker: None,
             driver_waker: None,
+            pace_at: Instant::now(),
+            pace_sent: 0,
         }
+    }
+
+    /// Sets the unsent limit to what the connection took in the last
+    /// `time` (at a steady rate, over however long it has been), never
+    /// below `floor`, once `time` has passed since the last change.
+    pub fn pace(&mut self, floor: usize, time: std::time::Duration, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.pace_at);
+        if elapsed < time {
+            return;
+        }
+        let sent = self.session.sent();
+        // (After a resume `sent` moved back: nothing taken, the floor.)
+        let taken = sent.saturating_sub(self.pace_sent) as f64;
+        let per_time = taken * time.as_secs_f64() / elapsed.as_secs_f64();
+        let limit = (per_time as usize).max(floor);
+        self.session.set_unsent_limit(Some(limit));
+        self.pace_at = now;
+        self.pace_sent = sent;
     }
 
     pub fn take_read_waker(&mut self, wake: &mut Wake) {
@@ -851,6 +875,31 @@ mod tests {
             state(Session::new(Role::Client, id, key, params, records, cc)),
             state(Session::new(Role::Server, 9, key, params, records, sc)),
         )
+    }
+
+    /// The unsent limit follows what the connection took over the last
+    /// period, scaled to `time`, never below the floor, and moves only once
+    /// `time` has passed.
+    #[test]
+    fn the_unsent_limit_follows_what_the_connection_takes() {
+        let (mut c, _s) = pair(false, 64 << 20);
+        let time = std::time::Duration::from_millis(20);
+        let start = c.pace_at;
+        // 4 MiB taken in the first 20 ms: the limit is 4 MiB.
+        assert_eq!(c.session.handle_write(&vec![0; 4 << 20]), 4 << 20);
+        c.session.handle_transmitted(4 << 20);
+        c.pace(256 << 10, time, start + time / 2);
+        assert_eq!(c.session.params().unsent_limit, None, "not yet");
+        c.pace(256 << 10, time, start + time);
+        assert_eq!(c.session.params().unsent_limit, Some(4 << 20));
+        // 1 MiB over the next 80 ms: 256 KiB per 20 ms.
+        c.session.handle_write(&vec![0; 1 << 20]);
+        c.session.handle_transmitted(1 << 20);
+        c.pace(64 << 10, time, start + 5 * time);
+        assert_eq!(c.session.params().unsent_limit, Some(256 << 10));
+        // Nothing taken (a stalled or idle connection): the floor.
+        c.pace(64 << 10, time, start + 6 * time);
+        assert_eq!(c.session.params().unsent_limit, Some(64 << 10));
     }
 
     /// What the history holds for the transport.

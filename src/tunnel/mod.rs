@@ -27,7 +27,12 @@ pub const LINK_RECV_BUFFER: usize = 2 << 20;
 /// waited behind all of it: seconds on a slow link. With it, frames wait in
 /// the mux, where each stream's share is bounded (see
 /// the mux's `STREAM_QUEUE`).
-pub const LINK_UNSENT_LIMIT: usize = 1 << 20;
+pub const LINK_UNSENT_LIMIT: usize = 256 << 10;
+
+/// The link's unsent limit follows what its connection takes in this long:
+/// a fast link holds as much as before and pays nothing for the limit, a
+/// slow one [`LINK_UNSENT_LIMIT`].
+pub const LINK_UNSENT_TIME: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The stream settings a tunnel link starts from: the stream's defaults with
 /// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`].
@@ -35,6 +40,7 @@ pub(crate) fn link_stream_config() -> crate::stream::Config {
     crate::stream::Config {
         recv_buffer: LINK_RECV_BUFFER,
         unsent_limit: Some(LINK_UNSENT_LIMIT),
+        unsent_time: Some(LINK_UNSENT_TIME),
         ..crate::stream::Config::default()
     }
 }

@@ -40,7 +40,7 @@ pub const OUTBOUND_QUEUE: usize = 8 << 20;
 /// behind 8 MiB (seconds on a slow link; docs/benchmarks.md). A stream past half its share
 /// waits until it is back under half, so it sends in pieces of at least
 /// half of it.
-pub const STREAM_QUEUE: usize = 1 << 20;
+pub const STREAM_QUEUE: usize = 256 << 10;
 
 /// The most frames without a payload queued for the link before new
 /// streams and associations are refused: a peer that never reads while
@@ -169,6 +169,9 @@ pub(crate) struct Core<P, A> {
     /// Bytes of DATA payloads in `data`, all streams: at most about
     /// [`OUTBOUND_QUEUE`], whatever credit the peer grants.
     data_queued: usize,
+    /// Each stream's share of `data` now: `config.stream_queue`, or more
+    /// while the link drains faster (see [`Core::follow_link`]).
+    share: usize,
     /// Frames without a payload (OPEN, FIN, RESET, ASSOCIATE, DISSOCIATE)
     /// in `data` and `udp`: at most about [`MAX_QUEUED_CONTROLS`].
     controls_queued: usize,
@@ -198,6 +201,7 @@ pub(crate) struct Core<P, A> {
 impl<P: Port, A: DatagramPort> Core<P, A> {
     pub(crate) fn new(side: Side, config: MuxConfig, now: Instant) -> Self {
         let next_ping = now + config.ping_interval;
+        let share = config.stream_queue;
         Core {
             side,
             config,
@@ -210,6 +214,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             grants: VecDeque::new(),
             session: VecDeque::new(),
             data: VecDeque::new(),
+            share,
             data_pushed: 0,
             data_popped: 0,
             withdrawn: HashMap::new(),
@@ -344,7 +349,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// stream told 0 for want of room is woken when the queue drains.
     pub(crate) fn credit(&mut self, id: u32, serial: u64) -> Option<u32> {
         let room = OUTBOUND_QUEUE.saturating_sub(self.data_queued);
-        let share = self.config.stream_queue;
+        let share = self.share;
         let flow = self.flow(id, serial)?;
         let own = if flow.queued <= share / 2 {
             share - flow.queued
@@ -395,6 +400,19 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             self.queue(Frame::Data { id, payload }, false);
         }
         Ok(())
+    }
+
+    /// Sets each stream's share of the link queue to what the link holds
+    /// unsent now (its stream's unsent limit, which follows its rate), never
+    /// below `config.stream_queue`: on a fast link a stream then queues as
+    /// much as the link takes in that time, and is not woken for every
+    /// piece; on a slow one, `config.stream_queue`. (A stream waiting for
+    /// its share has frames queued, so the link taking them wakes it
+    /// whichever way the share moved.)
+    pub(crate) fn follow_link(&mut self, unsent_limit: Option<usize>) {
+        self.share = unsent_limit.map_or(self.config.stream_queue, |l| {
+            l.max(self.config.stream_queue)
+        });
     }
 
     /// Wakes the streams waiting for room in the outbound queue.
@@ -811,7 +829,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// it if it waited for them (see [`STREAM_QUEUE`]) and the queue has room.
     fn data_taken(&mut self, id: u32, len: usize) {
         let full = self.data_queued >= OUTBOUND_QUEUE;
-        let share = self.config.stream_queue;
+        let share = self.share;
         if let Some(e) = self.streams.get_mut(&id) {
             // (Saturating: the frame may be of an earlier stream that had
             // this id.)
@@ -1501,6 +1519,38 @@ mod tests {
         // Woken, it may queue again, up to its share.
         let credit = c.credit(bulk, bulk_serial).expect("open") as usize;
         assert!(credit >= share / 2 && credit <= share, "{credit}");
+    }
+
+    /// The share follows the link's unsent limit up, never below the
+    /// configured one.
+    #[test]
+    fn the_share_follows_the_link() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
+        c.handle_frame(Frame::Window {
+            id,
+            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
+        })
+        .expect("within MAX_CREDIT");
+        let queue_all = |c: &mut TestCore| {
+            let mut queued = 0;
+            while let Some(credit) = c.credit(id, serial).filter(|c| *c > 0) {
+                let n = (credit as usize).min(MAX_DATA);
+                c.send_data(id, serial, Bytes::from(vec![0; n]))
+                    .expect("credit");
+                queued += n;
+            }
+            drain(c);
+            queued
+        };
+        c.follow_link(Some(4 << 20));
+        let fast = queue_all(&mut c);
+        assert!(fast > 2 << 20 && fast <= 4 << 20, "{fast}");
+        c.follow_link(Some(16 << 10));
+        let slow = queue_all(&mut c);
+        assert!(slow > STREAM_QUEUE / 2 && slow <= STREAM_QUEUE, "{slow}");
+        c.follow_link(None);
+        assert!(queue_all(&mut c) <= STREAM_QUEUE);
     }
 
     #[test]

@@ -199,8 +199,10 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
     // Whether anything was written since the last ping tick.
     let mut wrote = false;
     loop {
+        let unsent_limit = write.unsent_limit();
         let (can_read, deadline, ended, stop) = {
             let mut core = shared.core.lock();
+            core.follow_link(unsent_limit);
             if let Some(at) = received.take() {
                 core.touch(at);
             }

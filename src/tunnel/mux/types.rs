@@ -60,9 +60,11 @@ pub struct MuxConfig {
     /// (history plus UDP queue), or a resume burst would be cut. Default 8 MiB.
     pub udp_inbound: usize,
     /// The most bytes of DATA one stream queues for the link, within the
-    /// session's 8 MiB: a frame of another stream never waits behind more
-    /// than this of any one stream. A stream past half of it waits until it
-    /// is back under half. Default 1 MiB.
+    /// session's 8 MiB, on a slow link: a frame of another stream never
+    /// waits behind more than this of any one stream there. On a link that
+    /// drains faster the share is what the link holds unsent (its stream's
+    /// unsent limit, which follows its rate). A stream past half its share
+    /// waits until it is back under half. Default 256 KiB.
     pub stream_queue: usize,
 }
 
