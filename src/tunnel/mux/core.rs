@@ -1091,15 +1091,31 @@ mod tests {
     /// The peer grants stream `id` all the credit it may and never reads;
     /// the stream sends until the outbound queue is full.
     fn fill_the_queue(c: &mut TestCore, id: u32, serial: u64) {
+        grant_all(c, id);
+        send_while_credit(c, id, serial, usize::MAX);
+    }
+
+    /// The peer grants stream `id` all the credit it may.
+    fn grant_all(c: &mut TestCore, id: u32) {
         c.handle_frame(Frame::Window {
             id,
             increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
         })
         .expect("within MAX_CREDIT");
-        while c.credit(id, serial).is_some_and(|n| n > 0) {
-            c.send_data(id, serial, Bytes::from(vec![0; MAX_DATA]))
+    }
+
+    /// Sends DATA on the stream as long as it is given credit, checking
+    /// that no more than `most` bytes go in; returns how many did.
+    fn send_while_credit(c: &mut TestCore, id: u32, serial: u64, most: usize) -> usize {
+        let mut queued = 0;
+        while let Some(credit) = c.credit(id, serial).filter(|c| *c > 0) {
+            let n = (credit as usize).min(MAX_DATA);
+            c.send_data(id, serial, Bytes::from(vec![0; n]))
                 .expect("within credit");
+            queued += n;
+            assert!(queued <= most, "{queued} queued");
         }
+        queued
     }
 
     /// A client-side core with one stream the server opened (id 2).
@@ -1438,20 +1454,9 @@ mod tests {
         let rec = Rec::default();
         let (id, serial) = c.open(0, visitor(), rec.clone()).expect("room");
         // The peer grants all the credit it may, then never reads.
-        c.handle_frame(Frame::Window {
-            id,
-            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
-        })
-        .expect("within MAX_CREDIT");
+        grant_all(&mut c, id);
         rec.take();
-        let mut queued = 0;
-        while let Some(credit) = c.credit(id, serial).filter(|c| *c > 0) {
-            let n = (credit as usize).min(MAX_DATA);
-            c.send_data(id, serial, Bytes::from(vec![0; n]))
-                .expect("within credit");
-            queued += n;
-            assert!(queued <= OUTBOUND_QUEUE, "{queued} queued");
-        }
+        let queued = send_while_credit(&mut c, id, serial, OUTBOUND_QUEUE);
         assert_eq!(queued, OUTBOUND_QUEUE);
         assert!(c.flow(id, serial).expect("open").credit > 0);
         assert!(rec.take().is_empty());
@@ -1477,19 +1482,8 @@ mod tests {
         let bulk_rec = Rec::default();
         let (bulk, bulk_serial) = c.open(0, visitor(), bulk_rec.clone()).expect("room");
         let (chat, chat_serial) = c.open(0, visitor(), Rec::default()).expect("room");
-        c.handle_frame(Frame::Window {
-            id: bulk,
-            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
-        })
-        .expect("within MAX_CREDIT");
-        let mut queued = 0;
-        while let Some(credit) = c.credit(bulk, bulk_serial).filter(|c| *c > 0) {
-            let n = (credit as usize).min(MAX_DATA);
-            c.send_data(bulk, bulk_serial, Bytes::from(vec![0; n]))
-                .expect("within credit");
-            queued += n;
-            assert!(queued <= share, "{queued} queued");
-        }
+        grant_all(&mut c, bulk);
+        let queued = send_while_credit(&mut c, bulk, bulk_serial, share);
         assert!(queued > share / 2, "{queued} queued");
         assert!(c.flow(bulk, bulk_serial).expect("open").credit > 0);
         bulk_rec.take();
@@ -1527,19 +1521,9 @@ mod tests {
     fn the_share_follows_the_link() {
         let mut c = core(Side::Server, MuxConfig::default());
         let (id, serial) = c.open(0, visitor(), Rec::default()).expect("room");
-        c.handle_frame(Frame::Window {
-            id,
-            increment: (MAX_CREDIT - u64::from(INITIAL_WINDOW)) as u32,
-        })
-        .expect("within MAX_CREDIT");
+        grant_all(&mut c, id);
         let queue_all = |c: &mut TestCore| {
-            let mut queued = 0;
-            while let Some(credit) = c.credit(id, serial).filter(|c| *c > 0) {
-                let n = (credit as usize).min(MAX_DATA);
-                c.send_data(id, serial, Bytes::from(vec![0; n]))
-                    .expect("credit");
-                queued += n;
-            }
+            let queued = send_while_credit(c, id, serial, usize::MAX);
             drain(c);
             queued
         };
