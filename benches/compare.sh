@@ -4,7 +4,9 @@
 #   direct TCP (the baseline, measured first and again last),
 #   rathole (plain TCP transport, then its Noise transport),
 #   bore,
-#   rejoin (this checkout, `cargo build --release --bin rejoin`).
+#   rejoin (this checkout, `cargo build --release --bin rejoin`),
+#   two chained relays that only copy bytes (examples/relay.rs, built from
+#   this checkout): the fastest any two-process tunnel could be here.
 #
 # Every tool runs through its own CLI with its defaults. For each path iperf3
 # measures visitor -> service (`iperf3 -c` through the published port) and
@@ -394,6 +396,26 @@ path_bore() {
     measure "$name" "$pub" "$spid" "$cpid"
 }
 
+# Two relays that only copy (examples/relay.rs): visitor -> relay ->
+# relay -> service, the two processes standing for a tunnel's server and
+# client.
+path_relay() {
+    local name=$1
+    start_iperf_server
+    relay_at() {
+        scrape "$DIR/relay-$1" 's/^relaying .*:([0-9]+) to .*$/\1/p' "$DIR/relay-$1.log"
+    }
+    LOGOF=$DIR/relay-client.log
+    start "$LOGOF" "$RELAY" --listen 127.0.0.1:0 --to "127.0.0.1:$IPORT"
+    local cpid=$PID
+    wait_until "relay (its 'relaying' line)" "$cpid" relay_at client
+    LOGOF=$DIR/relay-server.log
+    start "$LOGOF" "$RELAY" --listen 127.0.0.1:0 --to "127.0.0.1:$(cat "$DIR/relay-client")"
+    local spid=$PID
+    wait_until "relay (its 'relaying' line)" "$spid" relay_at server
+    measure "$name" "$(cat "$DIR/relay-server")" "$spid" "$cpid"
+}
+
 path_rejoin() {
     local name=$1 token
     start_iperf_server
@@ -476,6 +498,13 @@ else
     REJOIN_FROM="checkout $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
 fi
 [[ -x $REJOIN ]] || die "no rejoin binary at $REJOIN"
+say "building the relay example in $ROOT (cargo build --release --example relay)"
+(cd "$ROOT" && nice cargo build --release --example relay >&2) ||
+    die "cargo build --release --example relay failed in $ROOT"
+RELAY=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $RELAY == /* ]] || RELAY=$ROOT/$RELAY
+RELAY=$RELAY/release/examples/relay
+[[ -x $RELAY ]] || die "no relay example at $RELAY"
 
 say "iperf3:  $(iperf3 --version | head -n 1)"
 say "rathole: $("$RATHOLE" --version 2>&1 | awk '/^Build Version:/ {print $3}')"
@@ -483,13 +512,14 @@ say "bore:    $("$BORE" --version 2>&1 | head -n 1)"
 say "rejoin:  $("$REJOIN" --version 2>&1 | head -n 1) ($REJOIN, $REJOIN_FROM)"
 say "each direction: ${DURATION}s of iperf3, one stream; $ROUNDS rounds of every path"
 
-PATHS=(direct rathole rathole-noise bore rejoin direct-again)
+PATHS=(direct rathole rathole-noise bore rejoin relay direct-again)
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     run_path direct path_direct
     run_path rathole path_rathole tcp
     run_path rathole-noise path_rathole noise
     run_path bore path_bore
     run_path rejoin path_rejoin
+    run_path relay path_relay
     run_path direct-again path_direct
 done
 
@@ -517,6 +547,7 @@ label = {
     "rathole-noise": "rathole (noise)",
     "bore": "bore",
     "rejoin": "rejoin",
+    "relay": "two relays that only copy",
 }
 def direct(r, d):
     v = [res[n][r][d] for n in ("direct", "direct-again") if r in res[n]]
@@ -568,6 +599,12 @@ for other, target in (("rathole-noise", 2.0), ("rathole", 0.8)):
     print("rejoin ÷ %s (target ≥ %.1f) | %s | %s | %d of %d directions" %
           (label[other], target, shown[0], shown[1], met, len(both)))
 print()
+per = [ratios("rejoin", "relay", d) for d in (0, 1)]
+if per[0] or per[1]:
+    print("rejoin ÷ two relays that only copy (the most a two-process tunnel could do here): %s / %s" %
+          tuple("-" if not v else "%s; median %.2f" % (", ".join("%.2f" % x for x in v), statistics.median(v))
+                for v in per))
+    print()
 print("tunnel | server VmRSS KiB | client VmRSS KiB (after its last run)")
 print("---|---|---")
 for n in names:

@@ -2,10 +2,13 @@
 
 #[path = "common/examples.rs"]
 mod examples;
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/procs.rs"]
 mod procs;
 
 use examples::{cut_proxy, echo_client, echo_server, example, finish};
+use ports::unclaimed_port;
 use procs::{Proc, echo_service};
 
 use std::process::{Command, Stdio};
@@ -113,10 +116,7 @@ fn tunnel_one_line_forms() {
         .to_string();
     assert!(addr.starts_with("127.0.0.1:"));
 
-    let fixed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let fixed = unclaimed_port();
     let fixed_spec = format!("{echo}@{fixed}");
     // The client takes its token from the environment this time.
     let mut client = Proc::start(

@@ -3,6 +3,8 @@
 
 #[path = "common/examples.rs"]
 mod examples;
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/procs.rs"]
 mod procs;
 
@@ -13,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use examples::cut_proxy;
+use ports::unclaimed_port;
 use procs::{Proc, echo_service};
 
 const TOKEN: &str = "op-token-5d1e";
@@ -662,10 +665,7 @@ fn failures_are_visible() {
 #[test]
 fn the_first_login_is_retried() {
     let echo_addr = echo_service();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = unclaimed_port();
     let addr = format!("127.0.0.1:{port}");
     let client = Proc::start(
         &[

@@ -154,14 +154,20 @@ async fn an_understated_path_ends_in_a_clear_error() {
     }
     let mut got = vec![0u8; 64 << 10];
     r.read_exact(&mut got).await.unwrap();
-    // The client's buffers fill (256 KiB of them), then the proxy's.
+    // The client's buffers fill (256 KiB of them), then the proxy's: wait
+    // until it has forwarded that much and then stopped (nothing more for
+    // ten polls in a row; at most 30 s).
+    let (mut last, mut still) = (0, 0);
     for _ in 0..3000 {
-        if proxy.stats().forwarded >= 256 << 10 {
+        let forwarded = proxy.stats().forwarded;
+        still = if forwarded == last { still + 1 } else { 0 };
+        last = forwarded;
+        if forwarded >= 256 << 10 && still >= 10 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(still >= 10, "the proxy never filled up ({last} bytes forwarded)");
     proxy.cut_all(rejoin::chaos::CutKind::Reset);
     let mut read = got.len();
     let err = loop {

@@ -157,9 +157,7 @@ async fn ports_outside_the_rules_are_refused_clearly() {
     let mut sc = server_config();
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let free_port = free.local_addr().unwrap().port();
-    drop(free);
+    let free_port = common::ports::unclaimed_port();
     sc.ports = vec![taken_port..=taken_port, free_port..=free_port];
     let server = Server::bind(sc).await.unwrap();
     let local = echo_service().await;

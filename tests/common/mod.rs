@@ -83,5 +83,6 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+pub mod ports;
 pub mod sealed;
 pub mod tunnel;
