@@ -167,7 +167,10 @@ async fn an_understated_path_ends_in_a_clear_error() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(still >= 10, "the proxy never filled up ({last} bytes forwarded)");
+    assert!(
+        still >= 10,
+        "the proxy never filled up ({last} bytes forwarded)"
+    );
     proxy.cut_all(rejoin::chaos::CutKind::Reset);
     let mut read = got.len();
     let err = loop {
