@@ -213,7 +213,8 @@ fn ctrl_c_says_goodbye() {
 
 #[test]
 fn tunnel_errors_are_clear() {
-    // A wrong token: the client says why and exits 1.
+    // A wrong token: the client says why and exits 78 (EX_CONFIG: starting
+    // again cannot help, so the systemd units do not).
     let mut server = Proc::start(
         &["server", "--listen", "127.0.0.1:0", "--token", "right"],
         None,
@@ -231,7 +232,7 @@ fn tunnel_errors_are_clear() {
         ],
         None,
     );
-    assert!(!client.wait());
+    assert_eq!(client.exit_code(), Some(78));
     let err = client.stderr();
     assert!(
         err.contains("error: login refused by the server: bad token"),
@@ -251,7 +252,7 @@ fn tunnel_errors_are_clear() {
     let bad = dir.join("server.toml");
     std::fs::write(&bad, "listen = \"127.0.0.1:0\"\ntoken = \"x\"\nport = 5\n").unwrap();
     let mut run = Proc::start(&["server", "--config", bad.to_str().unwrap()], None);
-    assert!(!run.wait());
+    assert_eq!(run.exit_code(), Some(78));
     let err = run.stderr();
     assert!(
         err.contains("server.toml") && err.contains("line 3") && err.contains("port"),
@@ -260,7 +261,7 @@ fn tunnel_errors_are_clear() {
 
     // Missing pieces of the one-line form are named.
     let mut run = Proc::start(&["client", "--server", "127.0.0.1:1", "--token", "t"], None);
-    assert!(!run.wait());
+    assert_eq!(run.exit_code(), Some(78));
     assert!(run.stderr().contains("nothing to publish"));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1218,3 +1218,61 @@ async fn visitors_coming_and_going_on_a_link_never_read_are_bounded() {
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     still_good(&mut visitor, &server).await;
 }
+
+/// A client holding the token sends its visitors' bytes one per DATA frame
+/// (9 bytes on the link each) to visitors that never read, each stream's
+/// whole window. The window counts payload bytes only, so what the server
+/// holds for them must stay near those bytes (8 MiB here), not grow with
+/// the number of frames. (Each 1-byte payload was once queued for its
+/// visitor as a buffer of its own: about 40 bytes of memory per byte held,
+/// and one system call per 16 bytes written.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_frames_for_visitors_that_never_read_cost_what_they_carry() {
+    use bytes::Bytes;
+    use rejoin::tunnel::frame::INITIAL_WINDOW;
+    const VISITORS: usize = 8;
+    const BATCH: usize = 64 << 10;
+    let server = Server::bind(server_config()).await.unwrap();
+    let mut link = RawLink::login(server.local_addr(), "trickler").await;
+    let addr = link.publish_tcp("tiny").await;
+    let mut visitors = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..VISITORS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        visitors.push(socket.connect(addr).await.unwrap());
+        let Some(Frame::Open { id, .. }) = link.recv_not_ping().await else {
+            panic!("an OPEN for the visitor");
+        };
+        ids.push(id);
+    }
+    let before = common::rss_kib();
+    let mut most = before;
+    let started = std::time::Instant::now();
+    for &id in &ids {
+        let mut batch = BytesMut::new();
+        for _ in 0..BATCH {
+            Frame::Data {
+                id,
+                payload: Bytes::from_static(b"x"),
+            }
+            .encode(&mut batch);
+        }
+        for _ in 0..INITIAL_WINDOW as usize / BATCH {
+            link.raw(&batch).await;
+            most = most.max(common::rss_kib());
+        }
+    }
+    // In order: once it answers, the server has taken every frame.
+    assert!(link.alive().await, "the server ended the link");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    most = most.max(common::rss_kib());
+    let grown = most.saturating_sub(before);
+    println!(
+        "{} MiB in 1-byte frames to {VISITORS} visitors that never read ({:.1} s); RSS grew by {grown} KiB at most",
+        (VISITORS * INITIAL_WINDOW as usize) >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    drop(visitors);
+}

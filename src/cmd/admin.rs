@@ -92,6 +92,9 @@ pub struct ServiceView {
     pub bytes_to_service: u64,
     pub bytes_to_visitors: u64,
     pub udp_dropped: u64,
+    /// Server: TCP visitors turned away at a visitor limit.
+    #[serde(default)]
+    pub visitors_refused: u64,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -118,6 +121,7 @@ fn service_view(
         bytes_to_service: s.bytes_to_service,
         bytes_to_visitors: s.bytes_to_visitors,
         udp_dropped: s.udp_dropped,
+        visitors_refused: s.visitors_refused,
     }
 }
 
@@ -247,6 +251,7 @@ pub fn metrics(status: &Status) -> anyhow::Result<String> {
     let resent = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let udp_dropped = Family::<Labels, Counter>::default();
+    let visitors_refused = Family::<Labels, Counter>::default();
     let refused = Family::<Labels, Counter>::default();
     let connected = status.clients.iter().filter(|c| c.since.is_some()).count();
     clients.set(connected as i64);
@@ -266,25 +271,32 @@ pub fn metrics(status: &Status) -> anyhow::Result<String> {
             if s.state == "published" {
                 published += 1;
             }
-            let service = s.name.as_str();
-            let both = [("client", client), ("service", service)];
+            // (A TCP and a UDP service on one local port share a name:
+            // the kind tells their series apart.)
+            let service = [
+                ("client", client),
+                ("service", s.name.as_str()),
+                ("kind", s.kind.as_str()),
+            ];
             visitors
-                .get_or_create(&labels(&both))
+                .get_or_create(&labels(&service))
                 .set(s.visitors as i64);
             for (direction, n) in [
                 ("to_service", s.bytes_to_service),
                 ("to_visitors", s.bytes_to_visitors),
             ] {
-                let l = [
-                    ("client", client),
-                    ("service", service),
-                    ("direction", direction),
-                ];
+                let mut l = service.to_vec();
+                l.push(("direction", direction));
                 bytes.get_or_create(&labels(&l)).inc_by(n);
             }
             udp_dropped
-                .get_or_create(&labels(&both))
+                .get_or_create(&labels(&service))
                 .inc_by(s.udp_dropped);
+            if status.role == "server" && s.kind == "tcp" {
+                visitors_refused
+                    .get_or_create(&labels(&service))
+                    .inc_by(s.visitors_refused);
+            }
         }
     }
     services.set(published);
@@ -330,6 +342,11 @@ pub fn metrics(status: &Status) -> anyhow::Result<String> {
     );
     registry.register("rejoin_udp_dropped", "UDP datagrams dropped", udp_dropped);
     if status.role == "server" {
+        registry.register(
+            "rejoin_visitors_refused",
+            "TCP visitors turned away at a visitor limit (per service or per source address)",
+            visitors_refused,
+        );
         registry.register(
             "rejoin_logins_refused",
             "Logins refused, by reason",
@@ -574,18 +591,35 @@ mod tests {
                 last_resume: None,
                 resumes: 3,
                 resent_bytes: 100,
-                services: vec![ServiceView {
-                    name: "web".into(),
-                    kind: "tcp".into(),
-                    public: Some("127.0.0.1:8080".into()),
-                    local: None,
-                    state: "published".into(),
-                    visitors: 2,
-                    visits: 7,
-                    bytes_to_service: 10,
-                    bytes_to_visitors: 20,
-                    udp_dropped: 0,
-                }],
+                services: vec![
+                    ServiceView {
+                        name: "web".into(),
+                        kind: "tcp".into(),
+                        public: Some("127.0.0.1:8080".into()),
+                        local: None,
+                        state: "published".into(),
+                        visitors: 2,
+                        visits: 7,
+                        bytes_to_service: 10,
+                        bytes_to_visitors: 20,
+                        udp_dropped: 0,
+                        visitors_refused: 6,
+                    },
+                    // A UDP service of the same name (both on local port 53).
+                    ServiceView {
+                        name: "web".into(),
+                        kind: "udp".into(),
+                        public: Some("127.0.0.1:8080".into()),
+                        local: None,
+                        state: "published".into(),
+                        visitors: 5,
+                        visits: 9,
+                        bytes_to_service: 1,
+                        bytes_to_visitors: 2,
+                        udp_dropped: 3,
+                        visitors_refused: 0,
+                    },
+                ],
             }],
             logins_refused: [("bad_token".to_string(), 4)].into_iter().collect(),
         }
@@ -596,8 +630,11 @@ mod tests {
         let text = metrics(&sample()).unwrap();
         for line in [
             "rejoin_clients 1",
-            "rejoin_services 1",
-            "rejoin_visitors{client=\"home \\\"lab\\\"\",service=\"web\"} 2",
+            "rejoin_services 2",
+            "rejoin_visitors{client=\"home \\\"lab\\\"\",service=\"web\",kind=\"tcp\"} 2",
+            "rejoin_visitors{client=\"home \\\"lab\\\"\",service=\"web\",kind=\"udp\"} 5",
+            "rejoin_udp_dropped_total{client=\"home \\\"lab\\\"\",service=\"web\",kind=\"udp\"} 3",
+            "rejoin_visitors_refused_total{client=\"home \\\"lab\\\"\",service=\"web\",kind=\"tcp\"} 6",
             "rejoin_link_resumes_total{client=\"home \\\"lab\\\"\"} 3",
             "rejoin_logins_refused_total{reason=\"bad_token\"} 4",
         ] {

@@ -86,6 +86,9 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
     }
     if let Some(token) = token {
         anyhow::ensure!(!token.is_empty(), "the token is empty");
+        if args.config.is_some() {
+            tracing::info!("{}", super::TOKEN_REPLACED);
+        }
         config.token = Token::new(token);
     }
     if args.give_up_after.is_some() {
@@ -109,11 +112,11 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
-    let config = settings(args.clone())?;
+    let config = settings(args.clone()).map_err(super::no_retry)?;
     if let Some(warning) = super::config::placeholder_warning([&config.token]) {
         tracing::warn!("{warning}");
     }
-    let admin = admin_file(&args)?;
+    let admin = admin_file(&args).map_err(super::no_retry)?;
     let (client, mut events) = Client::new(config.clone());
     let handle = client.handle();
     tokio::spawn(async move {

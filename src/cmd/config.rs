@@ -234,10 +234,9 @@ impl Secret {
             (Some(_), Some(_)) => bail!("{what}: give `token` or `token_file`, not both"),
             (Some(t), None) => Ok(Some(Token::new(check_token(t)?))),
             (None, Some(path)) => {
-                let path = base.join(path);
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("{what}: reading {}", path.display()))?;
-                Ok(Some(Token::new(check_token(text.trim())?)))
+                let token =
+                    super::read_token_file(&base.join(path)).with_context(|| what.to_string())?;
+                Ok(Some(Token::new(token)))
             }
             (None, None) => Ok(None),
         }
@@ -589,6 +588,31 @@ mod tests {
         assert_eq!(clipped.len(), 64);
         assert_eq!(clipped, "é".repeat(32));
         assert_eq!(clip("short"), "short");
+    }
+
+    /// `token_file` in a config reads a file as `--token-file` does: its
+    /// first line, trimmed.
+    #[test]
+    fn token_files_give_their_first_line() {
+        let dir = std::env::temp_dir().join(format!("rejoin-token-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "  tok-1 \nnot the token\n").unwrap();
+        std::fs::write(dir.join("empty"), "\n\n").unwrap();
+        let read = |file: &str| Secret::new(None, Some(file.into())).resolve(&dir, "token");
+        let token = read("token").unwrap().unwrap();
+        assert_eq!(token.expose(), "tok-1");
+        assert_eq!(
+            super::super::read_token_file(&dir.join("token")).unwrap(),
+            "tok-1"
+        );
+        let err = format!("{:#}", read("empty").unwrap_err());
+        assert!(
+            err.starts_with("token: ") && err.contains("is empty"),
+            "{err}"
+        );
+        let err = format!("{:#}", read("missing").unwrap_err());
+        assert!(err.contains("cannot read the token file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -88,7 +88,56 @@ pub fn reread<T>(
     }
 }
 
-/// Reads a token from a file (`--token-file`): its first line, trimmed.
+/// The exit status of an error that starting again unchanged cannot mend
+/// (`EX_CONFIG` of sysexits.h): settings or a key file that cannot work, a
+/// refused login, a server that cannot prove it knows the token, every
+/// service refused. The systemd units do not restart on it.
+pub const EXIT_NO_RETRY: u8 = 78;
+
+/// An error that starting again unchanged cannot mend: it prints as the
+/// error it wraps.
+#[derive(Debug)]
+pub struct NoRetry(pub anyhow::Error);
+
+impl std::fmt::Display for NoRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for NoRetry {}
+
+/// Marks an error as one that starting again cannot mend.
+pub fn no_retry(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(NoRetry(e))
+}
+
+/// The process's exit status for `e`: [`EXIT_NO_RETRY`] if retrying cannot
+/// mend it, else 1.
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    use rejoin::tunnel::client::ClientError;
+    let hopeless = e.chain().any(|cause| {
+        cause.is::<NoRetry>()
+            || matches!(
+                cause.downcast_ref::<ClientError>(),
+                Some(
+                    ClientError::Refused(_)
+                        | ClientError::ServerUnproven
+                        | ClientError::AllRefused(_)
+                        | ClientError::Config(_)
+                )
+            )
+    });
+    if hopeless { EXIT_NO_RETRY } else { 1 }
+}
+
+/// Logged when a token from the command line or the environment takes the
+/// place of the config file's.
+pub const TOKEN_REPLACED: &str =
+    "the token from --token-file, --token or REJOIN_TOKEN replaces the config file's";
+
+/// Reads a token from a file (`--token-file`, `token_file`): its first
+/// line, trimmed, as `rejoin token > FILE` writes it.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path)

@@ -109,6 +109,9 @@ fn settings(args: Args) -> anyhow::Result<ServerConfig> {
     };
     if let Some(token) = token {
         anyhow::ensure!(!token.is_empty(), "the token is empty");
+        if config.token.is_some() {
+            tracing::info!("{}", super::TOKEN_REPLACED);
+        }
         config.token = Some(Token::new(token));
     }
     if config.token.is_none() && config.clients.is_empty() {
@@ -170,8 +173,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut signals = super::Signals::new()?;
     let persistent = args.key_file.is_some() || args.config.is_some();
-    let config = settings(args.clone())?;
-    let admin = admin_file(&args)?;
+    let config = settings(args.clone()).map_err(super::no_retry)?;
+    let admin = admin_file(&args).map_err(super::no_retry)?;
     if let Some(warning) =
         super::config::placeholder_warning(config.token.iter().chain(config.clients.values()))
     {

@@ -277,6 +277,23 @@ pub fn render(s: &Status, now: SystemTime) -> Vec<String> {
             &services,
         ));
     }
+    let turned_away: Vec<String> = s
+        .clients
+        .iter()
+        .flat_map(|c| {
+            c.services
+                .iter()
+                .filter(|v| v.visitors_refused > 0)
+                .map(move |v| format!("{}/{} {}", c.name, v.name, v.visitors_refused))
+        })
+        .collect();
+    if !turned_away.is_empty() {
+        out.push(String::new());
+        out.push(format!(
+            "visitors refused at a limit: {}",
+            turned_away.join(", ")
+        ));
+    }
     let refused: u64 = s.logins_refused.values().sum();
     if refused > 0 {
         let by: Vec<String> = s

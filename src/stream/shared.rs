@@ -301,9 +301,11 @@ impl State {
     /// Sets the unsent limit to what the connection took in the last
     /// `time` (at a steady rate, over however long it has been), never
     /// below `floor`, once `time` has passed since the last change.
+    /// Waits while a write is lent out: its room was given under the
+    /// limit in force, and a lower one would leave it no place.
     pub fn pace(&mut self, floor: usize, time: std::time::Duration, now: Instant) {
         let elapsed = now.saturating_duration_since(self.pace_at);
-        if elapsed < time {
+        if elapsed < time || self.writing {
             return;
         }
         let sent = self.session.sent();
@@ -899,6 +901,33 @@ mod tests {
         assert_eq!(c.session.params().unsent_limit, Some(256 << 10));
         // Nothing taken (a stalled or idle connection): the floor.
         c.pace(64 << 10, time, start + 6 * time);
+        assert_eq!(c.session.params().unsent_limit, Some(64 << 10));
+    }
+
+    /// A limit lowered while a write is out (encrypting outside the lock,
+    /// in the room the old limit gave) would leave it no place in the
+    /// history and end the session: the pace waits for the write.
+    #[test]
+    fn the_unsent_limit_holds_while_a_write_is_out() {
+        let (mut c, _s) = pair(false, 64 << 20);
+        let time = std::time::Duration::from_millis(20);
+        let start = c.pace_at;
+        // A fast connection: 4 MiB taken in 20 ms, the limit 4 MiB.
+        c.session.handle_write(&vec![0; 4 << 20]);
+        c.session.handle_transmitted(4 << 20);
+        c.pace(64 << 10, time, start + time);
+        assert_eq!(c.session.params().unsent_limit, Some(4 << 20));
+        let mut lent = c.lend_write().expect("room");
+        // It stops taking anything while the write is out.
+        c.pace(64 << 10, time, start + 2 * time);
+        let data = vec![7u8; 1 << 20];
+        let mut scratch = Vec::new();
+        let (took, wire) = lent.fill(&[IoSlice::new(&data)], usize::MAX, &mut scratch);
+        assert_eq!(took, 1 << 20);
+        c.take_back_write(lent, &scratch[..wire], took)
+            .expect("the write keeps the room it was given");
+        // Then the limit follows the connection again.
+        c.pace(64 << 10, time, start + 3 * time);
         assert_eq!(c.session.params().unsent_limit, Some(64 << 10));
     }
 

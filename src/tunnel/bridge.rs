@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use super::frame::MAX_DATA;
@@ -21,12 +21,67 @@ use super::traffic::Meter;
 /// Most chunks written in one vectored write.
 const WRITE_SLICES: usize = 16;
 
+/// Most payloads taken from the stream in one turn of the loop.
+const TAKE_PER_TURN: usize = 64;
+
+/// Payloads below this are gathered into one buffer rather than queued one
+/// by one (see [`Pending`]).
+const GATHER_BELOW: usize = 4096;
+
+/// Most bytes gathered into one buffer.
+const GATHER_MOST: usize = 64 * 1024;
+
+/// Bytes from the tunnel not yet written to the socket. The stream's window
+/// counts payload bytes only, so a peer sending tiny DATA frames must not
+/// make each byte cost a queue slot and an allocation (tens of bytes per
+/// byte held for a visitor that does not read): small payloads are copied
+/// together into buffers of up to [`GATHER_MOST`], which also go out in
+/// far fewer writes.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Bytes>,
+    /// Small payloads gathered after everything in `queue`.
+    tail: BytesMut,
+}
+
+impl Pending {
+    fn push(&mut self, bytes: Bytes) {
+        if bytes.len() >= GATHER_BELOW {
+            self.seal_tail();
+            self.queue.push_back(bytes);
+            return;
+        }
+        if self.tail.len() + bytes.len() > GATHER_MOST {
+            self.seal_tail();
+        }
+        if self.tail.is_empty() {
+            self.tail.reserve(GATHER_MOST);
+        }
+        self.tail.extend_from_slice(&bytes);
+    }
+
+    /// Moves the gathered bytes to the end of the queue.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.queue.push_back(self.tail.split().freeze());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.tail.is_empty()
+    }
+
+    /// Whether `WRITE_SLICES` buffers wait (so taking more can wait too).
+    fn full(&self) -> bool {
+        self.queue.len() >= WRITE_SLICES
+    }
+}
+
 /// Copies both ways between `sock` and `stream` until both directions have
 /// ended (FIN each way) or either side aborts; `meter` counts the bytes.
 pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter) {
     let credit_signal = stream.credit_signal();
-    // Bytes from the tunnel not yet written to the socket.
-    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    let mut pending = Pending::default();
     let mut fin_pending = false;
     let mut read_done = false;
     let mut write_done = false;
@@ -54,13 +109,14 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                 if ready.is_err() {
                     break true;
                 }
+                pending.seal_tail();
                 let slices: Vec<IoSlice<'_>> =
-                    pending.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
+                    pending.queue.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
                 match sock.try_write_vectored(&slices) {
                     Ok(n) => {
                         meter.wrote(n);
                         stream.consumed(n);
-                        advance_pieces(&mut pending, n);
+                        advance_pieces(&mut pending.queue, n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => break true,
@@ -75,12 +131,13 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                 // And whatever else is here already, so that it goes out
                 // in one vectored write rather than one write per frame.
                 let mut next = Some(inbound);
-                let mut reset = false;
+                let (mut reset, mut taken) = (false, 0);
                 while let Some(inbound) = next.take() {
                     match inbound {
                         Inbound::Data(bytes) => {
-                            pending.push_back(bytes);
-                            if pending.len() < WRITE_SLICES {
+                            pending.push(bytes);
+                            taken += 1;
+                            if !pending.full() && taken < TAKE_PER_TURN {
                                 next = stream.try_recv();
                             }
                         }

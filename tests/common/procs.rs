@@ -101,13 +101,22 @@ impl Proc {
     /// Waits (bounded) for the exit, and for all the child wrote to stderr
     /// to be read; true on success.
     pub fn wait(&mut self) -> bool {
+        self.wait_status().success()
+    }
+
+    /// Waits for the process to exit (at most 30 s); its exit code.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.wait_status().code()
+    }
+
+    fn wait_status(&mut self) -> std::process::ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.0.try_wait().expect("wait") {
                 // The pipe ends with the child; a loaded machine may take a
                 // while to run the thread that reads its last lines.
                 let _ = self.stderr_done.recv_timeout(Duration::from_secs(10));
-                return status.success();
+                return status;
             }
             assert!(started.elapsed() < Duration::from_secs(30), "ran too long");
             std::thread::sleep(Duration::from_millis(20));

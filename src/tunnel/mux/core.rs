@@ -408,11 +408,12 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// much as the link takes in that time, and is not woken for every
     /// piece; on a slow one, `config.stream_queue`. (A stream waiting for
     /// its share has frames queued, so the link taking them wakes it
-    /// whichever way the share moved.)
+    /// whichever way the share moved.) Never above half the queue, however
+    /// fast the link: one stream must always leave the others room.
     pub(crate) fn follow_link(&mut self, unsent_limit: Option<usize>) {
-        self.share = unsent_limit.map_or(self.config.stream_queue, |l| {
-            l.max(self.config.stream_queue)
-        });
+        let floor = self.config.stream_queue;
+        self.share =
+            unsent_limit.map_or(floor, |l| l.clamp(floor, (OUTBOUND_QUEUE / 2).max(floor)));
     }
 
     /// Wakes the streams waiting for room in the outbound queue.
@@ -1535,6 +1536,13 @@ mod tests {
         assert!(slow > STREAM_QUEUE / 2 && slow <= STREAM_QUEUE, "{slow}");
         c.follow_link(None);
         assert!(queue_all(&mut c) <= STREAM_QUEUE);
+        // However fast the link, one stream leaves the others half the queue.
+        c.follow_link(Some(64 << 20));
+        let fastest = queue_all(&mut c);
+        assert!(
+            fastest > OUTBOUND_QUEUE / 4 && fastest <= OUTBOUND_QUEUE / 2,
+            "{fastest}"
+        );
     }
 
     #[test]
