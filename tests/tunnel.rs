@@ -14,7 +14,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rejoin::tunnel::auth::{BAD_TOKEN, Token};
 use rejoin::tunnel::client::{ClientError, ClientEvent};
-use rejoin::tunnel::server::Server;
+use rejoin::tunnel::server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -199,6 +199,41 @@ async fn ports_outside_the_rules_are_refused_clearly() {
 /// closes, however the server's tasks are scheduled. (A refusal lost when the
 /// mux ended just as its writer finished a write was seen under load; a run
 /// of attempts on two threads gives such races a chance to show.)
+/// Settings the server's listener was built with cannot change at a
+/// reload: a reload that changes one is refused whole, naming it, rather
+/// than accepted with no effect; what applies per login does change.
+#[tokio::test]
+async fn a_reload_refuses_what_only_a_restart_changes() {
+    let base = server_config();
+    let server = Server::bind(base.clone()).await.unwrap();
+    type Change = fn(&mut ServerConfig);
+    let changes: [(&str, Change); 4] = [
+        ("keep", |c| {
+            c.stream.reconnect_wait += Duration::from_secs(1)
+        }),
+        ("login_failures_per_minute", |c| {
+            c.stream.auth_failures_per_minute += 1
+        }),
+        ("max_sessions", |c| c.stream.max_sessions += 1),
+        ("max_pending_logins_per_source", |c| {
+            c.max_pending_logins_per_source += 1
+        }),
+    ];
+    for (name, change) in changes {
+        let mut sc = base.clone();
+        change(&mut sc);
+        let e = server.reload(sc).await.expect_err(name);
+        assert!(
+            e.to_string().contains(&format!("`{name}` cannot change")),
+            "{name}: {e}"
+        );
+    }
+    let mut sc = base.clone();
+    sc.login_timeout += Duration::from_secs(1);
+    sc.max_services += 1;
+    server.reload(sc).await.expect("applies to the next logins");
+}
+
 /// Pings that cannot work are refused when the server binds or the client
 /// starts, with the reason; a year-long timeout once panicked each session.
 #[tokio::test]

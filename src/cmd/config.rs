@@ -262,6 +262,9 @@ pub struct ServerFile {
     ports: Vec<String>,
     keep: Option<Span>,
     login_failures_per_minute: Option<u32>,
+    login_timeout: Option<Span>,
+    max_pending_logins_per_source: Option<usize>,
+    max_sessions: Option<usize>,
     max_services: Option<usize>,
     max_visitors: Option<usize>,
     max_visitors_per_source: Option<usize>,
@@ -485,6 +488,18 @@ impl ServerFile {
         if let Some(n) = self.login_failures_per_minute {
             config.stream.auth_failures_per_minute = n;
         }
+        if let Some(t) = self.login_timeout {
+            anyhow::ensure!(!t.0.is_zero(), "login_timeout must be above zero");
+            config.login_timeout = t.0;
+        }
+        if let Some(n) = self.max_pending_logins_per_source {
+            anyhow::ensure!(n > 0, "max_pending_logins_per_source must be at least 1");
+            config.max_pending_logins_per_source = n;
+        }
+        if let Some(n) = self.max_sessions {
+            anyhow::ensure!(n > 0, "max_sessions must be at least 1");
+            config.stream.max_sessions = n;
+        }
         if let Some(n) = self.max_services {
             config.max_services = n;
         }
@@ -613,6 +628,36 @@ mod tests {
         let err = format!("{:#}", read("missing").unwrap_err());
         assert!(err.contains("cannot read the token file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The login limits are settings of the file, and zero is refused.
+    #[test]
+    fn login_limits_are_set_in_the_file() {
+        let file = |extra: &str| {
+            toml::from_str::<ServerFile>(&format!(
+                "listen = \"127.0.0.1:0\"\ntoken = \"t\"\n{extra}"
+            ))
+            .unwrap()
+            .into_config(Path::new("."))
+        };
+        let c = file(
+            "login_timeout = \"30s\"\nmax_pending_logins_per_source = 4\nmax_sessions = 500\n",
+        )
+        .unwrap();
+        assert_eq!(c.login_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_pending_logins_per_source, 4);
+        assert_eq!(c.stream.max_sessions, 500);
+        for (zero, name) in [
+            ("login_timeout = \"0s\"", "login_timeout"),
+            (
+                "max_pending_logins_per_source = 0",
+                "max_pending_logins_per_source",
+            ),
+            ("max_sessions = 0", "max_sessions"),
+        ] {
+            let err = file(zero).unwrap_err().to_string();
+            assert!(err.contains(name), "{zero}: {err}");
+        }
     }
 
     #[test]

@@ -465,6 +465,9 @@ impl Server {
             return Err(ReloadError::NoToken);
         }
         config.mux.validate().map_err(ReloadError::Invalid)?;
+        // What the listener and its admission were built with at bind (the
+        // names are the config file's).
+        let (new, was) = (&config.stream, &old.stream);
         let fixed = [
             ("listen", config.listen != old.listen),
             ("bind", config.bind != old.bind),
@@ -472,6 +475,16 @@ impl Server {
                 "key_file",
                 config.static_key.as_ref().map(StaticKey::public)
                     != old.static_key.as_ref().map(StaticKey::public),
+            ),
+            ("keep", new.reconnect_wait != was.reconnect_wait),
+            (
+                "login_failures_per_minute",
+                new.auth_failures_per_minute != was.auth_failures_per_minute,
+            ),
+            ("max_sessions", new.max_sessions != was.max_sessions),
+            (
+                "max_pending_logins_per_source",
+                config.max_pending_logins_per_source != old.max_pending_logins_per_source,
             ),
         ];
         if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
