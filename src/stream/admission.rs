@@ -203,6 +203,9 @@ pub(crate) struct Throttle {
     per_minute: u32,
     buckets: HashMap<Source, Bucket>,
     most_sources: usize,
+    /// Passes over the whole table made to make room (see
+    /// [`Throttle::make_room`]).
+    sweeps: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -219,6 +222,7 @@ impl Throttle {
             per_minute,
             buckets: HashMap::new(),
             most_sources: most_sources.max(1),
+            sweeps: 0,
         }
     }
 
@@ -226,6 +230,33 @@ impl Throttle {
         let rate = f64::from(self.per_minute) / 60.0;
         let grown = b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate;
         grown.min(f64::from(self.per_minute))
+    }
+
+    /// Forgets the sources that have their whole minute back and, if that
+    /// frees less than an eighth of the table, those with the most of it
+    /// back until an eighth is free. So a flood of failures from ever new
+    /// sources (more than the table holds) costs a pass over the table once
+    /// per eighth of it, not once per failure, under the lock every
+    /// accepted connection takes.
+    fn make_room(&mut self, now: Instant) {
+        self.sweeps += 1;
+        let full = f64::from(self.per_minute);
+        let rate = full / 60.0;
+        let refill = |b: &Bucket| {
+            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(full)
+        };
+        self.buckets.retain(|_, b| refill(b) < full);
+        let keep = self.most_sources - (self.most_sources / 8).max(1);
+        let excess = self.buckets.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        let mut by_tokens: Vec<(f64, Source)> =
+            self.buckets.iter().map(|(s, b)| (refill(b), *s)).collect();
+        by_tokens.select_nth_unstable_by(excess - 1, |a, b| b.0.total_cmp(&a.0));
+        for (_, source) in &by_tokens[..excess] {
+            self.buckets.remove(source);
+        }
     }
 
     /// Whether `source` may try now.
@@ -244,20 +275,7 @@ impl Throttle {
             return;
         }
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.most_sources {
-            // Forget the sources that have their whole minute back; if that
-            // is not enough, any one.
-            let full = f64::from(self.per_minute);
-            let buckets = std::mem::take(&mut self.buckets);
-            self.buckets = buckets
-                .into_iter()
-                .filter(|&(_, b)| self.refill(b, now) < full)
-                .collect();
-            if self.buckets.len() >= self.most_sources {
-                let any = self.buckets.keys().next().copied();
-                if let Some(any) = any {
-                    self.buckets.remove(&any);
-                }
-            }
+            self.make_room(now);
         }
         let fresh = Bucket {
             tokens: f64::from(self.per_minute),
@@ -417,6 +435,36 @@ mod tests {
         }
         assert!(!t.allows(src(255), t0));
         // Off: everything allowed, nothing kept.
+        // Sources past the table's size: room is made an eighth of the
+        // table at a time, those with the most of their minute back first.
+        let mut t = Throttle::new(10, 800);
+        let sources = |from: u32, n: u32| {
+            (from..from + n).map(|i| {
+                Source::of(Some(SocketAddr::from((
+                    [10, 9, (i >> 8) as u8, i as u8],
+                    1,
+                ))))
+            })
+        };
+        // 800 sources, each at 9 of its 10 tokens; one, later, at 0.
+        for s in sources(0, 800) {
+            t.failed(s, t0);
+        }
+        let spent = Source::of(Some(SocketAddr::from(([10, 9, 0, 7], 1))));
+        for _ in 0..9 {
+            t.failed(spent, t0);
+        }
+        for s in sources(10_000, 8_000) {
+            t.failed(s, t0);
+            assert!(t.buckets.len() <= 800);
+        }
+        assert!(
+            t.sweeps <= 8_000 / 100 + 1,
+            "{} passes over the table",
+            t.sweeps
+        );
+        assert!(!t.allows(spent, t0), "the source that failed most is kept");
+
         let mut off = Throttle::new(0, 10);
         off.failed(src(1), t0);
         assert!(off.allows(src(1), t0));
