@@ -1276,3 +1276,53 @@ async fn tiny_frames_for_visitors_that_never_read_cost_what_they_carry() {
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     drop(visitors);
 }
+
+/// A visitor (no token needed) floods a published UDP port with empty
+/// datagrams while the client's link takes nothing. The link's UDP queue is
+/// bounded in bytes, and an empty datagram still holds a queue slot and a
+/// buffer: each counts at its cost, so the queue stays small. (Counted as
+/// 0 bytes, they queued without end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_datagrams_to_a_link_that_takes_nothing_cost_little() {
+    let server = Server::bind(server_config()).await.unwrap();
+    let mut link = RawLink::login(server.local_addr(), "udp-sink").await;
+    link.send(Frame::Publish {
+        index: 0,
+        kind: rejoin::tunnel::frame::ServiceKind::Udp,
+        port: 0,
+        name: "dns".into(),
+    })
+    .await;
+    let Some(Frame::Published { addr, .. }) = link.recv_not_ping().await else {
+        panic!("published");
+    };
+    // From here on the link is never read.
+    let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor.connect(addr).await.unwrap();
+    let before = common::rss_kib();
+    let mut most = before;
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(3) && sent < 5_000_000 {
+        for _ in 0..1000 {
+            if visitor.send(&[]).await.is_ok() {
+                sent += 1;
+            }
+        }
+        if sent.is_multiple_of(100_000) {
+            most = most.max(common::rss_kib());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    most = most.max(common::rss_kib());
+    let grown = most.saturating_sub(before);
+    let dropped = server.clients().await[0].services[0].stats.udp_dropped;
+    println!(
+        "{sent} empty datagrams in {:.1} s, {dropped} dropped; RSS grew by {grown} KiB at most",
+        started.elapsed().as_secs_f64()
+    );
+    // (Without the cost: 0 dropped, RSS +42.7 MiB in the 3 s, growing.)
+    assert!(dropped > 0, "the queue's bound never applied");
+    assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
+    drop(link);
+}

@@ -705,6 +705,10 @@ pub mod net {
         cut_inside: Option<Cut>,
         /// The last resend read that was cut.
         last_cut: Option<u64>,
+        /// Resend reads seen (the attempt of the last one): every other
+        /// one is cut, whichever attempts brought no resend at all.
+        resends_seen: u64,
+        last_seen: Option<u64>,
     }
 
     impl Driver {
@@ -716,6 +720,8 @@ pub mod net {
                 broke_at: None,
                 cut_inside,
                 last_cut: None,
+                resends_seen: 0,
+                last_seen: None,
             }
         }
 
@@ -736,8 +742,12 @@ pub mod net {
                 return false;
             };
             let attempt = self.peer.stats.resumes + self.peer.stats.rereads_lost;
+            if self.last_seen != Some(attempt) {
+                self.last_seen = Some(attempt);
+                self.resends_seen += 1;
+            }
             let more = self.run.cuts_inside < MAX_CUTS_INSIDE;
-            if more && attempt % 2 == 0 && got < need && self.last_cut != Some(attempt) {
+            if more && self.resends_seen % 2 == 1 && got < need && self.last_cut != Some(attempt) {
                 self.last_cut = Some(attempt);
                 self.run.cuts_inside += 1;
                 cut();
@@ -778,7 +788,16 @@ pub mod net {
                 wbuf = d.peer.transmit(64 << 10);
             }
             if !inbuf.is_empty() || d.peer.has_queued() {
-                let n = d.peer.receive(&inbuf, chunk, &mut d.rng);
+                // A resend is taken 4 KiB at a time, as socket reads may
+                // bring it, so that a cut can land inside one however the
+                // bytes happened to arrive (a resend that came in one read
+                // left no chance, and the runs that must cut inside resends
+                // at times cut inside one only).
+                let avail = match d.peer.resend_progress() {
+                    Some(_) => &inbuf[..inbuf.len().min(4096)],
+                    None => &inbuf[..],
+                };
+                let n = d.peer.receive(avail, chunk, &mut d.rng);
                 inbuf.drain(..n);
             }
             if d.maybe_cut() {

@@ -56,7 +56,7 @@ impl Drop for DatagramReceiver {
         self.rx.close();
         let mut left = 0;
         while let Ok((_, datagram)) = self.rx.try_recv() {
-            left += datagram.len();
+            left += super::core::cost(datagram.len());
         }
         if left > 0 {
             self.mux.core.lock().datagram_taken(left);
@@ -73,7 +73,10 @@ impl DatagramReceiver {
     /// The next datagram, or `None` once the association (or mux) is gone.
     pub async fn recv(&mut self) -> Option<(u32, Bytes)> {
         let got = self.rx.recv().await?;
-        self.mux.core.lock().datagram_taken(got.1.len());
+        self.mux
+            .core
+            .lock()
+            .datagram_taken(super::core::cost(got.1.len()));
         Some(got)
     }
 }
