@@ -1952,12 +1952,13 @@ mod tests {
         assert!(c.open(0, visitor(), Rec::default()).is_err());
     }
 
-    #[test]
-    fn datagrams_within_the_inbound_budget_are_delivered_and_the_rest_counted() {
+    /// A client-side core with an association the server opened (id 2),
+    /// accepted, and an inbound budget of `udp_inbound`.
+    fn peer_association(udp_inbound: usize) -> (TestCore, u32, Rec) {
         let mut c = core(
             Side::Client,
             MuxConfig {
-                udp_inbound: 1000,
+                udp_inbound,
                 ..MuxConfig::default()
             },
         );
@@ -1970,6 +1971,12 @@ mod tests {
         };
         let rec = Rec::default();
         c.accept_association(id, rec.clone());
+        (c, id, rec)
+    }
+
+    #[test]
+    fn datagrams_within_the_inbound_budget_are_delivered_and_the_rest_counted() {
+        let (mut c, id, rec) = peer_association(1000);
         for _ in 0..3 {
             c.handle_frame(Frame::Datagram {
                 id,
@@ -2019,22 +2026,7 @@ mod tests {
             "{datagrams} empty datagrams queued (most {most})"
         );
         // And on the way in.
-        let mut c = core(
-            Side::Client,
-            MuxConfig {
-                udp_inbound: 64 * FRAME_COST,
-                ..MuxConfig::default()
-            },
-        );
-        let Ok(Some(Arrival::Associate { id, .. })) = c.handle_frame(Frame::Associate {
-            id: 2,
-            index: 0,
-            visitor: visitor(),
-        }) else {
-            panic!("association not passed up");
-        };
-        let rec = Rec::default();
-        c.accept_association(id, rec.clone());
+        let (mut c, id, rec) = peer_association(64 * FRAME_COST);
         for _ in 0..1000 {
             c.handle_frame(Frame::Datagram {
                 id,
