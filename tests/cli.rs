@@ -213,8 +213,8 @@ fn ctrl_c_says_goodbye() {
 
 #[test]
 fn tunnel_errors_are_clear() {
-    // A wrong token: the client says why and exits 78 (EX_CONFIG: starting
-    // again cannot help, so the systemd units do not).
+    // A wrong token: the client says why and exits 1 (not 78: a refusal in
+    // the handshake is not authenticated, so a unit starts it again).
     let mut server = Proc::start(
         &["server", "--listen", "127.0.0.1:0", "--token", "right"],
         None,
@@ -232,7 +232,7 @@ fn tunnel_errors_are_clear() {
         ],
         None,
     );
-    assert_eq!(client.exit_code(), Some(78));
+    assert_eq!(client.exit_code(), Some(1));
     let err = client.stderr();
     assert!(
         err.contains("error: login refused by the server: bad token"),

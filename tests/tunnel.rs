@@ -14,6 +14,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rejoin::tunnel::auth::{BAD_TOKEN, Token};
 use rejoin::tunnel::client::{ClientError, ClientEvent};
+use rejoin::tunnel::mux::MuxConfig;
 use rejoin::tunnel::server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -247,6 +248,21 @@ async fn unworkable_ping_settings_are_refused_up_front() {
     let server = Server::bind(server_config()).await.unwrap();
     let e = server.reload(sc).await.expect_err("refused");
     assert!(e.to_string().contains("longer than a year"), "{e}");
+
+    // Queues too small to hold one frame: a stream would wait for ever.
+    for (what, change) in [
+        (
+            "stream_queue",
+            (|m| m.stream_queue = 64) as fn(&mut MuxConfig),
+        ),
+        ("udp_queue", |m| m.udp_queue = 1000),
+        ("udp_inbound", |m| m.udp_inbound = 65_507),
+    ] {
+        let mut sc = server_config();
+        change(&mut sc.mux);
+        let e = Server::bind(sc).await.err().expect(what);
+        assert!(e.to_string().contains(what), "{e}");
+    }
 
     let mut cc = client_config("127.0.0.1:9", "pings", &[]);
     cc.mux.ping_timeout = cc.mux.ping_interval;

@@ -89,9 +89,13 @@ pub fn reread<T>(
 }
 
 /// The exit status of an error that starting again unchanged cannot mend
-/// (`EX_CONFIG` of sysexits.h): settings or a key file that cannot work, a
-/// refused login, a server that cannot prove it knows the token, every
-/// service refused. The systemd units do not restart on it.
+/// (`EX_CONFIG` of sysexits.h): settings or a key file that cannot work, or
+/// every service refused by the server (an answer on the authenticated
+/// link). The systemd units do not restart on it. A refused login is not
+/// among them: the handshake's refusal travels before anything is
+/// authenticated, so anyone on the path could forge one, and a name held by
+/// another login can be let go a moment later; those exit 1, and a unit
+/// starts the client again.
 pub const EXIT_NO_RETRY: u8 = 78;
 
 /// An error that starting again unchanged cannot mend: it prints as the
@@ -120,12 +124,7 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
         cause.is::<NoRetry>()
             || matches!(
                 cause.downcast_ref::<ClientError>(),
-                Some(
-                    ClientError::Refused(_)
-                        | ClientError::ServerUnproven
-                        | ClientError::AllRefused(_)
-                        | ClientError::Config(_)
-                )
+                Some(ClientError::AllRefused(_) | ClientError::Config(_))
             )
     });
     if hopeless { EXIT_NO_RETRY } else { 1 }

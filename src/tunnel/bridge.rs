@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::frame::MAX_DATA;
@@ -21,8 +21,11 @@ use super::traffic::Meter;
 /// Most chunks written in one vectored write.
 const WRITE_SLICES: usize = 16;
 
-/// Most payloads taken from the stream in one turn of the loop.
-const TAKE_PER_TURN: usize = 64;
+/// Most payloads taken from the stream in one turn of the loop: bounded
+/// work per turn, but enough that a flood of tiny payloads is gathered as
+/// fast as it arrives rather than waiting in the stream's channel, where
+/// each holds a slot and an allocation of its own.
+const TAKE_PER_TURN: usize = 4096;
 
 /// Payloads below this are gathered into one buffer rather than queued one
 /// by one (see [`Pending`]).
@@ -36,12 +39,16 @@ const GATHER_MOST: usize = 64 * 1024;
 /// make each byte cost a queue slot and an allocation (tens of bytes per
 /// byte held for a visitor that does not read): small payloads are copied
 /// together into buffers of up to [`GATHER_MOST`], which also go out in
-/// far fewer writes.
+/// far fewer writes. A gathered buffer joins the queue whole, its
+/// allocation its own (it grows with what it holds, and nothing of it
+/// stays behind once written: an idle connection holds no buffer), and
+/// only when it will be written at once or is full, so a socket that takes
+/// little at a time does not collect small buffers.
 #[derive(Default)]
 struct Pending {
     queue: VecDeque<Bytes>,
     /// Small payloads gathered after everything in `queue`.
-    tail: BytesMut,
+    tail: Vec<u8>,
 }
 
 impl Pending {
@@ -55,15 +62,26 @@ impl Pending {
             self.seal_tail();
         }
         if self.tail.is_empty() {
+            // Doubling from here (not from a few bytes): few reallocations
+            // for a stream of small payloads, little held for a few.
             self.tail.reserve(GATHER_MOST);
         }
         self.tail.extend_from_slice(&bytes);
     }
 
-    /// Moves the gathered bytes to the end of the queue.
+    /// Moves the gathered bytes, allocation and all, to the end of the queue.
     fn seal_tail(&mut self) {
         if !self.tail.is_empty() {
-            self.queue.push_back(self.tail.split().freeze());
+            self.queue
+                .push_back(Bytes::from(std::mem::take(&mut self.tail)));
+        }
+    }
+
+    /// Before a write: the gathered bytes join the queue if they would be
+    /// among the slices written.
+    fn ready_for_write(&mut self) {
+        if self.queue.len() < WRITE_SLICES {
+            self.seal_tail();
         }
     }
 
@@ -109,7 +127,7 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
                 if ready.is_err() {
                     break true;
                 }
-                pending.seal_tail();
+                pending.ready_for_write();
                 let slices: Vec<IoSlice<'_>> =
                     pending.queue.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
                 match sock.try_write_vectored(&slices) {
@@ -198,5 +216,65 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
         // Tell both ends: RST on the socket, RESET on the tunnel.
         let _ = sock.set_zero_linger();
         stream.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(p: &mut Pending) -> Vec<u8> {
+        p.ready_for_write();
+        let mut out = Vec::new();
+        for piece in p.queue.drain(..) {
+            out.extend_from_slice(&piece);
+        }
+        out
+    }
+
+    /// Small payloads are gathered, in order with the large ones, and
+    /// nothing of the gathering buffer stays once it is written.
+    #[test]
+    fn small_payloads_are_gathered_in_order_and_leave_nothing_behind() {
+        let mut p = Pending::default();
+        let big = Bytes::from(vec![b'B'; GATHER_BELOW]);
+        p.push(Bytes::from_static(b"a"));
+        p.push(Bytes::from_static(b"b"));
+        p.push(big.clone());
+        p.push(Bytes::from_static(b"c"));
+        assert_eq!(p.queue.len(), 2, "the two small ones went in as one buffer");
+        let mut want = b"ab".to_vec();
+        want.extend_from_slice(&big);
+        want.push(b'c');
+        assert_eq!(written(&mut p), want);
+        assert!(p.is_empty());
+        assert_eq!(p.tail.capacity(), 0, "an idle connection holds no buffer");
+        // A flood of one-byte payloads: one buffer per GATHER_MOST bytes.
+        for _ in 0..3 * GATHER_MOST {
+            p.push(Bytes::from_static(b"x"));
+        }
+        assert_eq!(p.queue.len(), 2);
+        assert_eq!(written(&mut p).len(), 3 * GATHER_MOST);
+    }
+
+    /// With a full write's worth of buffers ahead, the gathered bytes wait
+    /// in the tail instead of joining the queue as one more small buffer
+    /// each time the socket takes a little.
+    #[test]
+    fn the_tail_waits_while_it_would_not_be_written() {
+        let mut p = Pending::default();
+        for _ in 0..WRITE_SLICES {
+            p.push(Bytes::from(vec![0; GATHER_BELOW]));
+        }
+        for _ in 0..100 {
+            p.push(Bytes::from_static(b"x"));
+            p.ready_for_write();
+        }
+        assert_eq!(p.queue.len(), WRITE_SLICES);
+        assert_eq!(p.tail.len(), 100);
+        p.queue.pop_front();
+        p.ready_for_write();
+        assert_eq!(p.queue.len(), WRITE_SLICES);
+        assert!(p.tail.is_empty());
     }
 }

@@ -50,21 +50,27 @@ pub struct MuxConfig {
     pub ping_timeout: Duration,
     /// The most streams (and UDP associations) open at once. Default 65,536.
     pub max_streams: usize,
-    /// The most bytes of UDP datagrams waiting to go on the link; beyond it
+    /// The most bytes of UDP datagrams waiting to go on the link, each
+    /// counted as its payload plus 64 bytes (its place in the queue and its
+    /// buffer, so that empty datagrams are bounded too); beyond it
     /// datagrams are dropped (and counted), so a UDP burst can neither grow
-    /// memory without bound nor crowd out TCP streams. Default 1 MiB.
+    /// memory without bound nor crowd out TCP streams. At least 65,571 (the
+    /// largest datagram, counted so). Default 1 MiB.
     pub udp_queue: usize,
     /// The most bytes of datagrams received from the link and not yet taken
-    /// by their sockets, all associations together; beyond it datagrams are
-    /// dropped (and counted). It must exceed what a resume can deliver at once
-    /// (history plus UDP queue), or a resume burst would be cut. Default 8 MiB.
+    /// by their sockets, all associations together, counted as `udp_queue`
+    /// counts them; beyond it datagrams are dropped (and counted). The
+    /// default holds a resume's whole burst (the link's history plus the
+    /// peer's UDP queue) unless it is of datagrams much smaller than 64
+    /// bytes, whose excess is then dropped, as UDP may. At least 65,571.
+    /// Default 8 MiB.
     pub udp_inbound: usize,
     /// The most bytes of DATA one stream queues for the link, within the
     /// session's 8 MiB, on a slow link: a frame of another stream never
     /// waits behind more than this of any one stream there. On a link that
     /// drains faster the share is what the link holds unsent (its stream's
     /// unsent limit, which follows its rate). A stream past half its share
-    /// waits until it is back under half. Default 256 KiB.
+    /// waits until it is back under half. At least 4 KiB. Default 256 KiB.
     pub stream_queue: usize,
 }
 
@@ -98,6 +104,14 @@ impl MuxConfig {
             return Err(crate::stream::ConfigError(
                 "ping_timeout is longer than a year".into(),
             ));
+        }
+        // Below these nothing could be queued at all: a stream would wait
+        // for room that never comes, every datagram would be dropped.
+        let datagram = super::core::cost(crate::tunnel::frame::MAX_DATAGRAM);
+        if self.stream_queue < 4096 || self.udp_queue < datagram || self.udp_inbound < datagram {
+            return Err(crate::stream::ConfigError(format!(
+                "stream_queue must be at least 4096, udp_queue and udp_inbound at least {datagram}"
+            )));
         }
         Ok(())
     }
