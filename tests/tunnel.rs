@@ -355,7 +355,7 @@ async fn a_restarted_client_replaces_its_old_session() {
     let local = echo_service().await;
     // The first client reaches the server through a proxy, so that it can
     // die silently: its machine gone, no FIN and no RST.
-    let proxy = proxy_to(&server).await;
+    let proxy = proxy_to(&server, Default::default()).await;
     let mut first = RunningClient::start(client_config(
         proxy.local_addr().to_string(),
         "home",
@@ -385,17 +385,6 @@ async fn a_restarted_client_replaces_its_old_session() {
     assert_eq!(server.stats().await.clients, 1);
 }
 
-/// A link-cutting proxy in front of `server`.
-async fn proxy_to(server: &Server) -> rejoin::chaos::CutProxy {
-    rejoin::chaos::CutProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        server.local_addr(),
-        rejoin::chaos::ProxyConfig::default(),
-    )
-    .await
-    .unwrap()
-}
-
 /// While the link is down the server keeps the session, its ports and its
 /// visitors; after the keep time it releases them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,7 +394,7 @@ async fn a_lost_client_is_kept_then_released() {
     let mut sc = server_config();
     sc.stream.reconnect_wait = Duration::from_secs(2);
     let server = Server::bind(sc).await.unwrap();
-    let proxy = proxy_to(&server).await;
+    let proxy = proxy_to(&server, Default::default()).await;
     let local = echo_service().await;
     let mut client = RunningClient::start(client_config(
         proxy.local_addr().to_string(),

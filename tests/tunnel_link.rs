@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::tunnel::*;
 use common::{digest_of, recv_digest, send_random};
 use parking_lot::Mutex;
-use rejoin::chaos::{CutProxy, Plan, ProxyConfig};
+use rejoin::chaos::{Plan, ProxyConfig};
 use rejoin::stream::{Dialed, Dialer, SocketOptions};
 use rejoin::tunnel::server::Server;
 use tokio::io::AsyncReadExt;
@@ -86,9 +86,8 @@ async fn a_visitor_survives_twenty_link_cuts() {
     common::logs();
     let server = Server::bind(server_config()).await.unwrap();
     // 512 MiB cross the proxy; a cut every 12-24 MiB gives 20 or more.
-    let proxy = CutProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        server.local_addr(),
+    let proxy = proxy_to(
+        &server,
         ProxyConfig {
             plan: Some(Plan {
                 every: (12 << 20)..=(24 << 20),
@@ -98,8 +97,7 @@ async fn a_visitor_survives_twenty_link_cuts() {
             ..ProxyConfig::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let (local, service) = bulk_service().await;
     let mut client = RunningClient::start(client_config(
         proxy.local_addr().to_string(),

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::tunnel::*;
-use rejoin::chaos::{CutProxy, ProxyConfig};
+use rejoin::chaos::ProxyConfig;
 use rejoin::tunnel::client::ClientEvent;
 use rejoin::tunnel::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,16 +62,14 @@ async fn sink_service() -> (String, Arc<AtomicU64>) {
 async fn a_visitor_waits_behind_a_bounded_part_of_anothers_upload() {
     common::logs();
     let server = Server::bind(server_config()).await.unwrap();
-    let proxy = CutProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        server.local_addr(),
+    let proxy = proxy_to(
+        &server,
         ProxyConfig {
             rate: Some(RATE),
             ..ProxyConfig::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let (sink, received) = sink_service().await;
     let echo = echo_service().await;
     let mut client = RunningClient::start(client_config(

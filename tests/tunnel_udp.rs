@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::tunnel::*;
 use parking_lot::Mutex;
-use rejoin::chaos::{CutKind, CutProxy, ProxyConfig};
+use rejoin::chaos::{CutKind, ProxyConfig};
 use rejoin::tunnel::client::{ClientConfig, ServiceConfig};
 use rejoin::tunnel::frame::{MAX_DATAGRAM, ServiceKind};
 use rejoin::tunnel::server::{Server, ServerConfig};
@@ -278,15 +278,7 @@ async fn no_datagram_handed_to_the_link_is_lost_or_duplicated() {
     common::logs();
     let (local, seen) = udp_counter().await;
     let server = Server::bind(server_config()).await.unwrap();
-    let proxy = Arc::new(
-        CutProxy::start(
-            "127.0.0.1:0".parse().unwrap(),
-            server.local_addr(),
-            ProxyConfig::default(),
-        )
-        .await
-        .unwrap(),
-    );
+    let proxy = Arc::new(proxy_to(&server, ProxyConfig::default()).await);
     let mut config = with_udp(
         client_config(proxy.local_addr().to_string(), "home", &[]),
         &local,

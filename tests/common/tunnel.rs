@@ -159,3 +159,13 @@ pub async fn dead_address() -> String {
     drop(l);
     a.to_string()
 }
+
+/// A link-cutting proxy in front of `server`, with `config`.
+pub async fn proxy_to(
+    server: &Server,
+    config: rejoin::chaos::ProxyConfig,
+) -> rejoin::chaos::CutProxy {
+    rejoin::chaos::CutProxy::start("127.0.0.1:0".parse().unwrap(), server.local_addr(), config)
+        .await
+        .unwrap()
+}
