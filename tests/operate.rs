@@ -956,3 +956,107 @@ fn failed_logins_are_throttled() {
     echo(&public, 10_000);
     drop(server);
 }
+
+/// An attacker who knows only the server's public key (which is not a
+/// secret: the server prints it, every pinned client holds it) sends pinned
+/// hellos under a wrong token as fast as it can. Message 1 of IKpsk2 holds
+/// no PSK, so each one earns an answer, two Diffie–Hellman operations of the
+/// server's, and only the confirm, which never comes, would show the token
+/// wrong. Those answered and never confirmed count as failed proofs: after
+/// the minute's ten the source's connections are closed unanswered. A
+/// pinned client from another address logs in meanwhile.
+#[test]
+fn answered_hellos_that_never_confirm_are_throttled() {
+    use rejoin::proto::Params;
+    use rejoin::proto::sealed::{ClientExchange, Psk, parse_key_hex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo_addr = echo_service();
+    let (server, addr) = start_server(&["--admin", "127.0.0.1:0"]);
+    let key = line_with(&server, "server key ").replace("server key ", "");
+    let key = key.split(' ').next().unwrap().to_string();
+    let admin = line_with(&server, "admin at ").replace("admin at ", "");
+    let public = parse_key_hex(&key).expect("the server prints its key");
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let hello = ClientExchange::new_session(
+        Params::default(),
+        &Psk::from_passphrase("not the token"),
+        b"",
+        Some(&public),
+    )
+    .unwrap()
+    .poll_transmit()
+    .unwrap()
+    .to_vec();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (answered, closed) = runtime.block_on(async {
+        let (mut answered, mut closed) = (0u32, 0u32);
+        for _ in 0..40 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(([127, 0, 0, 3], 0).into()).unwrap();
+            let mut io = socket.connect(target).await.unwrap();
+            // The same hello every time: a replay needs no key either.
+            let _ = io.write_all(&hello).await;
+            let mut reply = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut reply))
+                .await
+                .expect("an answer or a close in time")
+                .unwrap_or(0);
+            if n > 0 {
+                answered += 1;
+                // Give up on it, and wait for the server to close: by then
+                // it has counted the failure.
+                let _ = io.shutdown().await;
+                let mut rest = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut rest))
+                    .await
+                    .expect("the server closes in time");
+            } else {
+                closed += 1;
+            }
+        }
+        (answered, closed)
+    });
+    println!("40 pinned hellos under a wrong token: {answered} answered, {closed} closed at once");
+    assert!(
+        (10..=12).contains(&answered),
+        "ten a minute get an answer: {answered}"
+    );
+    assert_eq!(answered + closed, 40);
+    let scrape = metrics(&admin);
+    let count = |reason: &str| {
+        sample(
+            &scrape,
+            "rejoin_logins_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(count("unconfirmed"), f64::from(answered));
+    assert_eq!(count("throttled"), f64::from(closed));
+    // A pinned client from 127.0.0.1 is not affected.
+    let client = Proc::start(
+        &[
+            "client",
+            "--server",
+            &addr,
+            "--token",
+            TOKEN,
+            "--name",
+            "pinned",
+            "--server-key",
+            &key,
+            "--tcp",
+            &echo_addr,
+        ],
+        None,
+    );
+    let public = line_with(&client, "tcp ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    echo(&public, 10_000);
+    drop((client, server));
+}

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{recv_digest, send_random};
 use rejoin::proto::Version;
-use rejoin::proto::sealed::Psk;
-use rejoin::stream::{self, Config, Dialed, Error, Event, Listener, Stream};
+use rejoin::proto::sealed::{Psk, StaticKey};
+use rejoin::stream::{self, Config, Dialed, Error, Event, Listener, Sealed, Stream, Suite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
 
@@ -113,6 +113,25 @@ async fn suites_never_mix() {
     let wrong = Config::sealed(Psk::from_bytes([9; 32]));
     let err = stream::connect(addr, wrong).await.unwrap_err();
     assert!(err.to_string().contains("wrong key"), "{err}");
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(listener.stats().established, 0);
+    // A client pinning a key the server does not hold (a man in the middle
+    // with the PSK): the server's answer does not open.
+    let keys = |key| {
+        Config::default().with_suite(Suite::Sealed(
+            Sealed::new(Psk::from_bytes([8; 32])).with_static_key(key),
+        ))
+    };
+    let listener = Listener::bind("127.0.0.1:0", keys(StaticKey::generate().unwrap()))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let other = StaticKey::generate().unwrap();
+    let pinned = Config::default().with_suite(Suite::Sealed(
+        Sealed::new(Psk::from_bytes([8; 32])).with_server_key(*other.public()),
+    ));
+    let err = stream::connect(addr, pinned).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     assert_eq!(listener.stats().established, 0);
 }
 

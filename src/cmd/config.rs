@@ -398,7 +398,7 @@ pub fn parse_service(spec: &str, kind: ServiceKind) -> anyhow::Result<ServiceCon
     };
     let local = local_address(local)?;
     Ok(ServiceConfig {
-        name: clip(&local),
+        name: wire_name(&local)?,
         kind,
         local,
         port,
@@ -424,6 +424,15 @@ fn local_address(local: &str) -> anyhow::Result<String> {
     Ok(local.to_string())
 }
 
+/// A client or service name as the wire carries it: refused if it holds a
+/// control character (the server refuses those), else [`clip`]ped.
+fn wire_name(s: &str) -> anyhow::Result<String> {
+    if s.chars().any(char::is_control) {
+        bail!("the name {s:?} holds a control character");
+    }
+    Ok(clip(s))
+}
+
 /// At most `MAX_NAME` bytes (the wire's limit), cut at a character
 /// boundary, so the name the handshake and the login use is the one sent.
 fn clip(s: &str) -> String {
@@ -440,7 +449,7 @@ pub fn hostname() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| clip(h.trim()))
-        .filter(|h| !h.is_empty())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_control))
         .unwrap_or_else(|| "client".into())
 }
 
@@ -557,7 +566,10 @@ impl ClientFile {
         let token = Secret::new(self.token, self.token_file)
             .resolve(base, "token")?
             .context("set `token` or `token_file`")?;
-        let name = self.name.map(|n| clip(&n)).unwrap_or_else(hostname);
+        let name = match self.name {
+            Some(n) => wire_name(&n)?,
+            None => hostname(),
+        };
         let mut config = ClientConfig::new(self.server, token, name);
         if let Some(key) = &self.server_key {
             config.server_key = Some(parse_server_key(key)?);
@@ -577,7 +589,8 @@ impl ClientFile {
         for (i, s) in self.services.into_iter().enumerate() {
             let local = local_address(&s.local).with_context(|| format!("service #{}", i + 1))?;
             config.services.push(ServiceConfig {
-                name: clip(s.name.as_deref().unwrap_or(&local)),
+                name: wire_name(s.name.as_deref().unwrap_or(&local))
+                    .with_context(|| format!("service #{}", i + 1))?,
                 kind: s.protocol.into(),
                 local,
                 port: s.port,
@@ -603,6 +616,27 @@ mod tests {
         assert_eq!(clipped.len(), 64);
         assert_eq!(clipped, "é".repeat(32));
         assert_eq!(clip("short"), "short");
+    }
+
+    /// A client or service name with a control character is refused with
+    /// the name shown (the server would refuse the frame carrying it).
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        let file = |text: &str| {
+            toml::from_str::<ClientFile>(&format!(
+                "server = \"127.0.0.1:1\"\ntoken = \"t\"\n{text}"
+            ))
+            .unwrap()
+            .into_config(Path::new("."))
+        };
+        assert!(file("name = \"home\"\n").is_ok());
+        for text in [
+            "name = \"home\\nWARN forged\"\n",
+            "[[service]]\nlocal = \"127.0.0.1:22\"\nname = \"ssh\\r\"\n",
+        ] {
+            let err = format!("{:#}", file(text).unwrap_err());
+            assert!(err.contains("holds a control character"), "{text}: {err}");
+        }
     }
 
     /// `token_file` in a config reads a file as `--token-file` does: its

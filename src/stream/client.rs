@@ -20,12 +20,19 @@ use crate::proto::{self, ClientHandshake, ClientResume, Session, Version};
 
 /// Connects to a rejoin or snet server over TCP.
 ///
-/// `addr` is `host:port`; it is resolved again on every reconnect.
+/// `addr` is any [`Target`]: `"host:port"`, a `SocketAddr`, `(ip, port)` or
+/// `("host", port)`; a name is resolved again on every reconnect. The first
+/// connection is not retried: if it fails, so does `connect` (retry it
+/// yourself if the network may be down at start); once it succeeds, every
+/// reconnect follows [`Config::redial`].
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
+/// use rejoin::proto::sealed::Psk;
+/// use rejoin::stream::Config;
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
-/// let mut stream = rejoin::stream::connect("example.com:9000", Default::default()).await?;
+/// let config = Config::sealed(Psk::from_passphrase("a long random secret"));
+/// let mut stream = rejoin::stream::connect("example.com:9000", config).await?;
 /// stream.write_all(b"hello").await?;
 /// let mut reply = [0u8; 5];
 /// stream.read_exact(&mut reply).await?;

@@ -56,7 +56,30 @@ impl PartialEq for PskLookup {
 ///
 /// A client needs `psk` (and may name it with `psk_id`, and pin the
 /// server's static key with `server_key`). A server needs `psk` or `lookup`
-/// (tried first), and `static_key` to serve clients that pin one.
+/// (tried first), and `static_key` to serve clients that pin one. A server
+/// with both takes `psk` for every identity its lookup does not know; one
+/// built with [`Sealed::from_lookup`] refuses those.
+///
+/// ```
+/// use rejoin::proto::sealed::{Psk, StaticKey};
+/// use rejoin::stream::{Config, Sealed, Suite};
+///
+/// let psk = Psk::from_passphrase("a long random secret");
+/// // Server: generated once and kept (`StaticKey::private` to store it,
+/// // `StaticKey::from_private` to load it); its public half goes to clients.
+/// let key = StaticKey::generate()?;
+/// let public = *key.public();
+/// let server = Config::default().with_suite(Suite::Sealed(
+///     Sealed::new(psk.clone()).with_static_key(key),
+/// ));
+/// // Client: pins that public half.
+/// let client = Config::default().with_suite(Suite::Sealed(
+///     Sealed::new(psk).with_server_key(public),
+/// ));
+/// # server.validate().unwrap();
+/// # client.validate().unwrap();
+/// # Ok::<(), rejoin::proto::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Sealed {
@@ -83,6 +106,47 @@ impl Sealed {
             static_key: None,
             lookup: None,
         }
+    }
+
+    /// Server keys with per-identity PSKs only: a client naming an
+    /// identity `lookup` does not know is refused.
+    pub fn from_lookup(lookup: PskLookup) -> Self {
+        Sealed {
+            psk: None,
+            psk_id: Vec::new(),
+            server_key: None,
+            static_key: None,
+            lookup: Some(lookup),
+        }
+    }
+
+    /// Sets [`Sealed::psk_id`] (client).
+    #[must_use]
+    pub fn with_psk_id(mut self, id: impl Into<Vec<u8>>) -> Self {
+        self.psk_id = id.into();
+        self
+    }
+
+    /// Sets [`Sealed::server_key`] (client): pins the server's public key.
+    #[must_use]
+    pub fn with_server_key(mut self, key: [u8; 32]) -> Self {
+        self.server_key = Some(key);
+        self
+    }
+
+    /// Sets [`Sealed::static_key`] (server).
+    #[must_use]
+    pub fn with_static_key(mut self, key: StaticKey) -> Self {
+        self.static_key = Some(key);
+        self
+    }
+
+    /// Sets [`Sealed::lookup`] (server); [`Sealed::psk`] stays the key of
+    /// identities it does not know.
+    #[must_use]
+    pub fn with_lookup(mut self, lookup: PskLookup) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// The PSK for a client naming `id`: the lookup's, else the default.

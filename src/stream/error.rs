@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto;
+use crate::proto::sealed::exchange::{REJECT_BAD_KEY, REJECT_UNKNOWN_ID};
 
 /// Why a stream failed. At the `AsyncRead`/`AsyncWrite` boundary it becomes an
 /// [`io::Error`] with a matching [`io::ErrorKind`] and this inside;
@@ -89,7 +90,14 @@ impl Error {
             Error::HistoryTooShort { .. }
             | Error::V1ReadsPastResend { .. }
             | Error::LimitReached(_) => K::ConnectionAborted,
-            Error::Handshake(proto::Error::BadAnswer) => K::PermissionDenied,
+            // A wrong key: a compatible reconnect's tag, a sealed server's
+            // refusal of an identity or its key, or a sealed answer that
+            // does not open (a server that lacks the PSK or the pinned key).
+            Error::Handshake(
+                proto::Error::BadAnswer
+                | proto::Error::KeyRejected(REJECT_UNKNOWN_ID | REJECT_BAD_KEY)
+                | proto::Error::Unauthenticated,
+            ) => K::PermissionDenied,
             Error::Handshake(_) | Error::Protocol(_) => K::InvalidData,
             Error::Config(_) => K::InvalidInput,
             Error::Closed => K::BrokenPipe,

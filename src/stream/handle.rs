@@ -91,10 +91,12 @@ impl Handle {
     }
 
     /// A 32-byte value that both ends of this session compute alike and
-    /// that differs for every other session: SHA-256 over a label, the
-    /// session key and the conn ID. Bind an authentication exchange to it,
-    /// and a man in the middle (who must run two sessions) cannot relay it.
-    /// It is not secret from anyone who broke the key (see `PROTOCOL.md`).
+    /// that differs for every other session. Bind an authentication
+    /// exchange to it, and a man in the middle (who must run two sessions)
+    /// cannot relay it. Sealed suite: derived (HKDF) from the first
+    /// handshake, secret from everyone but the two ends. Compatible suite:
+    /// SHA-256 over a label, the session key and the conn ID, not secret
+    /// from anyone who broke the 64-bit key (see `PROTOCOL.md`).
     pub fn binding(&self) -> [u8; 32] {
         self.shared.binding
     }

@@ -249,6 +249,11 @@ pub struct ListenerStats {
     /// Sealed handshakes refused because the peer's key did not match (a
     /// wrong token).
     pub bad_key: u64,
+    /// Sealed new-session handshakes that this side answered (at the cost
+    /// of its Diffie–Hellman work) and the peer never confirmed: a wrong key under a pinned server key (whose PSK is
+    /// checked only at the confirm), a replayed hello, or a connection lost
+    /// mid-handshake. Each counts against `auth_failures_per_minute`.
+    pub unconfirmed: u64,
 }
 
 struct Inner<T> {
@@ -272,6 +277,7 @@ struct Inner<T> {
     evicted: AtomicU64,
     unknown_identity: AtomicU64,
     bad_key: AtomicU64,
+    unconfirmed: AtomicU64,
     /// Refusals of peers that proved nothing are logged at most once a second.
     noise: NoiseLog,
 }
@@ -390,6 +396,7 @@ impl<T: Transport> Listener<T> {
             decoy: crate::proto::sealed::Psk::from_bytes(rand::random()),
             unknown_identity: AtomicU64::new(0),
             bad_key: AtomicU64::new(0),
+            unconfirmed: AtomicU64::new(0),
             noise: NoiseLog::default(),
         });
         Ok(Listener {
@@ -437,6 +444,7 @@ impl<T: Transport> Listener<T> {
             throttled: i.throttled.load(Ordering::Relaxed),
             unknown_identity: i.unknown_identity.load(Ordering::Relaxed),
             bad_key: i.bad_key.load(Ordering::Relaxed),
+            unconfirmed: i.unconfirmed.load(Ordering::Relaxed),
         }
     }
 }
@@ -601,12 +609,38 @@ impl<T: Transport> Inner<T> {
             send_rest(&mut io, &mut ex).await;
             return Err(Error::Handshake(e));
         }
-        ex.handle_input(&mut buf).map_err(Error::Handshake)?;
-        match drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)? {
-            ServerOutcome::Established(e) => {
+        match self.confirm(&mut io, &mut ex, buf, peer).await? {
+            (ServerOutcome::Established(e), buf) => {
                 self.establish(io, e.session, Some(e.link), buf, peer).await
             }
-            ServerOutcome::Resumed(_) => Err(Error::Internal("a new session resumed")),
+            (ServerOutcome::Resumed(_), _) => Err(Error::Internal("a new session resumed")),
+        }
+    }
+
+    /// Runs a sealed new-session handshake that this side has answered to
+    /// its end, the peer's confirm. One answered and never confirmed counts
+    /// as a failed proof: the answer cost Diffie–Hellman work, and a hello
+    /// that earns one needs no key (a pinned server's PSK is checked only at
+    /// the confirm; a recorded hello can be replayed), so without it one
+    /// source could have that work done as fast as it can connect.
+    async fn confirm(
+        &self,
+        io: &mut T,
+        ex: &mut ServerExchange,
+        mut buf: BytesMut,
+        peer: Option<SocketAddr>,
+    ) -> Result<(ServerOutcome, BytesMut), Error> {
+        let outcome = match ex.handle_input(&mut buf) {
+            Ok(()) => drive(io, ex, &mut buf).await.map_err(stopped),
+            Err(e) => Err(Error::Handshake(e)),
+        };
+        match outcome {
+            Ok(outcome) => Ok((outcome, buf)),
+            Err(e) => {
+                self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                self.failed_proof(peer);
+                Err(e)
+            }
         }
     }
 
@@ -666,6 +700,11 @@ impl<T: Transport> Inner<T> {
         }
         // Proved: a reconnect of a live session, kept from eviction.
         slot.protect();
+        // (A resume answered and never confirmed is not counted as a failed
+        // proof, as a new session is: its hello needs the resume secret, so
+        // only a recent recording of a real one earns an answer, while an
+        // honest client whose network drops answers would be counted at
+        // every attempt.)
         ex.handle_input(&mut buf).map_err(Error::Handshake)?;
         let ServerOutcome::Resumed(resumed) =
             drive(&mut io, &mut ex, &mut buf).await.map_err(stopped)?

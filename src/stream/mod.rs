@@ -12,13 +12,31 @@
 //! application keeps reading and writing. Data is delivered exactly once and
 //! in order across any number of reconnects.
 //!
-//! Close semantics, in short (`docs/stream.md` has the full story): snet has
-//! no close message, so in the compatible protocol a closed client looks like
-//! a lost one to the server (its reads fail with [`Error::Expired`] once
-//! `reconnect_wait` runs out), and a closed server shows up on the client as a
-//! refused reconnect ([`Error::Refused`]). The opt-in record layer
-//! ([`Config::records`]) adds FIN and DONE: `shutdown` then gives the peer a
-//! clean end-of-file and frees the session at once.
+//! Two suites, never mixed (`docs/stream.md` says which to use when):
+//! [`Config::sealed`] for rejoin to rejoin (Noise, AEAD, an authenticated
+//! resume), and [`Config::default`], the snet wire protocol byte for byte,
+//! to talk to snet peers (obfuscation, not security).
+//!
+//! ```no_run
+//! use rejoin::proto::sealed::Psk;
+//! use rejoin::stream::{self, Config};
+//!
+//! # async fn f() -> std::io::Result<()> {
+//! let config = Config::sealed(Psk::from_passphrase("a long random secret"));
+//! let stream = stream::connect("server.example:9000", config).await?;
+//! # drop(stream);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Close semantics, in short (`docs/stream.md` has the full story): the
+//! sealed suite, and the compatible one with its opt-in record layer
+//! ([`Config::records`]), have FIN and DONE: `shutdown` gives the peer a
+//! clean end-of-file and frees the session at once. snet itself has no close
+//! message, so in the plain compatible protocol a closed client looks like a
+//! lost one to the server (its reads fail with [`Error::Expired`] once
+//! `reconnect_wait` runs out), and a closed server shows up on the client as
+//! a refused reconnect ([`Error::Refused`]).
 
 pub(crate) mod admission;
 mod client;

@@ -292,7 +292,17 @@ fn put_addr(buf: &mut impl BufMut, addr: &SocketAddr) {
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
-fn clip(s: &str, max: usize) -> &str {
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    // Control characters are refused by the receiver (they could forge
+    // lines in its logs): each is sent as U+FFFD instead.
+    let s: std::borrow::Cow<'_, str> = if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    };
     if s.len() <= max {
         return s;
     }
@@ -300,7 +310,7 @@ fn clip(s: &str, max: usize) -> &str {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &s[..end]
+    s[..end].to_string().into()
 }
 
 impl Frame {
@@ -319,8 +329,8 @@ impl Frame {
         }
     }
 
-    /// Writes the frame. Names and reasons longer than their maxima are cut;
-    /// payloads must respect theirs (the mux never builds bigger ones).
+    /// Writes the frame. Names and reasons longer than their maxima are cut,
+    /// and their control characters sent as U+FFFD; payloads must respect theirs (the mux never builds bigger ones).
     pub fn encode(&self, buf: &mut impl BufMut) {
         use kind::*;
         let id = self.stream();
@@ -516,7 +526,11 @@ fn parse(k: u8, id: u32, mut body: Bytes) -> Result<Frame, FrameError> {
         if body.len() > max {
             return Err(bad("text too long"));
         }
-        String::from_utf8(body.to_vec()).map_err(|_| bad("text is not UTF-8"))
+        let text = String::from_utf8(body.to_vec()).map_err(|_| bad("text is not UTF-8"))?;
+        if text.chars().any(char::is_control) {
+            return Err(bad("text holds control characters"));
+        }
+        Ok(text)
     };
     Ok(match k {
         HELLO => {
@@ -864,5 +878,35 @@ mod tests {
             panic!("a goodbye");
         };
         assert_eq!(reason.len(), MAX_REASON);
+    }
+
+    /// A name or reason with a control character (a line break would let
+    /// it forge a line in the receiver's log) does not decode; our own
+    /// encoder never sends one.
+    #[test]
+    fn control_characters_never_cross_in_text() {
+        let forged = "x\n2026-12-04T00:00:00Z WARN login refused peer=203.0.113.9\r\u{1b}[2J";
+        let mut raw = BytesMut::new();
+        put_header(&mut raw, forged.len(), kind::GOODBYE, 0);
+        raw.put_slice(forged.as_bytes());
+        assert!(matches!(
+            Frame::decode(&mut raw),
+            Err(FrameError::Malformed {
+                what: "text holds control characters",
+                ..
+            })
+        ));
+        let mut buf = BytesMut::new();
+        Frame::Hello {
+            version: 2,
+            nonce: [0; 32],
+            name: forged.into(),
+        }
+        .encode(&mut buf);
+        let Some(Frame::Hello { name, .. }) = Frame::decode(&mut buf).unwrap() else {
+            panic!("a hello");
+        };
+        let sent = forged.replace(char::is_control, "\u{fffd}");
+        assert_eq!(name, clip(&sent, MAX_NAME));
     }
 }

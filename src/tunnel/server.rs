@@ -200,6 +200,10 @@ pub enum Refusal {
     /// Its address had used up its failed proofs for the minute
     /// (`auth_failures_per_minute`): closed before any work was done.
     Throttled,
+    /// A handshake the server answered was never confirmed: a wrong token
+    /// under a pinned server key, a replayed hello, or a link lost
+    /// mid-handshake. Counts as a failed proof.
+    Unconfirmed,
 }
 
 impl Refusal {
@@ -214,6 +218,7 @@ impl Refusal {
             Refusal::Protocol => "protocol",
             Refusal::TooManyLogins => "too_many_logins",
             Refusal::Throttled => "throttled",
+            Refusal::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -433,6 +438,7 @@ impl Server {
         *refused.entry(Refusal::BadToken).or_default() += link.bad_key;
         *refused.entry(Refusal::UnknownClient).or_default() += link.unknown_identity;
         *refused.entry(Refusal::Throttled).or_default() += link.throttled;
+        *refused.entry(Refusal::Unconfirmed).or_default() += link.unconfirmed;
         let logins_refused = [
             Refusal::BadToken,
             Refusal::UnknownClient,
@@ -442,6 +448,7 @@ impl Server {
             Refusal::Protocol,
             Refusal::TooManyLogins,
             Refusal::Throttled,
+            Refusal::Unconfirmed,
         ]
         .into_iter()
         .map(|r| (r, refused.get(&r).copied().unwrap_or(0)))
