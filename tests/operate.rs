@@ -84,12 +84,16 @@ fn start_server(extra: &[&str]) -> (Proc, String) {
 /// Echoes `n` bytes through `public` and checks them.
 /// A `rejoin client` named `name` publishing `local`; and where it is published.
 fn start_client(server: &str, name: &str, local: &str) -> (Proc, String) {
-    let client = Proc::start(
-        &[
-            "client", "--server", server, "--token", TOKEN, "--name", name, "--tcp", local,
-        ],
-        None,
-    );
+    start_client_with(server, name, local, &[])
+}
+
+/// [`start_client`] with more flags.
+fn start_client_with(server: &str, name: &str, local: &str, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "client", "--server", server, "--token", TOKEN, "--name", name, "--tcp", local,
+    ];
+    args.extend_from_slice(extra);
+    let client = Proc::start(&args, None);
     let public = line_with(&client, "tcp ")
         .rsplit(' ')
         .next()
@@ -1036,27 +1040,7 @@ fn answered_hellos_that_never_confirm_are_throttled() {
     assert_eq!(count("unconfirmed"), f64::from(answered));
     assert_eq!(count("throttled"), f64::from(closed));
     // A pinned client from 127.0.0.1 is not affected.
-    let client = Proc::start(
-        &[
-            "client",
-            "--server",
-            &addr,
-            "--token",
-            TOKEN,
-            "--name",
-            "pinned",
-            "--server-key",
-            &key,
-            "--tcp",
-            &echo_addr,
-        ],
-        None,
-    );
-    let public = line_with(&client, "tcp ")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (client, public) = start_client_with(&addr, "pinned", &echo_addr, &["--server-key", &key]);
     echo(&public, 10_000);
     drop((client, server));
 }
