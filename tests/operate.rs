@@ -510,8 +510,9 @@ fn sighup_reloads_the_client_services() {
 }
 
 /// SIGHUP on the server: a new token works at once, a client whose token
-/// went away is told goodbye, a broken file changes nothing, and SIGHUP on
-/// a server without a file does not end it.
+/// went away is told goodbye, a broken file (or a token file that is a
+/// device, a key file gone, a changed admin token) changes nothing, and SIGHUP on a server
+/// without a file does not end it.
 #[test]
 fn sighup_reloads_the_server_tokens() {
     let echo_addr = echo_service();
@@ -564,6 +565,48 @@ fn sighup_reloads_the_server_tokens() {
     assert!(server.stderr().contains("line 3"), "{}", server.stderr());
     let carol = client("bob", "b-1");
     assert!(carol.await_stderr("in use"), "bob's entry still stands");
+
+    // The admin endpoint is set up once: a changed admin token (say, a
+    // leaked one rotated) is refused rather than silently not applied.
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nadmin_token = \"new\"\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n",
+    );
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("cannot change while running"),
+        "{}",
+        server.stderr()
+    );
+
+    // A token file that is a device, and a key file that went missing: each
+    // reload is refused at once (no endless read of /dev/zero), and no new
+    // key is written in the missing one's place.
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[clients.bob]\ntoken_file = \"/dev/zero\"\n",
+    );
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("not a regular file"),
+        "{}",
+        server.stderr()
+    );
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n",
+    );
+    let key = config.with_extension("key");
+    std::fs::remove_file(&key).expect("the key file made at the start");
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("cannot read the server key"),
+        "{}",
+        server.stderr()
+    );
+    assert!(!key.exists(), "no new key on a reload");
+    let dave = client("bob", "b-1");
+    assert!(dave.await_stderr("in use"), "the old config still stands");
 
     // A server started with flags only: SIGHUP is not its end.
     let (flags_only, _) = start_server(&[]);

@@ -17,8 +17,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = &args.file;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = super::read_small(path, super::CONFIG_FILE)
+        .with_context(|| format!("reading {}", path.display()))?;
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             file.admin(base).with_context(within)?;
             let key_file = file.key_file(base, path);
             let config = file.into_config(base).with_context(within)?;
-            let key = match std::fs::read_to_string(&key_file) {
+            let key = match super::read_small(&key_file, super::SMALL_FILE) {
                 Ok(text) => {
                     rejoin::proto::sealed::parse_key_hex(&text).with_context(|| {
                         format!("{}: not a server key (64 hex digits)", key_file.display())

@@ -156,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     super::start_admin(
         args.admin.as_deref(),
         args.admin_token.clone(),
-        admin,
+        admin.clone(),
         super::admin::Source::Client(handle.clone()),
     )
     .await?;
@@ -170,7 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             signal = signals.next() => match signal {
                 super::Signal::Stop => handle.stop(),
-                super::Signal::Reload => reload(&handle, &config, &args),
+                super::Signal::Reload => reload(&handle, &config, &args, &admin),
             },
         }
     }
@@ -197,8 +197,16 @@ fn admin_file(args: &Args) -> anyhow::Result<super::config::AdminFile> {
 /// SIGHUP: the config file again. Services are added and removed; the
 /// server, token and name stay as they were (a restart changes them). A
 /// broken file changes nothing.
-fn reload(handle: &ClientHandle, running: &ClientConfig, args: &Args) {
-    let Some(config) = super::reread(args.config.as_deref(), || settings(args.clone())) else {
+fn reload(
+    handle: &ClientHandle,
+    running: &ClientConfig,
+    args: &Args,
+    admin: &super::config::AdminFile,
+) {
+    let Some(config) = super::reread(args.config.as_deref(), || {
+        super::admin_as_started(admin, admin_file(args))?;
+        settings(args.clone())
+    }) else {
         return;
     };
     let fixed = [

@@ -199,7 +199,7 @@ impl Tuning {
 }
 
 /// The admin endpoint's settings from a file.
-#[derive(Default)]
+#[derive(Default, Clone, PartialEq)]
 pub struct AdminFile {
     /// `admin = "ADDR"`.
     pub addr: Option<String>,
@@ -363,8 +363,8 @@ impl From<Protocol> for ServiceKind {
 
 /// Reads and parses a TOML file; errors name the file, line and column.
 pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = super::read_small(path, super::CONFIG_FILE)
+        .with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

@@ -88,6 +88,20 @@ pub fn reread<T>(
     }
 }
 
+/// A reload's check that the admin endpoint's settings in the file are as
+/// they were at the start: the endpoint is set up once, so a changed
+/// address or token (say, a leaked one rotated) would silently not apply.
+pub fn admin_as_started(
+    started: &config::AdminFile,
+    now: anyhow::Result<config::AdminFile>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        now? == *started,
+        "`admin`, `admin_token` and `admin_token_file` cannot change while running (restart for that)"
+    );
+    Ok(())
+}
+
 /// The exit status of an error that starting again unchanged cannot mend
 /// (`EX_CONFIG` of sysexits.h): settings or a key file that cannot work, or
 /// every service refused by the server (an answer on the authenticated
@@ -135,11 +149,40 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
 pub const TOKEN_REPLACED: &str =
     "the token from --token-file, --token or REJOIN_TOKEN replaces the config file's";
 
+/// The most a token or key file may hold.
+pub const SMALL_FILE: u64 = 64 << 10;
+
+/// The most a config file may hold.
+pub const CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads a regular file of at most `most` bytes as UTF-8. Anything else (a
+/// FIFO, a device such as /dev/zero, a huge file) is refused before it is
+/// read: a mistaken path must give an error, not hang a reload or fill the
+/// memory of a running server. `NotFound` stays recognisable.
+pub fn read_small(path: &std::path::Path, most: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(most + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > most {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {most} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads a token from a file (`--token-file`, `token_file`): its first
 /// line, trimmed, as `rejoin token > FILE` writes it.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path)
+    let text = read_small(path, SMALL_FILE)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
     anyhow::ensure!(

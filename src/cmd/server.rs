@@ -56,15 +56,16 @@ pub struct Args {
 }
 
 /// Reads the static key at `path`, or creates it there (readable by the
-/// owner only).
-fn load_or_create_key(path: &Path) -> anyhow::Result<StaticKey> {
-    match std::fs::read_to_string(path) {
+/// owner only) if `create`; a reload never creates one (a key that went
+/// missing is an error, not a new identity for the next start).
+fn load_or_create_key(path: &Path, create: bool) -> anyhow::Result<StaticKey> {
+    match super::read_small(path, super::SMALL_FILE) {
         Ok(text) => {
             let private = parse_key_hex(&text)
                 .with_context(|| format!("{}: not a server key (64 hex digits)", path.display()))?;
             Ok(StaticKey::from_private(private))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let key = StaticKey::generate().context("cannot generate a server key")?;
@@ -83,7 +84,9 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<StaticKey> {
     }
 }
 
-fn settings(args: Args) -> anyhow::Result<ServerConfig> {
+/// The settings from the flags and the config file. `starting`: the key
+/// file is created if missing (at a reload it must still be there).
+fn settings(args: Args, starting: bool) -> anyhow::Result<ServerConfig> {
     let mut key_file = args.key_file.clone();
     let mut config = match &args.config {
         Some(path) => {
@@ -136,7 +139,7 @@ fn settings(args: Args) -> anyhow::Result<ServerConfig> {
         config.stream.auth_failures_per_minute = n;
     }
     config.static_key = Some(match &key_file {
-        Some(path) => load_or_create_key(path)?,
+        Some(path) => load_or_create_key(path, starting)?,
         None => StaticKey::generate().context("cannot generate a server key")?,
     });
     Ok(config)
@@ -153,7 +156,7 @@ fn show_key(args: &Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("--show-key needs --key-file PATH or --config FILE"),
     };
-    let key = load_or_create_key(&path)?;
+    let key = load_or_create_key(&path, true)?;
     say!("{}", hex(key.public()));
     Ok(())
 }
@@ -173,7 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut signals = super::Signals::new()?;
     let persistent = args.key_file.is_some() || args.config.is_some();
-    let config = settings(args.clone()).map_err(super::no_retry)?;
+    let config = settings(args.clone(), true).map_err(super::no_retry)?;
     let admin = admin_file(&args).map_err(super::no_retry)?;
     if let Some(warning) =
         super::config::placeholder_warning(config.token.iter().chain(config.clients.values()))
@@ -196,14 +199,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     super::start_admin(
         args.admin.as_deref(),
         args.admin_token.clone(),
-        admin,
+        admin.clone(),
         super::admin::Source::Server(server.clone()),
     )
     .await?;
     loop {
         match signals.next().await {
             super::Signal::Stop => break,
-            super::Signal::Reload => reload(&server, &args).await,
+            super::Signal::Reload => reload(&server, &args, &admin).await,
         }
     }
     tracing::info!("shutting down: saying goodbye to every client");
@@ -212,8 +215,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: the config file again; a broken one changes nothing.
-async fn reload(server: &Server, args: &Args) {
-    let Some(config) = super::reread(args.config.as_deref(), || settings(args.clone())) else {
+async fn reload(server: &Server, args: &Args, admin: &super::config::AdminFile) {
+    let Some(config) = super::reread(args.config.as_deref(), || {
+        super::admin_as_started(admin, admin_file(args))?;
+        settings(args.clone(), false)
+    }) else {
         return;
     };
     match server.reload(config).await {
