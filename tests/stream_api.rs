@@ -448,6 +448,11 @@ async fn bad_configs_are_refused_up_front() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("history"), "{err}");
     assert!(Listener::bind("127.0.0.1:0", c).await.is_err());
+    // The record layer is v2's: asked for on v1 it was silently left out.
+    let c = config(Version::V1, true, true);
+    let err = stream::connect("127.0.0.1:1", c).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("needs protocol v2"), "{err}");
 }
 
 #[test]
@@ -599,4 +604,59 @@ async fn a_server_that_is_not_rejoin_fails_fast() {
         }
         server.abort();
     }
+}
+
+/// A sealed server at `max_sessions` closes a new session's connection
+/// before answering it, so the client's `connect` fails (saying why it may
+/// have), while a live session's reconnect is still served; once a session
+/// ends there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sealed_server_fails_new_connects_and_keeps_resuming() {
+    common::logs();
+    let config = sealed().with_max_sessions(2);
+    let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut first = stream::connect(addr, config.clone()).await.unwrap();
+    let mut first_end = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+    let second = stream::connect(addr, config.clone()).await.unwrap();
+    let second_end = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+    let err = timeout(LIMIT, stream::connect(addr, config.clone()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("max_sessions"), "{err}");
+    assert_eq!(listener.stats().sessions, 2);
+    // The first session resumes at full house, and carries on.
+    let mut events = first.events();
+    first.handle().force_reconnect();
+    loop {
+        match timeout(LIMIT, events.recv()).await.unwrap().unwrap() {
+            Event::Resumed { .. } => break,
+            Event::Disconnected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    first.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    first_end.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    // Closing one makes room.
+    for s in [second, second_end] {
+        let mut s = s;
+        s.shutdown().await.unwrap();
+        drop(s);
+    }
+    let mut room = false;
+    for _ in 0..100 {
+        if listener.stats().sessions < 2 {
+            room = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(room, "the closed session freed its place");
+    timeout(LIMIT, stream::connect(addr, config))
+        .await
+        .unwrap()
+        .unwrap();
 }

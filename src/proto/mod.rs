@@ -1,4 +1,5 @@
-//! The snet protocol core, sans-IO.
+//! The protocol core, sans-IO: the snet wire protocol byte for byte (the
+//! compatible suite), and rejoin's sealed suite.
 //!
 //! Nothing in this module touches a socket, a clock or the OS random number
 //! generator: bytes go in through `handle_*` methods, bytes to send come out of
@@ -9,10 +10,10 @@
 //! The pieces, bottom up:
 //!
 //! - [`dh`]: dh64 key agreement (p = 2^64 − 59, g = 5).
-//! - [`cipher`]: the RC4 states and snet's keystream layout.
+//! - `cipher`: the RC4 states and snet's keystream layout (internal).
 //! - [`auth`]: the MD5 tags, compared in constant time.
 //! - [`message`]: every handshake message, with pure `encode` and bounded `decode`.
-//! - [`history`]: the ring of sent ciphertext that a resume resends from.
+//! - `history`: the ring of sent bytes that a resume resends from (internal).
 //! - [`session`]: an established session: counts, ciphers and history.
 //! - [`handshake`]: client and server state machines for a new connection.
 //! - [`resume`]: client and server state machines for a reconnect.

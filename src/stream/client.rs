@@ -71,7 +71,8 @@ async fn handshake<D: Dialer>(dialer: &D, config: &Config) -> Result<First<D::Io
         Error::from(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "server closed the connection during the handshake \
-             (suites or protocol versions differ, wrong key, or not a rejoin/snet server?)",
+             (suites or protocol versions differ, wrong key, a server at its max_sessions, \
+             or not a rejoin/snet server?)",
         ))
     };
     let stopped = |stop: Stop| match stop {

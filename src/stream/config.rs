@@ -507,6 +507,9 @@ impl Config {
                 return fail("psk_id is longer than 64 bytes".into());
             }
         }
+        if self.records && self.version == Version::V1 && self.sealed_keys().is_none() {
+            return fail("the record layer (records) needs protocol v2".into());
+        }
         // The sealed suite frees history by acks; the compatible one must
         // cover whatever can be in flight.
         let need = self.in_flight().saturating_add(MIN_HISTORY);

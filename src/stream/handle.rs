@@ -339,7 +339,7 @@ impl AsyncWrite for WriteHalf {
     }
 
     /// Takes as much of `bufs` as the history has room for, up to
-    /// [`LOCKED_WRITE`]: under one lock, or, when the bytes are encrypted,
+    /// `LOCKED_WRITE` (256 KiB): under one lock, or, when the bytes are encrypted,
     /// with the encryption outside it.
     fn poll_write_vectored(
         self: Pin<&mut Self>,

@@ -243,11 +243,11 @@ pub struct ListenerStats {
     /// Connections closed at once because their source had used up its
     /// `auth_failures_per_minute`.
     pub throttled: u64,
-    /// Sealed handshakes refused because the identity (a tunnel client's
-    /// name) has no key here.
+    /// Sealed handshakes refused because the PSK identity the client named
+    /// (in the tunnel, its name) has no key here.
     pub unknown_identity: u64,
-    /// Sealed handshakes refused because the peer's key did not match (a
-    /// wrong token).
+    /// Sealed handshakes refused because the peer's PSK did not match (in
+    /// the tunnel, a wrong token).
     pub bad_key: u64,
     /// Sealed new-session handshakes that this side answered (at the cost
     /// of its Diffie–Hellman work) and the peer never confirmed: a wrong key under a pinned server key (whose PSK is
@@ -508,6 +508,18 @@ impl<T: Transport> Inner<T> {
         });
     }
 
+    /// Whether `max_sessions` are live, so a new session is refused (said
+    /// in the log at most once a second).
+    fn full(&self, peer: Option<SocketAddr>) -> bool {
+        let full = self.sessions.lock().len() >= self.config.max_sessions;
+        if full {
+            if let Some(left_out) = self.noise.allow() {
+                warn!(peer = %crate::stream::shown(peer), max_sessions = self.config.max_sessions, left_out, "new session refused: max_sessions reached");
+            }
+        }
+        full
+    }
+
     /// A peer failed to prove a key: its source has one guess fewer.
     fn failed_proof(&self, peer: Option<SocketAddr>) {
         self.throttle
@@ -574,6 +586,12 @@ impl<T: Transport> Inner<T> {
             }
             Request::New { psk_id, .. } => psk_id,
         };
+        if self.full(peer) {
+            // Closed before any Diffie–Hellman work or an answer: the
+            // client's `connect` fails, where a session ended at once
+            // would have let it succeed and then be refused.
+            return Err(Error::LimitReached("max_sessions"));
+        }
         let shown = String::from_utf8_lossy(&psk_id).into_owned();
         let psk = keys.psk_for(&psk_id);
         let known = psk.is_some();
@@ -751,8 +769,12 @@ impl<T: Transport> Inner<T> {
         state.ingest(&leftover)?;
         let shared = Arc::new(Shared::new(state));
         let (tx, rx) = mpsc::channel(4);
+        if self.full(peer) {
+            return Err(Error::LimitReached("max_sessions"));
+        }
         {
             let mut sessions = self.sessions.lock();
+            // (Again under the lock: two handshakes may end at once.)
             if sessions.len() >= self.config.max_sessions {
                 return Err(Error::LimitReached("max_sessions"));
             }

@@ -49,6 +49,7 @@ mod pump;
 mod shared;
 mod transport;
 
+pub use crate::proto::Version;
 pub use client::{connect, connect_with};
 pub use config::{Config, ConfigError, Keepalive, MAX_DURATION, PskLookup, Redial, Sealed, Suite};
 pub use error::Error;

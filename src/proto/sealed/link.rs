@@ -239,7 +239,7 @@ impl Link {
 
     /// The buffer received bytes go into before [`Link::handle_input`].
     /// While the opener is lent out, a scratch buffer whose bytes are lost:
-    /// put them into [`Opener::input_buffer`] instead.
+    /// put them into the lent opener's input buffer instead.
     pub fn input_buffer(&mut self) -> &mut BytesMut {
         let opener = self.opener.get_or_insert_with(Opener::spent);
         &mut opener.input
