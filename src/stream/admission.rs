@@ -24,7 +24,7 @@ use std::time::Instant;
 
 /// Where a connection comes from, as far as the per-source bound goes: an
 /// IPv4 address, or an IPv6 /64 (what one host is usually given).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Source {
     V4([u8; 4]),
     V6([u8; 8]),

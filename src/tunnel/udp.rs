@@ -7,8 +7,11 @@
 //! traffic. A service has at most `max_associations`, and one source (an
 //! IPv4 address, an IPv6 /64) at most `max_associations_per_source`; a new
 //! visitor beyond either makes room by ending the least recently used
-//! association (its own source's, if that source is at its bound), so that
-//! one host cycling through ports cannot lock others out.
+//! association: its own source's, if that source is at its bound; else,
+//! at the service's bound, that of the source holding the most (if any
+//! holds more than one), else the least recently used of all. So one host
+//! cycling through ports cannot lock others out, and a few hosts holding
+//! many associations give theirs up before a host holding one does.
 //!
 //! No per-association buffer is kept: datagrams are read with a non-blocking
 //! receive into a per-thread scratch buffer and copied out at their size.
@@ -43,7 +46,8 @@ pub struct UdpConfig {
     /// Default 60 s.
     pub idle: Duration,
     /// Most associations (visitor addresses) per service at once; a new
-    /// visitor beyond it ends the least recently used one. Default 1,024.
+    /// visitor beyond it ends the least recently used one of the source
+    /// holding the most (of all, if each holds one). Default 1,024.
     pub max_associations: usize,
     /// Most associations per service from one source (an IPv4 address, an
     /// IPv6 /64); a new visitor beyond it ends that source's least recently
@@ -73,6 +77,9 @@ struct Associations<V> {
     order: BTreeMap<u64, SocketAddr>,
     /// The same, per source.
     by_source: HashMap<Source, BTreeMap<u64, SocketAddr>>,
+    /// (associations, source) for every source that has any: the last is
+    /// the source holding the most.
+    sizes: std::collections::BTreeSet<(usize, Source)>,
 }
 
 struct Assoc<V> {
@@ -92,6 +99,17 @@ impl<V> Associations<V> {
             by_id: HashMap::new(),
             order: BTreeMap::new(),
             by_source: HashMap::new(),
+            sizes: Default::default(),
+        }
+    }
+
+    /// Records that `source` went from `from` associations to `to`.
+    fn resized(&mut self, source: Source, from: usize, to: usize) {
+        if from > 0 {
+            self.sizes.remove(&(from, source));
+        }
+        if to > 0 {
+            self.sizes.insert((to, source));
         }
     }
 
@@ -115,14 +133,20 @@ impl<V> Associations<V> {
     }
 
     /// The association to end before `visitor` can have one: the least
-    /// recently used of its source if the source is at its bound, else the
-    /// least recently used of all if the service is.
+    /// recently used of its source if the source is at its bound; else, if
+    /// the service is at its bound, the least recently used of the source
+    /// holding the most (when it holds more than one), else of all.
     fn victim(&self, visitor: SocketAddr) -> Option<u32> {
         let own = self.by_source.get(&Source::of(Some(visitor)));
         let lru = if own.is_some_and(|o| o.len() >= self.per_source) {
             own.and_then(|o| o.values().next())
         } else if self.len() >= self.max {
-            self.order.values().next()
+            match self.sizes.last() {
+                Some(&(n, largest)) if n > 1 => {
+                    self.by_source.get(&largest).and_then(|o| o.values().next())
+                }
+                _ => self.order.values().next(),
+            }
         } else {
             None
         };
@@ -142,10 +166,11 @@ impl<V> Associations<V> {
         );
         self.by_id.insert(id, visitor);
         self.order.insert(self.tick, visitor);
-        self.by_source
-            .entry(Source::of(Some(visitor)))
-            .or_default()
-            .insert(self.tick, visitor);
+        let source = Source::of(Some(visitor));
+        let own = self.by_source.entry(source).or_default();
+        own.insert(self.tick, visitor);
+        let n = own.len();
+        self.resized(source, n - 1, n);
     }
 
     fn visitor(&self, id: u32) -> Option<SocketAddr> {
@@ -165,10 +190,13 @@ impl<V> Associations<V> {
             self.order.remove(&a.tick);
             let source = Source::of(Some(visitor));
             if let Some(own) = self.by_source.get_mut(&source) {
+                let n = own.len();
                 own.remove(&a.tick);
-                if own.is_empty() {
+                let left = own.len();
+                if left == 0 {
                     self.by_source.remove(&source);
                 }
+                self.resized(source, n, left);
             }
         }
         true
@@ -221,13 +249,20 @@ impl DropLog {
     }
 }
 
-/// Reads every datagram waiting on `sock` (without blocking) and passes
-/// each, copied out at its size, to `each`.
+/// Most datagrams [`drain`] reads at once: a flood that arrives faster than
+/// it is handled must not keep the task (and the worker thread it runs on,
+/// with every other session's tasks queued behind it) from yielding.
+const DRAIN_BATCH: usize = 256;
+
+/// Reads the datagrams waiting on `sock` (without blocking), up to
+/// [`DRAIN_BATCH`], and passes each, copied out at its size, to `each`.
+/// `Ok(true)` if it stopped at the batch: more may be waiting, and the
+/// caller should yield before it reads again.
 fn drain(
     sock: &UdpSocket,
     mut each: impl FnMut(io::Result<(Bytes, SocketAddr)>, usize),
-) -> io::Result<()> {
-    loop {
+) -> io::Result<bool> {
+    for _ in 0..DRAIN_BATCH {
         let got = SCRATCH_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             sock.try_recv_from(&mut buf)
@@ -235,10 +270,11 @@ fn drain(
         });
         match got {
             Ok((datagram, from, n)) => each(Ok((datagram, from)), n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
     }
+    Ok(true)
 }
 
 /// Sends one datagram without blocking for long: a socket's readiness is
@@ -374,8 +410,10 @@ impl UdpService {
                             drops.note("link queue full");
                         }
                     });
-                    if let Err(e) = result {
-                        debug!(error = %e, "UDP receive failed");
+                    match result {
+                        Ok(true) => tokio::task::yield_now().await,
+                        Ok(false) => {}
+                        Err(e) => debug!(error = %e, "UDP receive failed"),
                     }
                 }
                 Some((id, datagram)) = from_link.recv() => {
@@ -450,8 +488,10 @@ pub(crate) async fn client_association(
                 });
                 // A connected UDP socket reports ICMP errors (nothing
                 // listening) as receive errors: keep going.
-                if let Err(e) = result {
-                    debug!(error = %e, "local UDP receive failed");
+                match result {
+                    Ok(true) => tokio::task::yield_now().await,
+                    Ok(false) => {}
+                    Err(e) => debug!(error = %e, "local UDP receive failed"),
                 }
             }
             next = datagrams.recv() => match next {
@@ -493,6 +533,47 @@ mod tests {
         SocketAddr::from(([10, 0, 0, ip], port))
     }
 
+    /// A flood is read a batch at a time: the task yields between batches
+    /// however fast datagrams come, and nothing is lost between them.
+    #[tokio::test]
+    async fn a_flood_is_read_a_batch_at_a_time() {
+        // A receive buffer that holds the whole flood (4 MiB is the most
+        // an unprivileged socket gets here; 800 small datagrams take about
+        // 600 KiB of it).
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        raw.set_recv_buffer_size(4 << 20).unwrap();
+        raw.set_nonblocking(true).unwrap();
+        raw.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let sock = UdpSocket::from_std(raw.into()).unwrap();
+        let to = sock.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = DRAIN_BATCH * 3 + 10;
+        for i in 0..sent {
+            sender.send_to(&(i as u32).to_le_bytes(), to).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut batches = Vec::new();
+        for _ in 0..100 {
+            let ready = tokio::time::timeout(Duration::from_secs(5), sock.readable()).await;
+            if ready.is_err() {
+                break;
+            }
+            let before = got.len();
+            let more = drain(&sock, |d, _| got.push(d.unwrap().0)).unwrap();
+            batches.push(got.len() - before);
+            if !more && got.len() == sent {
+                break;
+            }
+        }
+        assert_eq!(got.len(), sent, "{batches:?}");
+        assert!(batches.iter().all(|&n| n <= DRAIN_BATCH), "{batches:?}");
+        assert_eq!(batches[..3], [DRAIN_BATCH; 3], "{batches:?}");
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d[..], (i as u32).to_le_bytes()[..]);
+        }
+    }
+
     #[test]
     fn a_source_at_its_bound_ends_its_own_least_recently_used() {
         let now = Instant::now();
@@ -530,6 +611,47 @@ mod tests {
         assert_eq!(t.victim(at(5, 1)), Some(3));
         assert_eq!(t.order.len(), 3);
         assert_eq!(t.by_source.values().map(BTreeMap::len).sum::<usize>(), 3);
+    }
+
+    /// At the service's bound the source holding the most gives one up,
+    /// not the host with one association that happens to be the least
+    /// recently used: a few hosts (or IPv6 /64s) filling the table cannot
+    /// push out everyone else.
+    #[test]
+    fn a_full_service_takes_from_the_source_holding_most() {
+        let now = Instant::now();
+        let mut t = Associations::new(10, 8);
+        t.insert(at(9, 1), 90, now, ());
+        for port in 1..=8 {
+            t.insert(at(1, port), u32::from(port), now, ());
+        }
+        t.insert(at(8, 1), 80, now, ());
+        // 10.0.0.9 is the least recently used of all, but holds one.
+        assert_eq!(t.victim(at(7, 1)), Some(1));
+        // Two sources of four and one each: one of the fours gives.
+        let mut t = Associations::new(10, 8);
+        t.insert(at(9, 1), 90, now, ());
+        t.insert(at(8, 1), 80, now, ());
+        for port in 1..=4 {
+            t.insert(at(1, port), u32::from(port), now, ());
+            t.insert(at(2, port), 10 + u32::from(port), now, ());
+        }
+        let victim = t.victim(at(7, 1));
+        assert!(matches!(victim, Some(1 | 11)), "{victim:?}");
+        assert!(t.remove(1));
+        t.insert(at(7, 1), 70, now, ());
+        assert_eq!(t.victim(at(6, 1)), Some(11), "now 10.0.0.2 holds most");
+        // Every source with one: the least recently used of all.
+        let mut t = Associations::new(3, 8);
+        for ip in 1..=3 {
+            t.insert(at(ip, 1), u32::from(ip), now, ());
+        }
+        assert_eq!(t.victim(at(4, 1)), Some(1));
+        assert_eq!(t.sizes.len(), 3);
+        for id in 1..=3 {
+            assert!(t.remove(id));
+        }
+        assert!(t.sizes.is_empty() && t.by_source.is_empty());
     }
 
     #[test]
