@@ -177,6 +177,9 @@ pub enum ReloadError {
     /// The new settings cannot work.
     #[error("{}", .0.0)]
     Invalid(crate::stream::ConfigError),
+    /// Stretching the new tokens into keys failed (a bug).
+    #[error("the new tokens could not be stretched into keys")]
+    Stretch,
 }
 
 /// Why logins were refused, for [`Server::status`].
@@ -497,9 +500,13 @@ impl Server {
         if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
             return Err(ReloadError::Fixed(what));
         }
+        // A token takes 100,000 PBKDF2 rounds to stretch: new ones are
+        // stretched away from the runtime's threads, which serve every link.
         let keys = {
-            let current = self.inner.keys.read();
-            Keys::new(&config, &current)
+            let (current, config) = (self.inner.keys.clone(), config.clone());
+            tokio::task::spawn_blocking(move || Keys::new(&config, &current.read()))
+                .await
+                .map_err(|_| ReloadError::Stretch)?
         };
         // Keys first, then the sessions, under the lock a login takes to
         // join them: a login either sees the new keys or is seen here.
