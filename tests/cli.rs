@@ -263,6 +263,28 @@ fn tunnel_errors_are_clear() {
     let mut run = Proc::start(&["client", "--server", "127.0.0.1:1", "--token", "t"], None);
     assert_eq!(run.exit_code(), Some(78));
     assert!(run.stderr().contains("nothing to publish"));
+
+    // A name the server would refuse is refused here, saying why.
+    let mut run = Proc::start(
+        &[
+            "client",
+            "--server",
+            "127.0.0.1:1",
+            "--token",
+            "t",
+            "--name",
+            "home\nWARN forged",
+            "--tcp",
+            "22",
+        ],
+        None,
+    );
+    assert_eq!(run.exit_code(), Some(78));
+    let err = run.stderr();
+    assert!(
+        err.contains("--name") && err.contains("holds a control character"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -579,16 +579,33 @@ fn sighup_reloads_the_server_tokens() {
         server.stderr()
     );
 
-    // A token file that is a device, and a key file that went missing: each
-    // reload is refused at once (no endless read of /dev/zero), and no new
-    // key is written in the missing one's place.
+    // A token file that is a device, a FIFO nobody writes, and a key file
+    // that went missing: each reload is refused (no endless read of
+    // /dev/zero, no signal loop hung on the FIFO), and no new key is written
+    // in the missing one's place.
     write(
         &config,
         "listen = \"127.0.0.1:0\"\n[clients.bob]\ntoken_file = \"/dev/zero\"\n",
     );
     server.signal("-HUP");
     assert!(
-        server.await_stderr("not a regular file"),
+        server.await_stderr("larger than 65536 bytes"),
+        "{}",
+        server.stderr()
+    );
+    let fifo = dir.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    write(
+        &config,
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[clients.bob]\ntoken_file = {:?}\n",
+            fifo.to_str().unwrap()
+        ),
+    );
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("took longer than 5s"),
         "{}",
         server.stderr()
     );
@@ -1009,9 +1026,11 @@ fn failed_logins_are_throttled() {
 /// hellos under a wrong token as fast as it can. Message 1 of IKpsk2 holds
 /// no PSK, so each one earns an answer, two Diffie–Hellman operations of the
 /// server's, and only the confirm, which never comes, would show the token
-/// wrong. Those answered and never confirmed count as failed proofs: after
-/// the minute's ten the source's connections are closed unanswered. A
-/// pinned client from another address logs in meanwhile.
+/// wrong. Those answered and never confirmed count as failed proofs, whether
+/// the attacker closes them or holds them open until newer connections of
+/// its own push them out of their handshake slots: after the minute's ten
+/// the source's connections are closed unanswered. A pinned client from
+/// another address logs in meanwhile.
 #[test]
 fn answered_hellos_that_never_confirm_are_throttled() {
     use rejoin::proto::Params;
@@ -1038,34 +1057,43 @@ fn answered_hellos_that_never_confirm_are_throttled() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let (answered, closed) = runtime.block_on(async {
-        let (mut answered, mut closed) = (0u32, 0u32);
-        for _ in 0..40 {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(([127, 0, 0, 3], 0).into()).unwrap();
-            let mut io = socket.connect(target).await.unwrap();
-            // The same hello every time: a replay needs no key either.
-            let _ = io.write_all(&hello).await;
-            let mut reply = [0u8; 256];
-            let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut reply))
-                .await
-                .expect("an answer or a close in time")
-                .unwrap_or(0);
-            if n > 0 {
-                answered += 1;
-                // Give up on it, and wait for the server to close: by then
-                // it has counted the failure.
-                let _ = io.shutdown().await;
-                let mut rest = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut rest))
+    // The attacker's addresses: 127.0.0.3 closes each connection once
+    // answered, 127.0.0.4 holds them all open.
+    let attack = |source: [u8; 4], hold: bool| {
+        runtime.block_on(async {
+            let (mut answered, mut closed, mut held) = (0u32, 0u32, Vec::new());
+            for _ in 0..40 {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind((source, 0).into()).unwrap();
+                let mut io = socket.connect(target).await.unwrap();
+                // The same hello every time: a replay needs no key either.
+                let _ = io.write_all(&hello).await;
+                let mut reply = [0u8; 256];
+                let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut reply))
                     .await
-                    .expect("the server closes in time");
-            } else {
-                closed += 1;
+                    .expect("an answer or a close in time")
+                    .unwrap_or(0);
+                if n == 0 {
+                    closed += 1;
+                } else if hold {
+                    answered += 1;
+                    held.push(io);
+                } else {
+                    answered += 1;
+                    // Give up on it, and wait for the server to close: by
+                    // then it has counted the failure.
+                    let _ = io.shutdown().await;
+                    let mut rest = Vec::new();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut rest))
+                            .await
+                            .expect("the server closes in time");
+                }
             }
-        }
-        (answered, closed)
-    });
+            (answered, closed)
+        })
+    };
+    let (answered, closed) = attack([127, 0, 0, 3], false);
     println!("40 pinned hellos under a wrong token: {answered} answered, {closed} closed at once");
     assert!(
         (10..=12).contains(&answered),
@@ -1082,6 +1110,12 @@ fn answered_hellos_that_never_confirm_are_throttled() {
     };
     assert_eq!(count("unconfirmed"), f64::from(answered));
     assert_eq!(count("throttled"), f64::from(closed));
+    // Held open: 16 handshakes in progress per source, then each newcomer
+    // pushes out the oldest, which counts.
+    let (held, closed_too) = attack([127, 0, 0, 4], true);
+    println!("40 more, held open: {held} answered, {closed_too} closed at once");
+    assert!(held <= 16 + 12, "ten pushed out, then closed: {held}");
+    assert_eq!(held + closed_too, 40);
     // A pinned client from 127.0.0.1 is not affected.
     let (client, public) = start_client_with(&addr, "pinned", &echo_addr, &["--server-key", &key]);
     echo(&public, 10_000);

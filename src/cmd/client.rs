@@ -95,7 +95,7 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
         config.give_up_after = args.give_up_after;
     }
     if let Some(name) = args.name {
-        config.name = name;
+        config.name = super::config::wire_name(&name).context("--name")?;
     }
     for spec in &args.tcp {
         config.services.push(parse_service(spec, ServiceKind::Tcp)?);
@@ -170,7 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             signal = signals.next() => match signal {
                 super::Signal::Stop => handle.stop(),
-                super::Signal::Reload => reload(&handle, &config, &args, &admin),
+                super::Signal::Reload => reload(&handle, &config, &args, &admin).await,
             },
         }
     }
@@ -197,16 +197,19 @@ fn admin_file(args: &Args) -> anyhow::Result<super::config::AdminFile> {
 /// SIGHUP: the config file again. Services are added and removed; the
 /// server, token and name stay as they were (a restart changes them). A
 /// broken file changes nothing.
-fn reload(
+async fn reload(
     handle: &ClientHandle,
     running: &ClientConfig,
     args: &Args,
     admin: &super::config::AdminFile,
 ) {
-    let Some(config) = super::reread(args.config.as_deref(), || {
-        super::admin_as_started(admin, admin_file(args))?;
-        settings(args.clone())
-    }) else {
+    let (file, admin) = (args.clone(), admin.clone());
+    let Some(config) = super::reread(args.config.as_deref(), move || {
+        super::admin_as_started(&admin, admin_file(&file))?;
+        settings(file)
+    })
+    .await
+    else {
         return;
     };
     let fixed = [

@@ -426,7 +426,7 @@ fn local_address(local: &str) -> anyhow::Result<String> {
 
 /// A client or service name as the wire carries it: refused if it holds a
 /// control character (the server refuses those), else [`clip`]ped.
-fn wire_name(s: &str) -> anyhow::Result<String> {
+pub fn wire_name(s: &str) -> anyhow::Result<String> {
     if s.chars().any(char::is_control) {
         bail!("the name {s:?} holds a control character");
     }
@@ -474,6 +474,11 @@ impl ServerFile {
         let token = Secret::new(self.token, self.token_file).resolve(base, "token")?;
         let mut clients = HashMap::new();
         for (name, secret) in &self.clients {
+            // A name no client can send would never log in.
+            anyhow::ensure!(
+                wire_name(name).with_context(|| format!("[clients.{name:?}]"))? == *name,
+                "[clients.{name:?}]: a client name is at most {MAX_NAME} bytes"
+            );
             let t = secret
                 .resolve(base, &format!("clients.{name}"))?
                 .with_context(|| format!("clients.{name} needs a token or token_file"))?;
@@ -630,6 +635,19 @@ mod tests {
             .into_config(Path::new("."))
         };
         assert!(file("name = \"home\"\n").is_ok());
+        let server = |text: &str| {
+            toml::from_str::<ServerFile>(&format!("listen = \"127.0.0.1:0\"\n{text}"))
+                .unwrap()
+                .into_config(Path::new("."))
+        };
+        let err = format!(
+            "{:#}",
+            server("[clients.\"a\\u0007b\"]\ntoken = \"t\"\n").unwrap_err()
+        );
+        assert!(err.contains("holds a control character"), "{err}");
+        let long = format!("[clients.{}]\ntoken = \"t\"\n", "n".repeat(65));
+        let err = format!("{:#}", server(&long).unwrap_err());
+        assert!(err.contains("at most 64 bytes"), "{err}");
         for text in [
             "name = \"home\\nWARN forged\"\n",
             "[[service]]\nlocal = \"127.0.0.1:22\"\nname = \"ssh\\r\"\n",

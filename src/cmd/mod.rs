@@ -68,18 +68,44 @@ impl Signals {
     }
 }
 
-/// SIGHUP's first half: the config file read again through `settings`.
-/// `None` (with the reason logged) when there is no file or it is broken:
-/// the running config then stays in force.
-pub fn reread<T>(
+/// How long a reload may take to read its files: a FIFO with no writer, or
+/// a hung network mount, must not keep the process from its signals.
+const REREAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGHUP's first half: the config file read again through `settings`, on
+/// a thread of its own, within [`REREAD_TIMEOUT`]. `None` (with the reason
+/// logged) when there is no file or it is broken: the running config then
+/// stays in force.
+pub async fn reread<T: Send + 'static>(
     file: Option<&std::path::Path>,
-    settings: impl FnOnce() -> anyhow::Result<T>,
+    settings: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Option<T> {
     let Some(path) = file else {
         tracing::warn!("SIGHUP: no config file to reload (started with flags only)");
         return None;
     };
-    match settings() {
+    // A thread of its own, not the runtime's blocking pool: a runtime waits
+    // for its blocking tasks when it shuts down, and one stuck on a FIFO
+    // would keep the process from exiting.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let _ = tx.send(settings());
+        });
+    let result = match spawned {
+        Err(e) => Err(anyhow::anyhow!("cannot start the reload's thread: {e}")),
+        Ok(_) => match tokio::time::timeout(REREAD_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(anyhow::anyhow!("reading the files failed")),
+            // (The thread stays blocked until the file gives way; the
+            // process goes on.)
+            Err(_) => Err(anyhow::anyhow!(
+                "reading the files took longer than {REREAD_TIMEOUT:?} (a FIFO, or a hung mount?)"
+            )),
+        },
+    };
+    match result {
         Ok(config) => Some(config),
         Err(e) => {
             tracing::error!(file = %path.display(), "reload failed, the old config stays in force: {e:#}");
@@ -155,25 +181,24 @@ pub const SMALL_FILE: u64 = 64 << 10;
 /// The most a config file may hold.
 pub const CONFIG_FILE: u64 = 1 << 20;
 
-/// Reads a regular file of at most `most` bytes as UTF-8. Anything else (a
-/// FIFO, a device such as /dev/zero, a huge file) is refused before it is
-/// read: a mistaken path must give an error, not hang a reload or fill the
-/// memory of a running server. `NotFound` stays recognisable.
+/// Reads a file of at most `most` bytes as UTF-8: a mistaken path (a device
+/// such as /dev/zero, a huge file) gives an error, not a running server's
+/// memory filled. A regular file's size is checked before it is read;
+/// anything else (a pipe: `--token-file <(pass show …)`) is read up to the
+/// bound. (A FIFO with no writer blocks the read: see [`reread`], which
+/// keeps that from hanging a reload.) `NotFound` stays recognisable.
 pub fn read_small(path: &std::path::Path, most: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind, Read};
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    let too_large = || Error::new(ErrorKind::InvalidInput, format!("larger than {most} bytes"));
+    if std::fs::metadata(path)?.len() > most {
+        return Err(too_large());
     }
     let mut text = String::new();
     std::fs::File::open(path)?
         .take(most + 1)
         .read_to_string(&mut text)?;
     if text.len() as u64 > most {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("larger than {most} bytes"),
-        ));
+        return Err(too_large());
     }
     Ok(text)
 }

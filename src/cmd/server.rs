@@ -216,10 +216,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// SIGHUP: the config file again; a broken one changes nothing.
 async fn reload(server: &Server, args: &Args, admin: &super::config::AdminFile) {
-    let Some(config) = super::reread(args.config.as_deref(), || {
-        super::admin_as_started(admin, admin_file(args))?;
-        settings(args.clone(), false)
-    }) else {
+    let (file, admin) = (args.clone(), admin.clone());
+    let Some(config) = super::reread(args.config.as_deref(), move || {
+        super::admin_as_started(&admin, admin_file(&file))?;
+        settings(file, false)
+    })
+    .await
+    else {
         return;
     };
     match server.reload(config).await {

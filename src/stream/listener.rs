@@ -280,6 +280,9 @@ struct Inner<T> {
     unconfirmed: AtomicU64,
     /// Refusals of peers that proved nothing are logged at most once a second.
     noise: NoiseLog,
+    /// So are new sessions refused at `max_sessions` (on a log of their own,
+    /// so that a flood of the former cannot hide them).
+    full_log: NoiseLog,
 }
 
 /// Paces log lines about unauthenticated peers: at most one a second, each
@@ -398,6 +401,7 @@ impl<T: Transport> Listener<T> {
             bad_key: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
             noise: NoiseLog::default(),
+            full_log: NoiseLog::default(),
         });
         Ok(Listener {
             inner,
@@ -453,6 +457,23 @@ impl<T: Transport> Drop for Listener<T> {
     fn drop(&mut self) {
         if let Some(task) = &self.accept_task {
             task.abort();
+        }
+    }
+}
+
+/// Counts a sealed new session as answered and never confirmed when
+/// dropped armed (see [`Inner::confirm`]).
+struct Unconfirmed<'a, T: Transport> {
+    inner: &'a Inner<T>,
+    peer: Option<SocketAddr>,
+    armed: bool,
+}
+
+impl<T: Transport> Drop for Unconfirmed<'_, T> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+            self.inner.failed_proof(self.peer);
         }
     }
 }
@@ -513,7 +534,7 @@ impl<T: Transport> Inner<T> {
     fn full(&self, peer: Option<SocketAddr>) -> bool {
         let full = self.sessions.lock().len() >= self.config.max_sessions;
         if full {
-            if let Some(left_out) = self.noise.allow() {
+            if let Some(left_out) = self.full_log.allow() {
                 warn!(peer = %crate::stream::shown(peer), max_sessions = self.config.max_sessions, left_out, "new session refused: max_sessions reached");
             }
         }
@@ -641,6 +662,10 @@ impl<T: Transport> Inner<T> {
     /// that earns one needs no key (a pinned server's PSK is checked only at
     /// the confirm; a recorded hello can be replayed), so without it one
     /// source could have that work done as fast as it can connect.
+    /// (Counted however the handshake ends short of its confirm: an error,
+    /// a close, or its future dropped at `handshake_timeout` or when a
+    /// newer connection takes its slot, which a peer holding its
+    /// connections open could otherwise have used to go uncounted.)
     async fn confirm(
         &self,
         io: &mut T,
@@ -648,18 +673,15 @@ impl<T: Transport> Inner<T> {
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
     ) -> Result<(ServerOutcome, BytesMut), Error> {
-        let outcome = match ex.handle_input(&mut buf) {
-            Ok(()) => drive(io, ex, &mut buf).await.map_err(stopped),
-            Err(e) => Err(Error::Handshake(e)),
+        let mut unconfirmed = Unconfirmed {
+            inner: self,
+            peer,
+            armed: true,
         };
-        match outcome {
-            Ok(outcome) => Ok((outcome, buf)),
-            Err(e) => {
-                self.unconfirmed.fetch_add(1, Ordering::Relaxed);
-                self.failed_proof(peer);
-                Err(e)
-            }
-        }
+        ex.handle_input(&mut buf).map_err(Error::Handshake)?;
+        let outcome = drive(io, ex, &mut buf).await.map_err(stopped)?;
+        unconfirmed.armed = false;
+        Ok((outcome, buf))
     }
 
     /// A sealed resume of session `id`: the live session is touched only

@@ -227,7 +227,7 @@ impl Refusal {
 }
 
 /// The tokens, stretched into keys.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Keys {
     shared: Option<(Token, LoginKey)>,
     clients: HashMap<String, (Token, LoginKey)>,
@@ -503,8 +503,8 @@ impl Server {
         // A token takes 100,000 PBKDF2 rounds to stretch: new ones are
         // stretched away from the runtime's threads, which serve every link.
         let keys = {
-            let (current, config) = (self.inner.keys.clone(), config.clone());
-            tokio::task::spawn_blocking(move || Keys::new(&config, &current.read()))
+            let (current, config) = (self.inner.keys.read().clone(), config.clone());
+            tokio::task::spawn_blocking(move || Keys::new(&config, &current))
                 .await
                 .map_err(|_| ReloadError::Stretch)?
         };

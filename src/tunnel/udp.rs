@@ -8,10 +8,12 @@
 //! IPv4 address, an IPv6 /64) at most `max_associations_per_source`; a new
 //! visitor beyond either makes room by ending the least recently used
 //! association: its own source's, if that source is at its bound; else,
-//! at the service's bound, that of the source holding the most (if any
-//! holds more than one), else the least recently used of all. So one host
-//! cycling through ports cannot lock others out, and a few hosts holding
-//! many associations give theirs up before a host holding one does.
+//! at the service's bound, that of the source holding the most if it holds
+//! more than half its bound, else the least recently used of all. So one
+//! host cycling through ports cannot lock others out, a few hosts holding
+//! many associations give theirs up before a host holding one does, and a
+//! flood from ever new (spoofed) addresses takes the idlest, not every flow
+//! of one busy address.
 //!
 //! No per-association buffer is kept: datagrams are read with a non-blocking
 //! receive into a per-thread scratch buffer and copied out at their size.
@@ -47,7 +49,8 @@ pub struct UdpConfig {
     pub idle: Duration,
     /// Most associations (visitor addresses) per service at once; a new
     /// visitor beyond it ends the least recently used one of the source
-    /// holding the most (of all, if each holds one). Default 1,024.
+    /// holding the most if that holds more than half of
+    /// `max_associations_per_source`, else of all. Default 1,024.
     pub max_associations: usize,
     /// Most associations per service from one source (an IPv4 address, an
     /// IPv6 /64); a new visitor beyond it ends that source's least recently
@@ -135,14 +138,17 @@ impl<V> Associations<V> {
     /// The association to end before `visitor` can have one: the least
     /// recently used of its source if the source is at its bound; else, if
     /// the service is at its bound, the least recently used of the source
-    /// holding the most (when it holds more than one), else of all.
+    /// holding the most when it holds more than half its bound, else of
+    /// all. (Below that, the least recently used of all: a flood from ever
+    /// new, spoofed, addresses then takes idle associations first, not
+    /// every flow of one busy address, a NAT's, say.)
     fn victim(&self, visitor: SocketAddr) -> Option<u32> {
         let own = self.by_source.get(&Source::of(Some(visitor)));
         let lru = if own.is_some_and(|o| o.len() >= self.per_source) {
             own.and_then(|o| o.values().next())
         } else if self.len() >= self.max {
             match self.sizes.last() {
-                Some(&(n, largest)) if n > 1 => {
+                Some(&(n, largest)) if n > self.per_source / 2 => {
                     self.by_source.get(&largest).and_then(|o| o.values().next())
                 }
                 _ => self.order.values().next(),
@@ -537,9 +543,9 @@ mod tests {
     /// however fast datagrams come, and nothing is lost between them.
     #[tokio::test]
     async fn a_flood_is_read_a_batch_at_a_time() {
-        // A receive buffer that holds the whole flood (4 MiB is the most
-        // an unprivileged socket gets here; 800 small datagrams take about
-        // 600 KiB of it).
+        // A receive buffer that holds the whole flood (266 small datagrams
+        // take about 200 KiB, within even the stock 208 KiB doubled; more
+        // is asked for where the system allows it).
         let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         raw.set_recv_buffer_size(4 << 20).unwrap();
         raw.set_nonblocking(true).unwrap();
@@ -548,7 +554,7 @@ mod tests {
         let sock = UdpSocket::from_std(raw.into()).unwrap();
         let to = sock.local_addr().unwrap();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sent = DRAIN_BATCH * 3 + 10;
+        let sent = DRAIN_BATCH + 10;
         for i in 0..sent {
             sender.send_to(&(i as u32).to_le_bytes(), to).unwrap();
         }
@@ -568,7 +574,7 @@ mod tests {
         }
         assert_eq!(got.len(), sent, "{batches:?}");
         assert!(batches.iter().all(|&n| n <= DRAIN_BATCH), "{batches:?}");
-        assert_eq!(batches[..3], [DRAIN_BATCH; 3], "{batches:?}");
+        assert_eq!(batches[..2], [DRAIN_BATCH, 10], "{batches:?}");
         for (i, d) in got.iter().enumerate() {
             assert_eq!(d[..], (i as u32).to_le_bytes()[..]);
         }
@@ -613,10 +619,10 @@ mod tests {
         assert_eq!(t.by_source.values().map(BTreeMap::len).sum::<usize>(), 3);
     }
 
-    /// At the service's bound the source holding the most gives one up,
-    /// not the host with one association that happens to be the least
-    /// recently used: a few hosts (or IPv6 /64s) filling the table cannot
-    /// push out everyone else.
+    /// At the service's bound the source holding the most gives one up if
+    /// it holds more than half its bound, not the host with one association
+    /// that happens to be the least recently used: a few hosts (or IPv6
+    /// /64s) filling the table cannot push out everyone else.
     #[test]
     fn a_full_service_takes_from_the_source_holding_most() {
         let now = Instant::now();
@@ -629,7 +635,7 @@ mod tests {
         // 10.0.0.9 is the least recently used of all, but holds one.
         assert_eq!(t.victim(at(7, 1)), Some(1));
         // Two sources of four and one each: one of the fours gives.
-        let mut t = Associations::new(10, 8);
+        let mut t = Associations::new(10, 6);
         t.insert(at(9, 1), 90, now, ());
         t.insert(at(8, 1), 80, now, ());
         for port in 1..=4 {
@@ -641,6 +647,15 @@ mod tests {
         assert!(t.remove(1));
         t.insert(at(7, 1), 70, now, ());
         assert_eq!(t.victim(at(6, 1)), Some(11), "now 10.0.0.2 holds most");
+        // A source holding no more than half its bound (a NAT with a few
+        // flows) is not singled out: the least recently used of all goes.
+        let mut t = Associations::new(6, 8);
+        t.insert(at(9, 1), 90, now, ());
+        for port in 1..=4 {
+            t.insert(at(1, port), u32::from(port), now, ());
+        }
+        t.insert(at(8, 1), 80, now, ());
+        assert_eq!(t.victim(at(7, 1)), Some(90));
         // Every source with one: the least recently used of all.
         let mut t = Associations::new(3, 8);
         for ip in 1..=3 {
