@@ -26,13 +26,76 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use rejoin::tunnel::client::{ClientHandle, ServiceState};
 use rejoin::tunnel::server::Server;
 
-/// The most admin connections served at once; more wait in the backlog.
+/// The most admin connections served at once. A newcomer beyond it closes
+/// the oldest that has not sent a whole request yet (see [`Slots`]); if
+/// every one has, the newcomer is closed.
 const MAX_CONNECTIONS: usize = 32;
+
+/// The admin endpoint's connections. Taking a slot never waits on what a
+/// peer does: connections that send their headers slowly, or nothing, are
+/// the first to go when all the slots are taken, so holding the slots
+/// costs an attacker a steady stream of new connections and still cannot
+/// keep out a scraper, whose request arrives with its connection.
+#[derive(Default)]
+struct Slots {
+    table: parking_lot::Mutex<Vec<Slot>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+struct Slot {
+    id: u64,
+    /// Set once its request's headers are in.
+    asked: Arc<std::sync::atomic::AtomicBool>,
+    close: CancellationToken,
+}
+
+/// A slot taken: given up when dropped.
+struct Taken {
+    slots: Arc<Slots>,
+    id: u64,
+    asked: Arc<std::sync::atomic::AtomicBool>,
+    close: CancellationToken,
+}
+
+impl Slots {
+    /// A slot for a new connection, closing the oldest that has not asked
+    /// yet if they are all taken; `None` if every one is answering.
+    fn take(self: &Arc<Self>) -> Option<Taken> {
+        use std::sync::atomic::Ordering;
+        let mut table = self.table.lock();
+        if table.len() >= MAX_CONNECTIONS {
+            // Oldest first: the table is in order of arrival.
+            let idle = table
+                .iter()
+                .position(|s| !s.asked.load(Ordering::Relaxed))?;
+            table.remove(idle).close.cancel();
+        }
+        let slot = Slot {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            asked: Default::default(),
+            close: CancellationToken::new(),
+        };
+        let taken = Taken {
+            slots: self.clone(),
+            id: slot.id,
+            asked: slot.asked.clone(),
+            close: slot.close.clone(),
+        };
+        table.push(slot);
+        Some(taken)
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.slots.table.lock().retain(|s| s.id != self.id);
+    }
+}
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -398,7 +461,7 @@ pub async fn start(
         token,
         started: SystemTime::now(),
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::default());
     tokio::spawn(async move {
         loop {
             let (sock, _) = match listener.accept().await {
@@ -409,15 +472,17 @@ pub async fn start(
                     continue;
                 }
             };
-            // Full: closed at once, so a scraper fails fast instead of
-            // waiting in the backlog behind whoever holds the slots.
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Every slot answering a request: closed at once, so a scraper
+            // fails fast instead of waiting in the backlog.
+            let Some(slot) = slots.take() else {
                 let _ = sock.set_zero_linger();
                 continue;
             };
             let admin = admin.clone();
             tokio::spawn(async move {
+                let asked = slot.asked.clone();
                 let service = hyper::service::service_fn(move |req| {
+                    asked.store(true, std::sync::atomic::Ordering::Relaxed);
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(req).await) }
                 });
@@ -428,9 +493,13 @@ pub async fn start(
                     .header_read_timeout(HEADER_TIMEOUT)
                     .keep_alive(false)
                     .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
-                // A connection lives at most 15 s, whatever it does.
-                let _ = tokio::time::timeout(Duration::from_secs(15), conn).await;
-                drop(permit);
+                // A connection lives at most 15 s, whatever it does, and
+                // goes at once if a newcomer needs its slot before it asked.
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(15), conn) => {}
+                    () = slot.close.cancelled() => {}
+                }
+                drop(slot);
             });
         }
     });
