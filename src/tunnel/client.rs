@@ -337,6 +337,9 @@ struct State {
 /// A tunnel client.
 pub struct Client {
     config: Arc<ClientConfig>,
+    /// The token stretched (100,000 PBKDF2 rounds), once: the link's
+    /// handshake and every login use it.
+    key: std::sync::OnceLock<super::auth::LoginKey>,
     events: mpsc::UnboundedSender<ClientEvent>,
     stop: Arc<Notify>,
     state: Arc<State>,
@@ -449,6 +452,7 @@ impl Client {
         (
             Client {
                 config: Arc::new(config),
+                key: std::sync::OnceLock::new(),
                 events,
                 stop: Arc::new(Notify::new()),
                 state: Arc::new(State {
@@ -534,10 +538,15 @@ impl Client {
         }
     }
 
-    /// The link's settings: the sealed suite keyed by the token (stretched
-    /// once, here), naming this client, pinning the server key if given.
+    /// The token stretched into the login key, the first time it is asked for.
+    fn key(&self) -> &super::auth::LoginKey {
+        self.key.get_or_init(|| self.config.token.key())
+    }
+
+    /// The link's settings: the sealed suite keyed by the token, naming
+    /// this client, pinning the server key if given.
     fn link_config(&self) -> stream::Config {
-        let mut keys = stream::Sealed::new(self.config.token.key().psk());
+        let mut keys = stream::Sealed::new(self.key().psk());
         keys.psk_id = self.config.name.as_bytes().to_vec();
         keys.server_key = self.config.server_key;
         stream::Config {
@@ -733,7 +742,7 @@ impl Client {
         mux: &Mux,
         events: &mut mpsc::Receiver<Event>,
     ) -> Result<(), LoginFailed> {
-        let key = self.config.token.key();
+        let key = self.key();
         let client_nonce: [u8; 32] = rand::random();
         let _ = mux.send(Frame::Hello {
             version: VERSION,
