@@ -451,14 +451,28 @@ fn sighup_reloads_the_client_services() {
     let (_server, addr) = start_server(&[]);
     let dir = temp_dir("reload-client");
     let config = dir.join("client.toml");
-    let head = format!("server = \"{addr}\"\ntoken = \"{TOKEN}\"\nname = \"reloader\"\n");
+    let head = format!("server = \"{addr}\"\ntoken = \"the flag's wins\"\nname = \"reloader\"\n");
     let service = |name: &str| format!("[[service]]\nname = \"{name}\"\nlocal = \"{echo_addr}\"\n");
     write(
         &config,
         &(head.clone() + &service("keep") + &service("drop")),
     );
-    let client = Proc::start(&["client", "--config", config.to_str().unwrap()], None);
+    // The token from --token-file, read once: the file is gone before the
+    // reloads (as a pipe, `<(pass show …)`, is empty when read again).
+    let token_file = dir.join("token");
+    write(&token_file, TOKEN);
+    let client = Proc::start(
+        &[
+            "client",
+            "--config",
+            config.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        None,
+    );
     let mut lines = vec![client.line(), client.line()];
+    std::fs::remove_file(&token_file).unwrap();
     lines.sort();
     assert!(
         lines[0].starts_with("drop: tcp ") && lines[1].starts_with("keep: tcp "),
@@ -614,6 +628,16 @@ fn sighup_reloads_the_server_tokens() {
         "{}",
         server.stderr()
     );
+    // While that read is stuck, another SIGHUP starts no second one.
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("still reading its files"),
+        "{}",
+        server.stderr()
+    );
+    // A writer comes and goes: the stuck read ends.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
     write(
         &config,
         "listen = \"127.0.0.1:0\"\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n",

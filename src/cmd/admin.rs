@@ -36,6 +36,9 @@ use rejoin::tunnel::server::Server;
 /// every one has, the newcomer is closed.
 const MAX_CONNECTIONS: usize = 32;
 
+/// How long a connection that has not asked yet is safe from eviction.
+const FRESH: Duration = Duration::from_millis(20);
+
 /// The admin endpoint's connections. Taking a slot never waits on what a
 /// peer does: connections that send their headers slowly, or nothing, are
 /// the first to go when all the slots are taken, so holding the slots
@@ -49,6 +52,7 @@ struct Slots {
 
 struct Slot {
     id: u64,
+    since: std::time::Instant,
     /// Set once its request's headers are in.
     asked: Arc<std::sync::atomic::AtomicBool>,
     close: CancellationToken,
@@ -68,15 +72,19 @@ impl Slots {
     fn take(self: &Arc<Self>) -> Option<Taken> {
         use std::sync::atomic::Ordering;
         let mut table = self.table.lock();
+        let now = std::time::Instant::now();
         if table.len() >= MAX_CONNECTIONS {
-            // Oldest first: the table is in order of arrival.
-            let idle = table
-                .iter()
-                .position(|s| !s.asked.load(Ordering::Relaxed))?;
+            // Oldest first: the table is in order of arrival. One accepted
+            // a moment ago may have its request waiting unread (a burst of
+            // accepts comes before its task runs): it is not a candidate.
+            let idle = table.iter().position(|s| {
+                !s.asked.load(Ordering::Relaxed) && now.duration_since(s.since) >= FRESH
+            })?;
             table.remove(idle).close.cancel();
         }
         let slot = Slot {
             id: self.next.fetch_add(1, Ordering::Relaxed),
+            since: now,
             asked: Default::default(),
             close: CancellationToken::new(),
         };

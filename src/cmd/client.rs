@@ -110,8 +110,13 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
     Ok(config)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
+    // Read once: a reload must not read it again (a pipe, `<(pass show …)`,
+    // is empty the second time; the token cannot change while running).
+    if let Some(path) = args.token_file.take() {
+        args.token = Some(super::read_token_file(&path).map_err(super::no_retry)?);
+    }
     let config = settings(args.clone()).map_err(super::no_retry)?;
     if let Some(warning) = super::config::placeholder_warning([&config.token]) {
         tracing::warn!("{warning}");
@@ -170,7 +175,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             signal = signals.next() => match signal {
                 super::Signal::Stop => handle.stop(),
-                super::Signal::Reload => reload(&handle, &config, &args, &admin).await,
+                // On a task of its own: the client goes on serving while
+                // the files are read (up to 5 s when one is stuck).
+                super::Signal::Reload => {
+                    tokio::spawn(reload(handle.clone(), config.clone(), args.clone(), admin.clone()));
+                }
             },
         }
     }
@@ -198,12 +207,12 @@ fn admin_file(args: &Args) -> anyhow::Result<super::config::AdminFile> {
 /// server, token and name stay as they were (a restart changes them). A
 /// broken file changes nothing.
 async fn reload(
-    handle: &ClientHandle,
-    running: &ClientConfig,
-    args: &Args,
-    admin: &super::config::AdminFile,
+    handle: ClientHandle,
+    running: ClientConfig,
+    args: Args,
+    admin: super::config::AdminFile,
 ) {
-    let (file, admin) = (args.clone(), admin.clone());
+    let file = args.clone();
     let Some(config) = super::reread(args.config.as_deref(), move || {
         super::admin_as_started(&admin, admin_file(&file))?;
         settings(file)

@@ -84,6 +84,14 @@ pub async fn reread<T: Send + 'static>(
         tracing::warn!("SIGHUP: no config file to reload (started with flags only)");
         return None;
     };
+    // One reader at a time: SIGHUPs sent while one is stuck on a file must
+    // not leave a thread each behind.
+    static READING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering;
+    if READING.swap(true, Ordering::AcqRel) {
+        tracing::error!(file = %path.display(), "reload failed, the old config stays in force: the last reload is still reading its files (stuck on a FIFO or a hung mount?)");
+        return None;
+    }
     // A thread of its own, not the runtime's blocking pool: a runtime waits
     // for its blocking tasks when it shuts down, and one stuck on a FIFO
     // would keep the process from exiting.
@@ -92,7 +100,11 @@ pub async fn reread<T: Send + 'static>(
         .name("reload".into())
         .spawn(move || {
             let _ = tx.send(settings());
+            READING.store(false, Ordering::Release);
         });
+    if spawned.is_err() {
+        READING.store(false, Ordering::Release);
+    }
     let result = match spawned {
         Err(e) => Err(anyhow::anyhow!("cannot start the reload's thread: {e}")),
         Ok(_) => match tokio::time::timeout(REREAD_TIMEOUT, rx).await {

@@ -176,6 +176,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut signals = super::Signals::new()?;
     let persistent = args.key_file.is_some() || args.config.is_some();
+    // Read once: a reload must not read it again (a pipe, `<(pass show …)`,
+    // is empty the second time).
+    let mut args = args;
+    if let Some(path) = args.token_file.take() {
+        args.token = Some(super::read_token_file(&path).map_err(super::no_retry)?);
+    }
     let config = settings(args.clone(), true).map_err(super::no_retry)?;
     let admin = admin_file(&args).map_err(super::no_retry)?;
     if let Some(warning) =
