@@ -102,11 +102,11 @@ pub async fn reread<T: Send + 'static>(
             let _ = tx.send(settings());
             READING.store(false, Ordering::Release);
         });
-    if spawned.is_err() {
-        READING.store(false, Ordering::Release);
-    }
     let result = match spawned {
-        Err(e) => Err(anyhow::anyhow!("cannot start the reload's thread: {e}")),
+        Err(e) => {
+            READING.store(false, Ordering::Release);
+            Err(anyhow::anyhow!("cannot start the reload's thread: {e}"))
+        }
         Ok(_) => match tokio::time::timeout(REREAD_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(anyhow::anyhow!("reading the files failed")),

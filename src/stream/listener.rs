@@ -250,9 +250,10 @@ pub struct ListenerStats {
     /// the tunnel, a wrong token).
     pub bad_key: u64,
     /// Sealed new-session handshakes that this side answered (at the cost
-    /// of its Diffie–Hellman work) and the peer never confirmed: a wrong key under a pinned server key (whose PSK is
-    /// checked only at the confirm), a replayed hello, or a connection lost
-    /// mid-handshake. Each counts against `auth_failures_per_minute`.
+    /// of its Diffie–Hellman work) and the peer never confirmed: a wrong
+    /// key under a pinned server key (whose PSK is checked only at the
+    /// confirm), a replayed hello, or a connection lost mid-handshake. Each
+    /// counts against `auth_failures_per_minute`.
     pub unconfirmed: u64,
 }
 
