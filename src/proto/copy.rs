@@ -6,7 +6,7 @@
 //! 1.1 GB/s once the heap's addresses shifted (`docs/benchmarks.md`). Pieces
 //! below glibc's threshold take its vector loop instead, which has no such case
 //! and costs the same elsewhere. Every bulk copy on the data path goes through
-//! these two functions.
+//! these functions.
 
 /// Bytes per piece: below glibc's `rep movsb` threshold (2,112 bytes on the
 /// machine measured, `ld.so --list-tunables`).
@@ -17,6 +17,14 @@ pub fn copy(src: &[u8], dst: &mut [u8]) {
     debug_assert_eq!(src.len(), dst.len());
     for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
         d.copy_from_slice(s);
+    }
+}
+
+/// Appends `src` to `dst`.
+pub fn extend(dst: &mut bytes::BytesMut, src: &[u8]) {
+    dst.reserve(src.len());
+    for piece in src.chunks(PIECE) {
+        dst.extend_from_slice(piece);
     }
 }
 

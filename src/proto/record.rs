@@ -13,6 +13,8 @@
 //! DONE  0x04                          client → server: both FINs seen, session over
 //! ```
 
+use bytes::BytesMut;
+
 use super::{Error, Result};
 
 /// Kind byte of a DATA record.
@@ -108,57 +110,100 @@ impl RecordReader {
         let mut read = 0;
         let mut write = 0;
         while read < buf.len() {
-            match self.state {
-                State::Payload(left) => {
-                    let n = left.min(buf.len() - read);
-                    if read != write {
-                        super::copy::move_down(buf, read, write, n);
+            let (found, next) = self.step(buf, read)?;
+            match found {
+                Found::Data(data) => {
+                    if data.start != write {
+                        super::copy::move_down(buf, data.start, write, data.len());
                     }
-                    read += n;
-                    write += n;
-                    self.state = if n == left {
-                        State::Kind
-                    } else {
-                        State::Payload(left - n)
-                    };
+                    write += data.len();
                 }
-                State::Len { have, lo } => {
-                    let b = buf[read];
-                    read += 1;
-                    if have == 0 {
-                        self.state = State::Len { have: 1, lo: b };
-                        continue;
-                    }
-                    let len = u16::from_le_bytes([lo, b]) as usize;
-                    if len == 0 {
-                        return Err(Error::Malformed("empty DATA record"));
-                    }
-                    self.state = State::Payload(len);
-                }
-                State::Kind => {
-                    let kind = buf[read];
-                    read += 1;
-                    let control = match kind {
-                        DATA if self.fin => return Err(Error::Malformed("DATA record after FIN")),
-                        DATA => {
-                            self.state = State::Len { have: 0, lo: 0 };
-                            continue;
-                        }
-                        PING => Control::Ping,
-                        PONG => Control::Pong,
-                        FIN => {
-                            self.fin = true;
-                            Control::Fin
-                        }
-                        DONE => Control::Done,
-                        other => return Err(Error::UnknownType(other)),
-                    };
-                    on_control(control);
-                }
+                Found::Control(control) => on_control(control),
+                Found::Header => {}
             }
+            read = next;
         }
         Ok(write)
     }
+
+    /// Like [`RecordReader::filter`], but appends the DATA payloads of `src`
+    /// to `dst` instead of moving them: parsing and copying in one pass.
+    pub fn filter_into(
+        &mut self,
+        src: &[u8],
+        dst: &mut BytesMut,
+        mut on_control: impl FnMut(Control),
+    ) -> Result<()> {
+        let mut read = 0;
+        while read < src.len() {
+            let (found, next) = self.step(src, read)?;
+            match found {
+                Found::Data(data) => super::copy::extend(dst, &src[data]),
+                Found::Control(control) => on_control(control),
+                Found::Header => {}
+            }
+            read = next;
+        }
+        Ok(())
+    }
+
+    /// Parses what starts at `buf[at]` (`at < buf.len()`): a stretch of
+    /// payload, a control record, or a byte of a DATA header. Returns it and
+    /// where parsing goes on.
+    fn step(&mut self, buf: &[u8], at: usize) -> Result<(Found, usize)> {
+        match self.state {
+            State::Payload(left) => {
+                let n = left.min(buf.len() - at);
+                self.state = if n == left {
+                    State::Kind
+                } else {
+                    State::Payload(left - n)
+                };
+                Ok((Found::Data(at..at + n), at + n))
+            }
+            State::Len { have, lo } => {
+                let b = buf[at];
+                if have == 0 {
+                    self.state = State::Len { have: 1, lo: b };
+                    return Ok((Found::Header, at + 1));
+                }
+                let len = u16::from_le_bytes([lo, b]) as usize;
+                if len == 0 {
+                    return Err(Error::Malformed("empty DATA record"));
+                }
+                self.state = State::Payload(len);
+                Ok((Found::Header, at + 1))
+            }
+            State::Kind => {
+                let control = match buf[at] {
+                    DATA if self.fin => return Err(Error::Malformed("DATA record after FIN")),
+                    DATA => {
+                        self.state = State::Len { have: 0, lo: 0 };
+                        return Ok((Found::Header, at + 1));
+                    }
+                    PING => Control::Ping,
+                    PONG => Control::Pong,
+                    FIN => {
+                        self.fin = true;
+                        Control::Fin
+                    }
+                    DONE => Control::Done,
+                    other => return Err(Error::UnknownType(other)),
+                };
+                Ok((Found::Control(control), at + 1))
+            }
+        }
+    }
+}
+
+/// What one step of parsing found.
+enum Found {
+    /// Payload bytes, where they are in the buffer.
+    Data(std::ops::Range<usize>),
+    /// A control record.
+    Control(Control),
+    /// A byte of a DATA record's header.
+    Header,
 }
 
 #[cfg(test)]
@@ -204,11 +249,18 @@ mod tests {
             let mut reader = RecordReader::new();
             let mut data = Vec::new();
             let mut controls = Vec::new();
+            // The same pieces through the copying parser.
+            let mut copier = RecordReader::new();
+            let mut copied = BytesMut::new();
+            let mut copied_controls = Vec::new();
             for w in points.windows(2) {
                 let mut piece = wire[w[0]..w[1]].to_vec();
+                copier.filter_into(&piece, &mut copied, |c| copied_controls.push(c)).unwrap();
                 let n = reader.filter(&mut piece, |c| controls.push(c)).unwrap();
                 data.extend_from_slice(&piece[..n]);
             }
+            prop_assert_eq!(&copied[..], &data[..]);
+            prop_assert_eq!(&copied_controls, &controls);
             let want_data: Vec<u8> = recs.iter().filter_map(|r| match r { Rec::Data(d) => Some(d.clone()), _ => None }).flatten().collect();
             let mut want_controls: Vec<Control> = recs.iter().filter_map(|r| match r { Rec::Ctl(c) => Some(*c), _ => None }).collect();
             want_controls.push(Control::Fin);
@@ -219,6 +271,7 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = RecordReader::new().filter_into(&bytes, &mut BytesMut::new(), |_| {});
             let mut buf = bytes;
             let _ = RecordReader::new().filter(&mut buf, |_| {});
         }
@@ -232,5 +285,12 @@ mod tests {
         assert!(r.filter(&mut [DATA, 0, 0], |_| {}).is_err());
         let mut r = RecordReader::new();
         assert!(r.filter(&mut [FIN, DATA, 1, 0, 7], |_| {}).is_err());
+        let mut r = RecordReader::new();
+        let mut out = BytesMut::new();
+        assert!(
+            r.filter_into(&[DATA, 1, 0, 7, FIN, DATA], &mut out, |_| {})
+                .is_err()
+        );
+        assert_eq!(&out[..], &[7]);
     }
 }

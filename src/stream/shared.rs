@@ -436,6 +436,27 @@ impl State {
         }
         let controls = self.accept(start, dup)?;
         self.apply_controls(controls);
+        self.within_window()
+    }
+
+    /// Sealed suite: handles what opened frames brought, already parsed
+    /// into `rx` (their payloads) and `parsed` (their control records, or
+    /// why they did not parse).
+    fn parsed(&mut self, parsed: crate::proto::Result<Vec<Control>>) -> Result<(), Error> {
+        // Acks alone, or records with no payload, still prove the link alive.
+        self.last_rx = Instant::now();
+        self.ping_out = false;
+        let controls = parsed.map_err(Error::Protocol)?;
+        if !self.read_open {
+            // Nobody will read it: counted, then let go.
+            self.rx.clear();
+        }
+        self.apply_controls(controls);
+        self.within_window()
+    }
+
+    /// Sealed suite: fails if the peer sent beyond the window we gave.
+    fn within_window(&self) -> Result<(), Error> {
         // Counted after duplicates (a resend overlapping the old connection)
         // are dropped: what is left is new, and must fit the window we gave.
         if self.rx.len() > self.rx_limit.saturating_add(2 * MAX_FRAME_DATA) {
@@ -525,31 +546,35 @@ impl State {
         } = lent;
         self.session.restore_inbound(inbound);
         let start = self.rx.len();
-        let sealed = match (&mut self.link, opener) {
+        let parsed = match (&mut self.link, opener) {
             (Some(link), Some(mut opener)) => {
-                // Opened in place: one copy, from the frames to the buffer.
-                opener.take_opened(dup, &mut self.rx);
+                // Opened in place: one pass from the frames to the buffer,
+                // which also takes the records apart.
+                let mut controls = Vec::new();
+                let parsed = opener.take_opened(dup, &mut self.rx, self.records.as_mut(), |c| {
+                    controls.push(c)
+                });
                 link.restore_opener(opener);
                 if read.is_some() {
                     if let Err(e) = link.apply(&mut self.session, acks) {
                         bad.get_or_insert(e);
                     }
                 }
-                true
+                Some(parsed.map(|()| controls))
             }
             _ => {
                 self.rx.extend_from_slice(&tail[dup..]);
-                false
+                None
             }
         };
         if let Some(e) = bad {
             // Whatever opened before the bad frame is still good.
             self.broken = Some(format!("bad frame: {e}"));
         }
-        let handled = match (read, sealed) {
+        let handled = match (read, parsed) {
             (None, _) => Ok(()),
-            (Some(_), true) => self.opened(start, 0),
-            (Some(_), false) => self.accept(start, 0).map(|c| self.apply_controls(c)),
+            (Some(_), Some(parsed)) => self.parsed(parsed),
+            (Some(_), None) => self.accept(start, 0).map(|c| self.apply_controls(c)),
         };
         (tail, handled)
     }

@@ -29,6 +29,7 @@ use bytes::{Buf, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use super::{INITIAL_WINDOW, MAX_FRAME_DATA, MIN_FRAME, TAG_LEN, TRAILER_LEN};
+use crate::proto::record::{Control, RecordReader};
 use crate::proto::{Error, Result, Session};
 
 /// Received bytes after which an ack goes out even with no data to carry it.
@@ -255,7 +256,7 @@ impl Link {
         let mut acks = Acks::default();
         let opener = self.opener()?;
         let opened = opener.open(&mut acks);
-        opener.take_opened(0, plain);
+        opener.take_opened(0, plain, None, |_| {})?;
         self.apply(session, acks)?;
         opened
     }
@@ -282,7 +283,7 @@ impl Link {
         let Some((data, ack, window)) = opener.open_one()? else {
             return Ok(false);
         };
-        opener.take_opened(0, &mut BytesMut::new());
+        opener.take_opened(0, &mut BytesMut::new(), None, |_| {})?;
         if !data.is_empty() || ack != expected {
             return Err(Error::Malformed("confirm frame"));
         }
@@ -336,20 +337,36 @@ impl Opener {
     }
 
     /// Appends the opened frames' stream bytes to `plain`, less the first
-    /// `skip` of them, and lets go of the frames.
-    pub fn take_opened(&mut self, skip: usize, plain: &mut BytesMut) {
+    /// `skip` of them, and lets go of the frames. With `records`, the bytes
+    /// are parsed as records on the way: only DATA payloads reach `plain`,
+    /// and control records go to `on_control` (one pass over the bytes, not a
+    /// copy and then a parse). Fails on a bad record; the frames are let go
+    /// of all the same.
+    pub fn take_opened(
+        &mut self,
+        skip: usize,
+        plain: &mut BytesMut,
+        mut records: Option<&mut RecordReader>,
+        mut on_control: impl FnMut(Control),
+    ) -> Result<()> {
         let mut skip = skip;
+        let mut parsed = Ok(());
         for range in self.opened.drain(..) {
             let data = &self.input[range];
             let cut = skip.min(data.len());
             skip -= cut;
-            // In pieces: see proto::copy.
-            for piece in data[cut..].chunks(crate::proto::copy::PIECE) {
-                plain.extend_from_slice(piece);
+            let data = &data[cut..];
+            match records.as_deref_mut() {
+                None => crate::proto::copy::extend(plain, data),
+                Some(reader) if parsed.is_ok() => {
+                    parsed = reader.filter_into(data, plain, &mut on_control);
+                }
+                Some(_) => {}
             }
         }
         self.input.advance(self.opened_to);
         self.opened_to = 0;
+        parsed
     }
 
     /// Opens the next frame, in place, if complete: returns where its
