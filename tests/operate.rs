@@ -668,6 +668,104 @@ fn sighup_reloads_the_server_tokens() {
     assert!(flags_only.wait());
 }
 
+/// Waits (bounded) until `p` has a thread named `name` (Linux: its
+/// `/proc/PID/task/*/comm`).
+fn await_thread(p: &Proc, name: &str) -> bool {
+    let tasks = format!("/proc/{}/task", p.child.0.id());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let named = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            });
+        if named {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_token_file_that_is_a_fifo_never_hangs_the_start() {
+    let dir = temp_dir("fifo-start");
+    let fifo = dir.join("token");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let fifo_arg = fifo.to_str().unwrap();
+
+    // Nobody writes it: SIGHUP is not the end, SIGTERM and Ctrl-C are.
+    let mut server = Proc::start(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            fifo_arg,
+        ],
+        None,
+    );
+    assert!(await_thread(&server, "start"), "{}", server.stderr());
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("SIGHUP ignored: still reading the files at the start"),
+        "{}",
+        server.stderr()
+    );
+    server.terminate();
+    assert!(server.wait(), "{}", server.stderr());
+    assert!(
+        server
+            .stderr()
+            .contains("stopped while still reading the files at the start")
+    );
+    let mut client = Proc::start(
+        &[
+            "client",
+            "--server",
+            "127.0.0.1:9",
+            "--tcp",
+            "127.0.0.1:9",
+            "--token-file",
+            fifo_arg,
+        ],
+        None,
+    );
+    assert!(await_thread(&client, "start"), "{}", client.stderr());
+    client.interrupt();
+    assert!(client.wait(), "{}", client.stderr());
+
+    // Written a while after the start (`<(pass show …)` waiting for its
+    // passphrase): the server starts with that token.
+    let (mut server, addr) = {
+        let server = Proc::start(
+            &[
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+                fifo_arg,
+            ],
+            None,
+        );
+        assert!(await_thread(&server, "start"), "{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writeln!(writer, "{TOKEN}").unwrap();
+        drop(writer);
+        let addr = line_with(&server, "listening on ").replace("listening on ", "");
+        (server, addr)
+    };
+    let (mut client, public) = start_client(&addr, "late", &echo_service());
+    echo(&public, 1000);
+    client.terminate();
+    server.terminate();
+    assert!(client.wait() && server.wait());
+}
+
 /// A dead local service, every service refused, a server that is not there
 /// yet: each is visible, and ends the client only when retrying cannot help.
 #[test]

@@ -110,18 +110,26 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
     Ok(config)
 }
 
-pub async fn run(mut args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
-    // Read once: a reload must not read it again (a pipe, `<(pass show …)`,
-    // is empty the second time; the token cannot change while running).
-    if let Some(path) = args.token_file.take() {
-        args.token = Some(super::read_token_file(&path).map_err(super::no_retry)?);
-    }
-    let config = settings(args.clone()).map_err(super::no_retry)?;
+    let started = super::at_start(&mut signals, move || {
+        let mut args = args;
+        // Read once: a reload must not read it again (a pipe, `<(pass show
+        // …)`, is empty the second time; the token cannot change while
+        // running).
+        if let Some(path) = args.token_file.take() {
+            args.token = Some(super::read_token_file(&path)?);
+        }
+        let config = settings(args.clone())?;
+        let admin = admin_file(&args)?;
+        Ok((args, config, admin))
+    });
+    let Some((args, config, admin)) = started.await.map_err(super::no_retry)? else {
+        return Ok(());
+    };
     if let Some(warning) = super::config::placeholder_warning([&config.token]) {
         tracing::warn!("{warning}");
     }
-    let admin = admin_file(&args).map_err(super::no_retry)?;
     let (client, mut events) = Client::new(config.clone());
     let handle = client.handle();
     tokio::spawn(async move {

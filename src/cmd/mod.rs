@@ -92,22 +92,17 @@ pub async fn reread<T: Send + 'static>(
         tracing::error!(file = %path.display(), "reload failed, the old config stays in force: the last reload is still reading its files (stuck on a FIFO or a hung mount?)");
         return None;
     }
-    // A thread of its own, not the runtime's blocking pool: a runtime waits
-    // for its blocking tasks when it shuts down, and one stuck on a FIFO
-    // would keep the process from exiting.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("reload".into())
-        .spawn(move || {
-            let _ = tx.send(settings());
-            READING.store(false, Ordering::Release);
-        });
+    let spawned = on_a_thread("reload", move || {
+        let result = settings();
+        READING.store(false, Ordering::Release);
+        result
+    });
     let result = match spawned {
         Err(e) => {
             READING.store(false, Ordering::Release);
-            Err(anyhow::anyhow!("cannot start the reload's thread: {e}"))
+            Err(e)
         }
-        Ok(_) => match tokio::time::timeout(REREAD_TIMEOUT, rx).await {
+        Ok(rx) => match tokio::time::timeout(REREAD_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(anyhow::anyhow!("reading the files failed")),
             // (The thread stays blocked until the file gives way; the
@@ -122,6 +117,51 @@ pub async fn reread<T: Send + 'static>(
         Err(e) => {
             tracing::error!(file = %path.display(), "reload failed, the old config stays in force: {e:#}");
             None
+        }
+    }
+}
+
+/// Runs `work` (reading files) on a thread of its own, not the runtime's
+/// blocking pool: a runtime waits for its blocking tasks when it shuts down,
+/// and one stuck on a FIFO would keep the process from exiting.
+fn on_a_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<T>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start a thread to read the files: {e}"))?;
+    Ok(rx)
+}
+
+/// The start's reading of its files (token file, config, key) through
+/// `work`, on a thread of its own: a token file that is a FIFO may take its
+/// time (`<(pass show …)` waiting for a passphrase) or never be written,
+/// and Ctrl-C and SIGTERM must still end the process meanwhile. `None` if
+/// one did.
+pub async fn at_start<T: Send + 'static>(
+    signals: &mut Signals,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<Option<T>> {
+    let mut read = on_a_thread("start", work)?;
+    loop {
+        tokio::select! {
+            result = &mut read => {
+                return result
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the files failed")))
+                    .map(Some);
+            }
+            signal = signals.next() => match signal {
+                Signal::Stop => {
+                    tracing::warn!("stopped while still reading the files at the start (a FIFO nobody writes?)");
+                    return Ok(None);
+                }
+                Signal::Reload => tracing::warn!("SIGHUP ignored: still reading the files at the start"),
+            },
         }
     }
 }
@@ -197,8 +237,8 @@ pub const CONFIG_FILE: u64 = 1 << 20;
 /// such as /dev/zero, a huge file) gives an error, not a running server's
 /// memory filled. A regular file's size is checked before it is read;
 /// anything else (a pipe: `--token-file <(pass show …)`) is read up to the
-/// bound. (A FIFO with no writer blocks the read: see [`reread`], which
-/// keeps that from hanging a reload.) `NotFound` stays recognisable.
+/// bound. (A FIFO with no writer blocks the read: [`at_start`] and
+/// [`reread`] keep that from hanging a start or a reload.) `NotFound` stays recognisable.
 pub fn read_small(path: &std::path::Path, most: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind, Read};
     let too_large = || Error::new(ErrorKind::InvalidInput, format!("larger than {most} bytes"));

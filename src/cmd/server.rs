@@ -176,14 +176,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut signals = super::Signals::new()?;
     let persistent = args.key_file.is_some() || args.config.is_some();
-    // Read once: a reload must not read it again (a pipe, `<(pass show …)`,
-    // is empty the second time).
-    let mut args = args;
-    if let Some(path) = args.token_file.take() {
-        args.token = Some(super::read_token_file(&path).map_err(super::no_retry)?);
-    }
-    let config = settings(args.clone(), true).map_err(super::no_retry)?;
-    let admin = admin_file(&args).map_err(super::no_retry)?;
+    let started = super::at_start(&mut signals, move || {
+        let mut args = args;
+        // Read once: a reload must not read it again (a pipe, `<(pass show
+        // …)`, is empty the second time).
+        if let Some(path) = args.token_file.take() {
+            args.token = Some(super::read_token_file(&path)?);
+        }
+        let config = settings(args.clone(), true)?;
+        let admin = admin_file(&args)?;
+        Ok((args, config, admin))
+    });
+    let Some((args, config, admin)) = started.await.map_err(super::no_retry)? else {
+        return Ok(());
+    };
     if let Some(warning) =
         super::config::placeholder_warning(config.token.iter().chain(config.clients.values()))
     {
