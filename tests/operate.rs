@@ -697,18 +697,18 @@ fn a_token_file_that_is_a_fifo_never_hangs_the_start() {
     assert!(made.success());
     let fifo_arg = fifo.to_str().unwrap();
 
+    // A process started with it, once it is reading it.
+    let reading = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--token-file", fifo_arg]);
+        let p = Proc::start(&args, None);
+        assert!(await_thread(&p, "start"), "{}", p.stderr());
+        p
+    };
+    let server_args = ["server", "--listen", "127.0.0.1:0"];
+
     // Nobody writes it: SIGHUP is not the end, SIGTERM and Ctrl-C are.
-    let mut server = Proc::start(
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            fifo_arg,
-        ],
-        None,
-    );
-    assert!(await_thread(&server, "start"), "{}", server.stderr());
+    let mut server = reading(&server_args);
     server.signal("-HUP");
     assert!(
         server.await_stderr("SIGHUP ignored: still reading the files at the start"),
@@ -722,36 +722,14 @@ fn a_token_file_that_is_a_fifo_never_hangs_the_start() {
             .stderr()
             .contains("stopped while still reading the files at the start")
     );
-    let mut client = Proc::start(
-        &[
-            "client",
-            "--server",
-            "127.0.0.1:9",
-            "--tcp",
-            "127.0.0.1:9",
-            "--token-file",
-            fifo_arg,
-        ],
-        None,
-    );
-    assert!(await_thread(&client, "start"), "{}", client.stderr());
+    let mut client = reading(&["client", "--server", "127.0.0.1:9", "--tcp", "127.0.0.1:9"]);
     client.interrupt();
     assert!(client.wait(), "{}", client.stderr());
 
     // Written a while after the start (`<(pass show …)` waiting for its
     // passphrase): the server starts with that token.
     let (mut server, addr) = {
-        let server = Proc::start(
-            &[
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-file",
-                fifo_arg,
-            ],
-            None,
-        );
-        assert!(await_thread(&server, "start"), "{}", server.stderr());
+        let server = reading(&server_args);
         std::thread::sleep(Duration::from_millis(200));
         let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
         writeln!(writer, "{TOKEN}").unwrap();
