@@ -355,6 +355,15 @@ fn server_key_is_kept_shown_and_pinned() {
     assert!(public.bytes().all(|b| b.is_ascii_hexdigit()), "{public}");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "key readable by the owner only");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        ["server.key"],
+        "written under a temporary name, then linked"
+    );
     let mut again = Proc::start(&["server", "--show-key", "--key-file", key_path], None);
     assert_eq!(again.line(), public, "the key is kept");
     assert!(again.wait());

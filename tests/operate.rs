@@ -731,9 +731,15 @@ fn a_token_file_that_is_a_fifo_never_hangs_the_start() {
     let (mut server, addr) = {
         let server = reading(&server_args);
         std::thread::sleep(Duration::from_millis(200));
-        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-        writeln!(writer, "{TOKEN}").unwrap();
-        drop(writer);
+        // On a thread: opening a FIFO to write waits for its reader.
+        let (wrote, written) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let opened = std::fs::OpenOptions::new().write(true).open(&path);
+            let _ = wrote.send(opened.and_then(|mut w| writeln!(w, "{TOKEN}")));
+        });
+        let written = written.recv_timeout(Duration::from_secs(30));
+        assert!(matches!(written, Ok(Ok(()))), "{}", server.stderr());
         let addr = line_with(&server, "listening on ").replace("listening on ", "");
         (server, addr)
     };

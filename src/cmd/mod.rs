@@ -18,9 +18,11 @@ pub enum Signal {
 
 /// The signals a server or client listens for. Made once at start, so a
 /// SIGHUP that arrives at any point after is a reload, never the end of
-/// the process; SIGUSR1 and SIGUSR2 are ignored (logged) for the same
-/// reason.
+/// the process, and a Ctrl-C or SIGTERM is never missed between two waits
+/// for them; SIGUSR1 and SIGUSR2 are ignored (logged) for the same reason.
 pub struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -35,6 +37,7 @@ impl Signals {
         {
             use tokio::signal::unix::{SignalKind, signal};
             Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
                 term: signal(SignalKind::terminate())?,
                 hup: signal(SignalKind::hangup())?,
                 usr: [
@@ -53,7 +56,7 @@ impl Signals {
         loop {
             let [usr1, usr2] = &mut self.usr;
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Signal::Stop,
+                _ = self.int.recv() => return Signal::Stop,
                 _ = self.term.recv() => return Signal::Stop,
                 _ = self.hup.recv() => return Signal::Reload,
                 _ = usr1.recv() => tracing::info!("SIGUSR1 ignored (SIGHUP reloads the config)"),
@@ -92,16 +95,21 @@ pub async fn reread<T: Send + 'static>(
         tracing::error!(file = %path.display(), "reload failed, the old config stays in force: the last reload is still reading its files (stuck on a FIFO or a hung mount?)");
         return None;
     }
+    /// Clears `READING` when the read ends, however it ends.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            READING.store(false, Ordering::Release);
+        }
+    }
+    let done = Done;
     let spawned = on_a_thread("reload", move || {
-        let result = settings();
-        READING.store(false, Ordering::Release);
-        result
+        let _done = done;
+        settings()
     });
     let result = match spawned {
-        Err(e) => {
-            READING.store(false, Ordering::Release);
-            Err(e)
-        }
+        // (The closure, and `done` in it, went with the failed spawn.)
+        Err(e) => Err(e),
         Ok(rx) => match tokio::time::timeout(REREAD_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(anyhow::anyhow!("reading the files failed")),

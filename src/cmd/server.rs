@@ -66,22 +66,38 @@ fn load_or_create_key(path: &Path, create: bool) -> anyhow::Result<StaticKey> {
             Ok(StaticKey::from_private(private))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let key = StaticKey::generate().context("cannot generate a server key")?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
+            write_new_key(path, &key)
                 .with_context(|| format!("cannot create the server key {}", path.display()))?;
-            writeln!(file, "{}", hex(key.private()))
-                .with_context(|| format!("cannot write the server key {}", path.display()))?;
             tracing::info!(path = %path.display(), "created a new server key");
             Ok(key)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read the server key {}", path.display())),
     }
+}
+
+/// Writes `key` to a new file at `path` (readable by the owner only), whole
+/// or not at all: it is written and synced under a temporary name, then
+/// linked into place, so a process stopped half-way leaves no empty key
+/// behind, and a file already there is never replaced.
+fn write_new_key(path: &Path, key: &StaticKey) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(name);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        writeln!(file, "{}", hex(key.private()))?;
+        file.sync_all()?;
+        std::fs::hard_link(&temp, path)
+    })();
+    let _ = std::fs::remove_file(&temp);
+    written
 }
 
 /// The settings from the flags and the config file. `starting`: the key

@@ -380,10 +380,14 @@ impl State {
         self.ping_out = false;
         let mut controls = Vec::new();
         if let Some(reader) = &mut self.records {
-            let data = reader
-                .filter(&mut self.rx[start..], |c| controls.push(c))
-                .map_err(Error::Protocol)?;
-            self.rx.truncate(start + data);
+            match reader.filter(&mut self.rx[start..], |c| controls.push(c)) {
+                Ok(data) => self.rx.truncate(start + data),
+                Err(e) => {
+                    // Half-parsed bytes must not reach the application.
+                    self.rx.truncate(start);
+                    return Err(Error::Protocol(e));
+                }
+            }
         }
         if !self.read_open {
             // Nobody will read it: count it, then let it go.
@@ -960,6 +964,18 @@ mod tests {
     fn pending(st: &State) -> Vec<u8> {
         let (a, b) = st.session.poll_transmit();
         [a, b].concat()
+    }
+
+    /// A record that does not parse ends the session, and nothing of the
+    /// bytes around it reaches the application.
+    #[test]
+    fn a_bad_record_leaves_nothing_half_parsed() {
+        let (mut c, mut s) = pair(true, 1 << 20);
+        let bad = [record::DATA, 5, 0, b'h', b'e', b'l', b'l', b'o', 0x09];
+        assert_eq!(s.session.handle_write(&bad), bad.len());
+        let wire = pending(&s);
+        assert!(c.ingest(&wire).is_err());
+        assert!(c.rx.is_empty(), "{:?}", &c.rx[..]);
     }
 
     #[test]
