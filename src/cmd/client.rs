@@ -114,12 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
     let started = super::at_start(&mut signals, move || {
         let mut args = args;
-        // Read once: a reload must not read it again (a pipe, `<(pass show
-        // …)`, is empty the second time; the token cannot change while
-        // running).
-        if let Some(path) = args.token_file.take() {
-            args.token = Some(super::read_token_file(&path)?);
-        }
+        super::token_from_file(&mut args.token_file, &mut args.token)?;
         let config = settings(args.clone())?;
         let admin = admin_file(&args)?;
         Ok((args, config, admin))

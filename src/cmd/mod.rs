@@ -246,7 +246,8 @@ pub const CONFIG_FILE: u64 = 1 << 20;
 /// memory filled. A regular file's size is checked before it is read;
 /// anything else (a pipe: `--token-file <(pass show …)`) is read up to the
 /// bound. (A FIFO with no writer blocks the read: [`at_start`] and
-/// [`reread`] keep that from hanging a start or a reload.) `NotFound` stays recognisable.
+/// [`reread`] keep that from hanging a start or a reload.) `NotFound` stays
+/// recognisable.
 pub fn read_small(path: &std::path::Path, most: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind, Read};
     let too_large = || Error::new(ErrorKind::InvalidInput, format!("larger than {most} bytes"));
@@ -276,6 +277,19 @@ pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+/// `--token-file`, read once at the start into `token` and then forgotten:
+/// a reload must not read it again (a pipe, `<(pass show …)`, is empty the
+/// second time; the token cannot change while running).
+pub fn token_from_file(
+    token_file: &mut Option<std::path::PathBuf>,
+    token: &mut Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(path) = token_file.take() {
+        *token = Some(read_token_file(&path)?);
+    }
+    Ok(())
 }
 
 /// Starts the admin endpoint if asked for, and prints where it is.

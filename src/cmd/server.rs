@@ -194,11 +194,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let persistent = args.key_file.is_some() || args.config.is_some();
     let started = super::at_start(&mut signals, move || {
         let mut args = args;
-        // Read once: a reload must not read it again (a pipe, `<(pass show
-        // …)`, is empty the second time).
-        if let Some(path) = args.token_file.take() {
-            args.token = Some(super::read_token_file(&path)?);
-        }
+        super::token_from_file(&mut args.token_file, &mut args.token)?;
         let config = settings(args.clone(), true)?;
         let admin = admin_file(&args)?;
         Ok((args, config, admin))

@@ -20,11 +20,10 @@ pub fn copy(src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Appends `src` to `dst`.
-pub fn extend(dst: &mut bytes::BytesMut, src: &[u8]) {
-    dst.reserve(src.len());
+/// Appends `src` to `dst` (reserve the room first where growing matters).
+pub fn extend(dst: &mut impl bytes::BufMut, src: &[u8]) {
     for piece in src.chunks(PIECE) {
-        dst.extend_from_slice(piece);
+        dst.put_slice(piece);
     }
 }
 

@@ -134,6 +134,7 @@ impl RecordReader {
         dst: &mut BytesMut,
         mut on_control: impl FnMut(Control),
     ) -> Result<()> {
+        dst.reserve(src.len());
         let mut read = 0;
         while read < src.len() {
             let (found, next) = self.step(src, read)?;

@@ -171,10 +171,7 @@ impl Link {
         let at = self.out.len();
         self.out.reserve(2 + len);
         self.out.extend_from_slice(&(len as u16).to_le_bytes());
-        // In pieces: see proto::copy.
-        for piece in data.chunks(crate::proto::copy::PIECE) {
-            self.out.extend_from_slice(piece);
-        }
+        crate::proto::copy::extend(&mut self.out, data);
         self.out.extend_from_slice(&ack.to_le_bytes());
         self.out.extend_from_slice(&window.to_le_bytes());
         let nonce = self.send.nonce()?;
@@ -349,8 +346,10 @@ impl Opener {
         mut records: Option<&mut RecordReader>,
         mut on_control: impl FnMut(Control),
     ) -> Result<()> {
+        plain.reserve(self.opened_len().saturating_sub(skip));
         let mut skip = skip;
         let mut parsed = Ok(());
+        // (Dropping the drain after a `break` lets go of the rest.)
         for range in self.opened.drain(..) {
             let data = &self.input[range];
             let cut = skip.min(data.len());
@@ -358,10 +357,12 @@ impl Opener {
             let data = &data[cut..];
             match records.as_deref_mut() {
                 None => crate::proto::copy::extend(plain, data),
-                Some(reader) if parsed.is_ok() => {
+                Some(reader) => {
                     parsed = reader.filter_into(data, plain, &mut on_control);
+                    if parsed.is_err() {
+                        break;
+                    }
                 }
-                Some(_) => {}
             }
         }
         self.input.advance(self.opened_to);
