@@ -4,7 +4,9 @@
 //! buffer while there is room, writes whatever the history holds that the
 //! transport has not taken, flushes, answers PINGs, watches for a silent
 //! link, and returns when the transport breaks, a reconnect is forced, or the
-//! session's close completes. It holds the lock only for non-blocking polls.
+//! session's close completes. It holds the lock only for non-blocking polls;
+//! on a sealed link, not for the cryptography nor the transport's system
+//! calls either (the sides of the link are lent out for those).
 
 use std::future::{Future, poll_fn};
 use std::io::IoSlice;
@@ -61,26 +63,48 @@ where
     let mut scratch = BytesMut::new();
     poll_fn(|cx| {
         let mut wake = Wake::default();
-        let poll = match receive(shared, io, &mut scratch, cx, &mut wake) {
-            Received::End(end) => Poll::Ready(end),
-            received => {
-                #[cfg(test)]
-                tests::between(shared);
-                let mut st = shared.state.lock();
-                let poll = step(&mut st, io, cfg, &mut timer, cx, &mut wake);
-                if poll.is_pending() && matches!(received, Received::Full) && st.can_receive() {
-                    // The application made room after the read stopped and
-                    // before the step registered our waker: its wake found
-                    // none to take, and no read is waiting on the transport.
-                    cx.waker().wake_by_ref();
-                }
-                poll
-            }
-        };
+        let poll = turn(shared, io, cfg, &mut timer, &mut scratch, cx, &mut wake);
         wake.fire();
         poll
     })
     .await
+}
+
+/// One turn of the pump: read, write, then everything else.
+fn turn<T>(
+    shared: &Shared,
+    io: &mut T,
+    cfg: PumpConfig,
+    timer: &mut Pin<Box<Sleep>>,
+    scratch: &mut BytesMut,
+    cx: &mut Context<'_>,
+    wake: &mut Wake,
+) -> Poll<PumpEnd>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let received = match receive(shared, io, scratch, cx, wake) {
+        Received::End(end) => return Poll::Ready(end),
+        received => received,
+    };
+    #[cfg(test)]
+    tests::between(shared);
+    if let Some(end) = before_transmit(&mut shared.state.lock()) {
+        return Poll::Ready(end);
+    }
+    let wrote = match transmit(shared, io, cx, wake) {
+        Ok(wrote) => wrote,
+        Err(end) => return Poll::Ready(end),
+    };
+    let mut st = shared.state.lock();
+    let poll = step(&mut st, io, wrote, cfg, timer, cx, wake);
+    if poll.is_pending() && matches!(received, Received::Full) && st.can_receive() {
+        // The application made room after the read stopped and before the
+        // step registered our waker: its wake found none to take, and no
+        // read is waiting on the transport.
+        cx.waker().wake_by_ref();
+    }
+    poll
 }
 
 /// How [`receive`] stopped.
@@ -170,9 +194,120 @@ where
     }
 }
 
+/// What comes before writing: whether the pump is done, and the control
+/// records to send.
+fn before_transmit(st: &mut State) -> Option<PumpEnd> {
+    if st.ended.is_some() {
+        return Some(PumpEnd::Ended);
+    }
+    if st.force_reconnect {
+        st.force_reconnect = false;
+        return Some(PumpEnd::Forced);
+    }
+    if let Some(reason) = st.broken.take() {
+        return Some(PumpEnd::Broken(reason));
+    }
+    if st.records.is_some() {
+        queue_close_records(st);
+    }
+    st.flush_controls();
+    None
+}
+
+/// Writes what the transport has not taken, a step's worth at most, and
+/// returns how much. Sealed: the lock is held only to lay frames out (the
+/// copy from the history) and to take the sending side back; the sealing
+/// and the write happen outside it, so the application's writes and reads
+/// never wait behind them. Compatible: the history's bytes are written as
+/// they are, under the lock.
+fn transmit<T>(
+    shared: &Shared,
+    io: &mut T,
+    cx: &mut Context<'_>,
+    wake: &mut Wake,
+) -> Result<usize, PumpEnd>
+where
+    T: AsyncWrite + Unpin,
+{
+    let mut wrote = 0;
+    loop {
+        if wrote >= STEP_BYTES {
+            cx.waker().wake_by_ref();
+            return Ok(wrote);
+        }
+        let mut st = shared.state.lock();
+        let window = st.window();
+        let State { link, session, .. } = &mut *st;
+        let poll = if let Some(link) = link {
+            let prepared = link.prepare(session, window).and_then(|()| {
+                if !link.has_output() {
+                    return Ok(None);
+                }
+                link.lend_sealer()
+                    .map(Some)
+                    .ok_or(crate::proto::Error::Malformed(
+                        "the link's sending side is lent out",
+                    ))
+            });
+            let mut sealer = match prepared {
+                Ok(Some(sealer)) => sealer,
+                Ok(None) => return Ok(wrote),
+                Err(e) => {
+                    st.end(Err(Error::Protocol(e)), wake);
+                    return Err(PumpEnd::Ended);
+                }
+            };
+            drop(st);
+            let sealed = sealer.seal();
+            let poll = match sealed {
+                Ok(()) => Pin::new(&mut *io).poll_write(cx, sealer.pending()),
+                Err(_) => Poll::Ready(Ok(0)),
+            };
+            if let Poll::Ready(Ok(n)) = poll {
+                sealer.transmitted(n);
+            }
+            st = shared.state.lock();
+            // Only this task replaces the link, and not while it is here.
+            if let Some(link) = &mut st.link {
+                link.restore_sealer(sealer);
+            }
+            if let Err(e) = sealed {
+                st.end(Err(Error::Protocol(e)), wake);
+                return Err(PumpEnd::Ended);
+            }
+            poll
+        } else {
+            let (a, b) = session.poll_transmit();
+            if a.is_empty() {
+                return Ok(wrote);
+            }
+            let poll = if !b.is_empty() && io.is_write_vectored() {
+                Pin::new(&mut *io).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)])
+            } else {
+                Pin::new(&mut *io).poll_write(cx, a)
+            };
+            if let Poll::Ready(Ok(n)) = poll {
+                session.handle_transmitted(n);
+            }
+            poll
+        };
+        match poll {
+            Poll::Ready(Ok(0)) => {
+                return Err(PumpEnd::Broken("transport accepts no more bytes".into()));
+            }
+            Poll::Ready(Ok(n)) => wrote += n,
+            Poll::Ready(Err(e)) => return Err(PumpEnd::Broken(e.to_string())),
+            Poll::Pending => return Ok(wrote),
+        }
+    }
+}
+
+/// Everything after the write: pacing, waking the writer, flushing, the
+/// close, and the timers; registers the pump's waker.
 fn step<T>(
     st: &mut State,
     io: &mut T,
+    wrote: usize,
     cfg: PumpConfig,
     timer: &mut Pin<Box<Sleep>>,
     cx: &mut Context<'_>,
@@ -181,68 +316,6 @@ fn step<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if st.ended.is_some() {
-        return Poll::Ready(PumpEnd::Ended);
-    }
-    if st.force_reconnect {
-        st.force_reconnect = false;
-        return Poll::Ready(PumpEnd::Forced);
-    }
-    if let Some(reason) = st.broken.take() {
-        return Poll::Ready(PumpEnd::Broken(reason));
-    }
-
-    if st.records.is_some() {
-        queue_close_records(st);
-    }
-    st.flush_controls();
-
-    // Write what the transport has not taken, a step's worth at most.
-    let mut wrote = 0;
-    loop {
-        if wrote >= STEP_BYTES {
-            cx.waker().wake_by_ref();
-            break;
-        }
-        let window = st.window();
-        let poll = if let Some(link) = &mut st.link {
-            let out = match link.poll_transmit(&mut st.session, window) {
-                Ok(out) => out,
-                Err(e) => {
-                    st.end(Err(Error::Protocol(e)), wake);
-                    return Poll::Ready(PumpEnd::Ended);
-                }
-            };
-            if out.is_empty() {
-                break;
-            }
-            Pin::new(&mut *io).poll_write(cx, out)
-        } else {
-            let (a, b) = st.session.poll_transmit();
-            if a.is_empty() {
-                break;
-            }
-            if !b.is_empty() && io.is_write_vectored() {
-                Pin::new(&mut *io).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)])
-            } else {
-                Pin::new(&mut *io).poll_write(cx, a)
-            }
-        };
-        match poll {
-            Poll::Ready(Ok(0)) => {
-                return Poll::Ready(PumpEnd::Broken("transport accepts no more bytes".into()));
-            }
-            Poll::Ready(Ok(n)) => {
-                match &mut st.link {
-                    Some(link) => link.handle_transmitted(n),
-                    None => st.session.handle_transmitted(n),
-                }
-                wrote += n;
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Broken(e.to_string())),
-            Poll::Pending => break,
-        }
-    }
     if wrote > 0 {
         st.flushed = false;
     }

@@ -5,7 +5,8 @@
 //! writes go into the session's history (which doubles as the send queue),
 //! and what arrives into `rx`. Under the lock only bytes are copied: the
 //! ciphers are lent to whoever encrypts or decrypts ([`LentWrite`],
-//! [`Lent`], `read_cipher`), who does so with the lock released.
+//! [`Lent`], `read_cipher`, a sealed link's sealer), who does so with the
+//! lock released.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -452,7 +452,7 @@ impl ClientExchange {
     fn confirm(&mut self, hs: &mut HandshakeState, ack: u64, input: &mut BytesMut) -> Result<Link> {
         let mut link = Link::new(hs, true, ack)?;
         link.seal(&[], ack, ack + self.window)?;
-        link.drain_output(&mut self.transmit);
+        link.drain_output(&mut self.transmit)?;
         link.input_buffer().extend_from_slice(input);
         input.clear();
         Ok(link)

@@ -23,7 +23,12 @@
 //! on its way in.
 //!
 //! A [`Link`] knows nothing of sockets: [`Link::handle_input`] takes bytes
-//! from the wire, [`Link::poll_transmit`] gives sealed bytes for it.
+//! from the wire, [`Link::poll_transmit`] gives sealed bytes for it. A driver
+//! that keeps the session under a lock lends each side out instead
+//! ([`Link::lend_opener`], [`Link::lend_sealer`]): under the lock only bytes
+//! are copied (frames laid out from the history, opened bytes taken into
+//! the receive buffer); the cryptography and the system calls happen outside
+//! it.
 
 use bytes::{Buf, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -91,14 +96,29 @@ pub(crate) struct Acks {
     pub window: u64,
 }
 
+/// One connection's sending side: its key, and the frames for the transport.
+/// Frames are laid out with their plaintext under whatever guards the
+/// session ([`Link::prepare`]), then sealed in place by [`Sealer::seal`],
+/// which needs nothing but the sealer, so it can run with the guard let go.
+/// Only sealed bytes are ever offered to the transport.
+pub(crate) struct Sealer {
+    send: Direction,
+    /// Frames: sealed up to `sealed_to`, then laid out and waiting for
+    /// [`Sealer::seal`] (plaintext, with room for the tag).
+    out: Vec<u8>,
+    /// What the transport has taken.
+    out_pos: usize,
+    sealed_to: usize,
+    /// Where each laid-out frame starts, with its nonce, in order.
+    unsealed: Vec<(usize, Nonce)>,
+}
+
 /// One connection's frame sealing and opening.
 pub struct Link {
-    send: Direction,
+    /// `None` while lent out.
+    sealer: Option<Sealer>,
     /// `None` while lent out.
     opener: Option<Opener>,
-    /// Sealed bytes the transport has not taken yet.
-    out: Vec<u8>,
-    out_pos: usize,
     /// The read count last sent as an ack.
     acked: u64,
     /// The window last sent.
@@ -111,7 +131,10 @@ pub struct Link {
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
-            .field("pending_out", &(self.out.len() - self.out_pos))
+            .field(
+                "pending_out",
+                &self.sealer.as_ref().map(|s| s.out.len() - s.out_pos),
+            )
             .field("input", &self.opener.as_ref().map(|o| o.input.len()))
             .field("acked", &self.acked)
             .finish()
@@ -131,10 +154,8 @@ impl Link {
             (to_client, to_server)
         };
         Ok(Link {
-            send: Direction::new(&send)?,
+            sealer: Some(Sealer::new(Direction::new(&send)?)),
             opener: Some(Opener::new(Direction::new(&recv)?)),
-            out: Vec::new(),
-            out_pos: 0,
             acked,
             windowed: INITIAL_WINDOW,
             first_window: None,
@@ -163,54 +184,76 @@ impl Link {
             .ok_or(Error::Malformed("the link's receiving side is lent out"))
     }
 
+    /// Lends the sending side out (`None` if it already is): the driver
+    /// seals what [`Link::prepare`] laid out and hands it to the transport
+    /// without the session's lock. Until [`Link::restore_sealer`], nothing
+    /// can be sealed here.
+    pub(crate) fn lend_sealer(&mut self) -> Option<Sealer> {
+        self.sealer.take()
+    }
+
+    /// Takes the sending side back.
+    pub(crate) fn restore_sealer(&mut self, sealer: Sealer) {
+        self.sealer = Some(sealer);
+    }
+
+    fn sealer(&mut self) -> Result<&mut Sealer> {
+        self.sealer
+            .as_mut()
+            .ok_or(Error::Malformed("the link's sending side is lent out"))
+    }
+
     /// Seals one frame carrying `data`, the ack `ack` and the window
     /// `window` into the output.
     pub(crate) fn seal(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
-        debug_assert!(data.len() <= MAX_FRAME_DATA);
-        let len = data.len() + TRAILER_LEN + TAG_LEN;
-        let at = self.out.len();
-        self.out.reserve(2 + len);
-        self.out.extend_from_slice(&(len as u16).to_le_bytes());
-        crate::proto::copy::extend(&mut self.out, data);
-        self.out.extend_from_slice(&ack.to_le_bytes());
-        self.out.extend_from_slice(&window.to_le_bytes());
-        let nonce = self.send.nonce()?;
-        let tag = self
-            .send
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut self.out[at + 2..])
-            .map_err(|_| Error::Malformed("frame could not be sealed"))?;
-        self.out.extend_from_slice(tag.as_ref());
+        self.lay_out(data, ack, window)?;
+        self.sealer()?.seal()
+    }
+
+    fn lay_out(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
+        self.sealer()?.lay_out(data, ack, window)?;
         self.acked = self.acked.max(ack);
         self.windowed = self.windowed.max(window);
         Ok(())
     }
 
-    /// Seals what `session` has to send (up to a batch, and no further than
-    /// the peer's window) if the output is drained, and an ack alone if one
-    /// is owed and no data carries it. `window` is ours, to advertise.
-    /// Returns the sealed bytes the transport should take.
-    pub fn poll_transmit(&mut self, session: &mut Session, window: u64) -> Result<&[u8]> {
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-            while self.out.len() < OUT_BATCH {
-                let ack = session.read_count();
-                let allowed = session.peer_window().saturating_sub(session.sent());
-                let (a, _) = session.poll_transmit();
-                let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
-                let n = a.len().min(MAX_FRAME_DATA).min(allowed);
-                if n == 0 {
-                    break;
-                }
-                self.seal(&a[..n], ack, window)?;
-                session.handle_transmitted(n);
-            }
-            if self.out.is_empty() && self.update_due(session.read_count(), window) {
-                self.seal(&[], session.read_count(), window)?;
-            }
+    /// Lays out what `session` has to send (up to a batch, and no further
+    /// than the peer's window) if the output is drained, and an ack alone if
+    /// one is owed and no data carries it. `window` is ours, to advertise.
+    /// The frames still need [`Sealer::seal`]; the session counts their
+    /// bytes as transmitted already (they are this connection's now).
+    pub(crate) fn prepare(&mut self, session: &mut Session, window: u64) -> Result<()> {
+        if self.sealer()?.has_output() {
+            return Ok(());
         }
-        Ok(&self.out[self.out_pos..])
+        self.sealer()?.clear();
+        let mut laid = 0;
+        while laid < OUT_BATCH {
+            let ack = session.read_count();
+            let allowed = session.peer_window().saturating_sub(session.sent());
+            let (a, _) = session.poll_transmit();
+            let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+            let n = a.len().min(MAX_FRAME_DATA).min(allowed);
+            if n == 0 {
+                break;
+            }
+            self.lay_out(&a[..n], ack, window)?;
+            session.handle_transmitted(n);
+            laid += n;
+        }
+        if laid == 0 && self.update_due(session.read_count(), window) {
+            self.lay_out(&[], session.read_count(), window)?;
+        }
+        Ok(())
+    }
+
+    /// Seals what `session` has to send, as [`Link::prepare`] lays it out,
+    /// and returns the sealed bytes the transport should take.
+    pub fn poll_transmit(&mut self, session: &mut Session, window: u64) -> Result<&[u8]> {
+        self.prepare(session, window)?;
+        let sealer = self.sealer()?;
+        sealer.seal()?;
+        Ok(sealer.pending())
     }
 
     /// Whether an ack or window update is owed: `window` is ours now.
@@ -218,21 +261,26 @@ impl Link {
         read_count >= self.acked + ACK_EVERY || window >= self.windowed + ACK_EVERY
     }
 
-    /// Whether sealed bytes wait for the transport.
+    /// Whether frames wait for the transport (also while the sending side
+    /// is lent out: it is lent to be written).
     pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        self.sealer.as_ref().is_none_or(Sealer::has_output)
     }
 
     /// Records that the transport took `n` sealed bytes.
     pub fn handle_transmitted(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if let Some(sealer) = &mut self.sealer {
+            sealer.transmitted(n);
+        }
     }
 
-    /// Moves the sealed output into `buf` (the handshake's transmit).
-    pub(crate) fn drain_output(&mut self, buf: &mut BytesMut) {
-        buf.extend_from_slice(&self.out[self.out_pos..]);
-        self.out.clear();
-        self.out_pos = 0;
+    /// Seals the output and moves it into `buf` (the handshake's transmit).
+    pub(crate) fn drain_output(&mut self, buf: &mut BytesMut) -> Result<()> {
+        let sealer = self.sealer()?;
+        sealer.seal()?;
+        buf.extend_from_slice(sealer.pending());
+        sealer.clear();
+        Ok(())
     }
 
     /// The buffer received bytes go into before [`Link::handle_input`].
@@ -286,6 +334,75 @@ impl Link {
         }
         self.first_window = Some(window);
         Ok(true)
+    }
+}
+
+impl Sealer {
+    fn new(send: Direction) -> Self {
+        Sealer {
+            send,
+            out: Vec::new(),
+            out_pos: 0,
+            sealed_to: 0,
+            unsealed: Vec::new(),
+        }
+    }
+
+    /// Lets go of the output (all of it taken by the transport, or moved).
+    fn clear(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.sealed_to = 0;
+        self.unsealed.clear();
+    }
+
+    /// Lays one frame out at the end of the output: its length, `data`, the
+    /// trailer and room for the tag, and takes its nonce.
+    fn lay_out(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
+        debug_assert!(data.len() <= MAX_FRAME_DATA);
+        let nonce = self.send.nonce()?;
+        let len = data.len() + TRAILER_LEN + TAG_LEN;
+        let at = self.out.len();
+        self.out.reserve(2 + len);
+        self.out.extend_from_slice(&(len as u16).to_le_bytes());
+        crate::proto::copy::extend(&mut self.out, data);
+        self.out.extend_from_slice(&ack.to_le_bytes());
+        self.out.extend_from_slice(&window.to_le_bytes());
+        self.out.extend_from_slice(&[0; TAG_LEN]);
+        self.unsealed.push((at, nonce));
+        Ok(())
+    }
+
+    /// Seals the frames laid out, in place and in order.
+    pub fn seal(&mut self) -> Result<()> {
+        for (at, nonce) in self.unsealed.drain(..) {
+            let len = u16::from_le_bytes([self.out[at], self.out[at + 1]]) as usize;
+            let end = at + 2 + len;
+            let (body, tag_room) = self.out[at + 2..end].split_at_mut(len - TAG_LEN);
+            let tag = self
+                .send
+                .key
+                .seal_in_place_separate_tag(nonce, Aad::empty(), body)
+                .map_err(|_| Error::Malformed("frame could not be sealed"))?;
+            tag_room.copy_from_slice(tag.as_ref());
+            self.sealed_to = end;
+        }
+        Ok(())
+    }
+
+    /// The sealed bytes the transport has not taken.
+    pub fn pending(&self) -> &[u8] {
+        &self.out[self.out_pos..self.sealed_to]
+    }
+
+    /// Whether frames (sealed or laid out) wait for the transport.
+    fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Records that the transport took `n` sealed bytes.
+    pub fn transmitted(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.sealed_to);
     }
 }
 
@@ -408,5 +525,41 @@ impl Opener {
         self.opened_to = at + 2 + len;
         self.frames_in += 1;
         Ok(Some((range, ack, window)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver that lends the sending side out sees no byte of a frame
+    /// before it is sealed, and what it then sends is what the sans-IO
+    /// `poll_transmit` would have sent: the peer opens it.
+    #[test]
+    fn a_lent_sealer_offers_only_sealed_frames() {
+        let ((mut cs, mut cl), (mut ss, mut sl)) = crate::fuzz::sealed_pair().expect("handshake");
+        cs.allow(u64::MAX);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(cs.handle_write(&data), data.len());
+        cl.prepare(&mut cs, 1 << 20).expect("laid out");
+        assert_eq!(cs.sent(), data.len() as u64, "counted as transmitted");
+        let mut sealer = cl.lend_sealer().expect("not lent yet");
+        assert!(cl.has_output(), "lent to be written");
+        assert!(cl.lend_sealer().is_none());
+        assert!(
+            cl.poll_transmit(&mut cs, 1 << 20).is_err(),
+            "nothing sealed while lent"
+        );
+        assert!(sealer.pending().is_empty(), "plaintext is never offered");
+        sealer.seal().expect("sealed");
+        let wire = sealer.pending().to_vec();
+        assert!(!wire.windows(64).any(|w| data.windows(64).next() == Some(w)));
+        sealer.transmitted(wire.len());
+        cl.restore_sealer(sealer);
+        assert!(!cl.has_output());
+        sl.input_buffer().extend_from_slice(&wire);
+        let mut plain = BytesMut::new();
+        sl.handle_input(&mut ss, &mut plain).expect("opens");
+        assert_eq!(&plain[..], &data[..]);
     }
 }
