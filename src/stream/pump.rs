@@ -88,14 +88,16 @@ where
         received => received,
     };
     #[cfg(test)]
-    tests::between(shared);
-    if let Some(end) = before_transmit(&mut shared.state.lock()) {
+    tests::between(shared, tests::Gap::Received);
+    if let Some(end) = before_transmit(&mut shared.state.lock(), cx) {
         return Poll::Ready(end);
     }
     let wrote = match transmit(shared, io, cx, wake) {
         Ok(wrote) => wrote,
         Err(end) => return Poll::Ready(end),
     };
+    #[cfg(test)]
+    tests::between(shared, tests::Gap::Transmitted);
     let mut st = shared.state.lock();
     let poll = step(&mut st, io, wrote, cfg, timer, cx, wake);
     if poll.is_pending() && matches!(received, Received::Full) && st.can_receive() {
@@ -195,8 +197,11 @@ where
 }
 
 /// What comes before writing: whether the pump is done, and the control
-/// records to send.
-fn before_transmit(st: &mut State) -> Option<PumpEnd> {
+/// records to send. Registers the pump's waker: from here on the lock is
+/// let go more than once before the turn ends, and whatever the
+/// application does meanwhile (writes, reads that open the window, a
+/// forced reconnect, the end) must bring the pump back.
+fn before_transmit(st: &mut State, cx: &mut Context<'_>) -> Option<PumpEnd> {
     if st.ended.is_some() {
         return Some(PumpEnd::Ended);
     }
@@ -206,6 +211,13 @@ fn before_transmit(st: &mut State) -> Option<PumpEnd> {
     }
     if let Some(reason) = st.broken.take() {
         return Some(PumpEnd::Broken(reason));
+    }
+    if !st
+        .driver_waker
+        .as_ref()
+        .is_some_and(|w| w.will_wake(cx.waker()))
+    {
+        st.driver_waker = Some(cx.waker().clone());
     }
     if st.records.is_some() {
         queue_close_records(st);
@@ -258,6 +270,8 @@ where
                 }
             };
             drop(st);
+            #[cfg(test)]
+            tests::between(shared, tests::Gap::Sealing);
             let sealed = sealer.seal();
             let poll = match sealed {
                 Ok(()) => Pin::new(&mut *io).poll_write(cx, sealer.pending()),
@@ -303,7 +317,7 @@ where
 }
 
 /// Everything after the write: pacing, waking the writer, flushing, the
-/// close, and the timers; registers the pump's waker.
+/// close, and the timers.
 fn step<T>(
     st: &mut State,
     io: &mut T,
@@ -391,7 +405,7 @@ where
             cx.waker().wake_by_ref();
         }
     }
-    st.driver_waker = Some(cx.waker().clone());
+    // (The waker was registered before the write: see before_transmit.)
     Poll::Pending
 }
 
@@ -434,6 +448,7 @@ fn closed_after_done(st: &State) -> bool {
 pub(super) mod tests {
     use super::*;
     use crate::proto::cipher::server_ciphers;
+    use crate::proto::sealed::Link;
     use crate::proto::{Key, Params, Session};
     use std::cell::RefCell;
     use std::sync::Arc;
@@ -461,8 +476,19 @@ pub(super) mod tests {
         Session::new(Role::Server, 9, key, Params::default(), false, sc)
     }
 
+    /// Where in a turn the pump lets go of the lock.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Gap {
+        /// After reading, before the write.
+        Received,
+        /// Sealed: a sealer lent out, before sealing and writing.
+        Sealing,
+        /// After the write, before the step.
+        Transmitted,
+    }
+
     /// What the application does in the window under test.
-    type Meanwhile = Box<dyn FnMut(&Shared)>;
+    type Meanwhile = Box<dyn FnMut(&Shared, Gap)>;
 
     thread_local! {
         /// Runs between the pump's reading and its step (the window where
@@ -470,10 +496,10 @@ pub(super) mod tests {
         static BETWEEN: RefCell<Option<Meanwhile>> = RefCell::new(None);
     }
 
-    pub(super) fn between(shared: &Shared) {
+    pub(super) fn between(shared: &Shared, gap: Gap) {
         BETWEEN.with(|b| {
             if let Some(f) = b.borrow_mut().as_mut() {
-                f(shared);
+                f(shared, gap);
             }
         });
     }
@@ -652,7 +678,10 @@ pub(super) mod tests {
         state.rx.extend_from_slice(&vec![0; limit]);
         let shared = Shared::new(state);
         BETWEEN.with(|b| {
-            *b.borrow_mut() = Some(Box::new(|shared: &Shared| {
+            *b.borrow_mut() = Some(Box::new(|shared: &Shared, gap| {
+                if gap != Gap::Received {
+                    return;
+                }
                 let mut st = shared.state.lock();
                 let mut out = vec![0u8; 2 * 4096];
                 let mut buf = tokio::io::ReadBuf::new(&mut out);
@@ -676,5 +705,97 @@ pub(super) mod tests {
         // And back, it reads (and waits on the transport).
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert_eq!(reads.load(Ordering::Relaxed), 1);
+    }
+
+    /// A sealed client, with its link, behind a shared lock.
+    fn sealed_client() -> Shared {
+        let ((cs, cl), _) = crate::fuzz::sealed_pair().expect("handshake");
+        let mut client = State::new(cs, 1 << 20, Duration::from_secs(1), None);
+        client.link = Some(cl);
+        client.session.allow(u64::MAX);
+        Shared::new(client)
+    }
+
+    /// What the application does in `gap`: writes and wakes the driver, or
+    /// forces a reconnect and wakes the driver.
+    fn meanwhile_at(gap: Gap, act: fn(&mut State)) {
+        BETWEEN.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move |shared: &Shared, at| {
+                if at != gap {
+                    return;
+                }
+                let mut wake = Wake::default();
+                let mut st = shared.state.lock();
+                act(&mut st);
+                st.take_driver_waker(&mut wake);
+                drop(st);
+                wake.fire();
+            }))
+        });
+    }
+
+    /// The pump lets go of the lock between its write and its step: an
+    /// application write then, in a turn that a wake started (so no waker
+    /// was left to take), must still bring the pump back to send it (before,
+    /// the bytes waited for the peer's next frame or a timer).
+    #[test]
+    fn a_write_while_the_pump_is_between_locks_brings_it_back() {
+        let runtime = runtime();
+        let _entered = runtime.enter();
+        let shared = sealed_client();
+        let mut io = Pipe::default();
+        let outbound = io.outbound.clone();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(pump(&shared, &mut io, QUIET));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        outbound.lock().clear();
+        // A wake (the application's) that starts the next turn.
+        let mut wake = Wake::default();
+        shared.state.lock().take_driver_waker(&mut wake);
+        wake.fire();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        meanwhile_at(Gap::Transmitted, |st| {
+            assert_eq!(st.write(b"late bytes"), 10);
+        });
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        BETWEEN.with(|b| *b.borrow_mut() = None);
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            2,
+            "the write woke the pump"
+        );
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(!outbound.lock().is_empty(), "and it sent them");
+    }
+
+    /// A reconnect forced while the pump seals and writes outside the lock
+    /// is not missed.
+    #[test]
+    fn a_reconnect_forced_while_the_pump_seals_is_not_missed() {
+        let runtime = runtime();
+        let _entered = runtime.enter();
+        let shared = sealed_client();
+        assert_eq!(shared.state.lock().write(&[5u8; 1000]), 1000);
+        let mut io = Pipe::default();
+        let outbound = io.outbound.clone();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(pump(&shared, &mut io, QUIET));
+        meanwhile_at(Gap::Sealing, |st| {
+            assert!(
+                st.link.as_ref().is_some_and(Link::has_output),
+                "lent out to be written"
+            );
+            st.force_reconnect = true;
+        });
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        BETWEEN.with(|b| *b.borrow_mut() = None);
+        assert!(outbound.lock().len() > 1000, "sealed and written");
+        assert!(count.0.load(Ordering::Relaxed) > 0, "the pump is woken");
+        assert!(matches!(
+            fut.as_mut().poll(&mut cx),
+            Poll::Ready(PumpEnd::Forced)
+        ));
     }
 }

@@ -194,6 +194,7 @@ impl Link {
 
     /// Takes the sending side back.
     pub(crate) fn restore_sealer(&mut self, sealer: Sealer) {
+        debug_assert!(self.sealer.is_none(), "a sealer was lent out twice");
         self.sealer = Some(sealer);
     }
 
@@ -373,20 +374,28 @@ impl Sealer {
         Ok(())
     }
 
-    /// Seals the frames laid out, in place and in order.
+    /// Seals the frames laid out, in place and in order. If one fails, the
+    /// frames from it on are let go of (the connection cannot go on: the
+    /// peer would wait for their nonces).
     pub fn seal(&mut self) -> Result<()> {
-        for (at, nonce) in self.unsealed.drain(..) {
+        let mut frames = std::mem::take(&mut self.unsealed);
+        for (at, nonce) in frames.drain(..) {
             let len = u16::from_le_bytes([self.out[at], self.out[at + 1]]) as usize;
             let end = at + 2 + len;
             let (body, tag_room) = self.out[at + 2..end].split_at_mut(len - TAG_LEN);
-            let tag = self
+            let Ok(tag) = self
                 .send
                 .key
                 .seal_in_place_separate_tag(nonce, Aad::empty(), body)
-                .map_err(|_| Error::Malformed("frame could not be sealed"))?;
+            else {
+                self.out.truncate(self.sealed_to);
+                return Err(Error::Malformed("frame could not be sealed"));
+            };
             tag_room.copy_from_slice(tag.as_ref());
             self.sealed_to = end;
         }
+        // (Empty: kept for its room.)
+        self.unsealed = frames;
         Ok(())
     }
 
