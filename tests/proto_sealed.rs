@@ -346,3 +346,48 @@ fn oversized_fields_are_refused() {
         Err(Error::UnknownType(0))
     );
 }
+
+/// A pinned resume's hello must prove the resume secret when it opens, as
+/// an unpinned one does: under `IKpsk2` (the secret mixed in at message 2)
+/// anyone with the server's public key and a live conn ID wrote a hello
+/// that opened, and earned an answer that said whether its counts were in
+/// range, without being counted as a failed proof.
+#[test]
+fn a_forged_pinned_resume_does_not_open() {
+    let key = StaticKey::generate().unwrap();
+    let (_c, s) = new_pair(Some(&key));
+    let (mut other, _) = new_pair(Some(&key));
+    other.session.handle_write(b"x");
+    let mut client = ClientExchange::resume(&other.session, Some(key.public())).unwrap();
+    let mut server = ServerExchange::new(Some(key.clone()));
+    let mut input = BytesMut::from(&client.poll_transmit().unwrap()[..]);
+    server.handle_input(&mut input).unwrap();
+    assert!(matches!(
+        server.poll_request(),
+        Some(Request::Resume { pinned: true, .. })
+    ));
+    let secrets = s.session.secrets().unwrap().clone();
+    assert_eq!(server.open_resume(&secrets), Err(Error::Unauthenticated));
+    assert!(server.poll_transmit().is_none(), "nothing answered");
+}
+
+/// After its welcome, a server waits for a confirm of one known length: a
+/// length prefix claiming more is refused at once (before, two bytes made
+/// it reserve 64 KiB and wait for them until the handshake timed out).
+#[test]
+fn a_confirm_of_the_wrong_length_is_refused_at_once() {
+    let mut client = ClientExchange::new_session(params(), &psk(), b"home", None).unwrap();
+    let mut server = ServerExchange::new(None);
+    let mut input = BytesMut::from(&client.poll_transmit().unwrap()[..]);
+    server.handle_input(&mut input).unwrap();
+    assert!(server.poll_request().is_some());
+    server
+        .accept_new(&psk(), 7, params(), &mut rand::rng())
+        .unwrap();
+    assert!(server.poll_transmit().is_some(), "welcomed");
+    let mut input = BytesMut::from(&[0xffu8, 0xff][..]);
+    assert_eq!(
+        server.handle_input(&mut input),
+        Err(Error::Malformed("confirm frame"))
+    );
+}

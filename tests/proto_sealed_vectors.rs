@@ -176,3 +176,41 @@ fn nnpsk0_resume() {
     assert_eq!(hex(&wire.welcome), hex(&unhex(RESUME_WELCOME)));
     assert_eq!(hex(&wire.confirm), hex(&unhex(RESUME_CONFIRM)));
 }
+
+const IK_RESUME_HELLO: &str = "13080706050403020170001cf579aba45a10ba1d1ef06d91fca2aa9ed0a1150515653155405d0b18cb9a6738e3e9a1b4cf847cc7f321ae995a1a33630a4bd35803aa2f787c5af3fa266effe28448dbf4a05fb28fbcab5989a359672aeb01ccfe7eadca54291bb2255563560fe0b46bde2cadcf0cf976df0e6fe4ab";
+const IK_RESUME_WELCOME: &str = "410030d3c865a48fceb3d6118577cf2e5f228d6ff69866264757785b253cb7a4806ab5362c7423189691bd4acfdfcd9963eb834ded65a2cf33770826c3ddbcaca11683";
+const IK_RESUME_CONFIRM: &str =
+    "20008ce80f005ee9528d36641c657b0a3ecbadbafcee8135a76e6aa9d874fc4b578f";
+
+#[test]
+fn ikpsk1_resume() {
+    let (_, mut c, s, mut cl, _) = new_session(true);
+    seal(&mut c, &mut cl, b"hello sealed");
+    // As the NNpsk0 resume, with the server's static key pinned.
+    let server_key = StaticKey::from_private(SERVER_S);
+    let client = ClientExchange::resume_with(
+        &c,
+        Some(server_key.public()),
+        &FixedKeys {
+            ephemeral: Some([0x77; 32]),
+            client_static: Some(CLIENT_S),
+        },
+    )
+    .unwrap();
+    let server = ServerExchange::with_fixed(
+        Some(server_key),
+        FixedKeys {
+            ephemeral: Some([0x88; 32]),
+            client_static: None,
+        },
+    );
+    let (wire, co, so) = exchange(client, server, |x| x.accept_resume(&s).unwrap());
+    println!("IK resume hello   {}", hex(&wire.hello));
+    println!("IK resume welcome {}", hex(&wire.welcome));
+    println!("IK resume confirm {}", hex(&wire.confirm));
+    assert!(matches!(co, Some(ClientOutcome::Resumed(_))));
+    assert!(matches!(so, Some(ServerOutcome::Resumed(_))));
+    assert_eq!(hex(&wire.hello), hex(&unhex(IK_RESUME_HELLO)));
+    assert_eq!(hex(&wire.welcome), hex(&unhex(IK_RESUME_WELCOME)));
+    assert_eq!(hex(&wire.confirm), hex(&unhex(IK_RESUME_CONFIRM)));
+}

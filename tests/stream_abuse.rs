@@ -707,3 +707,82 @@ async fn timeout_secs<F: std::future::Future>(secs: u64, f: F) -> F::Output {
         .await
         .expect("in time")
 }
+
+/// A pinned resume forged by someone who has the server's public key and a
+/// live conn ID (both public: the CLI prints the one, every resume hello
+/// carries the other) but not the session's resume secret: it gets no
+/// answer, counts as a failed proof, and the live session is untouched.
+/// Before, the resume was `IKpsk2`, whose message 1 holds no PSK: such a
+/// hello opened, earned a welcome (and so told whether its guessed counts
+/// were in range), and was never counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_pinned_resume_earns_no_answer() {
+    use rejoin::proto::sealed::{NOISE_IK, NOISE_IK_RESUME, PROLOGUE_LABEL, Psk, StaticKey};
+    use rejoin::stream::{Sealed, Suite};
+    common::logs();
+    let psk = Psk::from_bytes([4; 32]);
+    let key = StaticKey::generate().unwrap();
+    let mut config = Config::default().with_suite(Suite::Sealed(
+        Sealed::new(psk.clone()).with_static_key(key.clone()),
+    ));
+    config.auth_failures_per_minute = 2;
+    let (addr, listener) = echo_listener(config).await;
+    let client = Config::default().with_suite(Suite::Sealed(
+        Sealed::new(psk).with_server_key(*key.public()),
+    ));
+    let mut real = bystander(addr, client).await;
+    let live_id = real.id().to_le_bytes();
+    let forge = |pattern: &str, location: u8| {
+        let mut prologue = PROLOGUE_LABEL.to_vec();
+        prologue.push(0x13);
+        prologue.extend_from_slice(&live_id);
+        let mine = StaticKey::generate().unwrap();
+        let mut hs = snow::Builder::new(pattern.parse().unwrap())
+            .psk(location, &[9; 32])
+            .unwrap()
+            .prologue(&prologue)
+            .unwrap()
+            .remote_public_key(key.public())
+            .unwrap()
+            .local_private_key(mine.private())
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        // Counts anyone could guess: nothing written, nothing read.
+        let mut message = vec![0u8; 256];
+        let n = hs.write_message(&[0; 16], &mut message).unwrap();
+        let mut hello = vec![0x13];
+        hello.extend_from_slice(&live_id);
+        hello.extend_from_slice(&(n as u16).to_le_bytes());
+        hello.extend_from_slice(&message[..n]);
+        hello
+    };
+    let before = listener.stats();
+    for (pattern, location) in [(NOISE_IK, 2), (NOISE_IK_RESUME, 1)] {
+        let (t, reply) = close_time(addr, &forge(pattern, location)).await;
+        assert!(t < Duration::from_secs(3), "{pattern}: closed in {t:?}");
+        assert!(
+            reply.is_empty(),
+            "{pattern}: {} bytes of answer",
+            reply.len()
+        );
+    }
+    // Both counted: the source's next connection is closed unread.
+    let (_, reply) = close_time(addr, &forge(NOISE_IK_RESUME, 1)).await;
+    assert!(reply.is_empty());
+    let after = listener.stats();
+    assert_eq!(after.throttled, before.throttled + 1, "{after:?}");
+    assert_eq!(after.resumed, before.resumed);
+    real.write_all(b"still").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(LIMIT, real.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"still");
+    assert_eq!(
+        real.handle().stats().reconnects,
+        0,
+        "the live session untouched"
+    );
+}

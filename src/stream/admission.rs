@@ -198,7 +198,12 @@ impl<H> Admission<H> {
 /// Failed proofs (a wrong key, a forged reconnect) per source: a token
 /// bucket each, so that guessing a key online costs a source a minute per
 /// `per_minute` guesses. A source whose bucket is empty has its connections
-/// closed at once, before any work is done for them.
+/// closed at once, before any work is done for them. The bucket is checked
+/// when a connection is let in and charged when its proof fails, so a
+/// source that opens many connections while it has one token left fails
+/// them all: each failure past the budget is a debt (down to
+/// [`MOST_DEBT_MINUTES`] of the budget), repaid at the same rate before it
+/// may try again, and the long-run rate stays `per_minute`.
 pub(crate) struct Throttle {
     per_minute: u32,
     buckets: HashMap<Source, Bucket>,
@@ -207,6 +212,10 @@ pub(crate) struct Throttle {
     /// [`Throttle::make_room`]).
     sweeps: u64,
 }
+
+/// The most a source's failures may put its bucket in debt, in minutes of
+/// its budget (so that no burst locks a source out for longer than this).
+pub(crate) const MOST_DEBT_MINUTES: u32 = 60;
 
 #[derive(Clone, Copy)]
 struct Bucket {
@@ -282,7 +291,8 @@ impl Throttle {
             at: now,
         };
         let b = self.buckets.get(&source).copied().unwrap_or(fresh);
-        let tokens = (self.refill(b, now) - 1.0).max(0.0);
+        let most_debt = f64::from(self.per_minute) * f64::from(MOST_DEBT_MINUTES);
+        let tokens = (self.refill(b, now) - 1.0).max(-most_debt);
         self.buckets.insert(source, Bucket { tokens, at: now });
     }
 }
@@ -422,6 +432,36 @@ mod tests {
             t.failed(src(1), at(3_600_000));
         }
         assert!(!t.allows(src(1), at(3_600_000)));
+    }
+
+    /// Connections let in together while one token was left, all failing:
+    /// every failure is paid for (before, the bucket stopped at empty, and
+    /// a source got its budget many times over by opening its connections
+    /// in bursts).
+    #[test]
+    fn failures_in_a_burst_are_all_paid_for() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let mut t = Throttle::new(10, 100);
+        for _ in 0..9 {
+            t.failed(src(1), t0);
+        }
+        // One token left: sixteen connections are let in at once.
+        assert!(t.allows(src(1), t0));
+        for _ in 0..16 {
+            t.failed(src(1), t0);
+        }
+        // 16 owed against 1 held: 15 in debt, and one more to try again,
+        // at one every six seconds.
+        assert!(!t.allows(src(1), at(6)));
+        assert!(!t.allows(src(1), at(95)));
+        assert!(t.allows(src(1), at(96)));
+        // A burst never costs more than an hour of the budget.
+        for _ in 0..10_000 {
+            t.failed(src(2), t0);
+        }
+        assert!(!t.allows(src(2), at(3_600)));
+        assert!(t.allows(src(2), at(3_666)));
     }
 
     #[test]

@@ -25,8 +25,8 @@ use snow::{Builder, HandshakeState};
 
 use super::link::Link;
 use super::{
-    MAX_HANDSHAKE_MESSAGE, MAX_PSK_ID, NEW_IK, NEW_NN, NOISE_IK, NOISE_NN, PROLOGUE_LABEL, Psk,
-    RESUME_IK, RESUME_NN, SessionSecrets, StaticKey, noise_params,
+    MAX_HANDSHAKE_MESSAGE, MAX_PSK_ID, NEW_IK, NEW_NN, NOISE_IK, NOISE_IK_RESUME, NOISE_NN,
+    PROLOGUE_LABEL, Psk, RESUME_IK, RESUME_NN, SessionSecrets, StaticKey, noise_params,
 };
 use crate::proto::resume::{ResumePoint, check_counts};
 use crate::proto::{Error, Params, RefuseReason, Result, Role, Session};
@@ -69,7 +69,7 @@ pub enum Request {
     Resume {
         /// The conn ID.
         id: u64,
-        /// The client pinned the server's static key (`IKpsk2`).
+        /// The client pinned the server's static key (`IKpsk1`).
         pinned: bool,
     },
 }
@@ -171,7 +171,7 @@ fn put_noise_message(buf: &mut BytesMut, message: &[u8]) {
 pub struct FixedKeys {
     /// This side's ephemeral private key.
     pub ephemeral: Option<[u8; 32]>,
-    /// The client's static private key (`IKpsk2` only).
+    /// The client's static private key (`IKpsk2` and `IKpsk1` only).
     pub client_static: Option<[u8; 32]>,
 }
 
@@ -186,10 +186,11 @@ fn builder_for<'a>(
     prologue: &'a [u8],
     fixed: &'a FixedKeys,
 ) -> Result<Builder<'a>> {
-    let (name, location) = if request.pinned() {
-        (NOISE_IK, 2)
-    } else {
-        (NOISE_NN, 0)
+    let resume = matches!(request, Request::Resume { .. });
+    let (name, location) = match (request.pinned(), resume) {
+        (true, false) => (NOISE_IK, 2),
+        (true, true) => (NOISE_IK_RESUME, 1),
+        (false, _) => (NOISE_NN, 0),
     };
     let mut b = Builder::new(noise_params(name))
         .psk(location, psk)

@@ -326,6 +326,13 @@ impl Link {
     /// window reaches the session with the next [`Link::handle_input`].
     pub(crate) fn open_confirm(&mut self, expected: u64) -> Result<bool> {
         let opener = self.opener()?;
+        // A confirm has no data: any other length is refused at once, not
+        // waited for (and buffered) until the handshake times out.
+        if let [a, b, ..] = opener.input[opener.opened_to..] {
+            if usize::from(u16::from_le_bytes([a, b])) != MIN_FRAME - 2 {
+                return Err(Error::Malformed("confirm frame"));
+            }
+        }
         let Some((data, ack, window)) = opener.open_one()? else {
             return Ok(false);
         };
@@ -509,7 +516,8 @@ impl Opener {
             return Err(Error::Malformed("frame shorter than its ack and tag"));
         }
         if have < 2 + len {
-            self.input.reserve(2 + len - have);
+            // (Room is made by whoever reads, a chunk at a time: a length
+            // the peer claims allocates nothing.)
             return Ok(None);
         }
         let nonce = self.recv.nonce()?;

@@ -49,7 +49,7 @@ pub const NEW_NN: u8 = 0x10;
 pub const NEW_IK: u8 = 0x11;
 /// Hello kind: a resume, `NNpsk0` keyed by the resume secret.
 pub const RESUME_NN: u8 = 0x12;
-/// Hello kind: a resume, `IKpsk2` keyed by the resume secret.
+/// Hello kind: a resume, `IKpsk1` keyed by the resume secret.
 pub const RESUME_IK: u8 = 0x13;
 /// Longest PSK identity a client may send.
 pub const MAX_PSK_ID: usize = 64;
@@ -76,6 +76,12 @@ pub const INITIAL_WINDOW: u64 = 64 * 1024;
 pub const NOISE_NN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// See [`NOISE_NN`].
 pub const NOISE_IK: &str = "Noise_IKpsk2_25519_AESGCM_SHA256";
+/// A pinned resume: the resume secret is mixed in at the end of message 1
+/// (not 2, as a new session's PSK is), so that a hello the server can open
+/// proves the secret, as an `NNpsk0` resume's does. Under `IKpsk2` anyone
+/// with the server's public key could write a hello that opens, and earn
+/// an answer (and learn whether its guessed counts were in range).
+pub const NOISE_IK_RESUME: &str = "Noise_IKpsk1_25519_AESGCM_SHA256";
 
 /// PBKDF2 rounds for [`Psk::from_passphrase`].
 pub const PASSPHRASE_ROUNDS: u32 = 100_000;
