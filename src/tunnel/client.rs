@@ -812,8 +812,8 @@ impl Client {
                 };
                 let c = &s.config;
                 if retry {
-                    published.retries += 1;
-                    let delay = self.delay(published.retries + 3);
+                    published.retries = published.retries.saturating_add(1);
+                    let delay = self.delay(published.retries.saturating_add(3));
                     warn!(service = %c.name, local = %c.local, %reason, retry_in = ?delay, "not published; asking again");
                     let at = Instant::now() + delay;
                     published.retry_at = Some(published.retry_at.map_or(at, |t| t.min(at)));

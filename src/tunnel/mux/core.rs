@@ -112,6 +112,11 @@ struct Flow {
     unacked: u32,
     /// Of those, bytes the user has written out.
     consumed: u32,
+    /// DATA frames handed to the user and not yet reported taken: each
+    /// costs its place in the user's queue, so the inbound budget counts
+    /// it at [`FRAME_COST`] beyond its bytes (a peer sending one-byte
+    /// frames must pay for them as a sender of one-byte frames does).
+    frames: u32,
     /// Credit granted and not yet sent (one WINDOW, however many grants).
     grant: u32,
     fin_sent: bool,
@@ -127,6 +132,12 @@ struct Flow {
 }
 
 impl Flow {
+    /// What the stream holds against the inbound budget: the bytes
+    /// received and not written out, and the frames not yet taken.
+    fn held(&self) -> u64 {
+        u64::from(self.unacked - self.consumed) + u64::from(self.frames) * FRAME_COST as u64
+    }
+
     /// Whether the stream is over: FIN both ways, and every byte received
     /// written out by its user. Until then it stays in the table, so that
     /// what its user still holds counts in the inbound budget and a reset
@@ -151,7 +162,8 @@ pub(crate) struct Core<P, A> {
     next_serial: u64,
     /// Window growth granted beyond the initial windows, all streams.
     window_extra: u64,
-    /// Bytes received and not yet written out by their users, all streams.
+    /// Bytes received and not yet written out by their users, and the
+    /// frames that brought them not yet taken ([`Flow::held`]), all streams.
     held: u64,
     /// Streams with a WINDOW due, in the order they became due.
     grants: VecDeque<u32>,
@@ -285,6 +297,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             window: INITIAL_WINDOW,
             unacked: 0,
             consumed: 0,
+            frames: 0,
             grant: 0,
             fin_sent: false,
             fin_received: false,
@@ -302,7 +315,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         let entry = self.streams.remove(&id)?;
         let flow = &entry.flow;
         self.window_extra -= u64::from(flow.window - INITIAL_WINDOW);
-        self.held -= u64::from(flow.unacked - flow.consumed);
+        self.held -= flow.held();
         Some(entry.port)
     }
 
@@ -497,8 +510,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// no more data is coming, and the id may be reused). A stream consuming
     /// whole half-windows is window-bound: each grant then doubles its
     /// window, up to `max_window` and within the session's `window_budget`.
-    /// True when a WINDOW became due.
-    pub(crate) fn consumed(&mut self, id: u32, serial: u64, n: usize) -> bool {
+    /// `frames`: DATA frames the user took since it last said (once every
+    /// byte is written out, all of them were). True when a WINDOW became
+    /// due.
+    pub(crate) fn consumed(&mut self, id: u32, serial: u64, n: usize, frames: usize) -> bool {
         let (max_window, budget) = (self.config.max_window, self.config.window_budget);
         // (The table's field, not `self.flow`: the budgets are updated too.)
         let Some(flow) = self
@@ -512,7 +527,13 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         // Never more than was received: the user's count is not trusted.
         let n = (n.min(u32::MAX as usize) as u32).min(flow.unacked - flow.consumed);
         flow.consumed += n;
-        self.held -= u64::from(n);
+        let frames = if flow.consumed == flow.unacked {
+            flow.frames
+        } else {
+            (frames.min(u32::MAX as usize) as u32).min(flow.frames)
+        };
+        flow.frames -= frames;
+        self.held -= u64::from(n) + u64::from(frames) * FRAME_COST as u64;
         if flow.done() {
             self.remove(id);
             return false;
@@ -884,9 +905,14 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             self.abort(id);
             return;
         }
+        if len == 0 {
+            // Nothing to hand on (and no place in anyone's queue taken).
+            return;
+        }
         e.flow.unacked += len;
+        e.flow.frames += 1;
         e.port.deliver(Inbound::Data(payload));
-        self.held += u64::from(len);
+        self.held += u64::from(len) + FRAME_COST as u64;
         if self.held > self.config.inbound_budget {
             self.shed();
         }
@@ -914,10 +940,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// table costs the peer a quarter budget of data, however many streams
     /// share it.
     fn shed(&mut self) {
-        let mut holders: Vec<(u32, u32)> = self
+        let mut holders: Vec<(u32, u64)> = self
             .streams
             .iter()
-            .map(|(id, e)| (*id, e.flow.unacked - e.flow.consumed))
+            .map(|(id, e)| (*id, e.flow.held()))
             .filter(|(_, held)| *held > 0)
             .collect();
         holders.sort_unstable_by_key(|(_, held)| std::cmp::Reverse(*held));
@@ -1209,9 +1235,9 @@ mod tests {
             c.handle_frame(data(2, MAX_DATA)).expect("within window");
         }
         assert_eq!(rec.take().len(), half / MAX_DATA);
-        c.consumed(2, serial, half - 1);
+        c.consumed(2, serial, half - 1, 0);
         assert!(drain(&mut c).is_empty(), "no grant before half the window");
-        c.consumed(2, serial, 1);
+        c.consumed(2, serial, 1, 0);
         // Half a window consumed: granted back plus a doubling.
         let out = drain(&mut c);
         assert!(
@@ -1242,7 +1268,7 @@ mod tests {
             for _ in 0..half as usize / MAX_DATA {
                 c.handle_frame(data(2, MAX_DATA)).expect("within window");
             }
-            c.consumed(2, serial, half as usize);
+            c.consumed(2, serial, half as usize, 0);
         }
         // Nothing was sent meanwhile (the writer was stuck): one WINDOW.
         let out = drain(&mut c);
@@ -1255,10 +1281,10 @@ mod tests {
     #[test]
     fn consumption_claimed_beyond_what_arrived_is_ignored() {
         let (mut c, _rec, serial) = with_peer_stream(MuxConfig::default());
-        c.consumed(2, serial, usize::MAX);
+        c.consumed(2, serial, usize::MAX, 0);
         assert!(drain(&mut c).is_empty());
         c.handle_frame(data(2, 100)).expect("within window");
-        c.consumed(2, serial, usize::MAX);
+        c.consumed(2, serial, usize::MAX, 0);
         assert_eq!(c.streams[&2].flow.consumed, 100);
     }
 
@@ -1288,7 +1314,7 @@ mod tests {
             for _ in 0..half / MAX_DATA {
                 c.handle_frame(data(id, MAX_DATA)).expect("within window");
             }
-            c.consumed(id, serial, half);
+            c.consumed(id, serial, half, 0);
         }
         // The first stream doubled and used the budget; the second did not.
         assert_eq!(c.streams[&2].flow.window, 2 * INITIAL_WINDOW);
@@ -1353,7 +1379,7 @@ mod tests {
         let mut sent_since_grant = 0;
         for _ in 0..(64 << 20) / MAX_DATA {
             c.handle_frame(data(2, MAX_DATA)).expect("within window");
-            c.consumed(2, serial, MAX_DATA);
+            c.consumed(2, serial, MAX_DATA, 0);
             sent_since_grant += MAX_DATA;
             for f in drain(&mut c) {
                 if let Frame::Window { increment, .. } = f {
@@ -1397,10 +1423,11 @@ mod tests {
             .iter()
             .filter(|r| r.take().contains(&"reset".to_string()))
             .count();
-        // 8,000,000 bytes arrived and at most 4 MiB were ever held. Each pass
-        // began 4 KiB over the budget and reset a quarter budget's worth and
-        // that 4 KiB (257 streams), not one stream at a time: 4 passes.
-        assert_eq!(reset, 4 * 257);
+        // 8,000,000 bytes arrived and at most 4 MiB were ever held. Each
+        // stream holds 4 KiB and its frame (64 bytes); each pass began less
+        // than that over the budget and reset a quarter budget's worth and
+        // that (253 streams), not one stream at a time: 4 passes.
+        assert_eq!(reset, 4 * 253);
         assert_eq!(c.open_streams(), 2000 - reset);
     }
 
@@ -1823,10 +1850,11 @@ mod tests {
         // FIN both ways, 1000 bytes not yet written out: still counted, and
         // the session's end would still reach it.
         assert!(c.streams.contains_key(&2));
-        assert_eq!(c.held, 1000);
-        c.consumed(2, serial, 600);
+        assert_eq!(c.held, 1000 + FRAME_COST as u64);
+        c.consumed(2, serial, 600, 1);
+        assert_eq!(c.held, 400, "the frame was taken");
         assert!(c.streams.contains_key(&2));
-        c.consumed(2, serial, 400);
+        c.consumed(2, serial, 400, 0);
         assert!(!c.streams.contains_key(&2));
         assert_eq!(c.held, 0);
         assert_eq!(rec.take(), ["data 1000", "fin"]);
@@ -1841,6 +1869,39 @@ mod tests {
         assert!(!c.streams.contains_key(&2));
         assert_eq!(c.held, 0);
         assert!(drain(&mut c).is_empty());
+    }
+
+    /// A peer sending one-byte DATA frames to a stream whose user takes
+    /// none (a client still connecting to its service, say) pays for each
+    /// frame's place in the user's queue: the inbound budget counts it, and
+    /// resets the stream before the frames' cost passes the budget. Before,
+    /// only the bytes counted, and a 1 MiB window held a million frames.
+    #[test]
+    fn one_byte_frames_are_counted_at_their_cost() {
+        let budget = 1u64 << 20;
+        let (mut c, rec, _) = with_peer_stream(MuxConfig {
+            inbound_budget: budget,
+            ..MuxConfig::default()
+        });
+        let mut sent = 0u64;
+        for _ in 0..100_000 {
+            c.handle_frame(data(2, 1)).expect("within window");
+            sent += 1;
+            assert!(c.held <= budget, "{} held after {sent} frames", c.held);
+            if !c.streams.contains_key(&2) {
+                break;
+            }
+        }
+        assert!(sent < 20_000, "reset after {sent} one-byte frames");
+        assert!(rec.take().contains(&"reset".to_string()));
+        assert_eq!(c.held, 0);
+        // Empty DATA frames hand nothing on and hold nothing.
+        let (mut c, rec, _) = with_peer_stream(MuxConfig::default());
+        for _ in 0..1000 {
+            c.handle_frame(data(2, 0)).expect("empty");
+        }
+        assert_eq!(c.held, 0);
+        assert!(rec.take().is_empty());
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct MuxStream {
     fin_received: bool,
     /// Reset by either side.
     reset: bool,
+    /// DATA taken since the mux was last told (with [`MuxStream::consumed`]).
+    taken: usize,
 }
 
 impl std::fmt::Debug for MuxStream {
@@ -130,6 +132,7 @@ impl MuxStream {
             fin_sent: false,
             fin_received: false,
             reset: false,
+            taken: 0,
         }
     }
 
@@ -208,14 +211,19 @@ impl MuxStream {
         match inbound {
             Inbound::Reset => self.reset = true,
             Inbound::Fin => self.fin_received = true,
-            Inbound::Data(_) => {}
+            Inbound::Data(_) => self.taken += 1,
         }
     }
 
     /// Records that `n` received bytes were written out; the peer is granted
     /// more credit as the window's halves are used (see the module docs).
     pub fn consumed(&mut self, n: usize) {
-        let due = self.mux.core.lock().consumed(self.id, self.serial, n);
+        let taken = std::mem::take(&mut self.taken);
+        let due = self
+            .mux
+            .core
+            .lock()
+            .consumed(self.id, self.serial, n, taken);
         if due {
             self.mux.wake.notify_one();
         }
