@@ -25,7 +25,7 @@
 //! A [`Link`] knows nothing of sockets: [`Link::handle_input`] takes bytes
 //! from the wire, [`Link::poll_transmit`] gives sealed bytes for it. A driver
 //! that keeps the session under a lock lends each side out instead
-//! ([`Link::lend_opener`], [`Link::lend_sealer`]): under the lock only bytes
+//! (`Link::lend_opener`, `Link::lend_sealer`): under the lock only bytes
 //! are copied (frames laid out from the history, opened bytes taken into
 //! the receive buffer); the cryptography and the system calls happen outside
 //! it.
@@ -248,7 +248,7 @@ impl Link {
         Ok(())
     }
 
-    /// Seals what `session` has to send, as [`Link::prepare`] lays it out,
+    /// Seals what `session` has to send, as `Link::prepare` lays it out,
     /// and returns the sealed bytes the transport should take.
     pub fn poll_transmit(&mut self, session: &mut Session, window: u64) -> Result<&[u8]> {
         self.prepare(session, window)?;
