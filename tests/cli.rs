@@ -133,7 +133,9 @@ fn tunnel_one_line_forms() {
     );
     let mut published = vec![client.line(), client.line()];
     published.sort();
-    let want_fixed = format!("tcp {echo} published at 127.0.0.1:{fixed}");
+    // Two services named after one local address: the second is told
+    // apart as `#2` (in the metrics, and in the ports kept for it).
+    let want_fixed = format!("{echo}#2: tcp {echo} published at 127.0.0.1:{fixed}");
     assert!(published.contains(&want_fixed), "{published:?}");
     let other = published.iter().find(|l| **l != want_fixed).unwrap();
     let prefix = format!("tcp {echo} published at 127.0.0.1:");

@@ -510,18 +510,35 @@ fn sighup_reloads_the_client_services() {
     visitor.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"two..", "the kept service's visitor is untouched");
 
+    // A tuning knob changed: it needs a restart, so the reload is refused
+    // whole and says so (before, it said "config reloaded" and applied
+    // nothing of it).
+    write(
+        &config,
+        &(head.clone() + "ping_interval = \"2s\"\n" + &service("keep") + &service("added")),
+    );
+    client.signal("-HUP");
+    assert!(
+        client.await_stderr("`ping_interval, ping_timeout, max_window, window_budget or inbound_budget` cannot change"),
+        "{}",
+        client.stderr()
+    );
+
     // A broken file: reported with its line; everything stays.
     write(
         &config,
         &(head + "[[service]]\nlocal = \"nowhere\"\nprot = 1\n"),
     );
     client.signal("-HUP");
+    // (Its report names the line; the refusal above does not.)
+    assert!(client.await_stderr("line "), "{}", client.stderr());
     assert!(
-        client.await_stderr("reload failed, the old config stays in force"),
+        client
+            .stderr()
+            .contains("reload failed, the old config stays in force"),
         "{}",
         client.stderr()
     );
-    assert!(client.stderr().contains("line "), "{}", client.stderr());
     visitor.write_all(b"three").unwrap();
     visitor.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"three");
@@ -950,6 +967,18 @@ fn check_validates_configs() {
             "listen = \"127.0.0.1:7000\"\ntoken = \"t\"\nkeep = \"9000h\"\n",
             "longer than a year",
         ),
+        (
+            // Once passed by the check, then refused by the start after
+            // the tunnel was up, with an exit status that asks for a retry.
+            "h.toml",
+            "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nadmin = \"localhost:7070\"\n",
+            "admin",
+        ),
+        (
+            "i.toml",
+            "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nudp_idle = \"0s\"\n",
+            "udp_idle must be at least 1s",
+        ),
     ] {
         let path = dir.join(name);
         write(&path, body);
@@ -959,6 +988,27 @@ fn check_validates_configs() {
     }
     let (ok, text) = check(&dir.join("missing.toml"));
     assert!(!ok && text.contains("missing.toml"), "{text}");
+    // The start refuses the bad admin address as a config error: exit 78,
+    // which the shipped units do not restart.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["server", "--config", dir.join("h.toml").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(78), "{status:?}");
 }
 
 /// A public port taken on the server is asked for again, with backoff,

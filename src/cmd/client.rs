@@ -98,10 +98,10 @@ fn settings(args: Args) -> anyhow::Result<ClientConfig> {
         config.name = super::config::wire_name(&name).context("--name")?;
     }
     for spec in &args.tcp {
-        config.services.push(parse_service(spec, ServiceKind::Tcp)?);
+        super::config::add_service(&mut config.services, parse_service(spec, ServiceKind::Tcp)?);
     }
     for spec in &args.udp {
-        config.services.push(parse_service(spec, ServiceKind::Udp)?);
+        super::config::add_service(&mut config.services, parse_service(spec, ServiceKind::Udp)?);
     }
     anyhow::ensure!(
         !config.services.is_empty(),
@@ -207,8 +207,9 @@ fn admin_file(args: &Args) -> anyhow::Result<super::config::AdminFile> {
 }
 
 /// SIGHUP: the config file again. Services are added and removed; the
-/// server, token and name stay as they were (a restart changes them). A
-/// broken file changes nothing.
+/// server, token, name, key and tuning stay as they were (a restart changes
+/// them: a reload that changes one is refused whole). A broken file changes
+/// nothing.
 async fn reload(
     handle: ClientHandle,
     running: ClientConfig,
@@ -229,6 +230,14 @@ async fn reload(
         ("name", config.name != running.name),
         ("token", config.token != running.token),
         ("server_key", config.server_key != running.server_key),
+        (
+            "give_up_after",
+            config.give_up_after != running.give_up_after,
+        ),
+        (
+            "ping_interval, ping_timeout, max_window, window_budget or inbound_budget",
+            config.mux != running.mux,
+        ),
     ];
     if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
         tracing::error!(

@@ -15,6 +15,9 @@ use rejoin::tunnel::mux::MuxConfig;
 use rejoin::tunnel::server::ServerConfig;
 use serde::Deserialize;
 
+/// The shortest `udp_idle` accepted.
+const MIN_UDP_IDLE: Duration = Duration::from_secs(1);
+
 /// The token the shipped example configs carry, to be replaced.
 const PLACEHOLDER_TOKEN: &str = "change-me-to-the-output-of-rejoin-token";
 
@@ -405,6 +408,27 @@ pub fn parse_service(spec: &str, kind: ServiceKind) -> anyhow::Result<ServiceCon
     })
 }
 
+fn taken(services: &[ServiceConfig], s: &ServiceConfig) -> bool {
+    services
+        .iter()
+        .any(|o| o.name == s.name && o.kind == s.kind)
+}
+
+/// Adds `service`, renamed `NAME#2`, `NAME#3`, … if another of its kind has
+/// its name already (`--tcp 8080 --tcp 8080@9000` names both after the
+/// local address): a client's services must be told apart by name, in the
+/// server's metrics and in the ports it keeps for them across a reconnect.
+pub fn add_service(services: &mut Vec<ServiceConfig>, mut service: ServiceConfig) {
+    let base = service.name.clone();
+    let mut n = 2;
+    while taken(services, &service) {
+        let suffix = format!("#{n}");
+        service.name = clip_to(&base, MAX_NAME - suffix.len()) + &suffix;
+        n += 1;
+    }
+    services.push(service);
+}
+
 /// A local service's address, `HOST:PORT`; a bare port (as bore users type
 /// it) means that port on 127.0.0.1.
 fn local_address(local: &str) -> anyhow::Result<String> {
@@ -436,7 +460,12 @@ pub fn wire_name(s: &str) -> anyhow::Result<String> {
 /// At most `MAX_NAME` bytes (the wire's limit), cut at a character
 /// boundary, so the name the handshake and the login use is the one sent.
 fn clip(s: &str) -> String {
-    let mut end = s.len().min(MAX_NAME);
+    clip_to(s, MAX_NAME)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip_to(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -524,6 +553,12 @@ impl ServerFile {
             config.max_visitors_per_source = n;
         }
         if let Some(idle) = self.udp_idle {
+            // Shorter, and every association ends between a request and
+            // its reply: UDP services would stop answering, silently.
+            anyhow::ensure!(
+                idle.0 >= MIN_UDP_IDLE,
+                "udp_idle must be at least 1s (it is how long a UDP visitor may be silent)"
+            );
             config.udp.idle = idle.0;
         }
         if let Some(n) = self.udp_max_associations {
@@ -559,6 +594,11 @@ fn admin_settings(
     let token = Secret::new(token.clone(), token_file.clone())
         .resolve(base, "admin_token")?
         .map(|t| t.expose().to_string());
+    if let Some(addr) = addr {
+        // Checked here, so that `rejoin check` and a reload see a bad one
+        // too, not only the start (after the tunnel is up).
+        super::admin::parse_addr(addr).context("admin")?;
+    }
     Ok(AdminFile {
         addr: addr.clone(),
         token,
@@ -593,13 +633,23 @@ impl ClientFile {
         config.give_up_after = self.give_up_after;
         for (i, s) in self.services.into_iter().enumerate() {
             let local = local_address(&s.local).with_context(|| format!("service #{}", i + 1))?;
-            config.services.push(ServiceConfig {
+            let named = s.name.is_some();
+            let service = ServiceConfig {
                 name: wire_name(s.name.as_deref().unwrap_or(&local))
                     .with_context(|| format!("service #{}", i + 1))?,
                 kind: s.protocol.into(),
                 local,
                 port: s.port,
-            });
+            };
+            if named && taken(&config.services, &service) {
+                bail!(
+                    "service #{}: another {} service is named {:?} (the server's metrics and the ports it keeps across a reconnect go by name)",
+                    i + 1,
+                    service.kind.name(),
+                    service.name
+                );
+            }
+            add_service(&mut config.services, service);
         }
         Ok(config)
     }
@@ -655,6 +705,78 @@ mod tests {
             let err = format!("{:#}", file(text).unwrap_err());
             assert!(err.contains("holds a control character"), "{text}: {err}");
         }
+    }
+
+    /// Services of one kind are told apart by name: a second one named
+    /// after the same local address (flags) is renamed `#2`, within the
+    /// wire's limit; two a file names alike are refused.
+    #[test]
+    fn service_names_are_kept_apart() {
+        let svc = |name: &str, kind| ServiceConfig {
+            name: name.into(),
+            kind,
+            local: "127.0.0.1:8080".into(),
+            port: 0,
+        };
+        let mut services = Vec::new();
+        for _ in 0..3 {
+            add_service(&mut services, svc("127.0.0.1:8080", ServiceKind::Tcp));
+        }
+        add_service(&mut services, svc("127.0.0.1:8080", ServiceKind::Udp));
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "127.0.0.1:8080",
+                "127.0.0.1:8080#2",
+                "127.0.0.1:8080#3",
+                "127.0.0.1:8080"
+            ]
+        );
+        let long = "é".repeat(32); // 64 bytes, the limit
+        add_service(&mut services, svc(&long, ServiceKind::Tcp));
+        add_service(&mut services, svc(&long, ServiceKind::Tcp));
+        let last = &services.last().unwrap().name;
+        assert!(last.len() <= MAX_NAME && last.ends_with("#2"), "{last}");
+        let file = |text: &str| {
+            toml::from_str::<ClientFile>(&format!(
+                "server = \"127.0.0.1:1\"\ntoken = \"t\"\n{text}"
+            ))
+            .unwrap()
+            .into_config(Path::new("."))
+        };
+        let two = "[[service]]\nname = \"web\"\nlocal = \"80\"\n[[service]]\nname = \"web\"\nlocal = \"81\"\n";
+        let err = format!("{:#}", file(two).unwrap_err());
+        assert!(
+            err.contains("another tcp service is named \"web\""),
+            "{err}"
+        );
+        let unnamed = "[[service]]\nlocal = \"80\"\n[[service]]\nlocal = \"80\"\nport = 9000\n";
+        let config = file(unnamed).unwrap();
+        assert_eq!(config.services[1].name, "127.0.0.1:80#2");
+    }
+
+    /// A `udp_idle` under a second would end every association between a
+    /// request and its reply: refused, by the check, the start and a reload
+    /// alike (they all read the file through here).
+    #[test]
+    fn a_udp_idle_under_a_second_is_refused() {
+        let server = |idle: &str| {
+            toml::from_str::<ServerFile>(&format!(
+                "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nudp_idle = \"{idle}\"\n"
+            ))
+            .unwrap()
+            .into_config(Path::new("."))
+        };
+        for idle in ["0s", "1ms", "999ms"] {
+            let err = format!("{:#}", server(idle).unwrap_err());
+            assert!(
+                err.contains("udp_idle must be at least 1s"),
+                "{idle}: {err}"
+            );
+        }
+        let config = server("1s").unwrap();
+        assert_eq!(config.udp.idle, Duration::from_secs(1));
     }
 
     /// `token_file` in a config reads a file as `--token-file` does: its

@@ -302,7 +302,9 @@ pub async fn start_admin(
     let Some(addr) = flag.map(str::to_string).or(file.addr) else {
         return Ok(());
     };
-    let addr = admin::parse_addr(&addr)?;
+    // A bad address stays bad however often the process starts again; a
+    // port in use may come free.
+    let addr = admin::parse_addr(&addr).map_err(no_retry)?;
     let bound = admin::start(addr, token.or(file.token), source).await?;
     say!("admin at http://{bound}");
     Ok(())

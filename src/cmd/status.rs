@@ -108,9 +108,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let status: Status = serde_json::from_str(&text).with_context(|| {
         format!("the admin endpoint at {host} sent something that is not rejoin's status")
     })?;
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(status.now);
-    for line in render(&status, now) {
-        say!("{line}");
+    for line in render(&status, at(status.now)) {
+        // Every line, not just the names: the endpoint's answer is not
+        // trusted to keep escape sequences out of the terminal.
+        say!("{}", clean(&line));
     }
     Ok(())
 }
@@ -148,10 +149,24 @@ fn bytes(n: u64) -> String {
 
 /// Control characters shown escaped: names come from remote clients, and a
 /// name must not be able to drive the operator's terminal.
+/// The time `secs` after the Unix epoch (the epoch itself if that is past
+/// what the clock can hold: the figures come from the endpoint).
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Control characters, and the bidirectional overrides and isolates that
+/// can reorder what follows them on the line.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 fn clean(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
+            let escaped: Vec<char> = if unsafe_char(c) {
                 c.escape_default().collect()
             } else {
                 vec![c]
@@ -198,11 +213,7 @@ pub fn render(s: &Status, now: SystemTime) -> Vec<String> {
         s.role,
         place,
         s.version,
-        ago(
-            Some(0),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(s.uptime_seconds)
-        )
-        .trim_end_matches(" ago")
+        ago(Some(0), at(s.uptime_seconds)).trim_end_matches(" ago")
     ));
     out.push(String::new());
     let clients: Vec<Vec<String>> = s
@@ -294,7 +305,10 @@ pub fn render(s: &Status, now: SystemTime) -> Vec<String> {
             turned_away.join(", ")
         ));
     }
-    let refused: u64 = s.logins_refused.values().sum();
+    let refused = s
+        .logins_refused
+        .values()
+        .fold(0u64, |a, n| a.saturating_add(*n));
     if refused > 0 {
         let by: Vec<String> = s
             .logins_refused
@@ -337,6 +351,31 @@ mod tests {
             lines[1]
         );
         assert!(lines[1].starts_with("evil\\u{1b}]52"), "{:?}", lines[1]);
+    }
+
+    /// An endpoint that answers with impossible figures and escape
+    /// sequences outside the names (a hostile one, or one in the middle of
+    /// plain HTTP): no panic, and nothing reaches the terminal unescaped.
+    #[test]
+    fn a_hostile_status_neither_panics_nor_drives_the_terminal() {
+        let evil = "x\u{1b}[2J\u{202e}y".to_string();
+        let status = Status {
+            role: evil.clone(),
+            version: evil.clone(),
+            uptime_seconds: u64::MAX,
+            now: u64::MAX,
+            address: evil.clone(),
+            clients: Vec::new(),
+            logins_refused: [(evil.clone(), u64::MAX), ("b".into(), u64::MAX)]
+                .into_iter()
+                .collect(),
+        };
+        let lines = render(&status, at(status.now));
+        assert!(!lines.is_empty());
+        for line in lines.iter().map(|l| clean(l)) {
+            assert!(!line.chars().any(unsafe_char), "{line:?}");
+        }
+        assert_eq!(clean("a\u{2066}b"), "a\\u{2066}b");
     }
 
     #[test]
