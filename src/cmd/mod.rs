@@ -305,7 +305,15 @@ pub async fn start_admin(
     // A bad address stays bad however often the process starts again; a
     // port in use may come free.
     let addr = admin::parse_addr(&addr).map_err(no_retry)?;
-    let bound = admin::start(addr, token.or(file.token), source).await?;
+    // Trimmed as a token file's is: HTTP trims a header's value, so one
+    // with spaces around it could never be presented.
+    let token = match token.or(file.token) {
+        Some(t) if t.trim().is_empty() => {
+            return Err(no_retry(anyhow::anyhow!("the admin token is empty")));
+        }
+        t => t.map(|t| t.trim().to_string()),
+    };
+    let bound = admin::start(addr, token, source).await?;
     say!("admin at http://{bound}");
     Ok(())
 }
