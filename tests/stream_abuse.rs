@@ -786,3 +786,53 @@ async fn a_forged_pinned_resume_earns_no_answer() {
         "the live session untouched"
     );
 }
+
+/// Under a pinned server key a new session is answered before any PSK is
+/// checked, so a client naming an identity the server does not know fails
+/// only at the confirm: it is counted as an unknown identity (as it is
+/// without the pin), not as an answered handshake never confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_identity_under_a_pinned_key_is_counted_as_unknown() {
+    use rejoin::proto::sealed::{Psk, StaticKey};
+    use rejoin::stream::{PskLookup, Sealed, Suite};
+    common::logs();
+    let key = StaticKey::generate().unwrap();
+    let lookup = PskLookup::new(|id| (id == b"home").then(|| Psk::from_bytes([4; 32])));
+    let server = Config::default().with_suite(Suite::Sealed(
+        Sealed::from_lookup(lookup).with_static_key(key.clone()),
+    ));
+    let (addr, listener) = echo_listener(server).await;
+    let client = |id: &str, psk: u8| {
+        Config::default().with_suite(Suite::Sealed(
+            Sealed::new(Psk::from_bytes([psk; 32]))
+                .with_psk_id(id)
+                .with_server_key(*key.public()),
+        ))
+    };
+    assert!(
+        stream::connect(addr.to_string(), client("nobody", 4))
+            .await
+            .is_err()
+    );
+    assert!(
+        stream::connect(addr.to_string(), client("home", 5))
+            .await
+            .is_err()
+    );
+    let mut home = bystander(addr, client("home", 4)).await;
+    home.write_all(b"x").await.unwrap();
+    // (The server counts once it sees each connection end.)
+    let deadline = Instant::now() + LIMIT;
+    let stats = loop {
+        let stats = listener.stats();
+        if (stats.unknown_identity, stats.unconfirmed) == (1, 1) || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (stats.unknown_identity, stats.unconfirmed),
+        (1, 1),
+        "{stats:?}"
+    );
+}

@@ -244,16 +244,19 @@ pub struct ListenerStats {
     /// `auth_failures_per_minute`.
     pub throttled: u64,
     /// Sealed handshakes refused because the PSK identity the client named
-    /// (in the tunnel, its name) has no key here.
+    /// (in the tunnel, its name) has no key here; under a pinned server key,
+    /// answered and never confirmed (as [`ListenerStats::unconfirmed`], but
+    /// counted here).
     pub unknown_identity: u64,
     /// Sealed handshakes refused because the peer's PSK did not match (in
     /// the tunnel, a wrong token).
     pub bad_key: u64,
     /// Sealed new-session handshakes that this side answered (at the cost
-    /// of its Diffie–Hellman work) and the peer never confirmed: a wrong
-    /// key under a pinned server key (whose PSK is checked only at the
-    /// confirm), a replayed hello, or a connection lost mid-handshake. Each
-    /// counts against `auth_failures_per_minute`.
+    /// of its Diffie–Hellman work) and the peer never confirmed, under an
+    /// identity this side knows: a wrong key under a pinned server key
+    /// (whose PSK is checked only at the confirm), a replayed hello, or a
+    /// connection lost mid-handshake. Each counts against
+    /// `auth_failures_per_minute`.
     pub unconfirmed: u64,
 }
 
@@ -463,17 +466,25 @@ impl<T: Transport> Drop for Listener<T> {
 }
 
 /// Counts a sealed new session as answered and never confirmed when
-/// dropped armed (see [`Inner::confirm`]).
+/// dropped armed (see [`Inner::confirm`]); one that named an identity this
+/// side does not know (answered under the decoy, as a pinned server
+/// answers before any PSK is checked) as an unknown identity instead.
 struct Unconfirmed<'a, T: Transport> {
     inner: &'a Inner<T>,
     peer: Option<SocketAddr>,
+    known: bool,
     armed: bool,
 }
 
 impl<T: Transport> Drop for Unconfirmed<'_, T> {
     fn drop(&mut self) {
         if self.armed {
-            self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+            if self.known {
+                &self.inner.unconfirmed
+            } else {
+                &self.inner.unknown_identity
+            }
+            .fetch_add(1, Ordering::Relaxed);
             self.inner.failed_proof(self.peer);
         }
     }
@@ -649,7 +660,7 @@ impl<T: Transport> Inner<T> {
             send_rest(&mut io, &mut ex).await;
             return Err(Error::Handshake(e));
         }
-        match self.confirm(&mut io, &mut ex, buf, peer).await? {
+        match self.confirm(&mut io, &mut ex, buf, peer, known).await? {
             (ServerOutcome::Established(e), buf) => {
                 self.establish(io, e.session, Some(e.link), buf, peer).await
             }
@@ -673,10 +684,12 @@ impl<T: Transport> Inner<T> {
         ex: &mut ServerExchange,
         mut buf: BytesMut,
         peer: Option<SocketAddr>,
+        known: bool,
     ) -> Result<(ServerOutcome, BytesMut), Error> {
         let mut unconfirmed = Unconfirmed {
             inner: self,
             peer,
+            known,
             armed: true,
         };
         ex.handle_input(&mut buf).map_err(Error::Handshake)?;
