@@ -130,6 +130,26 @@ async fn http_through_the_tunnel() {
     assert_eq!(total, 101, "one connection per closed request");
 }
 
+/// A UDP idle time under a second (every association would end between a
+/// request and its reply) is refused by the library itself, at bind and at
+/// a reload, not only by the CLI's config file.
+#[tokio::test]
+async fn a_udp_idle_under_a_second_is_refused_at_bind_and_reload() {
+    let mut bad = server_config();
+    bad.udp.idle = Duration::from_millis(999);
+    let err = Server::bind(bad.clone()).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("udp_idle must be at least 1s"),
+        "{err}"
+    );
+    let server = Server::bind(server_config()).await.unwrap();
+    let err = server.reload(bad).await.unwrap_err();
+    assert!(
+        err.to_string().contains("udp_idle must be at least 1s"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_clients_and_services_at_once() {
     let server = Server::bind(server_config()).await.unwrap();

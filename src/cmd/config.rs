@@ -15,9 +15,6 @@ use rejoin::tunnel::mux::MuxConfig;
 use rejoin::tunnel::server::ServerConfig;
 use serde::Deserialize;
 
-/// The shortest `udp_idle` accepted.
-const MIN_UDP_IDLE: Duration = Duration::from_secs(1);
-
 /// The token the shipped example configs carry, to be replaced.
 const PLACEHOLDER_TOKEN: &str = "change-me-to-the-output-of-rejoin-token";
 
@@ -553,14 +550,10 @@ impl ServerFile {
             config.max_visitors_per_source = n;
         }
         if let Some(idle) = self.udp_idle {
-            // Shorter, and every association ends between a request and
-            // its reply: UDP services would stop answering, silently.
-            anyhow::ensure!(
-                idle.0 >= MIN_UDP_IDLE,
-                "udp_idle must be at least 1s (it is how long a UDP visitor may be silent)"
-            );
             config.udp.idle = idle.0;
         }
+        // Here too, so that `rejoin check` sees what the server would refuse.
+        config.udp.validate()?;
         if let Some(n) = self.udp_max_associations {
             config.udp.max_associations = n;
         }
@@ -664,6 +657,20 @@ impl ClientFile {
 mod tests {
     use super::*;
 
+    /// A client's config file: a server and a token, then `text`.
+    fn client_file(text: &str) -> anyhow::Result<ClientConfig> {
+        toml::from_str::<ClientFile>(&format!("server = \"127.0.0.1:1\"\ntoken = \"t\"\n{text}"))
+            .unwrap()
+            .into_config(Path::new("."))
+    }
+
+    /// A server's config file: where it listens, then `text`.
+    fn server_file(text: &str) -> anyhow::Result<ServerConfig> {
+        toml::from_str::<ServerFile>(&format!("listen = \"127.0.0.1:0\"\n{text}"))
+            .unwrap()
+            .into_config(Path::new("."))
+    }
+
     #[test]
     fn names_are_clipped_to_the_wire_limit_in_bytes() {
         let long = "é".repeat(40); // 80 bytes
@@ -677,19 +684,8 @@ mod tests {
     /// the name shown (the server would refuse the frame carrying it).
     #[test]
     fn names_with_control_characters_are_refused() {
-        let file = |text: &str| {
-            toml::from_str::<ClientFile>(&format!(
-                "server = \"127.0.0.1:1\"\ntoken = \"t\"\n{text}"
-            ))
-            .unwrap()
-            .into_config(Path::new("."))
-        };
+        let (file, server) = (client_file, server_file);
         assert!(file("name = \"home\"\n").is_ok());
-        let server = |text: &str| {
-            toml::from_str::<ServerFile>(&format!("listen = \"127.0.0.1:0\"\n{text}"))
-                .unwrap()
-                .into_config(Path::new("."))
-        };
         let err = format!(
             "{:#}",
             server("[clients.\"a\\u0007b\"]\ntoken = \"t\"\n").unwrap_err()
@@ -738,13 +734,7 @@ mod tests {
         add_service(&mut services, svc(&long, ServiceKind::Tcp));
         let last = &services.last().unwrap().name;
         assert!(last.len() <= MAX_NAME && last.ends_with("#2"), "{last}");
-        let file = |text: &str| {
-            toml::from_str::<ClientFile>(&format!(
-                "server = \"127.0.0.1:1\"\ntoken = \"t\"\n{text}"
-            ))
-            .unwrap()
-            .into_config(Path::new("."))
-        };
+        let file = client_file;
         let two = "[[service]]\nname = \"web\"\nlocal = \"80\"\n[[service]]\nname = \"web\"\nlocal = \"81\"\n";
         let err = format!("{:#}", file(two).unwrap_err());
         assert!(
@@ -761,13 +751,7 @@ mod tests {
     /// alike (they all read the file through here).
     #[test]
     fn a_udp_idle_under_a_second_is_refused() {
-        let server = |idle: &str| {
-            toml::from_str::<ServerFile>(&format!(
-                "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nudp_idle = \"{idle}\"\n"
-            ))
-            .unwrap()
-            .into_config(Path::new("."))
-        };
+        let server = |idle: &str| server_file(&format!("token = \"t\"\nudp_idle = \"{idle}\"\n"));
         for idle in ["0s", "1ms", "999ms"] {
             let err = format!("{:#}", server(idle).unwrap_err());
             assert!(
@@ -807,13 +791,7 @@ mod tests {
     /// The login limits are settings of the file, and zero is refused.
     #[test]
     fn login_limits_are_set_in_the_file() {
-        let file = |extra: &str| {
-            toml::from_str::<ServerFile>(&format!(
-                "listen = \"127.0.0.1:0\"\ntoken = \"t\"\n{extra}"
-            ))
-            .unwrap()
-            .into_config(Path::new("."))
-        };
+        let file = |extra: &str| server_file(&format!("token = \"t\"\n{extra}"));
         let c = file(
             "login_timeout = \"30s\"\nmax_pending_logins_per_source = 4\nmax_sessions = 500\n",
         )

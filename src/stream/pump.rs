@@ -251,17 +251,7 @@ where
         let window = st.window();
         let State { link, session, .. } = &mut *st;
         let poll = if let Some(link) = link {
-            let prepared = link.prepare(session, window).and_then(|()| {
-                if !link.has_output() {
-                    return Ok(None);
-                }
-                link.lend_sealer()
-                    .map(Some)
-                    .ok_or(crate::proto::Error::Malformed(
-                        "the link's sending side is lent out",
-                    ))
-            });
-            let mut sealer = match prepared {
+            let mut sealer = match link.lend_prepared(session, window) {
                 Ok(Some(sealer)) => sealer,
                 Ok(None) => return Ok(wrote),
                 Err(e) => {
@@ -677,20 +667,9 @@ pub(super) mod tests {
         let mut state = State::new(session, limit, Duration::from_secs(1), None);
         state.rx.extend_from_slice(&vec![0; limit]);
         let shared = Shared::new(state);
-        BETWEEN.with(|b| {
-            *b.borrow_mut() = Some(Box::new(|shared: &Shared, gap| {
-                if gap != Gap::Received {
-                    return;
-                }
-                let mut st = shared.state.lock();
-                let mut out = vec![0u8; 2 * 4096];
-                let mut buf = tokio::io::ReadBuf::new(&mut out);
-                st.read_into(&mut buf);
-                let mut wake = Wake::default();
-                st.take_driver_waker(&mut wake);
-                drop(st);
-                wake.fire();
-            }))
+        meanwhile_at(Gap::Received, |st| {
+            let mut out = vec![0u8; 2 * 4096];
+            st.read_into(&mut tokio::io::ReadBuf::new(&mut out));
         });
         let mut io = Pipe::default();
         let reads = io.reads.clone();
@@ -716,8 +695,8 @@ pub(super) mod tests {
         Shared::new(client)
     }
 
-    /// What the application does in `gap`: writes and wakes the driver, or
-    /// forces a reconnect and wakes the driver.
+    /// What the application does in `gap` (`act`, under the lock), then
+    /// wakes the driver.
     fn meanwhile_at(gap: Gap, act: fn(&mut State)) {
         BETWEEN.with(|b| {
             *b.borrow_mut() = Some(Box::new(move |shared: &Shared, at| {

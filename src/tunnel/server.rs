@@ -373,6 +373,7 @@ impl Server {
         config
             .mux
             .validate()
+            .and_then(|()| config.udp.validate())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // Stretch the tokens once, now, so a login costs nothing.
         let keys = Arc::new(parking_lot::RwLock::new(Keys::new(
@@ -474,7 +475,11 @@ impl Server {
         if config.token.is_none() && config.clients.is_empty() {
             return Err(ReloadError::NoToken);
         }
-        config.mux.validate().map_err(ReloadError::Invalid)?;
+        config
+            .mux
+            .validate()
+            .and_then(|()| config.udp.validate())
+            .map_err(ReloadError::Invalid)?;
         // What the listener and its admission were built with at bind (the
         // names are the config file's).
         let (new, was) = (&config.stream, &old.stream);

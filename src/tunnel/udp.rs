@@ -68,6 +68,24 @@ impl Default for UdpConfig {
     }
 }
 
+/// The shortest [`UdpConfig::idle`] accepted.
+pub const MIN_IDLE: Duration = Duration::from_secs(1);
+
+impl UdpConfig {
+    /// Whether the settings can work: an idle time shorter than
+    /// [`MIN_IDLE`] would end every association between a request and its
+    /// reply, and UDP services would stop answering, silently.
+    pub fn validate(&self) -> Result<(), crate::stream::ConfigError> {
+        if self.idle < MIN_IDLE {
+            return Err(crate::stream::ConfigError(format!(
+                "udp_idle must be at least 1s (it is how long a UDP visitor may be silent), not {:?}",
+                self.idle
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A service's associations: by visitor, by id, and in order of last use.
 /// Plain data; the service's task owns it.
 struct Associations<V> {

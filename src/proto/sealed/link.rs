@@ -25,7 +25,7 @@
 //! A [`Link`] knows nothing of sockets: [`Link::handle_input`] takes bytes
 //! from the wire, [`Link::poll_transmit`] gives sealed bytes for it. A driver
 //! that keeps the session under a lock lends each side out instead
-//! (`Link::lend_opener`, `Link::lend_sealer`): under the lock only bytes
+//! (`Link::lend_opener`, `Link::lend_prepared`): under the lock only bytes
 //! are copied (frames laid out from the history, opened bytes taken into
 //! the receive buffer); the cryptography and the system calls happen outside
 //! it.
@@ -184,12 +184,22 @@ impl Link {
             .ok_or(Error::Malformed("the link's receiving side is lent out"))
     }
 
-    /// Lends the sending side out (`None` if it already is): the driver
-    /// seals what [`Link::prepare`] laid out and hands it to the transport
-    /// without the session's lock. Until [`Link::restore_sealer`], nothing
-    /// can be sealed here.
-    pub(crate) fn lend_sealer(&mut self) -> Option<Sealer> {
-        self.sealer.take()
+    /// Lays out what `session` has to send, as [`Link::prepare`] does, and
+    /// lends the sending side out with it if anything waits for the
+    /// transport: the driver seals it and hands it over without the
+    /// session's lock. Until [`Link::restore_sealer`], nothing can be sealed
+    /// here. Fails if the sending side is already out.
+    pub(crate) fn lend_prepared(
+        &mut self,
+        session: &mut Session,
+        window: u64,
+    ) -> Result<Option<Sealer>> {
+        self.prepare(session, window)?;
+        Ok(if self.has_output() {
+            self.sealer.take()
+        } else {
+            None
+        })
     }
 
     /// Takes the sending side back.
@@ -558,11 +568,13 @@ mod tests {
         cs.allow(u64::MAX);
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(cs.handle_write(&data), data.len());
-        cl.prepare(&mut cs, 1 << 20).expect("laid out");
+        let mut sealer = cl
+            .lend_prepared(&mut cs, 1 << 20)
+            .expect("laid out")
+            .expect("something to send");
         assert_eq!(cs.sent(), data.len() as u64, "counted as transmitted");
-        let mut sealer = cl.lend_sealer().expect("not lent yet");
         assert!(cl.has_output(), "lent to be written");
-        assert!(cl.lend_sealer().is_none());
+        assert!(cl.lend_prepared(&mut cs, 1 << 20).is_err(), "lent already");
         assert!(
             cl.poll_transmit(&mut cs, 1 << 20).is_err(),
             "nothing sealed while lent"
@@ -570,7 +582,7 @@ mod tests {
         assert!(sealer.pending().is_empty(), "plaintext is never offered");
         sealer.seal().expect("sealed");
         let wire = sealer.pending().to_vec();
-        assert!(!wire.windows(64).any(|w| data.windows(64).next() == Some(w)));
+        assert!(!wire.windows(64).any(|w| w == &data[..64]));
         sealer.transmitted(wire.len());
         cl.restore_sealer(sealer);
         assert!(!cl.has_output());

@@ -912,7 +912,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         e.flow.unacked += len;
         e.flow.frames += 1;
         e.port.deliver(Inbound::Data(payload));
-        self.held += u64::from(len) + FRAME_COST as u64;
+        self.held += cost(len as usize) as u64;
         if self.held > self.config.inbound_budget {
             self.shed();
         }
