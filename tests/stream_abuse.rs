@@ -598,6 +598,8 @@ async fn sealed_handshake_abuse_is_refused_cleanly() {
         .poll_transmit()
         .unwrap()
         .to_vec();
+    let mut hello_then_long_confirm = hello_then_garbage.clone();
+    hello_then_long_confirm.extend_from_slice(&[0xff, 0xff]);
     hello_then_garbage.extend_from_slice(&[0x42; 300]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("compatible v2 hello", {
@@ -613,6 +615,9 @@ async fn sealed_handshake_abuse_is_refused_cleanly() {
         ("forged resume of the live session", forged_resume),
         ("resume of an unknown session", unknown_resume),
         ("garbage for a confirm", hello_then_garbage),
+        // Refused on its two length bytes (before, 64 KiB was reserved and
+        // waited for until the handshake timed out).
+        ("a confirm claiming 64 KiB", hello_then_long_confirm),
         ("idle", vec![]),
     ];
     for (what, bytes) in &cases {
