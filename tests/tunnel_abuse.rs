@@ -4,6 +4,10 @@
 //! the server keeps serving everyone else.
 
 mod common;
+#[path = "common/examples.rs"]
+mod examples;
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -1228,7 +1232,6 @@ async fn visitors_coming_and_going_on_a_link_never_read_are_bounded() {
 /// and one system call per 16 bytes written.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_frames_for_visitors_that_never_read_cost_what_they_carry() {
-    use bytes::Bytes;
     use rejoin::tunnel::frame::INITIAL_WINDOW;
     const VISITORS: usize = 8;
     const BATCH: usize = 64 << 10;
@@ -1250,14 +1253,7 @@ async fn tiny_frames_for_visitors_that_never_read_cost_what_they_carry() {
     let mut most = before;
     let started = std::time::Instant::now();
     for &id in &ids {
-        let mut batch = BytesMut::new();
-        for _ in 0..BATCH {
-            Frame::Data {
-                id,
-                payload: Bytes::from_static(b"x"),
-            }
-            .encode(&mut batch);
-        }
+        let batch = one_byte_frames(id, BATCH);
         for _ in 0..INITIAL_WINDOW as usize / BATCH {
             link.raw(&batch).await;
             most = most.max(common::rss_kib());
@@ -1275,6 +1271,19 @@ async fn tiny_frames_for_visitors_that_never_read_cost_what_they_carry() {
     );
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     drop(visitors);
+}
+
+/// `n` DATA frames of one byte each for stream `id`.
+fn one_byte_frames(id: u32, n: usize) -> BytesMut {
+    let mut batch = BytesMut::new();
+    for _ in 0..n {
+        Frame::Data {
+            id,
+            payload: bytes::Bytes::from_static(b"x"),
+        }
+        .encode(&mut batch);
+    }
+    batch
 }
 
 /// A visitor (no token needed) floods a published UDP port with empty
@@ -1325,4 +1334,220 @@ async fn empty_datagrams_to_a_link_that_takes_nothing_cost_little() {
     assert!(dropped > 0, "the queue's bound never applied");
     assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
     drop(link);
+}
+
+/// The server's end of a link, driven by hand against the real `rejoin
+/// client`: a hostile server (it holds the token, as a compromised or
+/// impersonated one would without a pinned key). Frames the client sends
+/// arrive on `frames`; PINGs are answered.
+struct HostileServer {
+    write: stream::WriteHalf,
+    frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+    answers: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+}
+
+impl HostileServer {
+    /// Accepts the client's link on `listener` and logs it in.
+    async fn accept(listener: &stream::Listener) -> HostileServer {
+        let link = timeout(LIMIT, listener.accept())
+            .await
+            .expect("the client in time")
+            .expect("a link");
+        let binding = link.handle().binding();
+        let (mut read, write) = link.into_split();
+        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        let (answer, answers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut input = BytesMut::new();
+            loop {
+                while let Ok(Some(f)) = Frame::decode(&mut input) {
+                    let f = match f {
+                        Frame::Ping { nonce } => {
+                            let _ = answer.send(Frame::Pong { nonce });
+                            continue;
+                        }
+                        f => f,
+                    };
+                    if tx.send(f).is_err() {
+                        return;
+                    }
+                }
+                match read.read_buf(&mut input).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let mut server = HostileServer {
+            write,
+            frames,
+            answers,
+        };
+        let Some(Frame::Hello { name, nonce, .. }) = server.next().await else {
+            panic!("a hello");
+        };
+        let server_nonce = [9u8; 32];
+        server
+            .send(Frame::Challenge {
+                nonce: server_nonce,
+            })
+            .await;
+        let Some(Frame::Login { .. }) = server.next().await else {
+            panic!("a login");
+        };
+        let t = Transcript {
+            binding: &binding,
+            server_nonce: &server_nonce,
+            client_nonce: &nonce,
+            name: &name,
+        };
+        server
+            .send(Frame::Welcome {
+                proof: token().key().server_proof(&t),
+            })
+            .await;
+        server
+    }
+
+    async fn next(&mut self) -> Option<Frame> {
+        timeout(LIMIT, self.frames.recv()).await.expect("in time")
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.raw(&out).await;
+    }
+
+    async fn raw(&mut self, bytes: &[u8]) {
+        while let Ok(pong) = self.answers.try_recv() {
+            let mut out = BytesMut::new();
+            pong.encode(&mut out);
+            self.write.write_all(&out).await.unwrap();
+        }
+        self.write.write_all(bytes).await.unwrap();
+        self.write.flush().await.unwrap();
+    }
+}
+
+/// A local service whose accept queue is full, so that connections to it
+/// wait (their SYNs are dropped): the client holds what arrives for them.
+/// Returns its address and what keeps it so.
+fn unaccepting_service() -> (String, Vec<std::net::TcpStream>, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    listener.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // A backlog of 1 queues 2; a third waits, and so does everything after.
+    let queued = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    (addr.to_string(), queued, listener)
+}
+
+/// A hostile server opens 64 streams to a client's service that never
+/// accepts them (they stay connecting, up to the client's 10 s connect
+/// timeout), and sends each 128 KiB of one-byte DATA frames: 8 million
+/// frames. The real client binary, with `inbound_budget = "4MiB"`, counts
+/// each frame it holds at its payload plus 64 bytes, so it resets the
+/// streams holding the most after about 64,000 frames held, and lets go of
+/// what a reset stream held at once, not when its connect ends: its memory
+/// stays small, and it still answers on the link. (Counted at one byte
+/// each, the frames fitted the budget: 8 million held. Let go only when
+/// the connect ended, the reset streams' frames stayed: about 4 million.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_frames_from_a_hostile_server_cost_the_client_what_they_carry() {
+    use procs::Proc;
+    const VISITORS: u32 = 64;
+    const BATCH: usize = 64 << 10;
+    const PER_VISITOR: usize = 128 << 10;
+    let (stuck, _queued, _listening) = unaccepting_service();
+    let listener =
+        stream::Listener::bind("127.0.0.1:0", stream::Config::sealed(token().key().psk()))
+            .await
+            .unwrap();
+    let dir = std::env::temp_dir().join(format!("rejoin-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\ntoken = \"{}\"\nname = \"victim\"\ninbound_budget = \"4MiB\"\n",
+            listener.local_addr().unwrap(),
+            token().expose()
+        ),
+    )
+    .unwrap();
+    let client = Proc::start(
+        &[
+            "client",
+            "--config",
+            config.to_str().unwrap(),
+            "--tcp",
+            &stuck,
+            "--log",
+            "info",
+        ],
+        None,
+    );
+    let pid = client.child.0.id().to_string();
+    let mut server = HostileServer::accept(&listener).await;
+    let Some(Frame::Publish { index, .. }) = server.next().await else {
+        panic!("a publish");
+    };
+    server
+        .send(Frame::Published {
+            index,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        })
+        .await;
+    // Settled: the client published and idles.
+    assert!(client.await_stderr("published"), "{}", client.stderr());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = common::rss_kib_of(&pid);
+    let mut most = before;
+    let started = std::time::Instant::now();
+    for k in 0..VISITORS {
+        let id = 2 + 2 * k;
+        server
+            .send(Frame::Open {
+                id,
+                index,
+                visitor: "127.0.0.1:4242".parse().unwrap(),
+            })
+            .await;
+        let batch = one_byte_frames(id, BATCH);
+        for _ in 0..PER_VISITOR / BATCH {
+            server.raw(&batch).await;
+            most = most.max(common::rss_kib_of(&pid));
+        }
+    }
+    // In order: once the PONG comes, the client has taken every frame.
+    server.send(Frame::Ping { nonce: 77 }).await;
+    let mut resets = 0;
+    loop {
+        match server.next().await {
+            Some(Frame::Pong { nonce: 77 }) => break,
+            Some(Frame::Reset { .. }) => resets += 1,
+            Some(_) => {}
+            None => panic!("the client ended the link: {}", client.stderr()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    most = most.max(common::rss_kib_of(&pid));
+    let grown = most.saturating_sub(before);
+    println!(
+        "{} MiB in 1-byte frames from a hostile server to {VISITORS} streams whose service never accepts ({:.1} s): \
+         the client reset {resets}; its RSS grew by {grown} KiB at most",
+        (VISITORS as usize * PER_VISITOR) >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(resets >= 1, "the budget reset no stream");
+    assert!(grown < 48 * 1024, "the client's RSS grew by {grown} KiB");
+    client.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -75,7 +75,13 @@ pub fn digest_of(seed: u64, len: u64) -> [u8; 32] {
 }
 /// This process's resident memory, in KiB (0 where /proc is missing).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kib_of("self")
+}
+
+/// The resident memory of process `pid` ("self" for this one), in KiB; 0 if
+/// it cannot be read.
+pub fn rss_kib_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -67,6 +67,9 @@ const STARVED_WAKE: usize = 16;
 pub(crate) trait Port {
     /// Hands the stream's user what arrived.
     fn deliver(&self, inbound: Inbound);
+    /// Drops what was delivered and not taken yet: the stream is aborted
+    /// here, and nobody will want it.
+    fn discard(&self);
     /// Credit arrived, or the stream is gone: wakes a sender waiting.
     fn wake_sender(&self);
 }
@@ -926,6 +929,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             .get(&id)
             .is_some_and(|e| e.flow.fin_sent && e.flow.fin_received);
         if let Some(port) = self.remove(id) {
+            // Let go at once, whenever its user looks next.
+            port.discard();
             port.deliver(Inbound::Reset);
             port.wake_sender();
             // A stream finished both ways is the peer's to forget already.
@@ -1083,6 +1088,9 @@ mod tests {
                 Inbound::Reset => "reset".into(),
             };
             self.0.borrow_mut().push(s);
+        }
+        fn discard(&self) {
+            self.0.borrow_mut().push("discard".into());
         }
         fn wake_sender(&self) {
             self.0.borrow_mut().push("wake".into());
@@ -1249,9 +1257,10 @@ mod tests {
             c.handle_frame(data(2, MAX_DATA)).expect("within window");
         }
         assert!(rec.take().iter().all(|s| s.starts_with("data")));
-        // One byte more overruns: the stream is reset on both sides.
+        // One byte more overruns: the stream is reset on both sides, and
+        // what it held is let go.
         c.handle_frame(data(2, 1)).expect("a stream matter");
-        assert_eq!(rec.take(), ["reset", "wake"]);
+        assert_eq!(rec.take(), ["discard", "reset", "wake"]);
         assert!(matches!(drain(&mut c)[..], [Frame::Reset { id: 2 }]));
         assert!(!c.is_ended());
         assert_eq!((c.held, c.window_extra), (0, 0));
@@ -1463,7 +1472,7 @@ mod tests {
         let (mut c, rec, _serial) = with_peer_stream(MuxConfig::default());
         c.handle_frame(Frame::Fin { id: 2 }).expect("fin");
         c.handle_frame(data(2, 10)).expect("a stream matter");
-        assert_eq!(rec.take(), ["fin", "reset", "wake"]);
+        assert_eq!(rec.take(), ["fin", "discard", "reset", "wake"]);
     }
 
     #[test]

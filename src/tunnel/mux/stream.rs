@@ -1,29 +1,91 @@
 //! What the users of a mux hold: a tunnel stream, the signal that it may
 //! send, and the receiving end of associations' datagrams.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
 use super::Shared;
 use super::core::{DatagramPort, Port};
 use super::types::{Inbound, SendError};
 
-/// Where the mux puts a stream's arrivals: a channel (bounded in bytes by
-/// the stream's window) and the signal a sender waiting for credit awaits.
+/// A stream's arrivals, from the mux to the stream's user: a queue
+/// (bounded in bytes by the stream's window and the link's inbound budget)
+/// that the mux can also empty, so that what a stream it aborts held is let
+/// go at once, not when its user next looks (a user still connecting to its
+/// service may not for seconds).
+#[derive(Default)]
+pub(crate) struct Arrivals {
+    queue: Mutex<ArrivalQueue>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct ArrivalQueue {
+    items: VecDeque<Inbound>,
+    /// The mux let go of the stream: nothing more will come.
+    closed: bool,
+}
+
+impl Arrivals {
+    fn push(&self, inbound: Inbound) {
+        self.queue.lock().items.push_back(inbound);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.queue.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next arrival; `Err(true)` if none will come any more.
+    fn try_pop(&self) -> Result<Inbound, bool> {
+        let mut queue = self.queue.lock();
+        queue.items.pop_front().ok_or(queue.closed)
+    }
+
+    /// The next arrival, waiting for it; `None` once none will come.
+    async fn pop(&self) -> Option<Inbound> {
+        // Each pass takes an arrival or waits for the next push or close
+        // (a notification given before the wait began is kept).
+        loop {
+            match self.try_pop() {
+                Ok(inbound) => return Some(inbound),
+                Err(true) => return None,
+                Err(false) => self.ready.notified().await,
+            }
+        }
+    }
+}
+
+/// Where the mux puts a stream's arrivals, and the signal a sender waiting
+/// for credit awaits.
 pub(crate) struct StreamPort {
-    inbound: mpsc::UnboundedSender<Inbound>,
+    arrivals: Arc<Arrivals>,
     credit: Arc<Notify>,
 }
 
 impl Port for StreamPort {
     fn deliver(&self, inbound: Inbound) {
-        let _ = self.inbound.send(inbound);
+        self.arrivals.push(inbound);
+    }
+
+    fn discard(&self) {
+        // Dropped after the lock is let go.
+        let _dropped = std::mem::take(&mut self.arrivals.queue.lock().items);
     }
 
     fn wake_sender(&self) {
         self.credit.notify_one();
+    }
+}
+
+impl Drop for StreamPort {
+    fn drop(&mut self) {
+        self.arrivals.close();
     }
 }
 
@@ -86,7 +148,7 @@ pub struct MuxStream {
     id: u32,
     /// Tells this stream from a later one under the same id.
     serial: u64,
-    inbound: mpsc::UnboundedReceiver<Inbound>,
+    inbound: Arc<Arrivals>,
     credit: Arc<Notify>,
     mux: Arc<Shared>,
     fin_sent: bool,
@@ -106,20 +168,20 @@ impl std::fmt::Debug for MuxStream {
 impl MuxStream {
     /// A stream to be registered under `id`: the port goes to the core, the
     /// rest (once the core has given the serial) to [`MuxStream::new`].
-    pub(super) fn port() -> (StreamPort, mpsc::UnboundedReceiver<Inbound>, Arc<Notify>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(super) fn port() -> (StreamPort, Arc<Arrivals>, Arc<Notify>) {
+        let arrivals = Arc::new(Arrivals::default());
         let credit = Arc::new(Notify::new());
         let port = StreamPort {
-            inbound: tx,
+            arrivals: arrivals.clone(),
             credit: credit.clone(),
         };
-        (port, rx, credit)
+        (port, arrivals, credit)
     }
 
     pub(super) fn new(
         id: u32,
         serial: u64,
-        inbound: mpsc::UnboundedReceiver<Inbound>,
+        inbound: Arc<Arrivals>,
         credit: Arc<Notify>,
         mux: Arc<Shared>,
     ) -> MuxStream {
@@ -186,7 +248,7 @@ impl MuxStream {
     /// The next thing the peer sent. After the peer's FIN only a reset can
     /// come; once the mux has forgotten a finished stream, nothing comes.
     pub async fn recv(&mut self) -> Inbound {
-        let inbound = match self.inbound.recv().await {
+        let inbound = match self.inbound.pop().await {
             Some(inbound) => inbound,
             None if self.fin_received => std::future::pending().await,
             None => Inbound::Reset,
@@ -197,11 +259,11 @@ impl MuxStream {
 
     /// What the peer sent that is here already, without waiting.
     pub fn try_recv(&mut self) -> Option<Inbound> {
-        let inbound = match self.inbound.try_recv() {
+        let inbound = match self.inbound.try_pop() {
             Ok(inbound) => inbound,
-            Err(mpsc::error::TryRecvError::Empty) => return None,
-            Err(mpsc::error::TryRecvError::Disconnected) if self.fin_received => return None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Inbound::Reset,
+            Err(false) => return None,
+            Err(true) if self.fin_received => return None,
+            Err(true) => Inbound::Reset,
         };
         self.note(&inbound);
         Some(inbound)
@@ -274,5 +336,51 @@ impl CreditSignal {
             }
             self.credit.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Inbound {
+        Inbound::Data(Bytes::from(vec![7; n]))
+    }
+
+    #[test]
+    fn a_discard_lets_go_of_what_was_not_taken_at_once() {
+        let (port, arrivals, _credit) = MuxStream::port();
+        let payload = Bytes::from(vec![1u8; 100]);
+        port.deliver(Inbound::Data(payload.clone()));
+        port.deliver(data(5));
+        assert!(!payload.is_unique(), "held in the queue");
+        port.discard();
+        assert!(payload.is_unique(), "let go at once, nobody having looked");
+        port.deliver(Inbound::Reset);
+        assert!(matches!(arrivals.try_pop(), Ok(Inbound::Reset)));
+        assert!(matches!(arrivals.try_pop(), Err(false)), "open, empty");
+        drop(port);
+        assert!(matches!(arrivals.try_pop(), Err(true)), "closed");
+    }
+
+    #[tokio::test]
+    async fn arrivals_come_in_order_and_a_close_ends_the_wait() {
+        let (port, arrivals, _credit) = MuxStream::port();
+        // Delivered before anyone waits: kept, not lost.
+        port.deliver(data(1));
+        port.deliver(Inbound::Fin);
+        assert!(matches!(arrivals.pop().await, Some(Inbound::Data(d)) if d.len() == 1));
+        assert!(matches!(arrivals.pop().await, Some(Inbound::Fin)));
+        let waiter = tokio::spawn({
+            let arrivals = arrivals.clone();
+            async move { arrivals.pop().await.is_none() }
+        });
+        tokio::task::yield_now().await;
+        drop(port);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the close ends the wait")
+            .expect("joined");
+        assert!(ended);
     }
 }
