@@ -75,7 +75,18 @@ fn init_logs(flag: Option<&str>, format: LogFormat, default: &str) {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version: printed, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A flag that cannot work is a config error like a bad config
+        // file's (the units do not restart on it), not clap's usual 2.
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(cmd::EXIT_NO_RETRY);
+        }
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

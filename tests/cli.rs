@@ -261,6 +261,32 @@ fn tunnel_errors_are_clear() {
         "{err}"
     );
 
+    // A flag value that cannot be parsed is a config error too (78, which
+    // the units do not restart on; clap's own status would be 2), and so
+    // is --show-key with no key to show.
+    for args in [
+        &["server", "--listen", "nonsense", "--token", "t"][..],
+        &[
+            "client",
+            "--server",
+            "127.0.0.1:1",
+            "--token",
+            "t",
+            "--give-up-after",
+            "x",
+            "--tcp",
+            "22",
+        ],
+        &["server", "--no-such-flag"],
+        &["server", "--show-key"],
+    ] {
+        let mut run = Proc::start(args, None);
+        assert_eq!(run.exit_code(), Some(78), "{args:?}: {}", run.stderr());
+        assert!(run.stderr().contains("error"), "{args:?}: {}", run.stderr());
+    }
+    let mut help = Proc::start(&["server", "--help"], None);
+    assert_eq!(help.exit_code(), Some(0));
+
     // Missing pieces of the one-line form are named.
     let mut run = Proc::start(&["client", "--server", "127.0.0.1:1", "--token", "t"], None);
     assert_eq!(run.exit_code(), Some(78));

@@ -15,7 +15,7 @@ pub struct Args {
     /// A TOML config file (see examples/server.toml); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where clients connect, HOST:PORT.
+    /// Where clients connect, IP:PORT (an address, not a host name).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// The token clients log in with (also REJOIN_TOKEN).
@@ -115,7 +115,7 @@ fn settings(args: Args, starting: bool) -> anyhow::Result<ServerConfig> {
         None => {
             let listen = args
                 .listen
-                .context("give --listen HOST:PORT (or --config FILE)")?;
+                .context("give --listen IP:PORT (or --config FILE)")?;
             ServerConfig::new(listen, None)
         }
     };
@@ -170,7 +170,11 @@ fn show_key(args: &Args) -> anyhow::Result<()> {
             let base = config.parent().unwrap_or(Path::new("."));
             file.key_file(base, config)
         }
-        (None, None) => anyhow::bail!("--show-key needs --key-file PATH or --config FILE"),
+        (None, None) => {
+            return Err(super::no_retry(anyhow::anyhow!(
+                "--show-key needs --key-file PATH or --config FILE"
+            )));
+        }
     };
     let key = load_or_create_key(&path, true)?;
     say!("{}", hex(key.public()));
