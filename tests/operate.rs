@@ -981,6 +981,13 @@ fn check_validates_configs() {
             "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nudp_idle = \"0s\"\n",
             "udp_idle must be at least 1s",
         ),
+        (
+            // Once passed by the check ("created on first start"), then
+            // refused by the start.
+            "j.toml",
+            "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nkey_file = \"no/such/dir/server.key\"\n",
+            "the key file cannot be created",
+        ),
     ] {
         let path = dir.join(name);
         write(&path, body);

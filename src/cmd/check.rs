@@ -37,6 +37,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     format!("key {}", key_file.display())
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // The start creates it, so its directory must be there.
+                    let dir = match key_file.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d,
+                        _ => std::path::Path::new("."),
+                    };
+                    if !dir.is_dir() {
+                        anyhow::bail!(
+                            "{}: the key file cannot be created: {} is not a directory",
+                            key_file.display(),
+                            dir.display()
+                        );
+                    }
                     format!("key {} (created on first start)", key_file.display())
                 }
                 Err(e) => {

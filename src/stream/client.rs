@@ -72,7 +72,7 @@ async fn handshake<D: Dialer>(dialer: &D, config: &Config) -> Result<First<D::Io
             io::ErrorKind::UnexpectedEof,
             "server closed the connection during the handshake \
              (suites or protocol versions differ, wrong key, a server at its max_sessions, \
-             or not a rejoin/snet server?)",
+             this address throttled after failed logins, or not a rejoin/snet server?)",
         ))
     };
     let stopped = |stop: Stop| match stop {
