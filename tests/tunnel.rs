@@ -513,3 +513,79 @@ async fn a_dead_local_service_resets_the_visitor() {
     let r = timeout(LIMIT, v.read(&mut buf)).await.unwrap();
     assert!(matches!(r, Ok(0) | Err(_)), "closed, not hanging: {r:?}");
 }
+
+/// The keepalive timer of the IPv4 TCP socket from `local` to `remote`, in
+/// seconds to its next expiry, from /proc/net/tcp; `None` if the socket has
+/// no keepalive timer armed (or is not there).
+fn keepalive_timer(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<f64> {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => unreachable!("IPv4 only"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != l || f[2] != r {
+            return None;
+        }
+        // "tr:when": timer 2 is keepalive; when in clock ticks (USER_HZ 100).
+        let (tr, when) = f[5].split_once(':')?;
+        (tr == "02").then(|| u64::from_str_radix(when, 16).ok().map(|t| t as f64 / 100.0))?
+    })
+}
+
+/// Both ends a bridge copies between keep their TCP connection alive: the
+/// visitor's connection at the server and the client's connection to the
+/// local service probe an idle peer (after 60 s of silence), so one that
+/// vanished without a word is found and its stream ended, instead of held
+/// for ever. Read from the kernel's own socket table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridged_connections_keep_alive() {
+    let server = Server::bind(server_config()).await.unwrap();
+    let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service_addr = service.local_addr().unwrap();
+    let mut client = RunningClient::start(client_config(
+        server.local_addr().to_string(),
+        "keepalive",
+        &[(&service_addr.to_string(), 0)],
+    ));
+    let public: std::net::SocketAddr = client.published(1).await[0].parse().unwrap();
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    let (mut served, from_client) = timeout(LIMIT, service.accept()).await.unwrap().unwrap();
+    visitor.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    timeout(LIMIT, served.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let visitor_addr = visitor.local_addr().unwrap();
+    // The server's socket to the visitor, and the client's to the service.
+    for (what, local, remote) in [
+        (
+            "the visitor's connection at the server",
+            public,
+            visitor_addr,
+        ),
+        (
+            "the client's connection to the service",
+            from_client,
+            service_addr,
+        ),
+    ] {
+        let timer = keepalive_timer(local, remote);
+        assert!(
+            timer.is_some_and(|t| t > 30.0 && t <= 61.0),
+            "{what}: keepalive timer {timer:?}"
+        );
+    }
+    // The test's own sockets, which set nothing, have none: the check can
+    // tell.
+    assert_eq!(keepalive_timer(visitor_addr, public), None);
+    drop(visitor);
+    client.stop.stop();
+}

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -95,9 +96,36 @@ impl Pending {
     }
 }
 
+/// TCP keepalive of a visitor's connection (server) and of the connection
+/// to the local service (client): an idle peer that vanished without a
+/// word (a phone gone out of range, a NAT that forgot the connection, a
+/// host switched off) is found after [`KEEPALIVE_IDLE`] of silence and four
+/// unanswered probes [`KEEPALIVE_INTERVAL`] apart, about two minutes, and
+/// its stream ends on both sides, the connection at the other end closed
+/// with it. Without it such a visitor held its stream, and the client a
+/// connection to the service, for ever.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 4;
+
+/// The socket options both ends of a bridge set: no Nagle delay, and
+/// keepalive (see [`KEEPALIVE_IDLE`]).
+fn tune(sock: &TcpStream) {
+    let _ = sock.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
 /// Copies both ways between `sock` and `stream` until both directions have
 /// ended (FIN each way) or either side aborts; `meter` counts the bytes.
 pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter) {
+    tune(&sock);
     let credit_signal = stream.credit_signal();
     let mut pending = Pending::default();
     let mut fin_pending = false;

@@ -879,7 +879,6 @@ impl Client {
                 let local = &service.config.local;
                 match timeout(limit, TcpStream::connect(local)).await {
                     Ok(Ok(sock)) => {
-                        let _ = sock.set_nodelay(true);
                         bridge(sock, stream, Meter::new(&service.traffic, false)).await;
                     }
                     Ok(Err(e)) => {

@@ -1168,7 +1168,6 @@ async fn accept_visitors(
                 continue;
             }
         };
-        let _ = sock.set_nodelay(true);
         match mux.open(index, visitor) {
             Ok(stream) => {
                 let meter = Meter::new(&traffic, true);
