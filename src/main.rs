@@ -41,7 +41,7 @@ enum Command {
     /// Print a fresh random token.
     Token,
     /// Check a server or client config file without running it (exit 0 if
-    /// valid, 1 with the reason if not).
+    /// valid, 1 with the reason if not; 78 for a flag it does not take).
     Check(cmd::check::Args),
     /// Show what a running server or client reports on its admin endpoint.
     Status(cmd::status::Args),

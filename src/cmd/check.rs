@@ -44,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     };
                     if !dir.is_dir() {
                         anyhow::bail!(
-                            "{}: the key file cannot be created: {} is not a directory",
+                            "{}: the key file cannot be created: {} does not exist or is not a directory",
                             key_file.display(),
                             dir.display()
                         );

@@ -67,9 +67,10 @@ const STARVED_WAKE: usize = 16;
 pub(crate) trait Port {
     /// Hands the stream's user what arrived.
     fn deliver(&self, inbound: Inbound);
-    /// Drops what was delivered and not taken yet: the stream is aborted
-    /// here, and nobody will want it.
-    fn discard(&self);
+    /// Takes what was delivered and not taken yet: the stream is reset, and
+    /// its user will not want it. Returned for the caller to drop once the
+    /// core's lock is let go (a queue of a million frames takes a while).
+    fn discard(&self) -> VecDeque<Inbound>;
     /// Credit arrived, or the stream is gone: wakes a sender waiting.
     fn wake_sender(&self);
 }
@@ -168,6 +169,9 @@ pub(crate) struct Core<P, A> {
     /// Bytes received and not yet written out by their users, and the
     /// frames that brought them not yet taken ([`Flow::held`]), all streams.
     held: u64,
+    /// What reset streams held and their users had not taken, to be
+    /// dropped outside the core's lock ([`Core::take_discarded`]).
+    discarded: Vec<VecDeque<Inbound>>,
     /// Streams with a WINDOW due, in the order they became due.
     grants: VecDeque<u32>,
     /// Session frames, first among what goes out after PING and PONG.
@@ -237,6 +241,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             next_serial: 0,
             window_extra: 0,
             held: 0,
+            discarded: Vec::new(),
             grants: VecDeque::new(),
             session: VecDeque::new(),
             data: VecDeque::new(),
@@ -743,8 +748,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             }
             Frame::Reset { id } => {
                 if let Some(port) = self.remove(id) {
-                    port.deliver(Inbound::Reset);
-                    port.wake_sender();
+                    self.tell_reset(&port);
                 }
             }
             Frame::Open { id, index, visitor } => {
@@ -798,8 +802,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             .get(&id)
             .is_some_and(|e| e.flow.fin_sent && e.flow.fin_received);
         if finished && let Some(port) = self.remove(id) {
-            port.deliver(Inbound::Reset);
-            port.wake_sender();
+            self.tell_reset(&port);
         }
     }
 
@@ -921,6 +924,25 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
     }
 
+    /// Tells the user of a stream just removed that it is reset, and takes
+    /// what it held and had not taken: let go now, not whenever its user
+    /// looks next (one still connecting to its service may not for
+    /// seconds), and counted nowhere once the stream is gone.
+    fn tell_reset(&mut self, port: &P) {
+        let held = port.discard();
+        if !held.is_empty() {
+            self.discarded.push(held);
+        }
+        port.deliver(Inbound::Reset);
+        port.wake_sender();
+    }
+
+    /// What reset streams held, for the caller to drop once it has let go
+    /// of the core's lock.
+    pub(crate) fn take_discarded(&mut self) -> Vec<VecDeque<Inbound>> {
+        std::mem::take(&mut self.discarded)
+    }
+
     /// Resets stream `id` on both sides (the peer broke its rules, or the
     /// session's inbound budget needs its bytes).
     fn abort(&mut self, id: u32) {
@@ -929,10 +951,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             .get(&id)
             .is_some_and(|e| e.flow.fin_sent && e.flow.fin_received);
         if let Some(port) = self.remove(id) {
-            // Let go at once, whenever its user looks next.
-            port.discard();
-            port.deliver(Inbound::Reset);
-            port.wake_sender();
+            self.tell_reset(&port);
             // A stream finished both ways is the peer's to forget already.
             if !finished {
                 self.refuse(Frame::Reset { id });
@@ -1089,8 +1108,9 @@ mod tests {
             };
             self.0.borrow_mut().push(s);
         }
-        fn discard(&self) {
+        fn discard(&self) -> VecDeque<Inbound> {
             self.0.borrow_mut().push("discard".into());
+            VecDeque::new()
         }
         fn wake_sender(&self) {
             self.0.borrow_mut().push("wake".into());
@@ -1845,7 +1865,7 @@ mod tests {
             }),
             Ok(Some(Arrival::Open { id: 2, .. }))
         ));
-        assert_eq!(rec.take(), ["reset", "wake"]);
+        assert_eq!(rec.take(), ["discard", "reset", "wake"]);
         assert_eq!(c.held, 0);
         assert!(drain(&mut c).is_empty(), "nothing owed to the peer");
     }

@@ -200,7 +200,7 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
     let mut wrote = false;
     loop {
         let unsent_limit = write.unsent_limit();
-        let (can_read, deadline, ended, stop) = {
+        let (can_read, deadline, ended, stop, discarded) = {
             let mut core = shared.core.lock();
             core.follow_link(unsent_limit);
             if let Some(at) = received.take() {
@@ -224,8 +224,17 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
                 }
             }
             let can_read = drained && held.is_none() && core.wants_read();
-            (can_read, core.poll_timeout(), core.is_ended(), stop)
+            let discarded = core.take_discarded();
+            (
+                can_read,
+                core.poll_timeout(),
+                core.is_ended(),
+                stop,
+                discarded,
+            )
         };
+        // What reset streams held goes here, not under the core's lock.
+        drop(discarded);
         if let Some((end, goodbye)) = stop {
             shared.finish(end, goodbye);
             continue;

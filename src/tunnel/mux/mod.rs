@@ -111,6 +111,8 @@ impl Shared {
         };
         self.end.send_replace(Some(end));
         for port in ports {
+            // (Outside the core's lock: what it held is dropped here.)
+            drop(port.discard());
             port.deliver(Inbound::Reset);
             port.wake_sender();
         }

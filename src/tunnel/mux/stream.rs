@@ -23,6 +23,9 @@ pub(crate) struct Arrivals {
     ready: Notify,
 }
 
+/// Room for arrivals an empty queue keeps.
+const SHRINK_ABOVE: usize = 64;
+
 #[derive(Default)]
 struct ArrivalQueue {
     items: VecDeque<Inbound>,
@@ -44,7 +47,13 @@ impl Arrivals {
     /// The next arrival; `Err(true)` if none will come any more.
     fn try_pop(&self) -> Result<Inbound, bool> {
         let mut queue = self.queue.lock();
-        queue.items.pop_front().ok_or(queue.closed)
+        let next = queue.items.pop_front().ok_or(queue.closed);
+        if queue.items.is_empty() && queue.items.capacity() > SHRINK_ABOVE {
+            // A queue that once held a flood of tiny frames keeps no room
+            // for them once drained.
+            queue.items = VecDeque::new();
+        }
+        next
     }
 
     /// The next arrival, waiting for it; `None` once none will come.
@@ -73,9 +82,8 @@ impl Port for StreamPort {
         self.arrivals.push(inbound);
     }
 
-    fn discard(&self) {
-        // Dropped after the lock is let go.
-        let _dropped = std::mem::take(&mut self.arrivals.queue.lock().items);
+    fn discard(&self) -> VecDeque<Inbound> {
+        std::mem::take(&mut self.arrivals.queue.lock().items)
     }
 
     fn wake_sender(&self) {
@@ -247,6 +255,9 @@ impl MuxStream {
 
     /// The next thing the peer sent. After the peer's FIN only a reset can
     /// come; once the mux has forgotten a finished stream, nothing comes.
+    /// A reset (the peer's, or the mux's own when the peer broke the
+    /// stream's rules or the link's inbound budget needed its bytes) drops
+    /// what arrived before it and was not taken yet, as a TCP reset does.
     pub async fn recv(&mut self) -> Inbound {
         let inbound = match self.inbound.pop().await {
             Some(inbound) => inbound,
@@ -354,13 +365,25 @@ mod tests {
         port.deliver(Inbound::Data(payload.clone()));
         port.deliver(data(5));
         assert!(!payload.is_unique(), "held in the queue");
-        port.discard();
-        assert!(payload.is_unique(), "let go at once, nobody having looked");
+        let taken = port.discard();
+        assert_eq!(taken.len(), 2, "handed to the caller to drop");
+        drop(taken);
+        assert!(payload.is_unique(), "let go, nobody having looked");
         port.deliver(Inbound::Reset);
         assert!(matches!(arrivals.try_pop(), Ok(Inbound::Reset)));
         assert!(matches!(arrivals.try_pop(), Err(false)), "open, empty");
         drop(port);
         assert!(matches!(arrivals.try_pop(), Err(true)), "closed");
+    }
+
+    #[test]
+    fn a_drained_queue_keeps_no_room_for_a_flood() {
+        let (port, arrivals, _credit) = MuxStream::port();
+        for _ in 0..100_000 {
+            port.deliver(data(1));
+        }
+        while arrivals.try_pop().is_ok() {}
+        assert!(arrivals.queue.lock().items.capacity() <= SHRINK_ABOVE);
     }
 
     #[tokio::test]
