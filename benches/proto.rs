@@ -177,7 +177,56 @@ fn sealed_handshake(c: &mut Criterion) {
             })
         });
     }
+    // A resume of a live session: what each reconnect costs (the resume
+    // secret proved, counts carried, fresh keys; NNpsk0 or, pinned, IKpsk1).
+    for (name, pinned) in [("resume, NNpsk0", false), ("resume, pinned IKpsk1", true)] {
+        let pin = pinned.then(|| *key.public());
+        let (client_session, server_session) = established_pair(&psk, &key, pin.as_ref());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut client =
+                    ClientExchange::resume(&client_session, pin.as_ref()).expect("client");
+                let mut server = ServerExchange::new(Some(key.clone()));
+                let mut wire = BytesMut::from(&client.poll_transmit().expect("hello")[..]);
+                server.handle_input(&mut wire).expect("hello in");
+                server.accept_resume(&server_session).expect("accept");
+                let mut wire = BytesMut::from(&server.poll_transmit().expect("welcome")[..]);
+                client.handle_input(&mut wire).expect("welcome in");
+                let mut wire = BytesMut::from(&client.poll_transmit().expect("confirm")[..]);
+                server.handle_input(&mut wire).expect("confirm in");
+                black_box(server.poll_outcome().expect("resumed"));
+            })
+        });
+    }
     group.finish();
+}
+
+/// A client's and a server's session after a whole new-session handshake.
+fn established_pair(
+    psk: &rejoin::proto::sealed::Psk,
+    key: &rejoin::proto::sealed::StaticKey,
+    pin: Option<&[u8; 32]>,
+) -> (rejoin::proto::Session, rejoin::proto::Session) {
+    use rejoin::proto::sealed::{ClientExchange, ClientOutcome, ServerExchange, ServerOutcome};
+    let mut client =
+        ClientExchange::new_session(Params::default(), psk, b"bench", pin).expect("client");
+    let mut server = ServerExchange::new(Some(key.clone()));
+    let mut wire = BytesMut::from(&client.poll_transmit().expect("hello")[..]);
+    server.handle_input(&mut wire).expect("hello in");
+    server
+        .accept_new(psk, 1, Params::default(), &mut StdRng::seed_from_u64(3))
+        .expect("accept");
+    let mut wire = BytesMut::from(&server.poll_transmit().expect("welcome")[..]);
+    client.handle_input(&mut wire).expect("welcome in");
+    let mut wire = BytesMut::from(&client.poll_transmit().expect("confirm")[..]);
+    server.handle_input(&mut wire).expect("confirm in");
+    let Some(Ok(ClientOutcome::Established(c))) = client.poll_outcome() else {
+        panic!("client established");
+    };
+    let Some(ServerOutcome::Established(s)) = server.poll_outcome() else {
+        panic!("server established");
+    };
+    (c.session, s.session)
 }
 
 /// Sealing and opening 64 KiB of stream bytes in frames, through a session.
