@@ -391,6 +391,34 @@ fn an_admin_token_is_required_when_set() {
     );
 }
 
+/// A bad admin setting stops the start before the tunnel is bound or
+/// anything is printed (before, the server printed `listening on` and its
+/// key, then exited).
+#[test]
+fn a_bad_admin_token_stops_the_start_before_anything_is_printed() {
+    let mut server = Proc::start(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--admin",
+            "0",
+            "--admin-token",
+            "   ",
+        ],
+        None,
+    );
+    assert_eq!(server.exit_code(), Some(78));
+    assert!(
+        server.stderr().contains("the admin token is empty"),
+        "{}",
+        server.stderr()
+    );
+    assert_eq!(server.printed(), Vec::<String>::new());
+}
+
 /// A second client with a name a live client holds is refused and exits
 /// non-zero; the first keeps serving. A client whose process died is
 /// replaced at once, and the new one gets the old public port back.

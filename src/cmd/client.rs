@@ -125,6 +125,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(warning) = super::config::placeholder_warning([&config.token]) {
         tracing::warn!("{warning}");
     }
+    let admin_plan = super::admin_plan(
+        args.admin.as_deref(),
+        args.admin_token.clone(),
+        admin.clone(),
+    )?;
     let (client, mut events) = Client::new(config.clone());
     let handle = client.handle();
     tokio::spawn(async move {
@@ -161,13 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
-    super::start_admin(
-        args.admin.as_deref(),
-        args.admin_token.clone(),
-        admin.clone(),
-        super::admin::Source::Client(handle.clone()),
-    )
-    .await?;
+    super::start_admin(admin_plan, super::admin::Source::Client(handle.clone())).await?;
     let running = client.run();
     tokio::pin!(running);
     loop {

@@ -292,15 +292,21 @@ pub fn token_from_file(
     Ok(())
 }
 
-/// Starts the admin endpoint if asked for, and prints where it is.
-pub async fn start_admin(
+/// The admin endpoint asked for, checked: where it listens, and its token.
+pub struct AdminPlan {
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+}
+
+/// Checks the admin endpoint's settings (the flag wins over the file), so
+/// that a bad one stops the start before anything is bound or printed.
+pub fn admin_plan(
     flag: Option<&str>,
     token: Option<String>,
     file: config::AdminFile,
-    source: admin::Source,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<AdminPlan>> {
     let Some(addr) = flag.map(str::to_string).or(file.addr) else {
-        return Ok(());
+        return Ok(None);
     };
     // A bad address stays bad however often the process starts again; a
     // port in use may come free.
@@ -312,6 +318,14 @@ pub async fn start_admin(
             return Err(no_retry(anyhow::anyhow!("the admin token is empty")));
         }
         t => t.map(|t| t.trim().to_string()),
+    };
+    Ok(Some(AdminPlan { addr, token }))
+}
+
+/// Starts the admin endpoint if asked for, and prints where it is.
+pub async fn start_admin(plan: Option<AdminPlan>, source: admin::Source) -> anyhow::Result<()> {
+    let Some(AdminPlan { addr, token }) = plan else {
+        return Ok(());
     };
     let bound = admin::start(addr, token, source).await?;
     say!("admin at http://{bound}");

@@ -211,6 +211,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     {
         tracing::warn!("{warning}");
     }
+    let admin_plan = super::admin_plan(
+        args.admin.as_deref(),
+        args.admin_token.clone(),
+        admin.clone(),
+    )?;
     let server = Server::bind(config.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -224,13 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         say!("server key {}{lasting}", hex(key.public()));
     }
-    super::start_admin(
-        args.admin.as_deref(),
-        args.admin_token.clone(),
-        admin.clone(),
-        super::admin::Source::Server(server.clone()),
-    )
-    .await?;
+    super::start_admin(admin_plan, super::admin::Source::Server(server.clone())).await?;
     loop {
         match signals.next().await {
             super::Signal::Stop => break,

@@ -71,6 +71,16 @@ impl Proc {
             .expect("a line in time")
     }
 
+    /// Every stdout line not yet taken, up to the end of stdout (call once
+    /// the process has exited; at most 10 s a line).
+    pub fn printed(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            lines.push(line);
+        }
+        lines
+    }
+
     pub fn terminate(&self) {
         self.signal("-TERM");
     }
