@@ -23,7 +23,7 @@ pub struct Args {
     /// The admin endpoint of a running `rejoin server` or `rejoin client`
     /// (its `--admin`): a URL like http://127.0.0.1:7070, HOST:PORT, or a
     /// port on 127.0.0.1.
-    #[arg(long, env = "REJOIN_ADMIN", default_value = DEFAULT_ADMIN)]
+    #[arg(long, env = "REJOIN_ADMIN", hide_env_values = true, default_value = DEFAULT_ADMIN)]
     admin: String,
     /// The admin endpoint's token, if it has one.
     #[arg(long, env = "REJOIN_ADMIN_TOKEN", hide_env_values = true)]
