@@ -110,9 +110,24 @@ impl RawLink {
 
     /// Publishes a TCP service as service 0; returns its public address.
     async fn publish_tcp(&mut self, name: &str) -> SocketAddr {
+        self.publish(rejoin::tunnel::frame::ServiceKind::Tcp, name)
+            .await
+    }
+
+    /// Publishes a UDP service as service 0; returns its public address.
+    async fn publish_udp(&mut self, name: &str) -> SocketAddr {
+        self.publish(rejoin::tunnel::frame::ServiceKind::Udp, name)
+            .await
+    }
+
+    async fn publish(
+        &mut self,
+        kind: rejoin::tunnel::frame::ServiceKind,
+        name: &str,
+    ) -> SocketAddr {
         self.send(Frame::Publish {
             index: 0,
-            kind: rejoin::tunnel::frame::ServiceKind::Tcp,
+            kind,
             port: 0,
             name: name.into(),
         })
@@ -1295,16 +1310,7 @@ fn one_byte_frames(id: u32, n: usize) -> BytesMut {
 async fn empty_datagrams_to_a_link_that_takes_nothing_cost_little() {
     let server = Server::bind(server_config()).await.unwrap();
     let mut link = RawLink::login(server.local_addr(), "udp-sink").await;
-    link.send(Frame::Publish {
-        index: 0,
-        kind: rejoin::tunnel::frame::ServiceKind::Udp,
-        port: 0,
-        name: "dns".into(),
-    })
-    .await;
-    let Some(Frame::Published { addr, .. }) = link.recv_not_ping().await else {
-        panic!("published");
-    };
+    let addr = link.publish_udp("dns").await;
     // From here on the link is never read.
     let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     visitor.connect(addr).await.unwrap();
@@ -1333,6 +1339,70 @@ async fn empty_datagrams_to_a_link_that_takes_nothing_cost_little() {
     // (Without the cost: 0 dropped, RSS +42.7 MiB in the 3 s, growing.)
     assert!(dropped > 0, "the queue's bound never applied");
     assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
+    drop(link);
+}
+
+/// One host (127.0.0.2) floods a published UDP port while the client's link
+/// takes nothing, so the server's UDP queue for the link fills; a visitor
+/// from another host (127.0.0.1) then sends 50 datagrams. One host's
+/// datagrams take at most half the queue, so all 50 wait their turn and
+/// arrive once the link is read. (Before, the flood filled the whole queue:
+/// 7 of the 50 arrived, those that found a place as it moved.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_flooding_a_udp_port_leaves_room_for_other_visitors() {
+    let mut config = server_config();
+    // The link is not read for a while: no timer may end it meanwhile.
+    config.stream.idle_timeout = None;
+    config.mux.ping_interval = Duration::from_secs(30);
+    config.mux.ping_timeout = Duration::from_secs(60);
+    let server = Server::bind(config).await.unwrap();
+    let mut link = RawLink::login(server.local_addr(), "udp-shared").await;
+    let addr = link.publish_udp("game").await;
+    // From here until the end the link is not read.
+    let flooder = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    flooder.connect(addr).await.unwrap();
+    let junk = [0u8; 1000];
+    for _ in 0..20_000 {
+        let _ = flooder.send(&junk).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let flood_dropped = server.clients().await[0].services[0].stats.udp_dropped;
+    let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor.connect(addr).await.unwrap();
+    for i in 0..50u32 {
+        visitor.send(format!("legit {i}").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Now read everything the link carries.
+    let mut legit_ids = Vec::new();
+    let mut legit = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let next = timeout(Duration::from_secs(1), link.recv()).await;
+        match next {
+            Ok(Some(Frame::Associate {
+                id, visitor: from, ..
+            })) => {
+                if from == visitor.local_addr().unwrap() {
+                    legit_ids.push(id);
+                }
+            }
+            Ok(Some(Frame::Datagram { id, payload })) => {
+                if legit_ids.contains(&id) && payload.starts_with(b"legit ") {
+                    legit += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the server ended the link"),
+            Err(_) => break,
+        }
+    }
+    println!(
+        "20,000 datagrams of 1,000 bytes from one host ({flood_dropped} dropped), then 50 from another: {legit} of the 50 arrived"
+    );
+    assert!(flood_dropped > 0, "the flood never filled the queue");
+    assert_eq!(legit, 50);
     drop(link);
 }
 

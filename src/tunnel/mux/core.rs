@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::types::{End, Inbound, MuxConfig, SendError, Side, StreamError, UdpDrop, UdpStats};
+use crate::stream::admission::Source;
 use crate::tunnel::frame::{Frame, INITIAL_WINDOW, MAX_CREDIT, MAX_DATA, MAX_DATAGRAM, MAX_STREAM};
 
 /// Most frames queued in answer to the peer (refusals, session replies)
@@ -156,6 +157,14 @@ struct Entry<P> {
     port: P,
 }
 
+/// An association's part of the UDP queue (see `Core::udp_by_source`).
+struct UdpShare {
+    source: Source,
+    /// Bytes of its datagrams queued, each at its [`cost`].
+    queued: usize,
+    open: bool,
+}
+
 /// See the module documentation.
 pub(crate) struct Core<P, A> {
     side: Side,
@@ -196,6 +205,13 @@ pub(crate) struct Core<P, A> {
     udp: VecDeque<(Frame, bool)>,
     /// Bytes of datagram payloads in `udp`: within `udp_queue`.
     udp_queued: usize,
+    /// Each association's visitor source and what it has in `udp`; kept
+    /// after the association ends until its datagrams have gone.
+    udp_shares: HashMap<u32, UdpShare>,
+    /// What each visitor source (an IPv4 address, an IPv6 /64) has in
+    /// `udp`, all its associations together: at most half of `udp_queue`,
+    /// so that one host flooding a UDP port leaves room for the rest.
+    udp_by_source: HashMap<Source, usize>,
     /// Bytes of DATA payloads in `data`, all streams: at most about
     /// [`OUTBOUND_QUEUE`], whatever credit the peer grants.
     data_queued: usize,
@@ -252,6 +268,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             withdrawn_order: VecDeque::new(),
             udp: VecDeque::new(),
             udp_queued: 0,
+            udp_shares: HashMap::new(),
+            udp_by_source: HashMap::new(),
             data_queued: 0,
             controls_queued: 0,
             starved: VecDeque::new(),
@@ -583,22 +601,82 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         let id = self.allocate();
         self.assocs.insert(id, port);
+        self.open_share(id, visitor);
         self.queue(Frame::Associate { id, index, visitor }, false);
         Ok(id)
     }
 
-    /// Registers the association of an [`Arrival::Associate`] just returned.
-    pub(crate) fn accept_association(&mut self, id: u32, port: A) {
+    /// Registers the association of an [`Arrival::Associate`] just returned,
+    /// for `visitor`.
+    pub(crate) fn accept_association(&mut self, id: u32, port: A, visitor: SocketAddr) {
         self.assocs.insert(id, port);
+        self.open_share(id, visitor);
+    }
+
+    fn open_share(&mut self, id: u32, visitor: SocketAddr) {
+        let source = Source::of(Some(visitor));
+        // (An ended association of this id whose datagrams still wait, the
+        // id given out again meanwhile: its source is let off them now, and
+        // as they go they count out of the new share, never below 0.)
+        if let Some(old) = self.udp_shares.insert(
+            id,
+            UdpShare {
+                source,
+                queued: 0,
+                open: true,
+            },
+        ) && old.queued > 0
+        {
+            self.take_from_source(old.source, old.queued);
+        }
     }
 
     /// Ends an association and tells the peer; false if it was not open.
     pub(crate) fn dissociate(&mut self, id: u32) -> bool {
         let open = self.assocs.remove(&id).is_some();
         if open {
+            self.close_share(id);
             self.queue(Frame::Dissociate { id }, false);
         }
         open
+    }
+
+    /// An association ended: its share goes once its datagrams have.
+    fn close_share(&mut self, id: u32) {
+        if let Some(share) = self.udp_shares.get_mut(&id) {
+            share.open = false;
+            if share.queued == 0 {
+                self.udp_shares.remove(&id);
+            }
+        }
+    }
+
+    fn take_from_source(&mut self, source: Source, n: usize) {
+        if let Some(queued) = self.udp_by_source.get_mut(&source) {
+            *queued = queued.saturating_sub(n);
+            if *queued == 0 {
+                self.udp_by_source.remove(&source);
+            }
+        }
+    }
+
+    /// Counts a datagram of `cost` bytes of association `id` into (`add`)
+    /// or out of its share and its source's.
+    fn count_share(&mut self, id: u32, cost: usize, add: bool) {
+        let Some(share) = self.udp_shares.get_mut(&id) else {
+            return;
+        };
+        let source = share.source;
+        if add {
+            share.queued += cost;
+            *self.udp_by_source.entry(source).or_default() += cost;
+            return;
+        }
+        share.queued = share.queued.saturating_sub(cost);
+        if share.queued == 0 && !share.open {
+            self.udp_shares.remove(&id);
+        }
+        self.take_from_source(source, cost);
     }
 
     /// Queues a datagram; false if it was dropped (counted when it was too
@@ -613,6 +691,13 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             return false;
         }
         if self.udp_queued + cost(len) > self.config.udp_queue {
+            self.udp_stats.dropped_queue += 1;
+            return false;
+        }
+        let source = self.udp_shares.get(&id).map(|share| share.source);
+        let source_queued = source.map_or(0, |s| self.udp_by_source.get(&s).copied().unwrap_or(0));
+        if source_queued + cost(len) > self.config.udp_queue / 2 {
+            // One visitor host takes at most half the queue.
             self.udp_stats.dropped_queue += 1;
             return false;
         }
@@ -685,6 +770,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         self.udp.clear();
         self.grants.clear();
         self.udp_queued = 0;
+        self.udp_shares.clear();
+        self.udp_by_source.clear();
         self.data_queued = 0;
         self.controls_queued = 0;
         self.starved.clear();
@@ -782,6 +869,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
             }
             Frame::Dissociate { id } => {
                 if self.assocs.remove(&id).is_some() {
+                    self.close_share(id);
                     return Ok(Some(Arrival::Dissociate { id }));
                 }
             }
@@ -884,6 +972,9 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
 
     /// Counts `frame` into (`add`) or out of the queues' bounds.
     fn count_queued(&mut self, frame: &Frame, add: bool) {
+        if let Frame::Datagram { id, payload } = frame {
+            self.count_share(*id, cost(payload.len()), add);
+        }
         let (count, n) = match frame {
             Frame::Data { payload, .. } => (&mut self.data_queued, cost(payload.len())),
             Frame::Datagram { payload, .. } => (&mut self.udp_queued, cost(payload.len())),
@@ -2060,7 +2151,7 @@ mod tests {
             panic!("association not passed up");
         };
         let rec = Rec::default();
-        c.accept_association(id, rec.clone());
+        c.accept_association(id, rec.clone(), "127.0.0.1:9".parse().unwrap());
         (c, id, rec)
     }
 
@@ -2126,6 +2217,47 @@ mod tests {
         }
         assert_eq!(rec.take().len(), 64);
         assert_eq!(c.udp_stats().dropped_inbound, 1000 - 64);
+    }
+
+    /// One visitor host's datagrams take at most half the UDP queue, all
+    /// its associations (source ports) together, so a host flooding a port
+    /// leaves room for everyone else's; what goes out frees its place, and
+    /// an ended association's share goes with its last datagram.
+    #[test]
+    fn one_host_takes_at_most_half_the_udp_queue() {
+        let mut c = core(Side::Server, MuxConfig::default());
+        let half = MuxConfig::default().udp_queue / 2;
+        let host = |port: u16| SocketAddr::from(([192, 0, 2, 7], port));
+        let a = c.associate(0, host(1000), Rec::default()).expect("room");
+        let b = c.associate(0, host(1001), Rec::default()).expect("room");
+        let payload = Bytes::from(vec![0u8; 1000]);
+        let mut queued = 0;
+        for i in 0..10_000 {
+            let id = if i % 2 == 0 { a } else { b };
+            if c.send_datagram(id, payload.clone()) {
+                queued += 1;
+            }
+        }
+        assert_eq!(queued, half / cost(1000));
+        assert_eq!(c.udp_stats().dropped_queue, 10_000 - queued as u64);
+        // Another host still gets in.
+        let other = c
+            .associate(0, SocketAddr::from(([198, 51, 100, 1], 53)), Rec::default())
+            .expect("room");
+        assert!(c.send_datagram(other, payload.clone()));
+        // Ended with datagrams waiting: its share stays until they go.
+        assert!(c.dissociate(a));
+        assert_eq!(c.udp_shares.len(), 3);
+        drain(&mut c);
+        assert_eq!(c.udp_queued, 0);
+        assert!(c.udp_by_source.is_empty());
+        assert_eq!(
+            c.udp_shares.len(),
+            2,
+            "the ended association's share is gone"
+        );
+        // The host's room is back.
+        assert!(c.send_datagram(b, payload));
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn event(shared: &Arc<Shared>, core: &mut MuxCore, arrival: Arrival) -> Event {
         }
         Arrival::Associate { id, index, visitor } => {
             let (tx, datagrams) = DatagramReceiver::new(shared.clone());
-            core.accept_association(id, tx);
+            core.accept_association(id, tx, visitor);
             Event::Associate {
                 id,
                 index,
