@@ -293,6 +293,8 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         self.streams.contains_key(&id)
             || self.assocs.contains_key(&id)
             || self.withdrawn.contains_key(&id)
+            // (An ended association whose datagrams still wait.)
+            || self.udp_shares.contains_key(&id)
     }
 
     fn full(&self) -> bool {
@@ -696,8 +698,10 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
         }
         let source = self.udp_shares.get(&id).map(|share| share.source);
         let source_queued = source.map_or(0, |s| self.udp_by_source.get(&s).copied().unwrap_or(0));
-        if source_queued + cost(len) > self.config.udp_queue / 2 {
-            // One visitor host takes at most half the queue.
+        // One visitor host takes at most half the queue (and never less
+        // than a datagram of the largest size).
+        let share = (self.config.udp_queue / 2).max(cost(MAX_DATAGRAM));
+        if source_queued + cost(len) > share {
             self.udp_stats.dropped_queue += 1;
             return false;
         }
@@ -2258,6 +2262,15 @@ mod tests {
         );
         // The host's room is back.
         assert!(c.send_datagram(b, payload));
+        // However small the queue, a host may queue a datagram of the
+        // largest size.
+        let smallest = MuxConfig {
+            udp_queue: cost(MAX_DATAGRAM),
+            ..MuxConfig::default()
+        };
+        let mut c = core(Side::Server, smallest);
+        let a = c.associate(0, host(1000), Rec::default()).expect("room");
+        assert!(c.send_datagram(a, Bytes::from(vec![0u8; MAX_DATAGRAM])));
     }
 
     #[test]
