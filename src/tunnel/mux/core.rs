@@ -682,7 +682,7 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     }
 
     /// Queues a datagram; false if it was dropped (counted when it was too
-    /// big or the UDP queue full).
+    /// big, or the UDP queue or its visitor host's half of it full).
     pub(crate) fn send_datagram(&mut self, id: u32, payload: Bytes) -> bool {
         let len = payload.len();
         if len > MAX_DATAGRAM {

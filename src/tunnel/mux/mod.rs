@@ -260,8 +260,8 @@ impl Mux {
     }
 
     /// Hands a datagram to the link; `false` if it was dropped: above
-    /// 65,507 bytes or the link's UDP queue full (both counted), or the
-    /// association gone.
+    /// 65,507 bytes, or the link's UDP queue or its visitor host's half of
+    /// it full (all counted), or the association gone.
     pub fn send_datagram(&self, id: u32, payload: bytes::Bytes) -> bool {
         let queued = self.shared.core.lock().send_datagram(id, payload);
         if queued {
