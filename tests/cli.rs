@@ -287,6 +287,31 @@ fn tunnel_errors_are_clear() {
     let mut help = Proc::start(&["server", "--help"], None);
     assert_eq!(help.exit_code(), Some(0));
 
+    // The other command's config file is named as such, not reported as a
+    // field this one does not know.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for (command, file, says) in [
+        (
+            "client",
+            "server.toml",
+            "a config for `rejoin server` (it has `listen`)",
+        ),
+        (
+            "server",
+            "client.toml",
+            "a config for `rejoin client` (it has `server`)",
+        ),
+    ] {
+        let path = examples.join(file);
+        let mut run = Proc::start(&[command, "--config", path.to_str().unwrap()], None);
+        assert_eq!(run.exit_code(), Some(78), "{command} {file}");
+        assert!(
+            run.stderr().contains(says),
+            "{command} {file}: {}",
+            run.stderr()
+        );
+    }
+
     // Missing pieces of the one-line form are named.
     let mut run = Proc::start(&["client", "--server", "127.0.0.1:1", "--token", "t"], None);
     assert_eq!(run.exit_code(), Some(78));

@@ -1016,6 +1016,13 @@ fn check_validates_configs() {
             "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nkey_file = \"no/such/dir/server.key\"\n",
             "the key file cannot be created",
         ),
+        (
+            // Once passed by the check, then the tunnel bound and the start
+            // failed on the admin port with a status that asks for a retry.
+            "k.toml",
+            "listen = \"0.0.0.0:7000\"\ntoken = \"t\"\nadmin = \"127.0.0.1:7000\"\n",
+            "where the tunnel listens",
+        ),
     ] {
         let path = dir.join(name);
         write(&path, body);

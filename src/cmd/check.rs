@@ -26,9 +26,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match (table.contains_key("listen"), table.contains_key("server")) {
         (true, false) => {
             let file: ServerFile = load(path)?;
-            file.admin(base).with_context(within)?;
+            let admin = file.admin(base).with_context(within)?;
             let key_file = file.key_file(base, path);
             let config = file.into_config(base).with_context(within)?;
+            if let Some(plan) = super::admin_plan(None, None, admin).with_context(within)? {
+                plan.apart_from(config.listen).with_context(within)?;
+            }
             let key = match super::read_small(&key_file, super::SMALL_FILE) {
                 Ok(text) => {
                     rejoin::proto::sealed::parse_key_hex(&text).with_context(|| {

@@ -362,10 +362,47 @@ impl From<Protocol> for ServiceKind {
 }
 
 /// Reads and parses a TOML file; errors name the file, line and column.
-pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+pub fn load<T: ConfigFile>(path: &Path) -> anyhow::Result<T> {
     let text = super::read_small(path, super::CONFIG_FILE)
         .with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // The other command's file says so, not which of its fields is
+        // unknown here.
+        let (other, other_mark) = if T::MARK == "listen" {
+            ("client", "server")
+        } else {
+            ("server", "listen")
+        };
+        let table = toml::from_str::<toml::Table>(&text).unwrap_or_default();
+        if table.contains_key(other_mark) && !table.contains_key(T::MARK) {
+            anyhow::anyhow!(
+                "{}: a config for `rejoin {other}` (it has `{other_mark}`), not for `rejoin {}`",
+                path.display(),
+                T::FOR
+            )
+        } else {
+            anyhow::anyhow!("{}: {e}", path.display())
+        }
+    })
+}
+
+/// A config file: the command it is for, and the field every file of its
+/// kind has and the other kind's never does.
+pub trait ConfigFile: serde::de::DeserializeOwned {
+    /// `server` or `client`.
+    const FOR: &'static str;
+    /// `listen` or `server`.
+    const MARK: &'static str;
+}
+
+impl ConfigFile for ServerFile {
+    const FOR: &'static str = "server";
+    const MARK: &'static str = "listen";
+}
+
+impl ConfigFile for ClientFile {
+    const FOR: &'static str = "client";
+    const MARK: &'static str = "server";
 }
 
 /// Parses `10000-10999` or `8080`.

@@ -322,6 +322,22 @@ pub fn admin_plan(
     Ok(Some(AdminPlan { addr, token }))
 }
 
+impl AdminPlan {
+    /// Fails if the admin endpoint would listen where the tunnel server
+    /// does (`listen`): the start would bind the tunnel, then fail on the
+    /// admin port for ever.
+    pub fn apart_from(&self, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+        let (a, l) = (self.addr, listen);
+        let overlap = a.ip() == l.ip() || a.ip().is_unspecified() || l.ip().is_unspecified();
+        if a.port() != 0 && a.port() == l.port() && overlap {
+            return Err(no_retry(anyhow::anyhow!(
+                "the admin address {a} is where the tunnel listens ({l}): give it another port"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Starts the admin endpoint if asked for, and prints where it is.
 pub async fn start_admin(plan: Option<AdminPlan>, source: admin::Source) -> anyhow::Result<()> {
     let Some(AdminPlan { addr, token }) = plan else {

@@ -216,6 +216,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.admin_token.clone(),
         admin.clone(),
     )?;
+    if let Some(plan) = &admin_plan {
+        plan.apart_from(config.listen)?;
+    }
     let server = Server::bind(config.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
