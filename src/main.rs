@@ -86,11 +86,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(cmd::EXIT_NO_RETRY);
         }
     };
+    // `rejoin check` says whether a file is valid: 1 for any mistake.
+    let checking = matches!(cli.command, Command::Check(_));
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(cmd::exit_status(&e))
+            let status = if checking { 1 } else { cmd::exit_status(&e) };
+            std::process::ExitCode::from(status)
         }
     }
 }
