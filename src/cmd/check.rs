@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::config::{ClientFile, ServerFile, load, placeholder_warning};
+use super::config::{ClientFile, ConfigFile, ServerFile, load, placeholder_warning};
 use super::say;
 
 #[derive(clap::Args)]
@@ -23,7 +23,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let within = || format!("in {}", path.display());
-    match (table.contains_key("listen"), table.contains_key("server")) {
+    match (
+        table.contains_key(ServerFile::MARK),
+        table.contains_key(ClientFile::MARK),
+    ) {
         (true, false) => {
             let file: ServerFile = load(path)?;
             let admin = file.admin(base).with_context(within)?;

@@ -368,11 +368,10 @@ pub fn load<T: ConfigFile>(path: &Path) -> anyhow::Result<T> {
     toml::from_str(&text).map_err(|e| {
         // The other command's file says so, not which of its fields is
         // unknown here.
-        let (other, other_mark) = if T::MARK == "listen" {
-            ("client", "server")
-        } else {
-            ("server", "listen")
-        };
+        let (other, other_mark) = (
+            <T::Other as ConfigFile>::FOR,
+            <T::Other as ConfigFile>::MARK,
+        );
         let table = toml::from_str::<toml::Table>(&text).unwrap_or_default();
         if table.contains_key(other_mark) && !table.contains_key(T::MARK) {
             anyhow::anyhow!(
@@ -393,16 +392,20 @@ pub trait ConfigFile: serde::de::DeserializeOwned {
     const FOR: &'static str;
     /// `listen` or `server`.
     const MARK: &'static str;
+    /// The other command's file.
+    type Other: ConfigFile;
 }
 
 impl ConfigFile for ServerFile {
     const FOR: &'static str = "server";
     const MARK: &'static str = "listen";
+    type Other = ClientFile;
 }
 
 impl ConfigFile for ClientFile {
     const FOR: &'static str = "client";
     const MARK: &'static str = "server";
+    type Other = ServerFile;
 }
 
 /// Parses `10000-10999` or `8080`.
