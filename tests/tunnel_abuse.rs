@@ -1531,7 +1531,13 @@ fn unaccepting_service() -> (String, Vec<std::net::TcpStream>, socket2::Socket) 
 /// the connect ended, the reset streams' frames stayed: about 4 million.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_frames_from_a_hostile_server_cost_the_client_what_they_carry() {
-    let (resets, grown) = flood_a_connecting_client(128 << 10, false).await;
+    let (resets, grown) = flood_a_connecting_client(Flood {
+        streams: 64,
+        per_stream: 128 << 10,
+        reset: false,
+        budget: Some("4MiB"),
+    })
+    .await;
     assert!(resets >= 1, "the budget reset no stream");
     assert!(grown < 48 * 1024, "the client's RSS grew by {grown} KiB");
 }
@@ -1542,33 +1548,78 @@ async fn tiny_frames_from_a_hostile_server_cost_the_client_what_they_carry() {
 /// stayed until its connect ended: 3 million frames held, none counted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_frames_then_a_reset_from_a_hostile_server_cost_the_client_little() {
-    let (_, grown) = flood_a_connecting_client(48 << 10, true).await;
+    let (_, grown) = flood_a_connecting_client(Flood {
+        streams: 64,
+        per_stream: 48 << 10,
+        reset: true,
+        budget: Some("4MiB"),
+    })
+    .await;
     assert!(grown < 48 * 1024, "the client's RSS grew by {grown} KiB");
 }
 
-/// Runs the real client binary (inbound budget 4 MiB) against a
-/// [`HostileServer`] that opens 64 streams to a service that never accepts
-/// and sends each `per_stream` one-byte DATA frames, then, if `reset`, a
-/// RESET of the stream. Returns the RESETs the client sent and by how many
-/// KiB its resident memory grew at most.
-async fn flood_a_connecting_client(per_stream: usize, reset: bool) -> (usize, u64) {
+/// With the default inbound budget (256 MiB), three streams each get their
+/// whole window (1 MiB) in one-byte frames, 3 million held while the
+/// connects hang: within the budget, so nothing is shed, and what the
+/// client holds must stay near the bytes, not grow with the frames. (Each
+/// frame was once held on its own, a queue slot and an allocation: about
+/// 200 MiB for these 3 MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_tiny_frames_costs_a_connecting_client_what_it_carries() {
+    let (resets, grown) = flood_a_connecting_client(Flood {
+        streams: 3,
+        per_stream: rejoin::tunnel::frame::INITIAL_WINDOW as usize,
+        reset: false,
+        budget: None,
+    })
+    .await;
+    assert_eq!(resets, 0, "within the budget, nothing is shed");
+    assert!(grown < 48 * 1024, "the client's RSS grew by {grown} KiB");
+}
+
+/// What [`flood_a_connecting_client`] sends.
+struct Flood {
+    streams: u32,
+    /// One-byte DATA frames for each stream.
+    per_stream: usize,
+    /// Whether the server then resets each stream.
+    reset: bool,
+    /// The client's `inbound_budget`, if not the default.
+    budget: Option<&'static str>,
+}
+
+/// Runs the real client binary against a [`HostileServer`] that opens
+/// streams to a service that never accepts and sends each one-byte DATA
+/// frames, then, if asked, a RESET of the stream (see [`Flood`]). Returns
+/// the RESETs the client sent and by how many KiB its resident memory grew
+/// at most.
+async fn flood_a_connecting_client(flood: Flood) -> (usize, u64) {
     use procs::Proc;
-    const STREAMS: u32 = 64;
     const BATCH: usize = 16 << 10;
+    let Flood {
+        streams,
+        per_stream,
+        reset,
+        budget,
+    } = flood;
     let (stuck, _queued, _listening) = unaccepting_service();
     let listener =
         stream::Listener::bind("127.0.0.1:0", stream::Config::sealed(token().key().psk()))
             .await
             .unwrap();
-    let dir = std::env::temp_dir().join(format!("rejoin-hostile-{}-{reset}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "rejoin-hostile-{}-{streams}-{reset}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("client.toml");
     std::fs::write(
         &config,
         format!(
-            "server = \"{}\"\ntoken = \"{}\"\nname = \"victim\"\ninbound_budget = \"4MiB\"\n",
+            "server = \"{}\"\ntoken = \"{}\"\nname = \"victim\"\n{}",
             listener.local_addr().unwrap(),
-            token().expose()
+            token().expose(),
+            budget.map_or(String::new(), |b| format!("inbound_budget = \"{b}\"\n"))
         ),
     )
     .unwrap();
@@ -1601,7 +1652,7 @@ async fn flood_a_connecting_client(per_stream: usize, reset: bool) -> (usize, u6
     let before = common::rss_kib_of(&pid);
     let mut most = before;
     let started = std::time::Instant::now();
-    for k in 0..STREAMS {
+    for k in 0..streams {
         let id = 2 + 2 * k;
         server
             .send(Frame::Open {
@@ -1634,7 +1685,7 @@ async fn flood_a_connecting_client(per_stream: usize, reset: bool) -> (usize, u6
     most = most.max(common::rss_kib_of(&pid));
     let grown = most.saturating_sub(before);
     println!(
-        "{} KiB in 1-byte frames from a hostile server to each of {STREAMS} streams whose service \
+        "{} KiB in 1-byte frames from a hostile server to each of {streams} streams whose service \
          never accepts{} ({:.1} s): the client reset {resets}; its RSS grew by {grown} KiB at most",
         per_stream >> 10,
         if reset {

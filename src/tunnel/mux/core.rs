@@ -66,12 +66,15 @@ const STARVED_WAKE: usize = 16;
 
 /// Where a stream's arrivals go.
 pub(crate) trait Port {
+    /// What [`Port::discard`] takes.
+    type Held;
     /// Hands the stream's user what arrived.
     fn deliver(&self, inbound: Inbound);
-    /// Takes what was delivered and not taken yet: the stream is reset, and
-    /// its user will not want it. Returned for the caller to drop once the
-    /// core's lock is let go (a queue of a million frames takes a while).
-    fn discard(&self) -> VecDeque<Inbound>;
+    /// Takes what was delivered and not taken yet, if anything: the stream
+    /// is reset, and its user will not want it. Returned for the caller to
+    /// drop once the core's lock is let go (a queue of a million frames
+    /// takes a while).
+    fn discard(&self) -> Option<Self::Held>;
     /// Credit arrived, or the stream is gone: wakes a sender waiting.
     fn wake_sender(&self);
 }
@@ -166,7 +169,7 @@ struct UdpShare {
 }
 
 /// See the module documentation.
-pub(crate) struct Core<P, A> {
+pub(crate) struct Core<P: Port, A> {
     side: Side,
     config: MuxConfig,
     streams: HashMap<u32, Entry<P>>,
@@ -180,7 +183,7 @@ pub(crate) struct Core<P, A> {
     held: u64,
     /// What reset streams held and their users had not taken, to be
     /// dropped outside the core's lock ([`Core::take_discarded`]).
-    discarded: Vec<VecDeque<Inbound>>,
+    discarded: Vec<P::Held>,
     /// Streams with a WINDOW due, in the order they became due.
     grants: VecDeque<u32>,
     /// Session frames, first among what goes out after PING and PONG.
@@ -1024,17 +1027,14 @@ impl<P: Port, A: DatagramPort> Core<P, A> {
     /// looks next (one still connecting to its service may not for
     /// seconds), and counted nowhere once the stream is gone.
     fn tell_reset(&mut self, port: &P) {
-        let held = port.discard();
-        if !held.is_empty() {
-            self.discarded.push(held);
-        }
+        self.discarded.extend(port.discard());
         port.deliver(Inbound::Reset);
         port.wake_sender();
     }
 
     /// What reset streams held, for the caller to drop once it has let go
     /// of the core's lock.
-    pub(crate) fn take_discarded(&mut self) -> Vec<VecDeque<Inbound>> {
+    pub(crate) fn take_discarded(&mut self) -> Vec<P::Held> {
         std::mem::take(&mut self.discarded)
     }
 
@@ -1203,9 +1203,11 @@ mod tests {
             };
             self.0.borrow_mut().push(s);
         }
-        fn discard(&self) -> VecDeque<Inbound> {
+        type Held = ();
+
+        fn discard(&self) -> Option<()> {
             self.0.borrow_mut().push("discard".into());
-            VecDeque::new()
+            None
         }
         fn wake_sender(&self) {
             self.0.borrow_mut().push("wake".into());

@@ -17,6 +17,14 @@ use super::types::{Inbound, SendError};
 /// that the mux can also empty, so that what a stream it aborts held is let
 /// go at once, not when its user next looks (a user still connecting to its
 /// service may not for seconds).
+///
+/// The window counts payload bytes only, so a peer sending tiny DATA
+/// frames must not make each byte waiting here cost a queue slot and an
+/// allocation (some 64 bytes per byte while the user lags behind the
+/// link): a small payload that arrives behind another small one not taken
+/// yet is copied onto it, into buffers of up to [`GATHER_MOST`]. One that
+/// finds the queue empty waits as it came, so a user keeping up pays
+/// nothing for this.
 #[derive(Default)]
 pub(crate) struct Arrivals {
     queue: Mutex<ArrivalQueue>,
@@ -26,16 +34,83 @@ pub(crate) struct Arrivals {
 /// Room for arrivals an empty queue keeps.
 const SHRINK_ABOVE: usize = 64;
 
+/// Payloads below this are gathered (see [`Arrivals`]).
+const GATHER_BELOW: usize = 4096;
+
+/// Most bytes gathered into one buffer.
+const GATHER_MOST: usize = 64 * 1024;
+
 #[derive(Default)]
 struct ArrivalQueue {
-    items: VecDeque<Inbound>,
+    items: VecDeque<Item>,
     /// The mux let go of the stream: nothing more will come.
     closed: bool,
 }
 
+enum Item {
+    Arrived(Inbound),
+    /// Small payloads copied together, and how many DATA frames brought
+    /// them.
+    Gathered(Vec<u8>, usize),
+}
+
+/// What a reset stream had not taken, for the mux to drop once it has let
+/// go of its lock (a queue of many frames takes a while).
+pub(crate) struct Held {
+    _items: VecDeque<Item>,
+}
+
+impl ArrivalQueue {
+    fn push(&mut self, inbound: Inbound) {
+        if let (Inbound::Data(payload), Some(last)) = (&inbound, self.items.back_mut())
+            && payload.len() < GATHER_BELOW
+        {
+            match last {
+                Item::Gathered(gathered, frames)
+                    if gathered.len() + payload.len() <= GATHER_MOST =>
+                {
+                    gathered.extend_from_slice(payload);
+                    *frames += 1;
+                    return;
+                }
+                Item::Arrived(Inbound::Data(before)) if before.len() < GATHER_BELOW => {
+                    // (Growing by doubling from here: a flood reallocates
+                    // rarely, and a buffer is at most twice what it holds.)
+                    let mut gathered = Vec::with_capacity(2 * (before.len() + payload.len()));
+                    gathered.extend_from_slice(before);
+                    gathered.extend_from_slice(payload);
+                    *last = Item::Gathered(gathered, 2);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.items.push_back(Item::Arrived(inbound));
+    }
+
+    /// The next arrival and the DATA frames it stands for; `Err(true)` if
+    /// none will come any more.
+    fn pop(&mut self) -> Result<(Inbound, usize), bool> {
+        let next = match self.items.pop_front() {
+            Some(Item::Arrived(inbound)) => {
+                let frames = usize::from(matches!(inbound, Inbound::Data(_)));
+                Ok((inbound, frames))
+            }
+            Some(Item::Gathered(bytes, frames)) => Ok((Inbound::Data(Bytes::from(bytes)), frames)),
+            None => Err(self.closed),
+        };
+        if self.items.is_empty() && self.items.capacity() > SHRINK_ABOVE {
+            // A queue that once held a flood keeps no room for it once
+            // drained.
+            self.items = VecDeque::new();
+        }
+        next
+    }
+}
+
 impl Arrivals {
     fn push(&self, inbound: Inbound) {
-        self.queue.lock().items.push_back(inbound);
+        self.queue.lock().push(inbound);
         self.ready.notify_one();
     }
 
@@ -44,25 +119,19 @@ impl Arrivals {
         self.ready.notify_one();
     }
 
-    /// The next arrival; `Err(true)` if none will come any more.
-    fn try_pop(&self) -> Result<Inbound, bool> {
-        let mut queue = self.queue.lock();
-        let next = queue.items.pop_front().ok_or(queue.closed);
-        if queue.items.is_empty() && queue.items.capacity() > SHRINK_ABOVE {
-            // A queue that once held a flood of tiny frames keeps no room
-            // for them once drained.
-            queue.items = VecDeque::new();
-        }
-        next
+    /// The next arrival and the DATA frames it stands for; `Err(true)` if
+    /// none will come any more.
+    fn try_pop(&self) -> Result<(Inbound, usize), bool> {
+        self.queue.lock().pop()
     }
 
     /// The next arrival, waiting for it; `None` once none will come.
-    async fn pop(&self) -> Option<Inbound> {
+    async fn pop(&self) -> Option<(Inbound, usize)> {
         // Each pass takes an arrival or waits for the next push or close
         // (a notification given before the wait began is kept).
         loop {
             match self.try_pop() {
-                Ok(inbound) => return Some(inbound),
+                Ok(next) => return Some(next),
                 Err(true) => return None,
                 Err(false) => self.ready.notified().await,
             }
@@ -82,8 +151,11 @@ impl Port for StreamPort {
         self.arrivals.push(inbound);
     }
 
-    fn discard(&self) -> VecDeque<Inbound> {
-        std::mem::take(&mut self.arrivals.queue.lock().items)
+    type Held = Held;
+
+    fn discard(&self) -> Option<Held> {
+        let items = std::mem::take(&mut self.arrivals.queue.lock().items);
+        (!items.is_empty()).then_some(Held { _items: items })
     }
 
     fn wake_sender(&self) {
@@ -259,33 +331,33 @@ impl MuxStream {
     /// stream's rules or the link's inbound budget needed its bytes) drops
     /// what arrived before it and was not taken yet, as a TCP reset does.
     pub async fn recv(&mut self) -> Inbound {
-        let inbound = match self.inbound.pop().await {
-            Some(inbound) => inbound,
+        let next = match self.inbound.pop().await {
+            Some(next) => next,
             None if self.fin_received => std::future::pending().await,
-            None => Inbound::Reset,
+            None => (Inbound::Reset, 0),
         };
-        self.note(&inbound);
-        inbound
+        self.note(next)
     }
 
     /// What the peer sent that is here already, without waiting.
     pub fn try_recv(&mut self) -> Option<Inbound> {
-        let inbound = match self.inbound.try_pop() {
-            Ok(inbound) => inbound,
+        let next = match self.inbound.try_pop() {
+            Ok(next) => next,
             Err(false) => return None,
             Err(true) if self.fin_received => return None,
-            Err(true) => Inbound::Reset,
+            Err(true) => (Inbound::Reset, 0),
         };
-        self.note(&inbound);
-        Some(inbound)
+        Some(self.note(next))
     }
 
-    fn note(&mut self, inbound: &Inbound) {
+    /// Takes note of an arrival and the DATA frames it stands for.
+    fn note(&mut self, (inbound, frames): (Inbound, usize)) -> Inbound {
         match inbound {
             Inbound::Reset => self.reset = true,
             Inbound::Fin => self.fin_received = true,
-            Inbound::Data(_) => self.taken += 1,
+            Inbound::Data(_) => self.taken += frames,
         }
+        inbound
     }
 
     /// Records that `n` received bytes were written out; the peer is granted
@@ -361,28 +433,82 @@ mod tests {
     #[test]
     fn a_discard_lets_go_of_what_was_not_taken_at_once() {
         let (port, arrivals, _credit) = MuxStream::port();
-        let payload = Bytes::from(vec![1u8; 100]);
+        let payload = Bytes::from(vec![1u8; GATHER_BELOW]);
         port.deliver(Inbound::Data(payload.clone()));
         port.deliver(data(5));
+        port.deliver(data(5));
         assert!(!payload.is_unique(), "held in the queue");
-        let taken = port.discard();
-        assert_eq!(taken.len(), 2, "handed to the caller to drop");
+        let taken = port.discard().expect("something held");
+        assert_eq!(taken._items.len(), 2, "handed to the caller to drop");
         drop(taken);
         assert!(payload.is_unique(), "let go, nobody having looked");
+        assert!(port.discard().is_none(), "nothing left");
         port.deliver(Inbound::Reset);
-        assert!(matches!(arrivals.try_pop(), Ok(Inbound::Reset)));
+        assert!(matches!(arrivals.try_pop(), Ok((Inbound::Reset, 0))));
         assert!(matches!(arrivals.try_pop(), Err(false)), "open, empty");
         drop(port);
         assert!(matches!(arrivals.try_pop(), Err(true)), "closed");
     }
 
+    /// Every arrival in order, the DATA frames each stands for.
+    fn drain(arrivals: &Arrivals) -> Vec<(Inbound, usize)> {
+        std::iter::from_fn(|| arrivals.try_pop().ok()).collect()
+    }
+
+    #[test]
+    fn tiny_payloads_waiting_are_gathered_in_order() {
+        let (port, arrivals, _credit) = MuxStream::port();
+        const FRAMES: usize = 200_000;
+        for i in 0..FRAMES {
+            port.deliver(Inbound::Data(Bytes::from(vec![i as u8])));
+        }
+        let big = Bytes::from(vec![9; GATHER_BELOW]);
+        port.deliver(Inbound::Data(big.clone()));
+        port.deliver(data(3));
+        port.deliver(Inbound::Fin);
+        {
+            let queue = arrivals.queue.lock();
+            let room: usize = queue
+                .items
+                .iter()
+                .map(|item| match item {
+                    Item::Gathered(bytes, _) => bytes.capacity(),
+                    Item::Arrived(_) => 0,
+                })
+                .sum();
+            assert!(room <= 2 * FRAMES, "{room} bytes held for {FRAMES}");
+            assert!(queue.items.len() <= 2 * FRAMES / GATHER_MOST + 4);
+        }
+        let got = drain(&arrivals);
+        let frames: usize = got.iter().map(|(_, frames)| frames).sum();
+        assert_eq!(frames, FRAMES + 2, "every DATA frame counted once");
+        let mut bytes = Vec::new();
+        for (inbound, _) in &got[..got.len() - 3] {
+            let Inbound::Data(d) = inbound else {
+                panic!("only data before the large payload");
+            };
+            assert!(d.len() <= GATHER_MOST);
+            bytes.extend_from_slice(d);
+        }
+        let sent: Vec<u8> = (0..FRAMES).map(|i| i as u8).collect();
+        assert!(bytes == sent, "the tiny payloads, in order");
+        assert!(
+            matches!(&got[got.len() - 3], (Inbound::Data(d), 1) if *d == big),
+            "large ones as they came"
+        );
+        assert!(matches!(&got[got.len() - 2], (Inbound::Data(d), 1) if d.len() == 3));
+        assert!(matches!(got[got.len() - 1], (Inbound::Fin, 0)));
+    }
+
     #[test]
     fn a_drained_queue_keeps_no_room_for_a_flood() {
         let (port, arrivals, _credit) = MuxStream::port();
+        // (Payloads too large to gather, shared: no memory of their own.)
+        let big = Bytes::from(vec![0; GATHER_BELOW]);
         for _ in 0..100_000 {
-            port.deliver(data(1));
+            port.deliver(Inbound::Data(big.clone()));
         }
-        while arrivals.try_pop().is_ok() {}
+        assert_eq!(drain(&arrivals).len(), 100_000);
         assert!(arrivals.queue.lock().items.capacity() <= SHRINK_ABOVE);
     }
 
@@ -392,8 +518,8 @@ mod tests {
         // Delivered before anyone waits: kept, not lost.
         port.deliver(data(1));
         port.deliver(Inbound::Fin);
-        assert!(matches!(arrivals.pop().await, Some(Inbound::Data(d)) if d.len() == 1));
-        assert!(matches!(arrivals.pop().await, Some(Inbound::Fin)));
+        assert!(matches!(arrivals.pop().await, Some((Inbound::Data(d), 1)) if d.len() == 1));
+        assert!(matches!(arrivals.pop().await, Some((Inbound::Fin, 0))));
         let waiter = tokio::spawn({
             let arrivals = arrivals.clone();
             async move { arrivals.pop().await.is_none() }
