@@ -9,7 +9,7 @@ mod procs;
 
 use examples::{cut_proxy, echo_client, echo_server, example, finish};
 use ports::unclaimed_port;
-use procs::{Proc, echo_service};
+use procs::{Proc, Scratch, echo_service};
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -249,8 +249,7 @@ fn tunnel_errors_are_clear() {
     );
 
     // Config mistakes name the file and the line.
-    let dir = std::env::temp_dir().join(format!("rejoin-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cli");
     let bad = dir.join("server.toml");
     std::fs::write(&bad, "listen = \"127.0.0.1:0\"\ntoken = \"x\"\nport = 5\n").unwrap();
     let mut run = Proc::start(&["server", "--config", bad.to_str().unwrap()], None);
@@ -338,7 +337,6 @@ fn tunnel_errors_are_clear() {
         err.contains("--name") && err.contains("holds a control character"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -395,9 +393,7 @@ fn tunnel_udp_one_line_form() {
 fn server_key_is_kept_shown_and_pinned() {
     use std::os::unix::fs::PermissionsExt;
     const TOKEN: &str = "tok-keys-81d2";
-    let dir = std::env::temp_dir().join(format!("rejoin-keys-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("keys");
     let key_file = dir.join("server.key");
     let key_path = key_file.to_str().unwrap();
 
@@ -500,7 +496,6 @@ fn server_key_is_kept_shown_and_pinned() {
         "{}",
         broken.stderr()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Bytes each way of one proxied connection, as the client and the server

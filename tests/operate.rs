@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use examples::cut_proxy;
 use ports::unclaimed_port;
-use procs::{Proc, echo_service};
+use procs::{Proc, Scratch, echo_service};
 
 const TOKEN: &str = "op-token-5d1e";
 
@@ -466,20 +466,13 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("rejoin-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// SIGHUP on the client adds and removes services; a visitor of a service
 /// that stays keeps its connection. A broken file changes nothing.
 #[test]
 fn sighup_reloads_the_client_services() {
     let echo_addr = echo_service();
     let (_server, addr) = start_server(&[]);
-    let dir = temp_dir("reload-client");
+    let dir = Scratch::new("reload-client");
     let config = dir.join("client.toml");
     let head = format!("server = \"{addr}\"\ntoken = \"the flag's wins\"\nname = \"reloader\"\n");
     let service = |name: &str| format!("[[service]]\nname = \"{name}\"\nlocal = \"{echo_addr}\"\n");
@@ -582,7 +575,7 @@ fn sighup_reloads_the_client_services() {
 #[test]
 fn sighup_reloads_the_server_tokens() {
     let echo_addr = echo_service();
-    let dir = temp_dir("reload-server");
+    let dir = Scratch::new("reload-server");
     let config = dir.join("server.toml");
     write(
         &config,
@@ -738,7 +731,7 @@ fn await_thread(p: &Proc, name: &str) -> bool {
 
 #[test]
 fn a_token_file_that_is_a_fifo_never_hangs_the_start() {
-    let dir = temp_dir("fifo-start");
+    let dir = Scratch::new("fifo-start");
     let fifo = dir.join("token");
     let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(made.success());
@@ -970,7 +963,7 @@ fn check_validates_configs() {
         "{text}"
     );
 
-    let dir = temp_dir("check");
+    let dir = Scratch::new("check");
     for (name, body, says) in [
         (
             "a.toml",

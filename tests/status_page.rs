@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procs::{Proc, echo_service};
+use procs::{Proc, Scratch, echo_service};
 
 /// The browser, installed with apt-get if it is missing (as root).
 fn chromium() -> PathBuf {
@@ -46,7 +46,7 @@ fn chromium() -> PathBuf {
 /// Runs headless Chromium on `url` with `what` (`--dump-dom` or
 /// `--screenshot=…`), letting the page run its scripts for a few seconds.
 fn browse(browser: &PathBuf, url: &str, what: &str) -> String {
-    let profile = std::env::temp_dir().join(format!("rejoin-chromium-{}", std::process::id()));
+    let profile = Scratch::new("chromium");
     let mut child = Command::new(browser)
         .args([
             "--headless",

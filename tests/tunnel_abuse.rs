@@ -1594,7 +1594,7 @@ struct Flood {
 /// the RESETs the client sent and by how many KiB its resident memory grew
 /// at most.
 async fn flood_a_connecting_client(flood: Flood) -> (usize, u64) {
-    use procs::Proc;
+    use procs::{Proc, Scratch};
     const BATCH: usize = 16 << 10;
     let Flood {
         streams,
@@ -1607,11 +1607,7 @@ async fn flood_a_connecting_client(flood: Flood) -> (usize, u64) {
         stream::Listener::bind("127.0.0.1:0", stream::Config::sealed(token().key().psk()))
             .await
             .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "rejoin-hostile-{}-{streams}-{reset}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new(&format!("hostile-{streams}-{reset}"));
     let config = dir.join("client.toml");
     std::fs::write(
         &config,
@@ -1696,6 +1692,5 @@ async fn flood_a_connecting_client(flood: Flood) -> (usize, u64) {
         started.elapsed().as_secs_f64()
     );
     client.terminate();
-    let _ = std::fs::remove_dir_all(&dir);
     (resets, grown)
 }

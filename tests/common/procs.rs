@@ -153,3 +153,38 @@ pub fn echo_service() -> String {
     });
     addr
 }
+
+/// A directory for a test's files (configs, keys, a browser's profile),
+/// emptied first and removed when dropped, so that no run leaves anything
+/// behind, even one that fails.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `rejoin-{name}-{pid}` in the system's temporary directory.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("rejoin-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
