@@ -24,8 +24,7 @@ const WRITE_SLICES: usize = 16;
 
 /// Most payloads taken from the stream in one turn of the loop: bounded
 /// work per turn, but enough that a flood of tiny payloads is gathered as
-/// fast as it arrives rather than waiting in the stream's channel, where
-/// each holds a slot and an allocation of its own.
+/// fast as it arrives.
 const TAKE_PER_TURN: usize = 4096;
 
 /// Payloads below this are gathered into one buffer rather than queued one

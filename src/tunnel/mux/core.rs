@@ -72,8 +72,7 @@ pub(crate) trait Port {
     fn deliver(&self, inbound: Inbound);
     /// Takes what was delivered and not taken yet, if anything: the stream
     /// is reset, and its user will not want it. Returned for the caller to
-    /// drop once the core's lock is let go (a queue of a million frames
-    /// takes a while).
+    /// drop once the core's lock is let go (up to a window's bytes).
     fn discard(&self) -> Option<Self::Held>;
     /// Credit arrived, or the stream is gone: wakes a sender waiting.
     fn wake_sender(&self);
@@ -120,10 +119,12 @@ struct Flow {
     unacked: u32,
     /// Of those, bytes the user has written out.
     consumed: u32,
-    /// DATA frames handed to the user and not yet reported taken: each
-    /// costs its place in the user's queue, so the inbound budget counts
-    /// it at [`FRAME_COST`] beyond its bytes (a peer sending one-byte
-    /// frames must pay for them as a sender of one-byte frames does).
+    /// DATA frames handed to the user and not yet reported taken, each
+    /// counted at [`FRAME_COST`] beyond its bytes in the inbound budget:
+    /// what a frame costs to hold while its user takes frames as they come
+    /// (a place in its queue, an allocation), so that a peer sending
+    /// one-byte frames pays for them as a sender of one-byte frames does,
+    /// however little the queue makes them cost while they wait together.
     frames: u32,
     /// Credit granted and not yet sent (one WINDOW, however many grants).
     grant: u32,
@@ -1285,7 +1286,14 @@ mod tests {
 
     /// A client-side core with one stream the server opened (id 2).
     fn with_peer_stream(config: MuxConfig) -> (TestCore, Rec, u64) {
-        let mut c = core(Side::Client, config);
+        let rec = Rec::default();
+        let (c, serial) = with_peer_stream_to(config, rec.clone());
+        (c, rec, serial)
+    }
+
+    /// The same, the stream's arrivals going to `port`.
+    fn with_peer_stream_to<P: Port>(config: MuxConfig, port: P) -> (Core<P, Rec>, u64) {
+        let mut c = Core::new(Side::Client, config, Instant::now());
         let Ok(Some(Arrival::Open { id, .. })) = c.handle_frame(Frame::Open {
             id: 2,
             index: 0,
@@ -1293,9 +1301,8 @@ mod tests {
         }) else {
             panic!("open not passed up");
         };
-        let rec = Rec::default();
-        let serial = c.accept(id, rec.clone());
-        (c, rec, serial)
+        let serial = c.accept(id, port);
+        (c, serial)
     }
 
     #[test]
@@ -2002,6 +2009,39 @@ mod tests {
     /// frame's place in the user's queue: the inbound budget counts it, and
     /// resets the stream before the frames' cost passes the budget. Before,
     /// only the bytes counted, and a 1 MiB window held a million frames.
+    /// Tiny frames waiting together for their user are gathered into one
+    /// arrival (see `stream::Arrivals`); what the user reports taking and
+    /// writing out leaves the budget exactly: each frame's cost once taken,
+    /// each byte once written.
+    #[test]
+    fn gathered_frames_leave_the_budget_as_they_are_taken_and_written() {
+        let (port, arrivals, _credit) = super::super::stream::MuxStream::port();
+        let (mut c, serial) = with_peer_stream_to(MuxConfig::default(), port);
+        let id = 2;
+        let cost = |bytes: u64, frames: u64| bytes + frames * FRAME_COST as u64;
+        for _ in 0..1000 {
+            c.handle_frame(data(id, 2)).expect("within the window");
+        }
+        assert_eq!(c.held, cost(2000, 1000));
+        let Ok((Inbound::Data(first), frames)) = arrivals.try_pop() else {
+            panic!("data");
+        };
+        assert_eq!((first.len(), frames), (2000, 1000), "one arrival");
+        // Taken, half written out: the frames' cost and those bytes leave.
+        c.consumed(id, serial, 1000, frames);
+        assert_eq!(c.held, cost(1000, 0));
+        for _ in 0..10 {
+            c.handle_frame(data(id, 3)).expect("within the window");
+        }
+        assert_eq!(c.held, cost(1030, 10));
+        let Ok((Inbound::Data(next), frames)) = arrivals.try_pop() else {
+            panic!("data");
+        };
+        assert_eq!((next.len(), frames), (30, 10));
+        c.consumed(id, serial, 1030, frames);
+        assert_eq!(c.held, 0, "all written out");
+    }
+
     #[test]
     fn one_byte_frames_are_counted_at_their_cost() {
         let budget = 1u64 << 20;

@@ -55,7 +55,7 @@ enum Item {
 }
 
 /// What a reset stream had not taken, for the mux to drop once it has let
-/// go of its lock (a queue of many frames takes a while).
+/// go of its lock.
 pub(crate) struct Held {
     _items: VecDeque<Item>,
 }
@@ -69,13 +69,19 @@ impl ArrivalQueue {
                 Item::Gathered(gathered, frames)
                     if gathered.len() + payload.len() <= GATHER_MOST =>
                 {
+                    let (len, add) = (gathered.len(), payload.len());
+                    if gathered.capacity() < len + add {
+                        // Doubling, so that a flood reallocates rarely, but
+                        // never past the most a buffer holds: a full one
+                        // costs its bytes.
+                        let room = (2 * gathered.capacity()).max(len + add).min(GATHER_MOST);
+                        gathered.reserve_exact(room - len);
+                    }
                     gathered.extend_from_slice(payload);
                     *frames += 1;
                     return;
                 }
                 Item::Arrived(Inbound::Data(before)) if before.len() < GATHER_BELOW => {
-                    // (Growing by doubling from here: a flood reallocates
-                    // rarely, and a buffer is at most twice what it holds.)
                     let mut gathered = Vec::with_capacity(2 * (before.len() + payload.len()));
                     gathered.extend_from_slice(before);
                     gathered.extend_from_slice(payload);
@@ -96,7 +102,14 @@ impl ArrivalQueue {
                 let frames = usize::from(matches!(inbound, Inbound::Data(_)));
                 Ok((inbound, frames))
             }
-            Some(Item::Gathered(bytes, frames)) => Ok((Inbound::Data(Bytes::from(bytes)), frames)),
+            Some(Item::Gathered(mut bytes, frames)) => {
+                if bytes.capacity() - bytes.len() > bytes.len() / 4 {
+                    // Taken before it filled up: it goes on (to a socket
+                    // that may take nothing for a while) at its size.
+                    bytes.shrink_to_fit();
+                }
+                Ok((Inbound::Data(Bytes::from(bytes)), frames))
+            }
             None => Err(self.closed),
         };
         if self.items.is_empty() && self.items.capacity() > SHRINK_ABOVE {
@@ -121,7 +134,7 @@ impl Arrivals {
 
     /// The next arrival and the DATA frames it stands for; `Err(true)` if
     /// none will come any more.
-    fn try_pop(&self) -> Result<(Inbound, usize), bool> {
+    pub(super) fn try_pop(&self) -> Result<(Inbound, usize), bool> {
         self.queue.lock().pop()
     }
 
@@ -330,6 +343,8 @@ impl MuxStream {
     /// A reset (the peer's, or the mux's own when the peer broke the
     /// stream's rules or the link's inbound budget needed its bytes) drops
     /// what arrived before it and was not taken yet, as a TCP reset does.
+    /// As in TCP, the bytes keep their order but not the frames they came
+    /// in: small payloads that waited together come as one.
     pub async fn recv(&mut self) -> Inbound {
         let next = match self.inbound.pop().await {
             Some(next) => next,
@@ -498,6 +513,52 @@ mod tests {
         );
         assert!(matches!(&got[got.len() - 2], (Inbound::Data(d), 1) if d.len() == 3));
         assert!(matches!(got[got.len() - 1], (Inbound::Fin, 0)));
+    }
+
+    /// Payload sizes chosen to land a buffer just past a power of two
+    /// cannot make it hold much more than its bytes: growth stops at the
+    /// most a buffer holds, and one taken before it filled goes on at its
+    /// size.
+    #[test]
+    fn gathered_buffers_hold_little_beyond_their_bytes() {
+        let (port, arrivals, _credit) = MuxStream::port();
+        let mut sizes = vec![GATHER_BELOW - 1; 16];
+        sizes.push(16);
+        for _ in 0..4 {
+            for &n in &sizes {
+                port.deliver(data(n));
+            }
+        }
+        {
+            let queue = arrivals.queue.lock();
+            for item in &queue.items {
+                if let Item::Gathered(bytes, _) = item {
+                    assert!(bytes.capacity() <= GATHER_MOST, "{}", bytes.capacity());
+                    if bytes.len() + GATHER_BELOW > GATHER_MOST {
+                        assert!(
+                            bytes.capacity() - bytes.len() < GATHER_BELOW,
+                            "a full buffer"
+                        );
+                    }
+                }
+            }
+        }
+        let total: usize = drain(&arrivals)
+            .iter()
+            .map(|(inbound, _)| match inbound {
+                Inbound::Data(d) => d.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, 4 * sizes.iter().sum::<usize>());
+        // Taken before it filled up: it goes on at its size.
+        port.deliver(data(1000));
+        port.deliver(data(1000));
+        let Ok((Inbound::Data(taken), 2)) = arrivals.try_pop() else {
+            panic!("gathered");
+        };
+        let taken = taken.try_into_mut().expect("nobody else holds it");
+        assert_eq!((taken.len(), taken.capacity()), (2000, 2000));
     }
 
     #[test]
