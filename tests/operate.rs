@@ -1013,6 +1013,12 @@ fn check_validates_configs() {
             "the key file cannot be created",
         ),
         (
+            // A directory nobody may create files in (even root: /proc).
+            "l.toml",
+            "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nkey_file = \"/proc/server.key\"\n",
+            "cannot be created in /proc",
+        ),
+        (
             // Once passed by the check, then the tunnel bound and the start
             // failed on the admin port with a status that asks for a retry.
             "k.toml",

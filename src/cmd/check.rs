@@ -55,6 +55,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             dir.display()
                         );
                     }
+                    can_create_in(dir).with_context(|| {
+                        format!(
+                            "{}: the key file cannot be created in {} (by this user)",
+                            key_file.display(),
+                            dir.display()
+                        )
+                    })?;
                     format!("key {} (created on first start)", key_file.display())
                 }
                 Err(e) => {
@@ -102,4 +109,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Whether a file can be created in `dir`, tried the way the start creates
+/// the key (a new file, then gone): permissions, a read-only file system
+/// and the like all show.
+fn can_create_in(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".rejoin-check.{}.tmp", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
 }
