@@ -32,8 +32,10 @@ struct RawLink {
 impl RawLink {
     async fn connect(server: SocketAddr) -> RawLink {
         // The link's handshake with the shared token: what any holder of it
-        // can do before logging in.
-        let config = stream::Config::sealed(token().key().psk());
+        // can do before logging in. (A small window, so that what a link
+        // never read holds fills sooner: it is the server's bounds that the
+        // tests are after.)
+        let config = stream::Config::sealed(token().key().psk()).with_recv_buffer(256 << 10);
         RawLink {
             stream: stream::connect(server.to_string(), config).await.unwrap(),
             input: BytesMut::new(),

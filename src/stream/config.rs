@@ -286,7 +286,9 @@ pub struct Config {
     /// Default `None` (the limit is fixed).
     pub unsent_time: Option<Duration>,
     /// Received bytes buffered for the application before reading pauses.
-    /// Default 256 KiB.
+    /// In the sealed suite it is also the window the peer may send into,
+    /// which caps one stream's throughput at about `recv_buffer` per round
+    /// trip. Default 1 MiB.
     pub recv_buffer: usize,
     /// Deadline for a handshake or a reconnect exchange, both sides. Always on.
     /// Default 10 s.
@@ -352,7 +354,9 @@ impl Default for Config {
             path_buffer: 256 << 10,
             unsent_limit: None,
             unsent_time: None,
-            recv_buffer: 256 << 10,
+            // (256 KiB capped the sealed suite on loopback at 0.55–0.57 of
+            // plain TCP, 512 KiB and more at 0.7–0.8: docs/benchmarks.md.)
+            recv_buffer: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(60),
             idle_timeout: Some(Duration::from_secs(60)),
