@@ -1032,6 +1032,40 @@ fn check_validates_configs() {
         assert!(!ok, "{name} is refused");
         assert!(text.contains(says), "{name}: {text}");
     }
+    // A key file that is a link to nothing: the start would not create a
+    // key through it.
+    let dangling = dir.join("dangling.key");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+    let path = dir.join("m.toml");
+    write(
+        &path,
+        &format!(
+            "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nkey_file = \"{}\"\n",
+            dangling.display()
+        ),
+    );
+    let (ok, text) = check(&path);
+    assert!(
+        !ok && text.contains("a link to a file that does not exist"),
+        "{text}"
+    );
+    // A key to be created next to the config: the check tries a file and
+    // a link there, and leaves nothing behind.
+    let path = dir.join("n.toml");
+    write(
+        &path,
+        "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nkey_file = \"new.key\"\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(ok && text.contains("created on first start"), "{text}");
+    assert!(!dir.join("new.key").exists());
+    let left: Vec<_> = std::fs::read_dir(&*dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".rejoin-check"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let (ok, text) = check(&dir.join("missing.toml"));
     assert!(!ok && text.contains("missing.toml"), "{text}");
     // The start refuses the bad admin address as a config error: exit 78,

@@ -642,12 +642,12 @@ async fn sealed_handshake_abuse_is_refused_cleanly() {
 /// check switched off) to a server whose application does not read: the
 /// server ends that session with a protocol error once the bytes beyond its
 /// receive buffer pass two frames, and holds no more than that meanwhile.
-/// Another session on the same listener is served throughout. With the
-/// stream's default receive buffer (256 KiB), and with the tunnel link's
-/// (2 MiB), the window a token holder may fill on a tunnel server.
+/// Another session on the same listener is served throughout. With a
+/// sealed stream's default receive buffer (1 MiB), and with the tunnel
+/// link's (2 MiB), the window a token holder may fill on a tunnel server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_peer_past_its_window_is_ended() {
-    past_the_window(Config::default().recv_buffer).await;
+    past_the_window(rejoin::stream::SEALED_RECV_BUFFER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

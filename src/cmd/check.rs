@@ -43,6 +43,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     format!("key {}", key_file.display())
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if key_file.symlink_metadata().is_ok() {
+                        // The start never replaces what is there.
+                        anyhow::bail!(
+                            "{}: a link to a file that does not exist; the start will not create a key through it",
+                            key_file.display()
+                        );
+                    }
                     // The start creates it, so its directory must be there.
                     let dir = match key_file.parent() {
                         Some(d) if !d.as_os_str().is_empty() => d,
@@ -55,13 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             dir.display()
                         );
                     }
-                    can_create_in(dir).with_context(|| {
-                        format!(
-                            "{}: the key file cannot be created in {} (by this user)",
-                            key_file.display(),
-                            dir.display()
-                        )
-                    })?;
+                    can_create_in(dir)
+                        .with_context(|| format!("key file {}", key_file.display()))?;
                     format!("key {} (created on first start)", key_file.display())
                 }
                 Err(e) => {
@@ -111,14 +113,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a file can be created in `dir`, tried the way the start creates
-/// the key (a new file, then gone): permissions, a read-only file system
-/// and the like all show.
-fn can_create_in(dir: &Path) -> std::io::Result<()> {
+/// Whether a key can be created in `dir` the way the start creates one: a
+/// new file, then a hard link to it under the key's name (so a file system
+/// without hard links shows here too). Both are removed again.
+fn can_create_in(dir: &Path) -> anyhow::Result<()> {
     let probe = dir.join(format!(".rejoin-check.{}.tmp", std::process::id()));
-    std::fs::OpenOptions::new()
+    let linked = dir.join(format!(".rejoin-check.{}.key", std::process::id()));
+    let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&probe)?;
-    std::fs::remove_file(&probe)
+        .open(&probe)
+        .map(drop)
+        .and_then(|()| std::fs::hard_link(&probe, &linked));
+    let removed = [&linked, &probe].map(|p| match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((p.clone(), e)),
+        _ => Ok(()),
+    });
+    if let Err(e) = made {
+        let who = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => " by this user",
+            _ => "",
+        };
+        return Err(e).with_context(|| format!("cannot be created in {}{who}", dir.display()));
+    }
+    for r in removed {
+        if let Err((p, e)) = r {
+            return Err(e).with_context(|| format!("could not remove the probe {}", p.display()));
+        }
+    }
+    Ok(())
 }

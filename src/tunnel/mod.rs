@@ -14,8 +14,9 @@ pub mod udp;
 pub use traffic::ServiceStats;
 
 /// The link's receive buffer, both ends: the most received bytes held for
-/// the mux, and so the sealed suite's window. The stream's default (256 KiB)
-/// is less than a fast link keeps in flight between two socket buffers, and
+/// the mux, and so the sealed suite's window. The stream's default (256 KiB,
+/// as it was for the sealed suite too when this was measured) is less than
+/// a fast link keeps in flight between two socket buffers, and
 /// the sender then waits for window updates: on loopback the tunnel left a
 /// quarter of the CPU idle (docs/benchmarks.md). The mux reads the link as
 /// fast as it comes, so this is memory only while the mux is behind.
