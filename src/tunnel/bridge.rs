@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::frame::MAX_DATA;
-use super::mux::{Inbound, MuxStream, advance_pieces};
+use super::mux::{GATHER_BELOW, GATHER_MOST, Inbound, MuxStream, advance_pieces};
 use super::pool;
 use super::traffic::Meter;
 
@@ -26,13 +26,6 @@ const WRITE_SLICES: usize = 16;
 /// work per turn, but enough that a flood of tiny payloads is gathered as
 /// fast as it arrives.
 const TAKE_PER_TURN: usize = 4096;
-
-/// Payloads below this are gathered into one buffer rather than queued one
-/// by one (see [`Pending`]).
-const GATHER_BELOW: usize = 4096;
-
-/// Most bytes gathered into one buffer.
-const GATHER_MOST: usize = 64 * 1024;
 
 /// Bytes from the tunnel not yet written to the socket. The stream's window
 /// counts payload bytes only, so a peer sending tiny DATA frames must not

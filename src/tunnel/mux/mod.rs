@@ -52,6 +52,7 @@ pub use stream::{CreditSignal, DatagramReceiver, DatagramSender, MuxStream};
 pub use types::{End, Inbound, MuxConfig, SendError, Side, StreamError, UdpDrop, UdpStats};
 
 pub(crate) use driver::advance_pieces;
+pub(crate) use stream::{GATHER_BELOW, GATHER_MOST};
 
 /// What the mux hands to the session above it.
 #[derive(Debug)]

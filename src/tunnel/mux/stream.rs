@@ -34,11 +34,12 @@ pub(crate) struct Arrivals {
 /// Room for arrivals an empty queue keeps.
 const SHRINK_ABOVE: usize = 64;
 
-/// Payloads below this are gathered (see [`Arrivals`]).
-const GATHER_BELOW: usize = 4096;
+/// Payloads below this are gathered: while they wait for a stream's user
+/// (see [`Arrivals`]) and for a socket (the bridge's queue).
+pub(crate) const GATHER_BELOW: usize = 4096;
 
 /// Most bytes gathered into one buffer.
-const GATHER_MOST: usize = 64 * 1024;
+pub(crate) const GATHER_MOST: usize = 64 * 1024;
 
 #[derive(Default)]
 struct ArrivalQueue {
