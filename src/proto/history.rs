@@ -85,6 +85,28 @@ impl History {
         }
     }
 
+    /// Lets go of the bytes before stream count `from` and of the memory
+    /// they took: what is kept moves into a buffer of its own size, which
+    /// grows again as bytes are written. Nothing happens if `from` is not
+    /// held, or if less than [`History::SPARE`] would be given back.
+    pub fn release_before(&mut self, from: u64) {
+        let Some((a, b)) = self.slices_from(from) else {
+            return;
+        };
+        let keep = a.len() + b.len();
+        if self.buf.capacity() - keep < Self::SPARE {
+            return;
+        }
+        let mut buf = Vec::with_capacity(keep);
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b);
+        self.buf = buf;
+        self.head = 0;
+    }
+
+    /// Memory below which [`History::release_before`] leaves the ring be.
+    pub const SPARE: usize = 64 * 1024;
+
     /// The held bytes from stream count `from` to the end, as up to two
     /// slices, or `None` if `from` is older than what is held or in the future.
     pub fn slices_from(&self, from: u64) -> Option<(&[u8], &[u8])> {
@@ -138,6 +160,49 @@ mod tests {
         put(&mut h, 20);
         assert_eq!(collect(&h, 23), Some((23..31).collect()));
         assert!(h.allocated() <= 4096);
+    }
+
+    /// Released, a history keeps the bytes asked for (in order, across the
+    /// ring's wrap) in a buffer of their size, and grows and wraps again as
+    /// before.
+    #[test]
+    fn released_bytes_give_their_memory_back() {
+        let cap = 256 * 1024;
+        let mut h = History::new(cap);
+        let mut all: Vec<u8> = Vec::new();
+        let put = |h: &mut History, all: &mut Vec<u8>, n: usize| {
+            let base = all.len();
+            let mut next = base;
+            h.append_with(n, |s| {
+                s.fill_with(|| {
+                    next += 1;
+                    ((next - 1) % 251) as u8
+                })
+            });
+            all.extend((base..base + n).map(|x| (x % 251) as u8));
+        };
+        put(&mut h, &mut all, cap + cap / 2);
+        assert_eq!(h.allocated(), cap);
+        // Too little to give back: left as it is.
+        h.release_before(h.end() - (cap as u64 - 1000));
+        assert_eq!(h.allocated(), cap);
+        // The last 3000 bytes span the ring's wrap point.
+        let from = h.end() - 3000;
+        h.release_before(from);
+        assert_eq!((h.start(), h.len(), h.allocated()), (from, 3000, 3000));
+        assert_eq!(collect(&h, from).unwrap(), all[from as usize..].to_vec());
+        // Not held (or in the future): nothing happens.
+        h.release_before(from - 1);
+        h.release_before(h.end() + 1);
+        assert_eq!(h.len(), 3000);
+        put(&mut h, &mut all, 2 * cap + 77);
+        assert_eq!(h.len(), cap);
+        assert_eq!(h.allocated(), cap);
+        let start = h.start();
+        assert_eq!(collect(&h, start).unwrap(), all[start as usize..].to_vec());
+        h.release_before(h.end());
+        assert_eq!((h.len(), h.allocated()), (0, 0));
+        assert_eq!(collect(&h, h.end()), Some(vec![]));
     }
 
     proptest! {

@@ -302,7 +302,7 @@ impl Session {
     }
 
     /// The lowest count the peer may still ask us to resend.
-    fn safe_floor(&self) -> u64 {
+    pub(crate) fn safe_floor(&self) -> u64 {
         if self.secrets.is_some() {
             // Acks free the history, but never what this connection has yet
             // to send: after a resume the peer may ack bytes it got on the
@@ -333,6 +333,17 @@ impl Session {
             self.floor
         } else {
             self.floor.max(assumed)
+        }
+    }
+
+    /// Sealed suite: lets the history's memory go, all but what the peer
+    /// has not acknowledged or this connection has yet to send (a resume
+    /// never asks for more). The compatible suite has no acks: its peer may
+    /// ask for any byte the history holds, so nothing is let go.
+    pub(crate) fn release_history(&mut self) {
+        if self.is_sealed() {
+            let keep_from = self.safe_floor();
+            self.history.release_before(keep_from);
         }
     }
 

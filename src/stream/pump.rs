@@ -387,6 +387,9 @@ where
         // Reading is paused by the application: silence is not the link's fault.
         st.last_rx = now;
     }
+    if let Some(at) = st.trim(now) {
+        next = earliest(next, at);
+    }
     if let Some(at) = next {
         if timer.deadline() != at {
             timer.as_mut().reset(at);

@@ -91,7 +91,22 @@ pub(crate) struct State {
     /// the session's `sent` then.
     pace_at: Instant,
     pace_sent: u64,
+    /// When the session next asks whether it has gone quiet (see
+    /// [`State::trim`]), and the bytes it had moved both ways at the last
+    /// asking.
+    pub trim_at: Instant,
+    trim_mark: u64,
+    /// The bytes moved both ways when the session last let go of its
+    /// spare memory: until more move, there is nothing more to let go of.
+    released_at: u64,
 }
+
+/// How often a session asks whether it has gone quiet.
+pub(crate) const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Fewer bytes than this moved both ways between two askings, and a session
+/// counts as quiet: it lets go of the memory a burst left behind.
+const QUIET_BYTES: u64 = 64 * 1024;
 
 /// Most bytes taken from the transport in one read (fewer, larger reads:
 /// each costs a system call and a wakeup of the peer).
@@ -296,7 +311,51 @@ impl State {
             driver_waker: None,
             pace_at: Instant::now(),
             pace_sent: 0,
+            trim_at: Instant::now() + TRIM_EVERY,
+            trim_mark: 0,
+            released_at: 0,
         }
+    }
+
+    /// Bytes moved both ways so far.
+    fn moved(&self) -> u64 {
+        self.session
+            .write_count()
+            .saturating_add(self.session.read_count())
+    }
+
+    /// Lets go of the memory a burst left behind: an empty receive buffer,
+    /// the sealed history's acknowledged bytes, the link's empty buffers.
+    /// They grow again when bytes come.
+    pub fn release_spare(&mut self) {
+        tracing::trace!("session quiet: letting go of spare memory");
+        self.released_at = self.moved();
+        if self.rx.is_empty() {
+            self.rx = BytesMut::new();
+        }
+        if !self.writing {
+            self.session.release_history();
+        }
+        if let Some(link) = &mut self.link {
+            link.release_buffers();
+        }
+    }
+
+    /// Asks, every [`TRIM_EVERY`], whether the session has gone quiet
+    /// (fewer than 64 KiB moved both ways since the last asking), and if
+    /// so lets go of its spare memory: a session that once carried a burst
+    /// must not keep the buffers of it for its whole life. Returns when to
+    /// ask next: never while nothing has moved since the last letting go.
+    pub fn trim(&mut self, now: Instant) -> Option<Instant> {
+        let moved = self.moved();
+        if now >= self.trim_at {
+            if moved.saturating_sub(self.trim_mark) < QUIET_BYTES && moved != self.released_at {
+                self.release_spare();
+            }
+            self.trim_mark = moved;
+            self.trim_at = now + TRIM_EVERY;
+        }
+        (moved != self.released_at).then_some(self.trim_at)
     }
 
     /// Sets the unsent limit to what the connection took in the last
@@ -1112,6 +1171,102 @@ mod tests {
             }
         }
         assert_eq!(&server.rx[..], b"second");
+    }
+
+    /// A sealed session whose link carried a burst, then went quiet, lets
+    /// go of the memory the burst left behind (the receive buffer, the
+    /// acknowledged history, the link's buffers) at the second asking
+    /// after it, keeps what the peer has not acknowledged, and stops
+    /// asking once nothing is left to let go of. A compatible session's
+    /// history stays: its peer may ask for any byte of it.
+    #[test]
+    fn a_quiet_session_lets_go_of_what_a_burst_left() {
+        let ((cs, cl), (ss, sl)) = crate::fuzz::sealed_pair().expect("handshake");
+        let state = |session, link| {
+            let mut st = State::new(session, 1 << 20, std::time::Duration::from_secs(1), None);
+            st.link = Some(link);
+            st
+        };
+        let (mut c, mut s) = (state(cs, cl), state(ss, sl));
+        // Everything waiting on one side's link goes to the other's.
+        fn carry(from: &mut State, to: &mut State) {
+            let window = from.window();
+            let link = from.link.as_mut().expect("link");
+            let wire = link
+                .poll_transmit(&mut from.session, window)
+                .expect("sealed")
+                .to_vec();
+            link.handle_transmitted(wire.len());
+            let to_link = to.link.as_mut().expect("link");
+            to_link.input_buffer().extend_from_slice(&wire);
+            to.unseal().expect("opened");
+        }
+        let data = vec![5u8; 3 << 20];
+        let mut written = 0;
+        let mut out = vec![0u8; 64 << 10];
+        for _ in 0..1000 {
+            written += c.write(&data[written..]);
+            carry(&mut c, &mut s);
+            while !s.rx.is_empty() {
+                let mut buf = tokio::io::ReadBuf::new(&mut out);
+                s.read_into(&mut buf);
+            }
+            carry(&mut s, &mut c);
+            if written == data.len() && !c.wire_pending() {
+                break;
+            }
+        }
+        assert_eq!(s.session.read_count(), c.session.write_count());
+        // The last bytes, not yet acknowledged (the peer acks every 16 KiB).
+        c.write(&[1; 100]);
+        carry(&mut c, &mut s);
+        let unacked = c.session.write_count() - c.session.safe_floor();
+        assert!(unacked >= 100, "{unacked}");
+        assert!(c.session.history().allocated() >= 3 << 20);
+        let link_held = |st: &State| st.link.as_ref().map_or(0, Link::buffered);
+        assert!(link_held(&c) >= 64 << 10, "{}", link_held(&c));
+        let t0 = c.trim_at;
+        // The first asking sees the burst: nothing is let go of.
+        assert_eq!(c.trim(t0), Some(t0 + TRIM_EVERY));
+        assert!(c.session.history().allocated() >= 3 << 20);
+        // Quiet since: let go of, all but the bytes still unacknowledged.
+        assert_eq!(c.trim(t0 + TRIM_EVERY), None, "nothing left to ask for");
+        assert_eq!(c.session.history().len() as u64, unacked);
+        assert!(c.session.history().allocated() < 64 << 10);
+        assert_eq!((c.rx.capacity(), link_held(&c)), (0, 0));
+        // Nothing moves: it is not asked again.
+        assert_eq!(c.trim(t0 + 5 * TRIM_EVERY), None);
+        assert!(link_held(&s) >= 32 << 10, "{}", link_held(&s));
+        let t1 = s.trim_at;
+        s.trim(t1);
+        assert_eq!(s.trim(t1 + TRIM_EVERY), None);
+        assert_eq!(link_held(&s), 0);
+        assert_eq!(&s.rx[..], &[1; 100], "bytes not yet read are kept");
+        // It all still works: the unacknowledged bytes go on being held
+        // (a resume could ask for them), and a new burst grows it again.
+        carry(&mut s, &mut c);
+        let n = c.write(&data[..1 << 20]);
+        assert!(n > 60_000, "{n}");
+        carry(&mut c, &mut s);
+        assert_eq!(s.rx.len(), n + 100);
+        assert!(&s.rx[100..].iter().all(|&b| b == 5));
+
+        // The compatible suite: its history is kept whole.
+        let (mut rc4, _) = pair(true, 1 << 20);
+        let mut written = 0;
+        for _ in 0..100 {
+            written += rc4.write(&data[..64 << 10]);
+            let n = pending(&rc4).len();
+            rc4.session.handle_transmitted(n);
+        }
+        assert!(written >= 600 << 10, "{written}");
+        let held = rc4.session.history().allocated();
+        let len = rc4.session.history().len();
+        let t = rc4.trim_at;
+        rc4.trim(t);
+        rc4.trim(t + TRIM_EVERY);
+        assert_eq!(rc4.session.history().allocated(), held);
+        assert_eq!(rc4.session.history().len(), len);
     }
 
     #[test]

@@ -167,6 +167,35 @@ impl Link {
         self.opener.as_ref().map_or(0, |o| o.frames_in)
     }
 
+    /// Lets go of the memory of the buffers that hold nothing now (bytes
+    /// sealed and taken, none received and not yet opened), and returns
+    /// how much that was. A side lent out is left as it is.
+    pub(crate) fn release_buffers(&mut self) -> usize {
+        let mut freed = 0;
+        if let Some(sealer) = &mut self.sealer {
+            if !sealer.has_output() {
+                freed += sealer.out.capacity();
+                sealer.out = Vec::new();
+                sealer.clear();
+            }
+        }
+        if let Some(opener) = &mut self.opener {
+            if opener.input.is_empty() && opener.opened.is_empty() {
+                freed += opener.input.capacity();
+                opener.input = BytesMut::new();
+                opener.opened_to = 0;
+            }
+        }
+        freed
+    }
+
+    /// Memory the link's buffers hold now.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.sealer.as_ref().map_or(0, |s| s.out.capacity())
+            + self.opener.as_ref().map_or(0, |o| o.input.capacity())
+    }
+
     /// Lends the receiving side out (`None` if it already is). Until
     /// [`Link::restore_opener`], nothing received can be opened here.
     pub(crate) fn lend_opener(&mut self) -> Option<Opener> {
