@@ -86,22 +86,34 @@ impl History {
     }
 
     /// Lets go of the bytes before stream count `from` and of the memory
-    /// they took: what is kept moves into a buffer of its own size, which
-    /// grows again as bytes are written. Nothing happens if `from` is not
-    /// held, or if less than [`History::SPARE`] would be given back.
-    pub fn release_before(&mut self, from: u64) {
+    /// they took: what is kept moves into a buffer of about its own size,
+    /// which grows again as bytes are written. Returns whether nothing
+    /// more is worth letting go of: it keeps the buffer as it is (and
+    /// returns `false`) while most of it is still held from `from` on, so
+    /// that a history whose bytes are still asked for is not copied over
+    /// and over for little; and as it is (returning `true`) when less than
+    /// [`History::SPARE`] would be given back, or `from` is not held.
+    pub fn release_before(&mut self, from: u64) -> bool {
         let Some((a, b)) = self.slices_from(from) else {
-            return;
+            return true;
         };
         let keep = a.len() + b.len();
         if self.buf.capacity() - keep < Self::SPARE {
-            return;
+            return true;
         }
-        let mut buf = Vec::with_capacity(keep);
+        if keep > self.buf.capacity() / 4 {
+            return false;
+        }
+        let mut buf = if keep == 0 {
+            Vec::new()
+        } else {
+            Vec::with_capacity(keep.next_power_of_two().clamp(4096, self.capacity))
+        };
         buf.extend_from_slice(a);
         buf.extend_from_slice(b);
         self.buf = buf;
         self.head = 0;
+        true
     }
 
     /// Memory below which [`History::release_before`] leaves the ring be.
@@ -184,23 +196,26 @@ mod tests {
         put(&mut h, &mut all, cap + cap / 2);
         assert_eq!(h.allocated(), cap);
         // Too little to give back: left as it is.
-        h.release_before(h.end() - (cap as u64 - 1000));
+        assert!(h.release_before(h.end() - (cap as u64 - 1000)));
         assert_eq!(h.allocated(), cap);
+        // Most of it still held from there on: left as it is, for now.
+        assert!(!h.release_before(h.end() - (cap as u64 / 2)));
+        assert_eq!((h.len(), h.allocated()), (cap, cap));
         // The last 3000 bytes span the ring's wrap point.
         let from = h.end() - 3000;
-        h.release_before(from);
-        assert_eq!((h.start(), h.len(), h.allocated()), (from, 3000, 3000));
+        assert!(h.release_before(from));
+        assert_eq!((h.start(), h.len(), h.allocated()), (from, 3000, 4096));
         assert_eq!(collect(&h, from).unwrap(), all[from as usize..].to_vec());
         // Not held (or in the future): nothing happens.
-        h.release_before(from - 1);
-        h.release_before(h.end() + 1);
+        assert!(h.release_before(from - 1));
+        assert!(h.release_before(h.end() + 1));
         assert_eq!(h.len(), 3000);
         put(&mut h, &mut all, 2 * cap + 77);
         assert_eq!(h.len(), cap);
         assert_eq!(h.allocated(), cap);
         let start = h.start();
         assert_eq!(collect(&h, start).unwrap(), all[start as usize..].to_vec());
-        h.release_before(h.end());
+        assert!(h.release_before(h.end()));
         assert_eq!((h.len(), h.allocated()), (0, 0));
         assert_eq!(collect(&h, h.end()), Some(vec![]));
     }

@@ -339,12 +339,15 @@ impl Session {
     /// Sealed suite: lets the history's memory go, all but what the peer
     /// has not acknowledged or this connection has yet to send (a resume
     /// never asks for more). The compatible suite has no acks: its peer may
-    /// ask for any byte the history holds, so nothing is let go.
-    pub(crate) fn release_history(&mut self) {
-        if self.is_sealed() {
-            let keep_from = self.safe_floor();
-            self.history.release_before(keep_from);
+    /// ask for any byte the history holds, so nothing is let go. Returns
+    /// whether nothing more is worth letting go of (see
+    /// [`History::release_before`]).
+    pub(crate) fn release_history(&mut self) -> bool {
+        if !self.is_sealed() {
+            return true;
         }
+        let keep_from = self.safe_floor();
+        self.history.release_before(keep_from)
     }
 
     /// Compatible v1 suite, after a resume: whether the peer may still be

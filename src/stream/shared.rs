@@ -96,9 +96,9 @@ pub(crate) struct State {
     /// asking.
     pub trim_at: Instant,
     trim_mark: u64,
-    /// The bytes moved both ways when the session last let go of its
-    /// spare memory: until more move, there is nothing more to let go of.
-    released_at: u64,
+    /// Everything spare was let go of at the last asking (when `trim_mark`
+    /// bytes had moved): until more move, there is nothing to ask.
+    trimmed: bool,
 }
 
 /// How often a session asks whether it has gone quiet.
@@ -147,9 +147,12 @@ impl Lent {
     ) -> Poll<std::io::Result<usize>> {
         let poll = match &mut self.opener {
             Some(opener) => {
-                let input = opener.input_buffer();
-                input.reserve(self.limit);
-                poll_read_buf(Pin::new(io), cx, &mut input.limit(self.limit))
+                let input = opener.read_buffer(self.limit);
+                let poll = poll_read_buf(Pin::new(io), cx, &mut input.limit(self.limit));
+                if let Poll::Ready(Ok(n)) = poll {
+                    opener.note_read(n);
+                }
+                poll
             }
             None => poll_read_buf(Pin::new(io), cx, &mut (&mut self.tail).limit(self.limit)),
         };
@@ -313,7 +316,7 @@ impl State {
             pace_sent: 0,
             trim_at: Instant::now() + TRIM_EVERY,
             trim_mark: 0,
-            released_at: 0,
+            trimmed: false,
         }
     }
 
@@ -326,36 +329,47 @@ impl State {
 
     /// Lets go of the memory a burst left behind: an empty receive buffer,
     /// the sealed history's acknowledged bytes, the link's empty buffers.
-    /// They grow again when bytes come.
-    pub fn release_spare(&mut self) {
+    /// They grow again when bytes come. Returns whether all of it was let
+    /// go of (else bytes not yet read, sent or acknowledged held some back).
+    pub fn release_spare(&mut self) -> bool {
         tracing::trace!("session quiet: letting go of spare memory");
-        self.released_at = self.moved();
+        let mut all = true;
         if self.rx.is_empty() {
             self.rx = BytesMut::new();
+        } else {
+            all = false;
         }
-        if !self.writing {
-            self.session.release_history();
-        }
+        all &= self.session.release_history();
         if let Some(link) = &mut self.link {
-            link.release_buffers();
+            all &= link.release_buffers();
         }
+        all
     }
 
     /// Asks, every [`TRIM_EVERY`], whether the session has gone quiet
     /// (fewer than 64 KiB moved both ways since the last asking), and if
     /// so lets go of its spare memory: a session that once carried a burst
     /// must not keep the buffers of it for its whole life. Returns when to
-    /// ask next: never while nothing has moved since the last letting go.
+    /// ask next: not at all once everything was let go of and nothing has
+    /// moved since (the first byte that moves starts a new period).
     pub fn trim(&mut self, now: Instant) -> Option<Instant> {
         let moved = self.moved();
+        if self.trimmed {
+            if moved == self.trim_mark {
+                return None;
+            }
+            self.trimmed = false;
+            self.trim_mark = moved;
+            self.trim_at = now + TRIM_EVERY;
+        }
         if now >= self.trim_at {
-            if moved.saturating_sub(self.trim_mark) < QUIET_BYTES && moved != self.released_at {
-                self.release_spare();
+            if moved.saturating_sub(self.trim_mark) < QUIET_BYTES {
+                self.trimmed = self.release_spare();
             }
             self.trim_mark = moved;
             self.trim_at = now + TRIM_EVERY;
         }
-        (moved != self.released_at).then_some(self.trim_at)
+        (!self.trimmed).then_some(self.trim_at)
     }
 
     /// Sets the unsent limit to what the connection took in the last
@@ -1239,17 +1253,45 @@ mod tests {
         assert!(link_held(&s) >= 32 << 10, "{}", link_held(&s));
         let t1 = s.trim_at;
         s.trim(t1);
-        assert_eq!(s.trim(t1 + TRIM_EVERY), None);
+        // Bytes not yet read keep the receive buffer, and the asking goes on.
+        assert_eq!(s.trim(t1 + TRIM_EVERY), Some(t1 + 2 * TRIM_EVERY));
         assert_eq!(link_held(&s), 0);
         assert_eq!(&s.rx[..], &[1; 100], "bytes not yet read are kept");
+        let mut buf = tokio::io::ReadBuf::new(&mut out);
+        s.read_into(&mut buf);
+        assert_eq!(s.trim(t1 + 2 * TRIM_EVERY), None);
+        assert_eq!(s.rx.capacity(), 0);
+        // The next read on the quiet link gets a small read's room, not a
+        // bulk read's 256 KiB.
+        c.write(&[2; 10]);
+        let window = c.window();
+        let cl = c.link.as_mut().expect("link");
+        let wire = cl
+            .poll_transmit(&mut c.session, window)
+            .expect("sealed")
+            .to_vec();
+        cl.handle_transmitted(wire.len());
+        let mut lent = s.lend(BytesMut::new()).expect("lent");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let read = lent.poll_read(&mut &wire[..], &mut cx);
+        assert!(matches!(read, Poll::Ready(Ok(n)) if n == wire.len()));
+        s.take_back(lent).1.expect("opened");
+        assert!(link_held(&s) <= 4096, "{}", link_held(&s));
+        assert_eq!(&s.rx[..], &[2; 10]);
+        let mut buf = tokio::io::ReadBuf::new(&mut out);
+        s.read_into(&mut buf);
         // It all still works: the unacknowledged bytes go on being held
         // (a resume could ask for them), and a new burst grows it again.
         carry(&mut s, &mut c);
         let n = c.write(&data[..1 << 20]);
         assert!(n > 60_000, "{n}");
+        // The first bytes to move start a new period: nothing is let go of
+        // before it ends.
+        let t2 = t0 + 7 * TRIM_EVERY;
+        assert_eq!(c.trim(t2), Some(t2 + TRIM_EVERY));
         carry(&mut c, &mut s);
-        assert_eq!(s.rx.len(), n + 100);
-        assert!(&s.rx[100..].iter().all(|&b| b == 5));
+        assert_eq!(s.rx.len(), n);
+        assert!(&s.rx[..].iter().all(|&b| b == 5));
 
         // The compatible suite: its history is kept whole.
         let (mut rc4, _) = pair(true, 1 << 20);

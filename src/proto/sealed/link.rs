@@ -84,7 +84,14 @@ pub(crate) struct Opener {
     /// Where the opened frames' stream bytes are in `input`.
     opened: Vec<std::ops::Range<usize>>,
     frames_in: u64,
+    /// Whether the last read brought a small read's worth or more: frames
+    /// come in bulk, and reads get room for as much as one may take.
+    busy: bool,
 }
+
+/// The room a read gets while the link is quiet (see
+/// [`Opener::read_buffer`]).
+const SMALL_READ: usize = 4096;
 
 /// What the frames opened by one [`Opener::open`] said: the highest ack and
 /// the highest window (both only ever move up).
@@ -168,25 +175,27 @@ impl Link {
     }
 
     /// Lets go of the memory of the buffers that hold nothing now (bytes
-    /// sealed and taken, none received and not yet opened), and returns
-    /// how much that was. A side lent out is left as it is.
-    pub(crate) fn release_buffers(&mut self) -> usize {
-        let mut freed = 0;
-        if let Some(sealer) = &mut self.sealer {
-            if !sealer.has_output() {
-                freed += sealer.out.capacity();
+    /// sealed and taken, none received and not yet opened). Returns whether
+    /// both were let go of: a side lent out, or holding bytes, is left as
+    /// it is.
+    pub(crate) fn release_buffers(&mut self) -> bool {
+        let mut all = true;
+        match &mut self.sealer {
+            Some(sealer) if !sealer.has_output() => {
                 sealer.out = Vec::new();
                 sealer.clear();
             }
+            _ => all = false,
         }
-        if let Some(opener) = &mut self.opener {
-            if opener.input.is_empty() && opener.opened.is_empty() {
-                freed += opener.input.capacity();
+        match &mut self.opener {
+            Some(opener) if opener.input.is_empty() && opener.opened.is_empty() => {
                 opener.input = BytesMut::new();
                 opener.opened_to = 0;
+                opener.busy = false;
             }
+            _ => all = false,
         }
-        freed
+        all
     }
 
     /// Memory the link's buffers hold now.
@@ -469,6 +478,7 @@ impl Opener {
             opened_to: 0,
             opened: Vec::new(),
             frames_in: 0,
+            busy: false,
         }
     }
 
@@ -483,9 +493,24 @@ impl Opener {
         })
     }
 
-    /// The buffer received bytes go into before [`Opener::open`].
-    pub fn input_buffer(&mut self) -> &mut BytesMut {
+    /// The buffer the next read goes into, with room for it: for `limit`
+    /// bytes while frames come in bulk, for a small read's while the link
+    /// is quiet (a quiet session's pings and acks must not each make it
+    /// hold a bulk read's buffer again once it let go of it). Tell it what
+    /// the read brought with [`Opener::note_read`].
+    pub fn read_buffer(&mut self, limit: usize) -> &mut BytesMut {
+        let room = if self.busy {
+            limit
+        } else {
+            limit.min(SMALL_READ)
+        };
+        self.input.reserve(room);
         &mut self.input
+    }
+
+    /// Records that a read brought `n` bytes.
+    pub fn note_read(&mut self, n: usize) {
+        self.busy = n >= SMALL_READ / 2;
     }
 
     /// Opens every complete frame in the input buffer, in place, and raises
