@@ -1202,8 +1202,8 @@ mod tests {
             st
         };
         let (mut c, mut s) = (state(cs, cl), state(ss, sl));
-        // Everything waiting on one side's link goes to the other's.
-        fn carry(from: &mut State, to: &mut State) {
+        // Everything waiting on a side's link, sealed and taken.
+        fn sealed_out(from: &mut State) -> Vec<u8> {
             let window = from.window();
             let link = from.link.as_mut().expect("link");
             let wire = link
@@ -1211,6 +1211,11 @@ mod tests {
                 .expect("sealed")
                 .to_vec();
             link.handle_transmitted(wire.len());
+            wire
+        }
+        // Everything waiting on one side's link goes to the other's.
+        fn carry(from: &mut State, to: &mut State) {
+            let wire = sealed_out(from);
             let to_link = to.link.as_mut().expect("link");
             to_link.input_buffer().extend_from_slice(&wire);
             to.unseal().expect("opened");
@@ -1264,13 +1269,7 @@ mod tests {
         // The next read on the quiet link gets a small read's room, not a
         // bulk read's 256 KiB.
         c.write(&[2; 10]);
-        let window = c.window();
-        let cl = c.link.as_mut().expect("link");
-        let wire = cl
-            .poll_transmit(&mut c.session, window)
-            .expect("sealed")
-            .to_vec();
-        cl.handle_transmitted(wire.len());
+        let wire = sealed_out(&mut c);
         let mut lent = s.lend(BytesMut::new()).expect("lent");
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let read = lent.poll_read(&mut &wire[..], &mut cx);
