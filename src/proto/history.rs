@@ -107,7 +107,7 @@ impl History {
         let mut buf = if keep == 0 {
             Vec::new()
         } else {
-            Vec::with_capacity(keep.next_power_of_two().clamp(4096, self.capacity))
+            Vec::with_capacity(keep.next_power_of_two().max(4096).min(self.capacity))
         };
         buf.extend_from_slice(a);
         buf.extend_from_slice(b);
