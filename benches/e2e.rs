@@ -521,8 +521,9 @@ async fn tunnel(local: SocketAddr) -> Tunnel {
     let token = Token::new("bench");
     let mut sc = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some(token.clone()));
     if let Ok(b) = std::env::var("BENCH_SOCKBUF") {
-        sc.stream.socket_buffer = b.parse().unwrap();
-        sc.stream.history = 8 * sc.stream.socket_buffer;
+        let b: usize = b.parse().unwrap();
+        sc.stream.socket_buffer = Some(b);
+        sc.stream.history = 8 * b;
     }
     if let Ok(w) = std::env::var("BENCH_WINDOW") {
         sc.mux.max_window = w.parse().unwrap();
@@ -530,8 +531,9 @@ async fn tunnel(local: SocketAddr) -> Tunnel {
     let server = Server::bind(sc).await.unwrap();
     let mut cc = ClientConfig::new(server.local_addr().to_string(), token, "bench");
     if let Ok(b) = std::env::var("BENCH_SOCKBUF") {
-        cc.stream.socket_buffer = b.parse().unwrap();
-        cc.stream.history = 8 * cc.stream.socket_buffer;
+        let b: usize = b.parse().unwrap();
+        cc.stream.socket_buffer = Some(b);
+        cc.stream.history = 8 * b;
     }
     if let Ok(w) = std::env::var("BENCH_WINDOW") {
         cc.mux.max_window = w.parse().unwrap();
@@ -843,7 +845,7 @@ async fn interop_section(o: &Opts, rows: &mut Vec<Row>) {
             ),
             (
                 "rejoin client, model's socket buffers → Go model server",
-                gosnet::net::SOCKET_BUFFER as usize,
+                Some(gosnet::net::SOCKET_BUFFER as usize),
             ),
         ] {
             let served = model_server(seed).await;

@@ -119,7 +119,7 @@ async fn refused_reconnects_leave_the_session_alone() {
     common::logs();
     let mut config = Config::default();
     // A small history, so "counts beyond the history" is reachable.
-    config.socket_buffer = 4096;
+    config.socket_buffer = Some(4096);
     config.path_buffer = 0;
     config.history = 32 << 10;
     let (addr, listener) = echo_listener(config.clone()).await;

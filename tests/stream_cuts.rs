@@ -26,7 +26,7 @@ fn config(version: Version, encrypt: bool, records: bool) -> Config {
     c.version = version;
     c.encrypt = encrypt;
     c.records = records;
-    c.socket_buffer = 64 << 10;
+    c.socket_buffer = Some(64 << 10);
     c.idle_timeout = Some(Duration::from_millis(1500));
     c.user_timeout = Some(Duration::from_secs(2));
     c.redial.initial = Duration::from_millis(20);

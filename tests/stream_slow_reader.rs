@@ -113,7 +113,7 @@ async fn slow_readers_never_run_out_of_history() {
 async fn an_understated_path_ends_in_a_clear_error() {
     common::logs();
     let mut config = Config::default();
-    config.socket_buffer = 4096;
+    config.socket_buffer = Some(4096);
     config.path_buffer = 0;
     config.history = 24 << 10;
     let listener = Listener::bind("127.0.0.1:0", config.clone()).await.unwrap();

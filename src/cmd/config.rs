@@ -608,7 +608,7 @@ impl ServerFile {
             inbound_budget: self.inbound_budget,
         }
         .apply(&mut config.mux)?;
-        config.stream.validate()?;
+        rejoin::tunnel::validate_link_stream(&config.stream)?;
         Ok(config)
     }
 

@@ -267,8 +267,16 @@ pub struct Config {
     pub history: usize,
     /// Requested `SO_SNDBUF` and `SO_RCVBUF` of TCP sockets (Linux doubles
     /// it). Bounding them bounds what can be lost in transit, which is what
-    /// the history must cover. Default 256 KiB.
-    pub socket_buffer: usize,
+    /// the compatible suite's history must cover (it has no acks); it also
+    /// caps a connection at about 2 × `socket_buffer` per round trip.
+    /// `None` leaves their size to the kernel, which grows them to the
+    /// path's bandwidth-delay product, and bounds instead the bytes the
+    /// kernel holds written but not yet sent ([`KERNEL_UNSENT`], with
+    /// `TCP_NOTSENT_LOWAT` where there is one), so that the stream's queue,
+    /// not the kernel's, holds what waits. Only the sealed suite, whose acks
+    /// free its history, may leave it to the kernel. Default 256 KiB; `None`
+    /// from [`Config::sealed`].
+    pub socket_buffer: Option<usize>,
     /// Bytes that relays on the path (proxies, tunnels) may hold. Default 256 KiB.
     pub path_buffer: usize,
     /// The most written bytes the stream holds that no connection has taken
@@ -347,6 +355,16 @@ pub struct Config {
 /// 256 KiB.
 pub const SEALED_RECV_BUFFER: usize = 1 << 20;
 
+/// With [`Config::socket_buffer`] `None`: the most bytes a socket's kernel
+/// holds written but not yet sent (`TCP_NOTSENT_LOWAT`, on Linux and
+/// Android). The kernel grows a send buffer to megabytes on a long
+/// path; without this bound all of it would be queue in front of the
+/// stream's own, and a tunnel's echo waited about 3 s behind another
+/// visitor's upload over a 2 MB/s link (0.6–0.8 s with it;
+/// docs/benchmarks.md). It bounds only the bytes not yet sent, so the
+/// window in flight still grows with the path.
+pub const KERNEL_UNSENT: usize = 128 << 10;
+
 /// The least [`Config::unsent_limit`]: a record and then some.
 pub const MIN_UNSENT_LIMIT: usize = 16 << 10;
 
@@ -358,7 +376,7 @@ impl Default for Config {
             encrypt: true,
             records: false,
             history: 4 << 20,
-            socket_buffer: 256 << 10,
+            socket_buffer: Some(256 << 10),
             path_buffer: 256 << 10,
             unsent_limit: None,
             unsent_time: None,
@@ -405,7 +423,7 @@ setters! {
     with_encrypt => encrypt: bool,
     with_records => records: bool,
     with_history => history: usize,
-    with_socket_buffer => socket_buffer: usize,
+    with_socket_buffer => socket_buffer: Option<usize>,
     with_path_buffer => path_buffer: usize,
     with_unsent_limit => unsent_limit: Option<usize>,
     with_unsent_time => unsent_time: Option<Duration>,
@@ -444,6 +462,7 @@ impl Config {
         Config {
             suite: Suite::Sealed(Sealed::new(psk)),
             recv_buffer: SEALED_RECV_BUFFER,
+            socket_buffer: None,
             ..Config::default()
         }
     }
@@ -464,11 +483,10 @@ impl Config {
     /// The most bytes that can be lost in transit when a connection breaks:
     /// our send buffer and the peer's receive buffer (each `socket_buffer`,
     /// doubled as Linux does, and assumed alike on both sides), plus
-    /// `path_buffer`.
-    pub fn in_flight(&self) -> usize {
-        self.socket_buffer
-            .saturating_mul(4)
-            .saturating_add(self.path_buffer)
+    /// `path_buffer`. `None` when the kernel sizes the buffers.
+    pub fn in_flight(&self) -> Option<usize> {
+        let buffer = self.socket_buffer?;
+        Some(buffer.saturating_mul(4).saturating_add(self.path_buffer))
     }
 
     /// Checks that the settings can work together.
@@ -491,11 +509,10 @@ impl Config {
         if self.unsent_time.is_some_and(|t| t.is_zero()) {
             return fail("unsent_time must be more than zero".into());
         }
-        if self.socket_buffer < 4096 {
-            return fail(format!(
-                "socket_buffer {} is below 4096",
-                self.socket_buffer
-            ));
+        if let Some(buffer) = self.socket_buffer
+            && buffer < 4096
+        {
+            return fail(format!("socket_buffer {buffer} is below 4096"));
         }
         if let Some(keys) = self.sealed_keys() {
             if self.history < MIN_SEALED_HISTORY {
@@ -523,13 +540,19 @@ impl Config {
         }
         // The sealed suite frees history by acks; the compatible one must
         // cover whatever can be in flight.
-        let need = self.in_flight().saturating_add(MIN_HISTORY);
-        if self.sealed_keys().is_none() && self.history < need {
-            return fail(format!(
-                "history {} must be at least in-flight {} (4 × socket_buffer + path_buffer) + {MIN_HISTORY}",
-                self.history,
-                self.in_flight()
-            ));
+        if self.sealed_keys().is_none() {
+            let Some(in_flight) = self.in_flight() else {
+                return fail(
+                    "the compatible suite needs a socket_buffer: it bounds what a break can lose, which the history must cover"
+                        .into(),
+                );
+            };
+            if self.history < in_flight.saturating_add(MIN_HISTORY) {
+                return fail(format!(
+                    "history {} must be at least in-flight {in_flight} (4 × socket_buffer + path_buffer) + {MIN_HISTORY}",
+                    self.history,
+                ));
+            }
         }
         if self.recv_buffer < 1024 {
             return fail(format!("recv_buffer {} is below 1024", self.recv_buffer));
@@ -601,7 +624,9 @@ impl Config {
             version: self.version,
             encrypt: self.encrypt,
             history: self.history,
-            in_flight: self.in_flight(),
+            // Only the sealed suite goes without a bound, and it frees its
+            // history by acks, never by what may be in flight.
+            in_flight: self.in_flight().unwrap_or(0),
             unsent_limit: self.unsent_limit,
         }
     }
@@ -639,7 +664,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
-        assert_eq!(Config::default().in_flight(), 1280 << 10);
+        assert_eq!(Config::default().in_flight(), Some(1280 << 10));
     }
 
     #[test]
@@ -661,9 +686,19 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().0.contains("in-flight"));
-        c.socket_buffer = 64 << 10;
+        c.socket_buffer = Some(64 << 10);
         c.path_buffer = 0;
         c.validate().unwrap();
+        c.socket_buffer = Some(4095);
+        assert!(c.validate().unwrap_err().0.contains("below 4096"));
+        // Without a bound nothing covers what a break can lose.
+        c.socket_buffer = None;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .0
+                .contains("needs a socket_buffer")
+        );
     }
 
     #[test]
@@ -672,6 +707,9 @@ mod tests {
         let mut c = Config::sealed(psk.clone());
         c.validate().unwrap();
         assert!(c.uses_records());
+        // Acks free its history: the kernel may size the socket buffers.
+        assert_eq!(c.socket_buffer, None);
+        assert_eq!(c.in_flight(), None);
         c.history = 1 << 20;
         c.validate().unwrap();
         c.history = 32 << 10;

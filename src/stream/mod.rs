@@ -52,8 +52,8 @@ mod transport;
 pub use crate::proto::Version;
 pub use client::{connect, connect_with};
 pub use config::{
-    Config, ConfigError, Keepalive, MAX_DURATION, PskLookup, Redial, SEALED_RECV_BUFFER, Sealed,
-    Suite,
+    Config, ConfigError, KERNEL_UNSENT, Keepalive, MAX_DURATION, PskLookup, Redial,
+    SEALED_RECV_BUFFER, Sealed, Suite,
 };
 pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};

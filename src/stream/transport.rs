@@ -66,10 +66,22 @@ where
 /// Socket options for TCP transports, taken from a [`Config`].
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
-    buffer: usize,
+    /// `None`: the kernel sizes the buffers, and the unsent bytes it holds
+    /// are bounded instead.
+    buffer: Option<usize>,
     nodelay: bool,
     keepalive: Option<super::Keepalive>,
     user_timeout: Option<std::time::Duration>,
+}
+
+/// Bounds the bytes the kernel holds written but not yet sent
+/// ([`super::KERNEL_UNSENT`]), where the system has the option.
+fn bound_unsent(sock: &SockRef<'_>) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_notsent_lowat(super::KERNEL_UNSENT as u32)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = sock;
+    Ok(())
 }
 
 impl SocketOptions {
@@ -83,11 +95,18 @@ impl SocketOptions {
         }
     }
 
+    /// The requested buffer size, as the system call takes it.
+    fn buffer(&self) -> Option<u32> {
+        self.buffer.map(|b| u32::try_from(b).unwrap_or(u32::MAX))
+    }
+
     /// Sizes the buffers of a socket that is not yet connected (window
     /// scaling is agreed at connect time, so this must come first).
     pub fn size(&self, socket: &TcpSocket) -> io::Result<()> {
-        socket.set_send_buffer_size(self.buffer as u32)?;
-        socket.set_recv_buffer_size(self.buffer as u32)?;
+        if let Some(buffer) = self.buffer() {
+            socket.set_send_buffer_size(buffer)?;
+            socket.set_recv_buffer_size(buffer)?;
+        }
         Ok(())
     }
 
@@ -95,10 +114,15 @@ impl SocketOptions {
     pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
         stream.set_nodelay(self.nodelay)?;
         let sock = SockRef::from(stream);
-        // Accepted sockets inherit the listener's sizes; set them anyway, in
-        // case the listener came from elsewhere.
-        sock.set_send_buffer_size(self.buffer)?;
-        sock.set_recv_buffer_size(self.buffer)?;
+        match self.buffer {
+            // Accepted sockets inherit the listener's sizes; set them anyway,
+            // in case the listener came from elsewhere.
+            Some(buffer) => {
+                sock.set_send_buffer_size(buffer)?;
+                sock.set_recv_buffer_size(buffer)?;
+            }
+            None => bound_unsent(&sock)?,
+        }
         if let Some(k) = &self.keepalive {
             let params = TcpKeepalive::new()
                 .with_time(k.idle)
@@ -251,5 +275,55 @@ impl Dialer for TcpDialer {
                 format!("{} resolves to no address", self.target),
             )
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair through a listener bound with `options`, both ends
+    /// with the options applied.
+    async fn pair(options: &SocketOptions) -> (TcpStream, TcpStream) {
+        let listener = options.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        options.size(&socket).unwrap();
+        let (dialed, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (dialed, accepted) = (dialed.unwrap(), accepted.unwrap().0);
+        options.apply(&dialed).unwrap();
+        options.apply(&accepted).unwrap();
+        (dialed, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_bound_pins_the_buffers_and_none_bounds_the_unsent_bytes() {
+        let bounded = SocketOptions::from_config(&Config::default());
+        let (a, b) = pair(&bounded).await;
+        for s in [&a, &b] {
+            let s = SockRef::from(s);
+            // Linux doubles what it is asked for.
+            assert_eq!(s.recv_buffer_size().unwrap(), 512 << 10);
+            assert_eq!(s.send_buffer_size().unwrap(), 512 << 10);
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(s.tcp_notsent_lowat().unwrap(), 0);
+        }
+        let sealed = Config::sealed(crate::proto::sealed::Psk::from_bytes([7; 32]));
+        let kernel = SocketOptions::from_config(&sealed);
+        let (a, b) = pair(&kernel).await;
+        let plain = TcpSocket::new_v4().unwrap().recv_buffer_size().unwrap() as usize;
+        for s in [&a, &b] {
+            let s = SockRef::from(s);
+            // Left to the kernel (a fresh socket's size), and the unsent
+            // bytes it may hold bounded instead.
+            assert_eq!(s.recv_buffer_size().unwrap(), plain);
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(
+                s.tcp_notsent_lowat().unwrap(),
+                super::super::KERNEL_UNSENT as u32
+            );
+        }
     }
 }

@@ -14,13 +14,18 @@ pub mod udp;
 pub use traffic::ServiceStats;
 
 /// The link's receive buffer, both ends: the most received bytes held for
-/// the mux, and so the sealed suite's window. The stream's default (256 KiB,
-/// as it was for the sealed suite too when this was measured) is less than
-/// a fast link keeps in flight between two socket buffers, and
-/// the sender then waits for window updates: on loopback the tunnel left a
-/// quarter of the CPU idle (docs/benchmarks.md). The mux reads the link as
-/// fast as it comes, so this is memory only while the mux is behind.
-pub const LINK_RECV_BUFFER: usize = 2 << 20;
+/// the mux, and so the sealed suite's window, which caps the link at about
+/// this much per round trip: about what Linux lets one TCP connection's
+/// window grow to by default. Over a path with a 50 ms round trip, 2 MiB
+/// carried 320–330 Mbit/s and 4 MiB 434–446, as much as 8 MiB (the path's
+/// emulator was the limit; docs/benchmarks.md). The mux reads the link as
+/// fast as it comes, so this is memory only while the mux is behind; but a
+/// peer can keep it behind with one-byte frames, and a hostile server's
+/// flood of them grew a client by about 10 MiB with 2 MiB, 20 MiB with
+/// 4 MiB and 34–38 MiB with 8 MiB (`tunnel_abuse`'s tiny-frame tests). On
+/// loopback, the stream's default (256 KiB when this was measured) left the
+/// sender waiting for window updates.
+pub const LINK_RECV_BUFFER: usize = 4 << 20;
 
 /// The most bytes the mux hands the link ahead of what its connection has
 /// taken (the stream's `unsent_limit`). Without it the link's history (4 MiB)
@@ -35,13 +40,37 @@ pub const LINK_UNSENT_LIMIT: usize = 256 << 10;
 /// slow one [`LINK_UNSENT_LIMIT`].
 pub const LINK_UNSENT_TIME: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// `SO_SNDBUF` and `SO_RCVBUF` of the server's sockets to visitors (Linux
+/// doubles it), as they were before the link's were left to the kernel.
+/// Bounded, so that what a visitor has not yet read waits in the mux, counted
+/// against the inbound budget; it also caps one visitor's connection at about
+/// 512 KiB per round trip.
+pub const VISITOR_SOCKET_BUFFER: usize = 256 << 10;
+
 /// The stream settings a tunnel link starts from: the stream's defaults with
-/// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`].
+/// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`], and socket buffers the
+/// kernel sizes to the path (a fixed 256 KiB held a link over a 50 ms path
+/// to 70 Mbit/s), the kernel's unsent bytes bounded instead
+/// ([`crate::stream::KERNEL_UNSENT`]).
 pub(crate) fn link_stream_config() -> crate::stream::Config {
     crate::stream::Config {
         recv_buffer: LINK_RECV_BUFFER,
+        socket_buffer: None,
         unsent_limit: Some(LINK_UNSENT_LIMIT),
         unsent_time: Some(LINK_UNSENT_TIME),
         ..crate::stream::Config::default()
     }
+}
+
+/// Checks `stream` as a link runs it: in the sealed suite, whose keys come
+/// from the tokens at run time.
+pub fn validate_link_stream(
+    stream: &crate::stream::Config,
+) -> Result<(), crate::stream::ConfigError> {
+    let keys = crate::stream::Sealed::new(crate::proto::sealed::Psk::from_bytes([0; 32]));
+    crate::stream::Config {
+        suite: crate::stream::Suite::Sealed(keys),
+        ..stream.clone()
+    }
+    .validate()
 }
