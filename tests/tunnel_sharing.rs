@@ -29,11 +29,11 @@ const RATE: u64 = 4_000_000;
 /// The most upload bytes that may go ahead of another visitor's byte on
 /// this link: the upload's share of the mux queue and what the link may
 /// hold unsent (256 KiB each on a link this slow), the frames taken for one
-/// write and the frames sealed for the socket (256 KiB each), the link's
-/// socket buffers (512 KiB each end), the proxy's (small), and the client's
-/// receive buffer (2 MiB) should the client's mux fall behind on a loaded
-/// machine: 4.1 MiB.
-const AHEAD_BOUND: u64 = 5 << 20;
+/// write and the frames sealed for the socket (256 KiB each), what the
+/// link's socket holds unsent (128 KiB) and in flight to the proxy, whose
+/// own buffers are small, and the client's receive buffer (4 MiB) should
+/// the client's mux fall behind on a loaded machine: about 5.2 MiB.
+const AHEAD_BOUND: u64 = 6 << 20;
 
 /// A service that reads and discards everything, counting it.
 async fn sink_service() -> (String, Arc<AtomicU64>) {

@@ -237,6 +237,10 @@ async fn reload(
             "ping_interval, ping_timeout, max_window, window_budget or inbound_budget",
             config.mux != running.mux,
         ),
+        (
+            "socket_buffer",
+            config.stream.socket_buffer != running.stream.socket_buffer,
+        ),
     ];
     if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
         tracing::error!(

@@ -168,10 +168,23 @@ struct Tuning {
     max_window: Option<Size>,
     window_budget: Option<Size>,
     inbound_budget: Option<Size>,
+    socket_buffer: Option<Size>,
 }
 
 impl Tuning {
-    fn apply(&self, mux: &mut MuxConfig) -> anyhow::Result<()> {
+    fn apply(
+        &self,
+        mux: &mut MuxConfig,
+        stream: &mut rejoin::stream::Config,
+    ) -> anyhow::Result<()> {
+        if let Some(Size(v)) = self.socket_buffer {
+            if !(4096..=1 << 30).contains(&v) {
+                bail!(
+                    "socket_buffer must be from 4KiB to 1GiB (leave it out for the kernel to size)"
+                );
+            }
+            stream.socket_buffer = Some(v as usize);
+        }
         if let Some(v) = self.ping_interval {
             mux.ping_interval = v.0;
         }
@@ -282,6 +295,7 @@ pub struct ServerFile {
     max_window: Option<Size>,
     window_budget: Option<Size>,
     inbound_budget: Option<Size>,
+    socket_buffer: Option<Size>,
 }
 
 /// `rejoin client`'s config file. `Debug` hides the token.
@@ -305,6 +319,7 @@ pub struct ClientFile {
     max_window: Option<Size>,
     window_budget: Option<Size>,
     inbound_budget: Option<Size>,
+    socket_buffer: Option<Size>,
     give_up_after: Option<u32>,
 }
 
@@ -606,8 +621,9 @@ impl ServerFile {
             max_window: self.max_window,
             window_budget: self.window_budget,
             inbound_budget: self.inbound_budget,
+            socket_buffer: self.socket_buffer,
         }
-        .apply(&mut config.mux)?;
+        .apply(&mut config.mux, &mut config.stream)?;
         rejoin::tunnel::validate_link_stream(&config.stream)?;
         Ok(config)
     }
@@ -658,8 +674,9 @@ impl ClientFile {
             max_window: self.max_window,
             window_budget: self.window_budget,
             inbound_budget: self.inbound_budget,
+            socket_buffer: self.socket_buffer,
         }
-        .apply(&mut config.mux)?;
+        .apply(&mut config.mux, &mut config.stream)?;
         if self.give_up_after == Some(0) {
             bail!("give_up_after must be at least 1 (leave it out to retry forever)");
         }
@@ -983,6 +1000,29 @@ mod tests {
             .into_config(Path::new("."))
             .unwrap_err();
         assert!(err.to_string().contains("ping_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_link_socket_buffer_is_the_kernels_unless_set() {
+        let client = |extra: &str| {
+            toml::from_str::<ClientFile>(&format!("server = \"h:1\"\ntoken = \"t\"\n{extra}"))
+                .unwrap()
+                .into_config(Path::new("."))
+        };
+        let c = client("").unwrap();
+        assert_eq!(c.stream.socket_buffer, rejoin::stream::KERNEL_SIZED);
+        let c = client("socket_buffer = \"256KiB\"\n").unwrap();
+        assert_eq!(c.stream.socket_buffer, Some(256 << 10));
+        for bad in ["100", "2GiB"] {
+            let err = client(&format!("socket_buffer = \"{bad}\"\n")).unwrap_err();
+            assert!(err.to_string().contains("socket_buffer"), "{err}");
+        }
+        let text = "listen = \"127.0.0.1:0\"\ntoken = \"t\"\nsocket_buffer = \"64KiB\"\n";
+        let s = toml::from_str::<ServerFile>(text)
+            .unwrap()
+            .into_config(Path::new("."))
+            .unwrap();
+        assert_eq!(s.stream.socket_buffer, Some(64 << 10));
     }
 
     #[test]

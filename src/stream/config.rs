@@ -272,10 +272,11 @@ pub struct Config {
     /// `None` leaves their size to the kernel, which grows them to the
     /// path's bandwidth-delay product, and bounds instead the bytes the
     /// kernel holds written but not yet sent ([`KERNEL_UNSENT`], with
-    /// `TCP_NOTSENT_LOWAT` where there is one), so that the stream's queue,
+    /// `TCP_NOTSENT_LOWAT`, on Linux and Android), so that the stream's queue,
     /// not the kernel's, holds what waits. Only the sealed suite, whose acks
-    /// free its history, may leave it to the kernel. Default 256 KiB; `None`
-    /// from [`Config::sealed`].
+    /// free its history, may leave it to the kernel. Default 256 KiB;
+    /// [`KERNEL_SIZED`] (`None` on Linux and Android) from
+    /// [`Config::sealed`].
     pub socket_buffer: Option<usize>,
     /// Bytes that relays on the path (proxies, tunnels) may hold. Default 256 KiB.
     pub path_buffer: usize,
@@ -355,14 +356,28 @@ pub struct Config {
 /// 256 KiB.
 pub const SEALED_RECV_BUFFER: usize = 1 << 20;
 
+/// [`Config::socket_buffer`] where the kernel may size the buffers (the
+/// sealed suite's default, and the tunnel link's): `None` on Linux and
+/// Android, where [`KERNEL_UNSENT`] bounds what the kernel holds unsent;
+/// elsewhere that bound is not at hand, and a kernel-sized send buffer
+/// would be all queue, so the buffers stay at 256 KiB.
+pub const KERNEL_SIZED: Option<usize> = if cfg!(any(target_os = "linux", target_os = "android")) {
+    None
+} else {
+    Some(256 << 10)
+};
+
 /// With [`Config::socket_buffer`] `None`: the most bytes a socket's kernel
 /// holds written but not yet sent (`TCP_NOTSENT_LOWAT`, on Linux and
-/// Android). The kernel grows a send buffer to megabytes on a long
-/// path; without this bound all of it would be queue in front of the
-/// stream's own, and a tunnel's echo waited about 3 s behind another
-/// visitor's upload over a 2 MB/s link (0.6–0.8 s with it;
-/// docs/benchmarks.md). It bounds only the bytes not yet sent, so the
-/// window in flight still grows with the path.
+/// Android). The kernel grows a send buffer to megabytes on a long path;
+/// without this bound all of it would be queue in front of the stream's
+/// own. Through `benches/shared_link.py`'s throttling proxy (2 MB/s), a
+/// tunnel echo waited up to 3.3 s (median 2.9) behind another visitor's
+/// upload with kernel-sized buffers and no bound, 0.4–0.8 s with it, and
+/// 0.4–1.1 s with the fixed 256 KiB buffers before (docs/benchmarks.md). It bounds only the
+/// bytes not yet sent: what is in flight still grows with the path, and on
+/// a path that queues deeply (a loaded home uplink) that can be a lot; a
+/// fixed `socket_buffer` bounds it.
 pub const KERNEL_UNSENT: usize = 128 << 10;
 
 /// The least [`Config::unsent_limit`]: a record and then some.
@@ -462,7 +477,7 @@ impl Config {
         Config {
             suite: Suite::Sealed(Sealed::new(psk)),
             recv_buffer: SEALED_RECV_BUFFER,
-            socket_buffer: None,
+            socket_buffer: KERNEL_SIZED,
             ..Config::default()
         }
     }
@@ -624,9 +639,12 @@ impl Config {
             version: self.version,
             encrypt: self.encrypt,
             history: self.history,
-            // Only the sealed suite goes without a bound, and it frees its
-            // history by acks, never by what may be in flight.
-            in_flight: self.in_flight().unwrap_or(0),
+            // Only the sealed suite may go without a bound, and it frees its
+            // history by acks, never by what may be in flight. Should an
+            // unchecked compatible config get here, nothing counts as
+            // received before the peer says so (writes wait; no resume
+            // fails for lack of history).
+            in_flight: self.in_flight().unwrap_or(usize::MAX),
             unsent_limit: self.unsent_limit,
         }
     }
@@ -708,8 +726,9 @@ mod tests {
         c.validate().unwrap();
         assert!(c.uses_records());
         // Acks free its history: the kernel may size the socket buffers.
-        assert_eq!(c.socket_buffer, None);
-        assert_eq!(c.in_flight(), None);
+        assert_eq!(c.socket_buffer, KERNEL_SIZED);
+        c.socket_buffer = None;
+        c.validate().unwrap();
         c.history = 1 << 20;
         c.validate().unwrap();
         c.history = 32 << 10;

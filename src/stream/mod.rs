@@ -52,7 +52,7 @@ mod transport;
 pub use crate::proto::Version;
 pub use client::{connect, connect_with};
 pub use config::{
-    Config, ConfigError, KERNEL_UNSENT, Keepalive, MAX_DURATION, PskLookup, Redial,
+    Config, ConfigError, KERNEL_SIZED, KERNEL_UNSENT, Keepalive, MAX_DURATION, PskLookup, Redial,
     SEALED_RECV_BUFFER, Sealed, Suite,
 };
 pub use error::Error;

@@ -75,14 +75,17 @@ pub struct SocketOptions {
 }
 
 /// Bounds the bytes the kernel holds written but not yet sent
-/// ([`super::KERNEL_UNSENT`]), where the system has the option.
-fn bound_unsent(sock: &SockRef<'_>) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    sock.set_tcp_notsent_lowat(super::KERNEL_UNSENT as u32)?;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = sock;
-    Ok(())
+/// ([`super::KERNEL_UNSENT`]). Best effort: a kernel that refuses the option
+/// keeps its own unsent bytes, and the connection is no less usable for it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn bound_unsent(sock: &SockRef<'_>) {
+    let _ = sock.set_tcp_notsent_lowat(super::KERNEL_UNSENT as u32);
 }
+
+/// Elsewhere the option is not at hand, and [`super::KERNEL_SIZED`] is
+/// `None`: the buffers stay bounded instead.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn bound_unsent(_sock: &SockRef<'_>) {}
 
 impl SocketOptions {
     /// The options `config` asks for.
@@ -114,14 +117,14 @@ impl SocketOptions {
     pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
         stream.set_nodelay(self.nodelay)?;
         let sock = SockRef::from(stream);
-        match self.buffer {
+        match self.buffer() {
             // Accepted sockets inherit the listener's sizes; set them anyway,
             // in case the listener came from elsewhere.
             Some(buffer) => {
-                sock.set_send_buffer_size(buffer)?;
-                sock.set_recv_buffer_size(buffer)?;
+                sock.set_send_buffer_size(buffer as usize)?;
+                sock.set_recv_buffer_size(buffer as usize)?;
             }
-            None => bound_unsent(&sock)?,
+            None => bound_unsent(&sock),
         }
         if let Some(k) = &self.keepalive {
             let params = TcpKeepalive::new()
@@ -298,28 +301,38 @@ mod tests {
         (dialed, accepted)
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
     async fn a_bound_pins_the_buffers_and_none_bounds_the_unsent_bytes() {
+        // What the kernel makes of a request (Linux doubles it, capped by
+        // net.core.rmem_max / wmem_max), and a fresh socket's own sizes.
+        let asked = TcpSocket::new_v4().unwrap();
+        asked.set_recv_buffer_size(256 << 10).unwrap();
+        asked.set_send_buffer_size(256 << 10).unwrap();
+        let pinned = (
+            asked.recv_buffer_size().unwrap(),
+            asked.send_buffer_size().unwrap(),
+        );
+        let plain = TcpSocket::new_v4().unwrap().recv_buffer_size().unwrap();
+        assert_ne!(pinned.0, plain, "the kernel's default is the pinned size");
+
         let bounded = SocketOptions::from_config(&Config::default());
         let (a, b) = pair(&bounded).await;
         for s in [&a, &b] {
             let s = SockRef::from(s);
-            // Linux doubles what it is asked for.
-            assert_eq!(s.recv_buffer_size().unwrap(), 512 << 10);
-            assert_eq!(s.send_buffer_size().unwrap(), 512 << 10);
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let sizes = (s.recv_buffer_size().unwrap(), s.send_buffer_size().unwrap());
+            assert_eq!(sizes, (pinned.0 as usize, pinned.1 as usize));
             assert_eq!(s.tcp_notsent_lowat().unwrap(), 0);
         }
         let sealed = Config::sealed(crate::proto::sealed::Psk::from_bytes([7; 32]));
+        assert_eq!(sealed.socket_buffer, None);
         let kernel = SocketOptions::from_config(&sealed);
         let (a, b) = pair(&kernel).await;
-        let plain = TcpSocket::new_v4().unwrap().recv_buffer_size().unwrap() as usize;
         for s in [&a, &b] {
             let s = SockRef::from(s);
             // Left to the kernel (a fresh socket's size), and the unsent
             // bytes it may hold bounded instead.
-            assert_eq!(s.recv_buffer_size().unwrap(), plain);
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(s.recv_buffer_size().unwrap(), plain as usize);
             assert_eq!(
                 s.tcp_notsent_lowat().unwrap(),
                 super::super::KERNEL_UNSENT as u32

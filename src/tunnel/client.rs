@@ -60,6 +60,9 @@ pub struct ClientConfig {
     pub server_key: Option<[u8; 32]>,
     /// The link's stream settings. The suite is always the sealed one, keyed
     /// by the token: whatever `stream.suite` says is replaced.
+    /// Check it with [`super::validate_link_stream`]: its socket buffers
+    /// may be the kernel's, which `Config::validate` refuses for the
+    /// compatible suite it names until then.
     pub stream: stream::Config,
     /// The multiplexer's settings.
     pub mux: MuxConfig,

@@ -15,16 +15,15 @@ pub use traffic::ServiceStats;
 
 /// The link's receive buffer, both ends: the most received bytes held for
 /// the mux, and so the sealed suite's window, which caps the link at about
-/// this much per round trip: about what Linux lets one TCP connection's
-/// window grow to by default. Over a path with a 50 ms round trip, 2 MiB
-/// carried 320–330 Mbit/s and 4 MiB 434–446, as much as 8 MiB (the path's
-/// emulator was the limit; docs/benchmarks.md). The mux reads the link as
-/// fast as it comes, so this is memory only while the mux is behind; but a
-/// peer can keep it behind with one-byte frames, and a hostile server's
-/// flood of them grew a client by about 10 MiB with 2 MiB, 20 MiB with
-/// 4 MiB and 34–38 MiB with 8 MiB (`tunnel_abuse`'s tiny-frame tests). On
-/// loopback, the stream's default (256 KiB when this was measured) left the
-/// sender waiting for window updates.
+/// this much per round trip. Over a path with a 50 ms round trip, 2 MiB
+/// carried 320–330 Mbit/s and 4 MiB 434–450, where direct TCP carried 570
+/// (docs/benchmarks.md). The mux reads the link as fast as it comes, so
+/// this is memory only while the mux is behind; but a peer can keep it
+/// behind with one-byte frames, and a hostile server's flood of them grew a
+/// client by about 10 MiB with 2 MiB, 20 MiB with 4 MiB and 34–38 MiB with
+/// 8 MiB (`tunnel_abuse`'s tiny-frame tests). On loopback, the stream's
+/// default (256 KiB when this was measured) left the sender waiting for
+/// window updates.
 pub const LINK_RECV_BUFFER: usize = 4 << 20;
 
 /// The most bytes the mux hands the link ahead of what its connection has
@@ -48,14 +47,16 @@ pub const LINK_UNSENT_TIME: std::time::Duration = std::time::Duration::from_mill
 pub const VISITOR_SOCKET_BUFFER: usize = 256 << 10;
 
 /// The stream settings a tunnel link starts from: the stream's defaults with
-/// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`], and socket buffers the
-/// kernel sizes to the path (a fixed 256 KiB held a link over a 50 ms path
-/// to 70 Mbit/s), the kernel's unsent bytes bounded instead
-/// ([`crate::stream::KERNEL_UNSENT`]).
+/// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`], and, on Linux and
+/// Android, socket buffers the kernel sizes to the path (a fixed 256 KiB
+/// held a link over a 50 ms path to 70 Mbit/s), the kernel's unsent bytes
+/// bounded instead ([`crate::stream::KERNEL_SIZED`]). The suite is set
+/// where the keys are known: check these with [`validate_link_stream`],
+/// not `Config::validate`, which refuses them for the compatible suite.
 pub(crate) fn link_stream_config() -> crate::stream::Config {
     crate::stream::Config {
         recv_buffer: LINK_RECV_BUFFER,
-        socket_buffer: None,
+        socket_buffer: crate::stream::KERNEL_SIZED,
         unsent_limit: Some(LINK_UNSENT_LIMIT),
         unsent_time: Some(LINK_UNSENT_TIME),
         ..crate::stream::Config::default()

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// disconnected client's session, ports and visitors are kept. The
     /// suite is always the sealed one, keyed by the tokens: whatever
     /// `stream.suite` says is replaced.
+    /// Check it with [`super::validate_link_stream`]: its socket buffers
+    /// may be the kernel's, which `Config::validate` refuses for the
+    /// compatible suite it names until then.
     pub stream: stream::Config,
     /// The multiplexer's settings.
     pub mux: MuxConfig,
@@ -497,6 +500,7 @@ impl Server {
                 new.auth_failures_per_minute != was.auth_failures_per_minute,
             ),
             ("max_sessions", new.max_sessions != was.max_sessions),
+            ("socket_buffer", new.socket_buffer != was.socket_buffer),
             (
                 "max_pending_logins_per_source",
                 config.max_pending_logins_per_source != old.max_pending_logins_per_source,
