@@ -58,6 +58,7 @@ pub use config::{
 pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};
+pub(crate) use transport::bound_unsent;
 pub use transport::{Dialed, Dialer, SocketOptions, Target, TcpDialer};
 
 /// A peer's address as logs show it: the address, or `-` when the

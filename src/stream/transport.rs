@@ -78,14 +78,14 @@ pub struct SocketOptions {
 /// ([`super::KERNEL_UNSENT`]). Best effort: a kernel that refuses the option
 /// keeps its own unsent bytes, and the connection is no less usable for it.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn bound_unsent(sock: &SockRef<'_>) {
+pub(crate) fn bound_unsent(sock: &SockRef<'_>) {
     let _ = sock.set_tcp_notsent_lowat(super::KERNEL_UNSENT as u32);
 }
 
 /// Elsewhere the option is not at hand, and [`super::KERNEL_SIZED`] is
 /// `None`: the buffers stay bounded instead.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn bound_unsent(_sock: &SockRef<'_>) {}
+pub(crate) fn bound_unsent(_sock: &SockRef<'_>) {}
 
 impl SocketOptions {
     /// The options `config` asks for.

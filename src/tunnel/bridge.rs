@@ -101,15 +101,22 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 const KEEPALIVE_RETRIES: u32 = 4;
 
-/// The socket options both ends of a bridge set: no Nagle delay, and
-/// keepalive (see [`KEEPALIVE_IDLE`]).
+/// The socket options both ends of a bridge set: no Nagle delay,
+/// keepalive (see [`KEEPALIVE_IDLE`]), and at most
+/// [`crate::stream::KERNEL_UNSENT`] written and not yet sent held by the
+/// kernel (Linux and Android). The kernel sizes these sockets' buffers to
+/// the path, so a visitor far away is not held to a fixed window; what a
+/// visitor or service has not yet taken waits in the mux, counted against
+/// the inbound budget, not in a send buffer grown to megabytes.
 fn tune(sock: &TcpStream) {
     let _ = sock.set_nodelay(true);
+    let sock_ref = socket2::SockRef::from(sock);
+    crate::stream::bound_unsent(&sock_ref);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
-    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&keepalive) {
+    if let Err(e) = sock_ref.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }
@@ -242,6 +249,27 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ends of a bridge leave the buffers to the kernel and bound what
+    /// it holds unsent, so a far visitor is not held to a fixed window.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn a_bridged_socket_bounds_what_the_kernel_holds_unsent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (dialed, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (dialed, _accepted) = (dialed.unwrap(), accepted.unwrap());
+        let sock = socket2::SockRef::from(&dialed);
+        assert_eq!(sock.tcp_notsent_lowat().unwrap(), 0);
+        tune(&dialed);
+        assert_eq!(
+            sock.tcp_notsent_lowat().unwrap(),
+            crate::stream::KERNEL_UNSENT as u32
+        );
+        assert!(dialed.nodelay().unwrap());
+    }
 
     fn written(p: &mut Pending) -> Vec<u8> {
         p.ready_for_write();

@@ -39,13 +39,6 @@ pub const LINK_UNSENT_LIMIT: usize = 256 << 10;
 /// slow one [`LINK_UNSENT_LIMIT`].
 pub const LINK_UNSENT_TIME: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// `SO_SNDBUF` and `SO_RCVBUF` of the server's sockets to visitors (Linux
-/// doubles it), as they were before the link's were left to the kernel.
-/// Bounded, so that what a visitor has not yet read waits in the mux, counted
-/// against the inbound budget; it also caps one visitor's connection at about
-/// 512 KiB per round trip.
-pub const VISITOR_SOCKET_BUFFER: usize = 256 << 10;
-
 /// The stream settings a tunnel link starts from: the stream's defaults with
 /// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`], and, on Linux and
 /// Android, socket buffers the kernel sizes to the path (a fixed 256 KiB

@@ -990,13 +990,9 @@ impl Inner {
     /// Binds a public TCP port: the one asked for, or a free allowed one.
     async fn bind_tcp(&self, port: u16) -> Result<TcpListener, BindError> {
         let config = self.config();
-        // Visitors' sockets keep bounded buffers whatever the link's are: a
-        // visitor that does not read then leaves the rest of its bytes in
-        // the mux, where the inbound budget counts them, not in the kernel.
-        let options = SocketOptions::from_config(&stream::Config {
-            socket_buffer: Some(super::VISITOR_SOCKET_BUFFER),
-            ..config.stream.clone()
-        });
+        // Visitors' sockets are sized as the link's are; the bridge bounds
+        // what the kernel holds unsent for them.
+        let options = SocketOptions::from_config(&config.stream);
         let try_bind = |port: u16| options.bind(SocketAddr::new(self.bind_ip, port));
         if port != 0 || config.ports.is_empty() {
             return try_bind(port).map_err(|e| BindError::new(e, "TCP", port));
