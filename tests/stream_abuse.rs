@@ -644,7 +644,7 @@ async fn sealed_handshake_abuse_is_refused_cleanly() {
 /// receive buffer pass two frames, and holds no more than that meanwhile.
 /// Another session on the same listener is served throughout. With a
 /// sealed stream's default receive buffer (1 MiB), and with the tunnel
-/// link's (2 MiB), the window a token holder may fill on a tunnel server.
+/// link's (4 MiB), the window a token holder may fill on a tunnel server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_peer_past_its_window_is_ended() {
     past_the_window(rejoin::stream::SEALED_RECV_BUFFER).await;

@@ -179,9 +179,7 @@ impl Tuning {
     ) -> anyhow::Result<()> {
         if let Some(Size(v)) = self.socket_buffer {
             if !(4096..=1 << 30).contains(&v) {
-                bail!(
-                    "socket_buffer must be from 4KiB to 1GiB (leave it out for the kernel to size)"
-                );
+                bail!("socket_buffer must be from 4KiB to 1GiB (leave it out for the default)");
             }
             stream.socket_buffer = Some(v as usize);
         }

@@ -270,10 +270,10 @@ pub struct Config {
     /// the compatible suite's history must cover (it has no acks); it also
     /// caps a connection at about 2 × `socket_buffer` per round trip.
     /// `None` leaves their size to the kernel, which grows them to the
-    /// path's bandwidth-delay product, and bounds instead the bytes the
-    /// kernel holds written but not yet sent ([`KERNEL_UNSENT`], with
-    /// `TCP_NOTSENT_LOWAT`, on Linux and Android), so that the stream's queue,
-    /// not the kernel's, holds what waits. Only the sealed suite, whose acks
+    /// path's bandwidth-delay product (what the kernel holds written but not
+    /// yet sent is bounded either way: [`KERNEL_UNSENT`], with
+    /// `TCP_NOTSENT_LOWAT`, on Linux and Android), so that the stream's
+    /// queue, not the kernel's, holds what waits. Only the sealed suite, whose acks
     /// free its history, may leave it to the kernel. Default 256 KiB;
     /// [`KERNEL_SIZED`] (`None` on Linux and Android) from
     /// [`Config::sealed`].
@@ -367,8 +367,8 @@ pub const KERNEL_SIZED: Option<usize> = if cfg!(any(target_os = "linux", target_
     Some(256 << 10)
 };
 
-/// With [`Config::socket_buffer`] `None`: the most bytes a socket's kernel
-/// holds written but not yet sent (`TCP_NOTSENT_LOWAT`, on Linux and
+/// The most bytes a stream's TCP socket's kernel holds written but not yet
+/// sent, whatever [`Config::socket_buffer`] says (`TCP_NOTSENT_LOWAT`, on Linux and
 /// Android). The kernel grows a send buffer to megabytes on a long path;
 /// without this bound all of it would be queue in front of the stream's
 /// own. Through `benches/shared_link.py`'s throttling proxy (2 MB/s), a

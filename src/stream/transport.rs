@@ -75,7 +75,7 @@ pub struct SocketOptions {
 }
 
 /// Bounds the bytes the kernel holds written but not yet sent
-/// ([`super::KERNEL_UNSENT`]). Best effort: a kernel that refuses the option
+/// ([`super::KERNEL_UNSENT`]), on every TCP socket a stream uses. Best effort: a kernel that refuses the option
 /// keeps its own unsent bytes, and the connection is no less usable for it.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn bound_unsent(sock: &SockRef<'_>) {
@@ -117,15 +117,14 @@ impl SocketOptions {
     pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
         stream.set_nodelay(self.nodelay)?;
         let sock = SockRef::from(stream);
-        match self.buffer() {
-            // Accepted sockets inherit the listener's sizes; set them anyway,
-            // in case the listener came from elsewhere.
-            Some(buffer) => {
-                sock.set_send_buffer_size(buffer as usize)?;
-                sock.set_recv_buffer_size(buffer as usize)?;
-            }
-            None => bound_unsent(&sock),
+        // Accepted sockets inherit the listener's sizes; set them anyway, in
+        // case the listener came from elsewhere.
+        if let Some(buffer) = self.buffer() {
+            sock.set_send_buffer_size(buffer as usize)?;
+            sock.set_recv_buffer_size(buffer as usize)?;
         }
+        // With pinned buffers too: a large one would otherwise be all queue.
+        bound_unsent(&sock);
         if let Some(k) = &self.keepalive {
             let params = TcpKeepalive::new()
                 .with_time(k.idle)
@@ -303,7 +302,7 @@ mod tests {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
-    async fn a_bound_pins_the_buffers_and_none_bounds_the_unsent_bytes() {
+    async fn a_bound_pins_the_buffers_and_the_unsent_bytes_are_bounded_always() {
         // What the kernel makes of a request (Linux doubles it, capped by
         // net.core.rmem_max / wmem_max), and a fresh socket's own sizes.
         let asked = TcpSocket::new_v4().unwrap();
@@ -322,7 +321,10 @@ mod tests {
             let s = SockRef::from(s);
             let sizes = (s.recv_buffer_size().unwrap(), s.send_buffer_size().unwrap());
             assert_eq!(sizes, (pinned.0 as usize, pinned.1 as usize));
-            assert_eq!(s.tcp_notsent_lowat().unwrap(), 0);
+            assert_eq!(
+                s.tcp_notsent_lowat().unwrap(),
+                super::super::KERNEL_UNSENT as u32
+            );
         }
         let sealed = Config::sealed(crate::proto::sealed::Psk::from_bytes([7; 32]));
         assert_eq!(sealed.socket_buffer, None);

@@ -104,10 +104,11 @@ const KEEPALIVE_RETRIES: u32 = 4;
 /// The socket options both ends of a bridge set: no Nagle delay,
 /// keepalive (see [`KEEPALIVE_IDLE`]), and at most
 /// [`crate::stream::KERNEL_UNSENT`] written and not yet sent held by the
-/// kernel (Linux and Android). The kernel sizes these sockets' buffers to
-/// the path, so a visitor far away is not held to a fixed window; what a
-/// visitor or service has not yet taken waits in the mux, counted against
-/// the inbound budget, not in a send buffer grown to megabytes.
+/// kernel (Linux and Android). Where the kernel sizes a socket's send
+/// buffer to the path (a service's always, a visitor's unless
+/// `socket_buffer` is set), what a visitor or service has not yet taken
+/// then waits in the mux, counted against the inbound budget, not in a send
+/// buffer grown to megabytes.
 fn tune(sock: &TcpStream) {
     let _ = sock.set_nodelay(true);
     let sock_ref = socket2::SockRef::from(sock);
@@ -250,8 +251,7 @@ pub(crate) async fn bridge(sock: TcpStream, mut stream: MuxStream, meter: Meter)
 mod tests {
     use super::*;
 
-    /// Both ends of a bridge leave the buffers to the kernel and bound what
-    /// it holds unsent, so a far visitor is not held to a fixed window.
+    /// Both ends of a bridge bound what the kernel holds unsent.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
     async fn a_bridged_socket_bounds_what_the_kernel_holds_unsent() {

@@ -39,6 +39,14 @@ pub const LINK_UNSENT_LIMIT: usize = 256 << 10;
 /// slow one [`LINK_UNSENT_LIMIT`].
 pub const LINK_UNSENT_TIME: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// `SO_RCVBUF` of the server's sockets to visitors (Linux doubles it) when
+/// the link's buffers are the kernel's (`socket_buffer` unset): what a
+/// visitor sends and its stream cannot yet take waits in a receive queue no
+/// budget counts, so it stays the size it always was. It caps one visitor's
+/// upload at about 512 KiB per round trip; what it downloads is sent from a
+/// buffer the kernel sizes.
+pub const VISITOR_RECV_BUFFER: usize = 256 << 10;
+
 /// The stream settings a tunnel link starts from: the stream's defaults with
 /// [`LINK_RECV_BUFFER`] and [`LINK_UNSENT_LIMIT`], and, on Linux and
 /// Android, socket buffers the kernel sizes to the path (a fixed 256 KiB

@@ -990,10 +990,8 @@ impl Inner {
     /// Binds a public TCP port: the one asked for, or a free allowed one.
     async fn bind_tcp(&self, port: u16) -> Result<TcpListener, BindError> {
         let config = self.config();
-        // Visitors' sockets are sized as the link's are; the bridge bounds
-        // what the kernel holds unsent for them.
-        let options = SocketOptions::from_config(&config.stream);
-        let try_bind = |port: u16| options.bind(SocketAddr::new(self.bind_ip, port));
+        let try_bind =
+            |port: u16| bind_visitors(&config.stream, SocketAddr::new(self.bind_ip, port));
         if port != 0 || config.ports.is_empty() {
             return try_bind(port).map_err(|e| BindError::new(e, "TCP", port));
         }
@@ -1188,5 +1186,76 @@ async fn accept_visitors(
                 let _ = sock.set_zero_linger();
             }
         }
+    }
+}
+
+/// Binds a listener for visitors. Their sockets take the link's sizes, and
+/// the bridge bounds what the kernel holds unsent for them. Left to the
+/// kernel, their receive side is pinned all the same
+/// ([`super::VISITOR_RECV_BUFFER`]): a visitor whose stream stalls would
+/// otherwise fill a receive queue the kernel grew while the bridge read
+/// fast (up to `tcp_rmem`'s maximum), counted by no budget. Accepted
+/// sockets inherit the listener's sizes.
+fn bind_visitors(link: &stream::Config, addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = SocketOptions::from_config(link).bind(addr)?;
+    if link.socket_buffer.is_none() {
+        socket2::SockRef::from(&listener).set_recv_buffer_size(super::VISITOR_RECV_BUFFER)?;
+    }
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (receive, send) buffer sizes of a visitor's socket as the server
+    /// accepts it from a listener bound for `link` (`None`: with no options).
+    async fn accepted_sizes(link: Option<&stream::Config>) -> (usize, usize) {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let listener = match link {
+            Some(link) => bind_visitors(link, any).unwrap(),
+            None => TcpListener::bind(any).await.unwrap(),
+        };
+        let addr = listener.local_addr().unwrap();
+        let (_visitor, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (sock, _) = accepted.unwrap();
+        let sock = socket2::SockRef::from(&sock);
+        (
+            sock.recv_buffer_size().unwrap(),
+            sock.send_buffer_size().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn visitors_receive_into_a_pinned_buffer_whatever_the_link() {
+        // What the kernel makes of a request, and a fresh socket's sizes.
+        let asked = tokio::net::TcpSocket::new_v4().unwrap();
+        asked
+            .set_recv_buffer_size(super::super::VISITOR_RECV_BUFFER as u32)
+            .unwrap();
+        let pinned = asked.recv_buffer_size().unwrap() as usize;
+        let (_, plain) = accepted_sizes(None).await;
+        assert_ne!(plain, pinned);
+
+        let mut link = super::super::link_stream_config();
+        link.socket_buffer = None;
+        let (receive, send) = accepted_sizes(Some(&link)).await;
+        assert_eq!(receive, pinned, "the receive side is pinned");
+        assert_eq!(send, plain, "the send side is the kernel's");
+
+        link.socket_buffer = Some(64 << 10);
+        let asked = tokio::net::TcpSocket::new_v4().unwrap();
+        asked.set_recv_buffer_size(64 << 10).unwrap();
+        asked.set_send_buffer_size(64 << 10).unwrap();
+        let both = (
+            asked.recv_buffer_size().unwrap() as usize,
+            asked.send_buffer_size().unwrap() as usize,
+        );
+        assert_eq!(
+            accepted_sizes(Some(&link)).await,
+            both,
+            "a set size pins both"
+        );
     }
 }
