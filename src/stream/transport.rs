@@ -66,8 +66,7 @@ where
 /// Socket options for TCP transports, taken from a [`Config`].
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
-    /// `None`: the kernel sizes the buffers, and the unsent bytes it holds
-    /// are bounded instead.
+    /// `None`: the kernel sizes the buffers.
     buffer: Option<usize>,
     nodelay: bool,
     keepalive: Option<super::Keepalive>,
@@ -75,15 +74,16 @@ pub struct SocketOptions {
 }
 
 /// Bounds the bytes the kernel holds written but not yet sent
-/// ([`super::KERNEL_UNSENT`]), on every TCP socket a stream uses. Best effort: a kernel that refuses the option
-/// keeps its own unsent bytes, and the connection is no less usable for it.
+/// ([`super::KERNEL_UNSENT`]), on every TCP socket a stream uses. Best
+/// effort: a kernel that refuses the option keeps its own unsent bytes, and
+/// the connection is no less usable for it.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn bound_unsent(sock: &SockRef<'_>) {
     let _ = sock.set_tcp_notsent_lowat(super::KERNEL_UNSENT as u32);
 }
 
-/// Elsewhere the option is not at hand, and [`super::KERNEL_SIZED`] is
-/// `None`: the buffers stay bounded instead.
+/// Elsewhere the option is not at hand; [`super::KERNEL_SIZED`] is a fixed
+/// size there, so the buffers themselves stay bounded.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) fn bound_unsent(_sock: &SockRef<'_>) {}
 
