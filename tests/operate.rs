@@ -546,6 +546,17 @@ fn sighup_reloads_the_client_services() {
         "{}",
         client.stderr()
     );
+    // So does the link's socket size (its sockets are set up as it dials).
+    write(
+        &config,
+        &(head.clone() + "socket_buffer = \"64KiB\"\n" + &service("keep") + &service("added")),
+    );
+    client.signal("-HUP");
+    assert!(
+        client.await_stderr("`socket_buffer` cannot change"),
+        "{}",
+        client.stderr()
+    );
 
     // A broken file: reported with its line; everything stays.
     write(
@@ -634,6 +645,17 @@ fn sighup_reloads_the_server_tokens() {
     server.signal("-HUP");
     assert!(
         server.await_stderr("cannot change while running"),
+        "{}",
+        server.stderr()
+    );
+    // So is the size of its sockets (the listeners are set up once).
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nsocket_buffer = \"64KiB\"\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n",
+    );
+    server.signal("-HUP");
+    assert!(
+        server.await_stderr("`socket_buffer` cannot change while running"),
         "{}",
         server.stderr()
     );
