@@ -535,28 +535,25 @@ fn sighup_reloads_the_client_services() {
 
     // A tuning knob changed: it needs a restart, so the reload is refused
     // whole and says so (before, it said "config reloaded" and applied
-    // nothing of it).
-    write(
-        &config,
-        &(head.clone() + "ping_interval = \"2s\"\n" + &service("keep") + &service("added")),
-    );
-    client.signal("-HUP");
-    assert!(
-        client.await_stderr("`ping_interval, ping_timeout, max_window, window_budget or inbound_budget` cannot change"),
-        "{}",
-        client.stderr()
-    );
-    // So does the link's socket size (its sockets are set up as it dials).
-    write(
-        &config,
-        &(head.clone() + "socket_buffer = \"64KiB\"\n" + &service("keep") + &service("added")),
-    );
-    client.signal("-HUP");
-    assert!(
-        client.await_stderr("`socket_buffer` cannot change"),
-        "{}",
-        client.stderr()
-    );
+    // nothing of it). So does the link's socket size (its sockets are set up
+    // as it dials).
+    for (setting, named) in [
+        (
+            "ping_interval = \"2s\"\n",
+            "`ping_interval, ping_timeout, max_window, window_budget or inbound_budget` cannot change",
+        ),
+        (
+            "socket_buffer = \"64KiB\"\n",
+            "`socket_buffer` cannot change",
+        ),
+    ] {
+        write(
+            &config,
+            &(head.clone() + setting + &service("keep") + &service("added")),
+        );
+        client.signal("-HUP");
+        assert!(client.await_stderr(named), "{}", client.stderr());
+    }
 
     // A broken file: reported with its line; everything stays.
     write(
