@@ -99,7 +99,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+    // The client's traffic all goes through its one link, whose driver and
+    // mux are a task each: on one thread, nothing is handed between threads
+    // (docs/benchmarks.md). The server runs each link on a thread of its own
+    // (`threads`), and the rest on a runtime with a thread per CPU.
+    let runtime = match cli.command {
+        Command::Client(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Runtime::new()?,
+    };
     match cli.command {
         Command::Demo(args) => {
             init_logs(cli.log.as_deref(), cli.log_format, "warn");

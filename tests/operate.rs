@@ -645,17 +645,26 @@ fn sighup_reloads_the_server_tokens() {
         "{}",
         server.stderr()
     );
-    // So is the size of its sockets (the listeners are set up once).
-    write(
-        &config,
-        "listen = \"127.0.0.1:0\"\nsocket_buffer = \"64KiB\"\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n",
-    );
-    server.signal("-HUP");
-    assert!(
-        server.await_stderr("`socket_buffer` cannot change while running"),
-        "{}",
-        server.stderr()
-    );
+    // So are the size of its sockets and its threads for links (the
+    // listeners are set up once; the default is one thread per CPU).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (field, line) in [
+        ("socket_buffer", "socket_buffer = \"64KiB\"".to_string()),
+        ("threads", format!("threads = {}", cpus + 1)),
+    ] {
+        write(
+            &config,
+            &format!(
+                "listen = \"127.0.0.1:0\"\n{line}\n[clients.alice]\ntoken = \"a-2\"\n[clients.bob]\ntoken = \"b-1\"\n"
+            ),
+        );
+        server.signal("-HUP");
+        assert!(
+            server.await_stderr(&format!("`{field}` cannot change while running")),
+            "{}",
+            server.stderr()
+        );
+    }
 
     // A token file that is a device, a FIFO nobody writes, and a key file
     // that went missing: each reload is refused (no endless read of

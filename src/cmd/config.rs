@@ -294,6 +294,16 @@ pub struct ServerFile {
     window_budget: Option<Size>,
     inbound_budget: Option<Size>,
     socket_buffer: Option<Size>,
+    threads: Option<usize>,
+}
+
+/// The most `threads` a server file may ask for.
+const MAX_THREADS: usize = 1024;
+
+/// The server's threads for links, unless its file says otherwise: one per
+/// CPU the process may use.
+pub fn link_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
 }
 
 /// `rejoin client`'s config file. `Debug` hides the token.
@@ -593,6 +603,16 @@ impl ServerFile {
             anyhow::ensure!(n > 0, "max_sessions must be at least 1");
             config.stream.max_sessions = n;
         }
+        config.stream.threads = match self.threads {
+            Some(n) => {
+                anyhow::ensure!(
+                    (1..=MAX_THREADS).contains(&n),
+                    "threads must be from 1 to {MAX_THREADS} (leave it out for one per CPU)"
+                );
+                n
+            }
+            None => link_threads(),
+        };
         if let Some(n) = self.max_services {
             config.max_services = n;
         }
@@ -1021,6 +1041,20 @@ mod tests {
             .into_config(Path::new("."))
             .unwrap();
         assert_eq!(s.stream.socket_buffer, Some(64 << 10));
+    }
+
+    /// A server runs its links on one thread per CPU unless its file says
+    /// otherwise; 0 and more than 1,024 are refused.
+    #[test]
+    fn the_server_has_a_thread_per_cpu_for_links_unless_set() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(server_file("token = \"t\"\n").unwrap().stream.threads, cpus);
+        let s = server_file("token = \"t\"\nthreads = 3\n").unwrap();
+        assert_eq!(s.stream.threads, 3);
+        for bad in ["0", "1025"] {
+            let err = server_file(&format!("token = \"t\"\nthreads = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("threads"), "{err}");
+        }
     }
 
     #[test]

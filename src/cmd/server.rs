@@ -116,7 +116,9 @@ fn settings(args: Args, starting: bool) -> anyhow::Result<ServerConfig> {
             let listen = args
                 .listen
                 .context("give --listen IP:PORT (or --config FILE)")?;
-            ServerConfig::new(listen, None)
+            let mut config = ServerConfig::new(listen, None);
+            config.stream.threads = super::config::link_threads();
+            config
         }
     };
     if let Some(listen) = args.listen {

@@ -336,6 +336,13 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// Server: established sessions waiting for `accept`. Default 128.
     pub accept_backlog: usize,
+    /// Server: threads of the listener's own for its sessions' drivers, each
+    /// a single-threaded runtime; a session goes to the one with the fewest
+    /// and stays there, and [`Stream::home`](super::Stream::home) says which,
+    /// so the application can run its tasks for the stream on the same
+    /// thread. 0 (the default) runs the drivers on the caller's runtime.
+    /// At most 1,024.
+    pub threads: usize,
     /// Set `TCP_NODELAY`. Default on.
     pub nodelay: bool,
     /// TCP keepalive; `None` leaves it off. Default on (see [`Keepalive`]).
@@ -407,6 +414,7 @@ impl Default for Config {
             first_byte_timeout: Duration::from_secs(3),
             auth_failures_per_minute: 10,
             accept_backlog: 128,
+            threads: 0,
             nodelay: true,
             keepalive: Some(Keepalive::default()),
             user_timeout: Some(Duration::from_secs(30)),
@@ -454,6 +462,7 @@ setters! {
     with_auth_failures_per_minute => auth_failures_per_minute: u32,
     with_max_handshakes => max_handshakes: usize,
     with_accept_backlog => accept_backlog: usize,
+    with_threads => threads: usize,
     with_nodelay => nodelay: bool,
     with_keepalive => keepalive: Option<Keepalive>,
     with_user_timeout => user_timeout: Option<Duration>,
@@ -523,6 +532,13 @@ impl Config {
         }
         if self.unsent_time.is_some_and(|t| t.is_zero()) {
             return fail("unsent_time must be more than zero".into());
+        }
+        if self.threads > super::threads::MAX_THREADS {
+            return fail(format!(
+                "threads {} is above {}",
+                self.threads,
+                super::threads::MAX_THREADS
+            ));
         }
         if let Some(buffer) = self.socket_buffer
             && buffer < 4096

@@ -220,6 +220,14 @@ impl Stream {
         self.read.shared.id
     }
 
+    /// The runtime this stream's driver runs on, when a listener with
+    /// [`Config::threads`](super::Config::threads) accepted it: tasks that
+    /// read or write the stream cost least there (no hand-offs between
+    /// threads). `None` when the driver runs on the caller's runtime.
+    pub fn home(&self) -> Option<tokio::runtime::Handle> {
+        self.read.shared.home.clone()
+    }
+
     /// The peer of the current (or last) transport, if known.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.handle().peer_addr()

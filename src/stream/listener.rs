@@ -30,6 +30,7 @@ use super::admission::{Admission, Source, Throttle};
 use super::exchange::{Exchange, Hello, Stop, drive, send_rest};
 use super::pump::{PumpConfig, PumpEnd, pump};
 use super::shared::{DriverGuard, Shared, State, Wake};
+use super::threads::Threads;
 use super::transport::SocketOptions;
 use super::{Config, Error, Event, Stream};
 use crate::proto::sealed::exchange::{
@@ -287,6 +288,11 @@ struct Inner<T> {
     /// So are new sessions refused at `max_sessions` (on a log of their own,
     /// so that a flood of the former cannot hide them).
     full_log: NoiseLog,
+    /// The threads sessions' drivers run on (`Config::threads`), if any.
+    threads: Option<Arc<Threads>>,
+    /// Moves a transport's registration to the runtime it is called on (a
+    /// TCP listener's); `None` leaves transports where they are.
+    rehome: Option<fn(T) -> io::Result<T>>,
 }
 
 /// Paces log lines about unauthenticated peers: at most one a second, each
@@ -347,7 +353,7 @@ impl Listener<TcpStream> {
     /// # Ok(()) }
     /// ```
     pub async fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
-        let mut listener = Self::new(config)?;
+        let mut listener = Self::build(config, Some(super::threads::rehome))?;
         let options = SocketOptions::from_config(&listener.inner.config);
         let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
@@ -378,8 +384,19 @@ impl Listener<TcpStream> {
 
 impl<T: Transport> Listener<T> {
     /// A listener without a socket: hand it transports with [`Listener::serve`].
+    ///
+    /// With [`Config::threads`], its sessions' drivers run on threads of its
+    /// own, but their transports stay registered where they were made.
     pub fn new(config: Config) -> io::Result<Self> {
+        Self::build(config, None)
+    }
+
+    fn build(config: Config, rehome: Option<fn(T) -> io::Result<T>>) -> io::Result<Self> {
         config.validate().map_err(Error::from)?;
+        let threads = match config.threads {
+            0 => None,
+            n => Some(Threads::start(n, "rejoin-session")?),
+        };
         let (tx, rx) = mpsc::channel(config.accept_backlog);
         let throttle = Throttle::new(config.auth_failures_per_minute, 65_536);
         let inner = Arc::new(Inner {
@@ -406,6 +423,8 @@ impl<T: Transport> Listener<T> {
             unconfirmed: AtomicU64::new(0),
             noise: NoiseLog::default(),
             full_log: NoiseLog::default(),
+            threads,
+            rehome,
         });
         Ok(Listener {
             inner,
@@ -803,11 +822,13 @@ impl<T: Transport> Inner<T> {
         );
         state.link = link;
         state.ingest(&leftover)?;
-        let shared = Arc::new(Shared::new(state));
-        let (tx, rx) = mpsc::channel(4);
         if self.full(peer) {
             return Err(Error::LimitReached("max_sessions"));
         }
+        let place = self.threads.as_ref().map(Threads::place);
+        let home = place.as_ref().map(|p| p.handle.clone());
+        let shared = Arc::new(Shared::new(state).at_home(home));
+        let (tx, rx) = mpsc::channel(4);
         {
             let mut sessions = self.sessions.lock();
             // (Again under the lock: two handshakes may end at once.)
@@ -828,7 +849,19 @@ impl<T: Transport> Inner<T> {
         self.established.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("session", id = %format_args!("{id:016x}"), role = "server");
         span.in_scope(|| info!(peer = %crate::stream::shown(peer), "session up"));
-        tokio::spawn(self.clone().run(shared.clone(), io, rx).instrument(span));
+        let driver = self.clone().run(shared.clone(), io, rx).instrument(span);
+        match place {
+            Some(place) => {
+                let thread = place.handle.clone();
+                thread.spawn(async move {
+                    let _place = place;
+                    driver.await;
+                });
+            }
+            None => {
+                tokio::spawn(driver);
+            }
+        }
         // Waits for room in the accept backlog, within the handshake timeout;
         // if that runs out the stream is dropped and the session closes.
         if self.new_sessions.send(Stream::new(shared)).await.is_err() {
@@ -904,6 +937,15 @@ impl<T: Transport> Inner<T> {
         Ok(())
     }
 
+    /// `io` registered with the runtime this runs on, when the listener has
+    /// threads of its own and knows how to move its transports.
+    fn rehomed(&self, io: T) -> io::Result<T> {
+        match (&self.threads, self.rehome) {
+            (Some(_), Some(rehome)) => rehome(io),
+            _ => Ok(io),
+        }
+    }
+
     /// The server's driver for one session.
     async fn run(
         self: Arc<Self>,
@@ -912,6 +954,14 @@ impl<T: Transport> Inner<T> {
         mut commits: mpsc::Receiver<Commit<T>>,
     ) {
         let _guard = DriverGuard(shared.clone());
+        let io = match self.rehomed(io) {
+            Ok(io) => io,
+            Err(e) => {
+                self.sessions.lock().remove(&shared.id);
+                shared.end(Err(Error::Transport(Arc::new(e))));
+                return;
+            }
+        };
         let records = shared.state.lock().records.is_some();
         // snet peers send no heartbeat, so a quiet compatible session is not
         // a dead one: only the record layer lets the server judge silence.
@@ -1056,6 +1106,13 @@ impl<T: Transport> Inner<T> {
             leftover,
             peer,
         } = commit;
+        let io = match self.rehomed(io) {
+            Ok(io) => io,
+            Err(e) => {
+                debug!(error = %e, "reconnect not committed: the transport could not move");
+                return None;
+            }
+        };
         let mut wake = Wake::default();
         let resent = {
             let mut st = shared.lock_between_writes().await;

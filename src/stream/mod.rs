@@ -47,6 +47,7 @@ mod handle;
 mod listener;
 mod pump;
 mod shared;
+mod threads;
 mod transport;
 
 pub use crate::proto::Version;

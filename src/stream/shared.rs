@@ -893,6 +893,8 @@ pub(crate) struct Shared {
     pub id: u64,
     /// A value both ends of this session, and nobody else's session, share.
     pub binding: [u8; 32],
+    /// The runtime the driver runs on, when a listener's threads run it.
+    pub home: Option<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -913,7 +915,14 @@ impl Shared {
             events: broadcast::channel(64).0,
             id,
             binding,
+            home: None,
         }
+    }
+
+    /// Records the runtime the driver will run on.
+    pub fn at_home(mut self, home: Option<tokio::runtime::Handle>) -> Self {
+        self.home = home;
+        self
     }
 
     /// The lock, taken when no application write has the write cipher

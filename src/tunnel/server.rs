@@ -404,8 +404,16 @@ impl Server {
             let listener = accepting;
             while let Ok(stream) = listener.accept().await {
                 let inner = serving.clone();
+                let home = stream.home();
                 let span = info_span!("client", link = %format_args!("{:016x}", stream.id()));
-                tokio::spawn(inner.serve(stream).instrument(span));
+                // On the link's own thread, if it has one: its mux, its
+                // visitors' sockets and their bridges then share that
+                // thread with the link's driver.
+                let serve = inner.serve(stream).instrument(span);
+                match home {
+                    Some(thread) => drop(thread.spawn(serve)),
+                    None => drop(tokio::spawn(serve)),
+                }
             }
         });
         Ok(Server {
@@ -501,6 +509,7 @@ impl Server {
             ),
             ("max_sessions", new.max_sessions != was.max_sessions),
             ("socket_buffer", new.socket_buffer != was.socket_buffer),
+            ("threads", new.threads != was.threads),
             (
                 "max_pending_logins_per_source",
                 config.max_pending_logins_per_source != old.max_pending_logins_per_source,

@@ -40,9 +40,11 @@ pub fn fast_server(server: &mut ServerConfig) {
     server.mux.ping_timeout = Duration::from_millis(1500);
 }
 
+/// As `rejoin server` runs: each link on a thread of the server's own.
 pub fn server_config() -> ServerConfig {
     let mut c = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some(token()));
     fast_server(&mut c);
+    c.stream.threads = 2;
     c
 }
 
