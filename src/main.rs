@@ -101,13 +101,17 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // The client's traffic all goes through its one link, whose driver and
     // mux are a task each: on one thread, nothing is handed between threads
-    // (docs/benchmarks.md). The server runs each link on a thread of its own
-    // (`threads`), and the rest on a runtime with a thread per CPU.
-    let runtime = match cli.command {
-        Command::Client(_) => tokio::runtime::Builder::new_current_thread()
+    // (docs/benchmarks.md), unless TOKIO_WORKER_THREADS asks for a runtime
+    // of that many. The server runs each link on one of its `threads`, and
+    // the rest on a runtime with a thread per CPU.
+    let one_thread = matches!(cli.command, Command::Client(_))
+        && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
+    let runtime = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?,
-        _ => tokio::runtime::Runtime::new()?,
+            .build()?
+    } else {
+        tokio::runtime::Runtime::new()?
     };
     match cli.command {
         Command::Demo(args) => {

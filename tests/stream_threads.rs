@@ -82,7 +82,7 @@ fn outlives_the_accepting_runtime(cut: bool) {
         assert!(
             thread
                 .as_deref()
-                .is_some_and(|t| t.starts_with("rejoin-session-")),
+                .is_some_and(|t| t.starts_with("rj-session-")),
             "{thread:?}"
         );
         echo_round(&mut client, 1).await;

@@ -297,3 +297,53 @@ async fn two_hundred_visitors_and_one_that_never_reads() {
     let extra = timeout(Duration::from_millis(100), stalled_r.read(&mut rest)).await;
     assert!(extra.is_err(), "nothing beyond what was sent");
 }
+
+/// Writes `round` through the visitor connection `public` and reads it
+/// back from the echo behind it, in time.
+async fn echo_through(public: &str, round: u8) {
+    use tokio::io::AsyncWriteExt;
+    let sent = vec![round; 64 << 10];
+    let mut got = vec![0u8; sent.len()];
+    timeout(LIMIT, async {
+        let mut visitor = TcpStream::connect(public).await.expect("visitor connects");
+        visitor.write_all(&sent).await.expect("write");
+        visitor.read_exact(&mut got).await.expect("read");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("round {round} echoed in time"));
+    assert_eq!(got, sent, "round {round}");
+}
+
+/// A link, its mux, its visitors' listener and their bridges run on the
+/// link's thread: a visitor is still served after the runtime the server
+/// was bound on (which accepted the link) is gone.
+#[test]
+fn a_link_and_its_visitors_run_on_the_links_thread() {
+    let binding = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = binding
+        .block_on(Server::bind(server_config()))
+        .expect("server");
+    let app = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    app.block_on(async move {
+        let echo = echo_service().await;
+        let mut client = RunningClient::start(client_config(
+            server.local_addr().to_string(),
+            "home",
+            &[(&echo, 0)],
+        ));
+        let public = client.published(1).await.remove(0);
+        echo_through(&public, 1).await;
+        binding.shutdown_background();
+        for round in 2..5 {
+            echo_through(&public, round).await;
+        }
+        drop(server);
+    });
+}

@@ -297,13 +297,17 @@ pub struct ServerFile {
     threads: Option<usize>,
 }
 
-/// The most `threads` a server file may ask for.
-const MAX_THREADS: usize = 1024;
+use rejoin::stream::MAX_THREADS;
 
 /// The server's threads for links, unless its file says otherwise: one per
-/// CPU the process may use.
+/// CPU the process may use, as counted the first time it is asked (so that
+/// a reload sees the number the server started with, not one changed since
+/// by an affinity or a CPU quota, which a reload would refuse).
 pub fn link_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+    static AT_START: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AT_START.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+    })
 }
 
 /// `rejoin client`'s config file. `Debug` hides the token.

@@ -223,9 +223,12 @@ impl Stream {
     /// The runtime this stream's driver runs on, when a listener with
     /// [`Config::threads`](super::Config::threads) accepted it: tasks that
     /// read or write the stream cost least there (no hand-offs between
-    /// threads). `None` when the driver runs on the caller's runtime.
+    /// threads). The listener's threads keep running while any stream of
+    /// theirs, or the listener, is held; a task spawned there after all
+    /// are gone is dropped unrun. `None` when the driver runs on the
+    /// caller's runtime.
     pub fn home(&self) -> Option<tokio::runtime::Handle> {
-        self.read.shared.home.clone()
+        self.read.shared.home.as_ref().map(|h| h.handle.clone())
     }
 
     /// The peer of the current (or last) transport, if known.

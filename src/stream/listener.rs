@@ -290,9 +290,6 @@ struct Inner<T> {
     full_log: NoiseLog,
     /// The threads sessions' drivers run on (`Config::threads`), if any.
     threads: Option<Arc<Threads>>,
-    /// Moves a transport's registration to the runtime it is called on (a
-    /// TCP listener's); `None` leaves transports where they are.
-    rehome: Option<fn(T) -> io::Result<T>>,
 }
 
 /// Paces log lines about unauthenticated peers: at most one a second, each
@@ -353,7 +350,7 @@ impl Listener<TcpStream> {
     /// # Ok(()) }
     /// ```
     pub async fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
-        let mut listener = Self::build(config, Some(super::threads::rehome))?;
+        let mut listener = Self::new(config)?;
         let options = SocketOptions::from_config(&listener.inner.config);
         let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
@@ -386,16 +383,13 @@ impl<T: Transport> Listener<T> {
     /// A listener without a socket: hand it transports with [`Listener::serve`].
     ///
     /// With [`Config::threads`], its sessions' drivers run on threads of its
-    /// own, but their transports stay registered where they were made.
+    /// own; TCP and Unix transports are moved there with them, others stay
+    /// registered with the runtime they were made on.
     pub fn new(config: Config) -> io::Result<Self> {
-        Self::build(config, None)
-    }
-
-    fn build(config: Config, rehome: Option<fn(T) -> io::Result<T>>) -> io::Result<Self> {
         config.validate().map_err(Error::from)?;
         let threads = match config.threads {
             0 => None,
-            n => Some(Threads::start(n, "rejoin-session")?),
+            n => Some(Threads::start(n, "rj-session")?),
         };
         let (tx, rx) = mpsc::channel(config.accept_backlog);
         let throttle = Throttle::new(config.auth_failures_per_minute, 65_536);
@@ -424,7 +418,6 @@ impl<T: Transport> Listener<T> {
             noise: NoiseLog::default(),
             full_log: NoiseLog::default(),
             threads,
-            rehome,
         });
         Ok(Listener {
             inner,
@@ -826,7 +819,7 @@ impl<T: Transport> Inner<T> {
             return Err(Error::LimitReached("max_sessions"));
         }
         let place = self.threads.as_ref().map(Threads::place);
-        let home = place.as_ref().map(|p| p.handle.clone());
+        let home = place.as_ref().map(super::threads::Place::home);
         let shared = Arc::new(Shared::new(state).at_home(home));
         let (tx, rx) = mpsc::channel(4);
         {
@@ -938,11 +931,11 @@ impl<T: Transport> Inner<T> {
     }
 
     /// `io` registered with the runtime this runs on, when the listener has
-    /// threads of its own and knows how to move its transports.
+    /// threads of its own (and `io` is a kind that can move).
     fn rehomed(&self, io: T) -> io::Result<T> {
-        match (&self.threads, self.rehome) {
-            (Some(_), Some(rehome)) => rehome(io),
-            _ => Ok(io),
+        match self.threads {
+            Some(_) => super::threads::rehome(io),
+            None => Ok(io),
         }
     }
 
@@ -957,6 +950,8 @@ impl<T: Transport> Inner<T> {
         let io = match self.rehomed(io) {
             Ok(io) => io,
             Err(e) => {
+                warn!(error = %e, "session ended: its transport could not move to its thread");
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 self.sessions.lock().remove(&shared.id);
                 shared.end(Err(Error::Transport(Arc::new(e))));
                 return;
@@ -1109,7 +1104,7 @@ impl<T: Transport> Inner<T> {
         let io = match self.rehomed(io) {
             Ok(io) => io,
             Err(e) => {
-                debug!(error = %e, "reconnect not committed: the transport could not move");
+                warn!(error = %e, "reconnect not committed: its transport could not move to the session's thread");
                 return None;
             }
         };

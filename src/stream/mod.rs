@@ -59,6 +59,7 @@ pub use config::{
 pub use error::Error;
 pub use handle::{Event, Handle, ReadHalf, Stats, Stream, WriteHalf};
 pub use listener::{Listener, ListenerStats, Transport};
+pub use threads::MAX_THREADS;
 pub(crate) use transport::bound_unsent;
 pub use transport::{Dialed, Dialer, SocketOptions, Target, TcpDialer};
 

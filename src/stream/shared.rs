@@ -893,8 +893,9 @@ pub(crate) struct Shared {
     pub id: u64,
     /// A value both ends of this session, and nobody else's session, share.
     pub binding: [u8; 32],
-    /// The runtime the driver runs on, when a listener's threads run it.
-    pub home: Option<tokio::runtime::Handle>,
+    /// The runtime the driver runs on, when a listener's threads run it
+    /// (held, it keeps those threads running).
+    pub home: Option<super::threads::Home>,
 }
 
 impl Shared {
@@ -920,7 +921,7 @@ impl Shared {
     }
 
     /// Records the runtime the driver will run on.
-    pub fn at_home(mut self, home: Option<tokio::runtime::Handle>) -> Self {
+    pub fn at_home(mut self, home: Option<super::threads::Home>) -> Self {
         self.home = home;
         self
     }

@@ -1004,10 +1004,11 @@ impl Inner {
         if port != 0 || config.ports.is_empty() {
             return try_bind(port).map_err(|e| BindError::new(e, "TCP", port));
         }
-        for candidate in candidates(&config.ports) {
+        for (i, candidate) in candidates(&config.ports).into_iter().enumerate() {
             if let Ok(l) = try_bind(candidate) {
                 return Ok(l);
             }
+            yield_between_binds(i).await;
         }
         Err(BindError::no_free_port())
     }
@@ -1056,6 +1057,15 @@ impl BindError {
             retry: true,
             reason: "no free port in the allowed ranges".into(),
         }
+    }
+}
+
+/// Lets the other tasks of a link's thread run between failed binds of a
+/// search for a free port (up to 4,096 binds, tens of milliseconds when the
+/// ranges are full), so that the links sharing it are not held up.
+pub(crate) async fn yield_between_binds(tried: usize) {
+    if tried % 32 == 31 {
+        tokio::task::yield_now().await;
     }
 }
 

@@ -343,10 +343,11 @@ pub(crate) async fn bind(
             .await
             .map_err(|e| BindError::new(e, "UDP", port));
     }
-    for &p in candidates {
+    for (i, &p) in candidates.iter().enumerate() {
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, p)).await {
             return Ok(s);
         }
+        super::server::yield_between_binds(i).await;
     }
     Err(BindError::no_free_port())
 }
