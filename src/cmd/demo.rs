@@ -208,6 +208,8 @@ async fn tunnel_part(total: u64) -> anyhow::Result<()> {
     let token = Token::generate();
     let mut server_config = ServerConfig::new("127.0.0.1:0".parse()?, Some(token.clone()));
     quick(&mut server_config.stream);
+    // As `rejoin server` runs: the link on one of the server's threads.
+    server_config.stream.threads = super::config::link_threads();
     server_config.mux.ping_interval = Duration::from_millis(300);
     server_config.mux.ping_timeout = Duration::from_secs(1);
     let server = Server::bind(server_config).await?;
