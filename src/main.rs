@@ -104,8 +104,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // (docs/benchmarks.md), unless TOKIO_WORKER_THREADS asks for a runtime
     // of that many. The server runs each link on one of its `threads`, and
     // the rest on a runtime with a thread per CPU.
-    let one_thread = matches!(cli.command, Command::Client(_))
-        && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
+    // (tokio panics on a value that is not a number above 0: said here.)
+    let threads = std::env::var_os("TOKIO_WORKER_THREADS");
+    if let Some(v) = &threads
+        && v.to_str()
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_none_or(|n| n == 0)
+    {
+        anyhow::bail!("TOKIO_WORKER_THREADS must be a whole number above 0 (or unset), not {v:?}");
+    }
+    let one_thread = matches!(cli.command, Command::Client(_)) && threads.is_none();
     let runtime = if one_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

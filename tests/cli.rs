@@ -337,6 +337,24 @@ fn tunnel_errors_are_clear() {
         err.contains("--name") && err.contains("holds a control character"),
         "{err}"
     );
+
+    // A thread count tokio cannot take is an error that says so, not a
+    // panic (the client reads the variable too: set, it runs on that many).
+    for value in ["0", "", "many"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rejoin"))
+            .args(["client", "--server", "127.0.0.1:1", "--token", "t"])
+            .args(["--give-up-after", "1", "--tcp", "22"])
+            .env("TOKIO_WORKER_THREADS", value)
+            .output()
+            .expect("rejoin runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("TOKIO_WORKER_THREADS must be a whole number above 0")
+                && !err.contains("panicked"),
+            "{value:?}: {err}"
+        );
+    }
 }
 
 #[test]

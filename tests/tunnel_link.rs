@@ -324,20 +324,24 @@ fn a_link_and_its_visitors_run_on_the_links_thread() {
         .enable_all()
         .build()
         .expect("runtime");
-    let server = binding
-        .block_on(Server::bind(server_config()))
-        .expect("server");
+    // Nothing can repair a break once the accepting runtime is gone: slow
+    // timers, so that a loaded machine's pause is not taken for one.
+    let mut config = server_config();
+    config.stream.idle_timeout = Some(Duration::from_secs(60));
+    config.stream.user_timeout = None;
+    config.mux.ping_timeout = Duration::from_secs(60);
+    let server = binding.block_on(Server::bind(config)).expect("server");
     let app = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     app.block_on(async move {
         let echo = echo_service().await;
-        let mut client = RunningClient::start(client_config(
-            server.local_addr().to_string(),
-            "home",
-            &[(&echo, 0)],
-        ));
+        let mut config = client_config(server.local_addr().to_string(), "home", &[(&echo, 0)]);
+        config.stream.idle_timeout = Some(Duration::from_secs(60));
+        config.stream.user_timeout = None;
+        config.mux.ping_timeout = Duration::from_secs(60);
+        let mut client = RunningClient::start(config);
         let public = client.published(1).await.remove(0);
         echo_through(&public, 1).await;
         binding.shutdown_background();

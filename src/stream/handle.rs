@@ -224,8 +224,9 @@ impl Stream {
     /// [`Config::threads`](super::Config::threads) accepted it: tasks that
     /// read or write the stream cost least there (no hand-offs between
     /// threads). The listener's threads keep running while any stream of
-    /// theirs, or the listener, is held; a task spawned there after all
-    /// are gone is dropped unrun. `None` when the driver runs on the
+    /// theirs, or the listener, is held (so a task there that holds a
+    /// stream keeps them running until it ends); a task spawned there after
+    /// all are gone is dropped unrun. `None` when the driver runs on the
     /// caller's runtime.
     pub fn home(&self) -> Option<tokio::runtime::Handle> {
         self.read.shared.home.as_ref().map(|h| h.handle.clone())

@@ -233,7 +233,8 @@ pub struct ListenerStats {
     pub resumed: u64,
     /// Reconnects refused.
     pub refused: u64,
-    /// Handshakes that failed or timed out.
+    /// Handshakes that failed or timed out, and sessions or reconnects whose
+    /// transport could not move to their thread ([`Config::threads`]).
     pub failed: u64,
     /// Connections closed at once because every handshake slot was held
     /// by a reconnect.
@@ -288,6 +289,8 @@ struct Inner<T> {
     /// So are new sessions refused at `max_sessions` (on a log of their own,
     /// so that a flood of the former cannot hide them).
     full_log: NoiseLog,
+    /// And transports that could not move to their session's thread.
+    move_log: NoiseLog,
     /// The threads sessions' drivers run on (`Config::threads`), if any.
     threads: Option<Arc<Threads>>,
 }
@@ -417,6 +420,7 @@ impl<T: Transport> Listener<T> {
             unconfirmed: AtomicU64::new(0),
             noise: NoiseLog::default(),
             full_log: NoiseLog::default(),
+            move_log: NoiseLog::default(),
             threads,
         });
         Ok(Listener {
@@ -930,6 +934,16 @@ impl<T: Transport> Inner<T> {
         Ok(())
     }
 
+    /// Counts, and logs at most once a second, a transport that could not
+    /// move to its session's thread (the host short of something, such as
+    /// epoll watches: it may go on for a while).
+    fn not_moved(&self, e: &io::Error, what: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Some(left_out) = self.move_log.allow() {
+            warn!(error = %e, left_out, "{what}: its transport could not move to the session's thread");
+        }
+    }
+
     /// `io` registered with the runtime this runs on, when the listener has
     /// threads of its own (and `io` is a kind that can move).
     fn rehomed(&self, io: T) -> io::Result<T> {
@@ -950,8 +964,7 @@ impl<T: Transport> Inner<T> {
         let io = match self.rehomed(io) {
             Ok(io) => io,
             Err(e) => {
-                warn!(error = %e, "session ended: its transport could not move to its thread");
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.not_moved(&e, "session ended");
                 self.sessions.lock().remove(&shared.id);
                 shared.end(Err(Error::Transport(Arc::new(e))));
                 return;
@@ -1104,7 +1117,7 @@ impl<T: Transport> Inner<T> {
         let io = match self.rehomed(io) {
             Ok(io) => io,
             Err(e) => {
-                warn!(error = %e, "reconnect not committed: its transport could not move to the session's thread");
+                self.not_moved(&e, "reconnect not committed");
                 return None;
             }
         };

@@ -29,8 +29,9 @@ struct Thread {
     _stop: oneshot::Sender<()>,
 }
 
-/// The threads. Every driver holds the pool (through its [`Place`]), so it
-/// lives as long as any session it drives.
+/// The threads. Every driver holds the pool (through its [`Place`]), and
+/// every session's shared state (through its [`Home`]), so it lives as long
+/// as any session it drives or any stream of one.
 pub(crate) struct Threads {
     threads: Vec<Thread>,
 }
