@@ -601,6 +601,12 @@ fn sighup_reloads_the_server_tokens() {
     };
     let alice = client("alice", "a-1");
     line_with(&alice, "tcp ");
+    // The server names the thread alice's link runs on (one per CPU).
+    assert!(
+        server.await_stderr("client session up") && server.stderr().contains("thread=rj-session-"),
+        "{}",
+        server.stderr()
+    );
     let mut bob = client("bob", "b-1");
     assert!(!bob.wait(), "bob has no token yet");
 

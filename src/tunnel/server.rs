@@ -641,8 +641,14 @@ impl Inner {
         drop(pending);
         mux.stream().set_resumable(true);
         let _ = mux.send(welcome);
-        info!(client = %name, peer = %crate::stream::shown(peer), "client session up");
-        let link_events = log_link_events(&session);
+        // (The link's thread, when it has one: `top -H` shows each thread's
+        // CPU by this name.)
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("-");
+        info!(client = %name, peer = %crate::stream::shown(peer), thread = %thread, "client session up");
+        // Aborted however this ends (it holds the session, and so the link's
+        // stream, whose events it waits for: it would never end by itself).
+        let link_events = AbortOnDrop(log_link_events(&session));
         while let Some(event) = events.recv().await {
             match event {
                 Event::Control(Frame::Publish {
@@ -678,7 +684,7 @@ impl Inner {
             }
         }
         let end = mux.ended().await;
-        link_events.abort();
+        drop(link_events);
         let _ = session.close_ports().await;
         let mut sessions = self.sessions.lock().await;
         if sessions
@@ -1081,6 +1087,15 @@ pub(crate) fn candidates(ranges: &[RangeInclusive<u16>]) -> Vec<u16> {
     all.shuffle(&mut rand::rng());
     all.truncate(4096);
     all
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Logs what happens to a client's link, and notes when it resumes.
