@@ -69,14 +69,14 @@ fn check_decoder<T: PartialEq + std::fmt::Debug>(
         let got = decode(&mut split);
         prop_assert_eq!(&got, &expected, "split at {}", cut);
         prop_assert_eq!(bytes.len() - split.remaining(), consumed);
-        if let Ok(Some(_)) = &expected {
-            if cut < consumed {
-                let mut prefix = &bytes[..cut];
-                let got = decode(&mut prefix);
-                prop_assert!(matches!(got, Ok(None) | Err(_)), "prefix {cut}: {got:?}");
-                if let Ok(None) = got {
-                    prop_assert_eq!(prefix.len(), cut, "a short decode consumes nothing");
-                }
+        if let Ok(Some(_)) = &expected
+            && cut < consumed
+        {
+            let mut prefix = &bytes[..cut];
+            let got = decode(&mut prefix);
+            prop_assert!(matches!(got, Ok(None) | Err(_)), "prefix {cut}: {got:?}");
+            if let Ok(None) = got {
+                prop_assert_eq!(prefix.len(), cut, "a short decode consumes nothing");
             }
         }
     }

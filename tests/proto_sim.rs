@@ -155,7 +155,7 @@ impl World {
             Version::V1
         };
         let link_cap = rng.random_range(8..2048);
-        let honest = seed % 5 != 0;
+        let honest = !seed.is_multiple_of(5);
         let in_flight = if honest {
             link_cap
         } else {

@@ -519,14 +519,14 @@ fn setup(seed: u64) -> Setup {
     // in_flight as the docs ask: the link and both ends' buffers.
     let in_flight = link_cap + 3000;
     Setup {
-        version: if seed % 2 == 0 {
+        version: if seed.is_multiple_of(2) {
             Version::V2
         } else {
             Version::V1
         },
-        encrypt: (seed / 2) % 2 == 0,
-        model_client: (seed / 4) % 2 == 0,
-        stock: (seed / 8) % 2 == 0,
+        encrypt: (seed / 2).is_multiple_of(2),
+        model_client: (seed / 4).is_multiple_of(2),
+        stock: (seed / 8).is_multiple_of(2),
         link_cap,
         in_flight,
         history: 3 * in_flight + rng.random_range(0..4 * link_cap),

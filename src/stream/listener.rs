@@ -561,10 +561,8 @@ impl<T: Transport> Inner<T> {
     /// in the log at most once a second).
     fn full(&self, peer: Option<SocketAddr>) -> bool {
         let full = self.sessions.lock().len() >= self.config.max_sessions;
-        if full {
-            if let Some(left_out) = self.full_log.allow() {
-                warn!(peer = %crate::stream::shown(peer), max_sessions = self.config.max_sessions, left_out, "new session refused: max_sessions reached");
-            }
+        if full && let Some(left_out) = self.full_log.allow() {
+            warn!(peer = %crate::stream::shown(peer), max_sessions = self.config.max_sessions, left_out, "new session refused: max_sessions reached");
         }
         full
     }

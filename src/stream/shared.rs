@@ -156,10 +156,10 @@ impl Lent {
             }
             None => poll_read_buf(Pin::new(io), cx, &mut (&mut self.tail).limit(self.limit)),
         };
-        if let Poll::Ready(Ok(n)) = poll {
-            if n > 0 {
-                self.decrypt(n);
-            }
+        if let Poll::Ready(Ok(n)) = poll
+            && n > 0
+        {
+            self.decrypt(n);
         }
         poll
     }
@@ -633,10 +633,10 @@ impl State {
                     controls.push(c)
                 });
                 link.restore_opener(opener);
-                if read.is_some() {
-                    if let Err(e) = link.apply(&mut self.session, acks) {
-                        bad.get_or_insert(e);
-                    }
+                if read.is_some()
+                    && let Err(e) = link.apply(&mut self.session, acks)
+                {
+                    bad.get_or_insert(e);
                 }
                 Some(parsed.map(|()| controls))
             }

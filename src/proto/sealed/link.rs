@@ -376,10 +376,10 @@ impl Link {
         let opener = self.opener()?;
         // A confirm has no data: any other length is refused at once, not
         // waited for (and buffered) until the handshake times out.
-        if let [a, b, ..] = opener.input[opener.opened_to..] {
-            if usize::from(u16::from_le_bytes([a, b])) != MIN_FRAME - 2 {
-                return Err(Error::Malformed("confirm frame"));
-            }
+        if let [a, b, ..] = opener.input[opener.opened_to..]
+            && usize::from(u16::from_le_bytes([a, b])) != MIN_FRAME - 2
+        {
+            return Err(Error::Malformed("confirm frame"));
         }
         let Some((data, ack, window)) = opener.open_one()? else {
             return Ok(false);
