@@ -248,6 +248,17 @@ fn the_admin_endpoint_reports_what_happens() {
     assert!(office["last_resume"].as_u64().is_some());
     assert_eq!(office["services"][0]["public"], public.as_str());
     assert_eq!(office["services"][0]["visitors"], 1);
+    // The thread its link runs on, and the count of links on that thread.
+    let thread = office["thread"].as_str().expect("a link thread");
+    assert!(thread.starts_with("rj-session-"), "{thread}");
+    assert_eq!(
+        sample(
+            &metrics(&admin),
+            "rejoin_thread_links",
+            &[("thread", thread)]
+        ),
+        1.0
+    );
 
     // `rejoin status` prints it as tables.
     for (endpoint, role) in [(&admin, "server"), (&client_admin, "client")] {

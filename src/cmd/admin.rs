@@ -143,6 +143,9 @@ pub struct ClientView {
     pub last_resume: Option<u64>,
     pub resumes: u64,
     pub resent_bytes: u64,
+    /// Server: the thread the client's link runs on (`rj-session-N`).
+    #[serde(default)]
+    pub thread: Option<String>,
     pub services: Vec<ServiceView>,
 }
 
@@ -223,6 +226,7 @@ impl Source {
                         last_resume: c.last_resume.map(unix),
                         resumes: c.link.reconnects,
                         resent_bytes: c.link.resent,
+                        thread: c.thread.clone(),
                         services: c
                             .services
                             .iter()
@@ -293,6 +297,7 @@ impl Source {
                         last_resume: status.last_resume.map(unix),
                         resumes: link.reconnects,
                         resent_bytes: link.resent,
+                        thread: None,
                         services,
                     }],
                     logins_refused: BTreeMap::new(),
@@ -324,6 +329,7 @@ pub fn metrics(status: &Status) -> anyhow::Result<String> {
     let udp_dropped = Family::<Labels, Counter>::default();
     let visitors_refused = Family::<Labels, Counter>::default();
     let refused = Family::<Labels, Counter>::default();
+    let thread_links = Family::<Labels, Gauge<i64>>::default();
     let connected = status.clients.iter().filter(|c| c.since.is_some()).count();
     clients.set(connected as i64);
     let mut published = 0;
@@ -338,6 +344,11 @@ pub fn metrics(status: &Status) -> anyhow::Result<String> {
         resent
             .get_or_create(&labels(&[("client", client)]))
             .inc_by(c.resent_bytes);
+        if let Some(thread) = &c.thread {
+            thread_links
+                .get_or_create(&labels(&[("thread", thread)]))
+                .inc();
+        }
         for s in &c.services {
             if s.state == "published" {
                 published += 1;
@@ -422,6 +433,11 @@ pub fn metrics(status: &Status) -> anyhow::Result<String> {
             "rejoin_logins_refused",
             "Logins refused, by reason",
             refused,
+        );
+        registry.register(
+            "rejoin_thread_links",
+            "Logged-in clients' links on each of the server's link threads (threads with none are left out)",
+            thread_links,
         );
     }
     let mut text = String::new();
@@ -668,6 +684,7 @@ mod tests {
                 last_resume: None,
                 resumes: 3,
                 resent_bytes: 100,
+                thread: Some("rj-session-1".into()),
                 services: vec![
                     ServiceView {
                         name: "web".into(),
@@ -714,6 +731,7 @@ mod tests {
             "rejoin_visitors_refused_total{client=\"home \\\"lab\\\"\",service=\"web\",kind=\"tcp\"} 6",
             "rejoin_link_resumes_total{client=\"home \\\"lab\\\"\"} 3",
             "rejoin_logins_refused_total{reason=\"bad_token\"} 4",
+            "rejoin_thread_links{thread=\"rj-session-1\"} 1",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

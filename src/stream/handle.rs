@@ -85,6 +85,11 @@ impl Handle {
         self.shared.id
     }
 
+    /// As [`Stream::home`].
+    pub fn home(&self) -> Option<tokio::runtime::Handle> {
+        self.shared.home.as_ref().map(|h| h.handle.clone())
+    }
+
     /// The peer of the current (or last) transport, if known.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.shared.state.lock().peer

@@ -124,6 +124,8 @@ struct ClientSession {
     sticky: Mutex<HashMap<(String, ServiceKind), u16>>,
     /// Where to report associations the client ended, per UDP service.
     udp_services: Mutex<Vec<mpsc::UnboundedSender<u32>>>,
+    /// The name of the thread its link runs on, if it has one.
+    thread: Option<String>,
 }
 
 impl ClientSession {
@@ -158,6 +160,7 @@ impl ClientSession {
             name: self.name.clone(),
             peer: self.mux.stream().peer_addr(),
             streams: self.mux.streams(),
+            thread: self.thread.clone(),
             link: self.mux.stream().stats(),
             udp: self.mux.udp_stats(),
             since: self.since,
@@ -326,6 +329,10 @@ pub struct ClientInfo {
     pub peer: Option<SocketAddr>,
     /// Its open streams and associations.
     pub streams: usize,
+    /// The thread its link runs on (`rj-session-N`, see
+    /// [`stream::Config::threads`]), if the server runs links on threads of
+    /// their own.
+    pub thread: Option<String>,
     /// Its link's counters.
     pub link: stream::Stats,
     /// Its UDP counters.
@@ -643,8 +650,7 @@ impl Inner {
         let _ = mux.send(welcome);
         // (The link's thread, when it has one: `top -H` shows each thread's
         // CPU by this name.)
-        let thread = std::thread::current();
-        let thread = thread.name().unwrap_or("-");
+        let thread = session.thread.as_deref().unwrap_or("-");
         info!(client = %name, peer = %crate::stream::shown(peer), thread = %thread, "client session up");
         // Aborted however this ends (it holds the session, and so the link's
         // stream, whose events it waits for: it would never end by itself).
@@ -767,6 +773,11 @@ impl Inner {
             services: Mutex::new(HashMap::new()),
             sticky: Mutex::new(HashMap::new()),
             udp_services: Mutex::new(Vec::new()),
+            // (`serve`, and so this, runs on the link's thread.)
+            thread: mux
+                .stream()
+                .home()
+                .and_then(|_| std::thread::current().name().map(String::from)),
         });
         let old = {
             let mut sessions = self.sessions.lock().await;
