@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use rejoin::stream::MAX_THREADS;
 use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{ClientConfig, ServiceConfig};
 use rejoin::tunnel::frame::{INITIAL_WINDOW, MAX_NAME, ServiceKind};
@@ -296,8 +297,6 @@ pub struct ServerFile {
     socket_buffer: Option<Size>,
     threads: Option<usize>,
 }
-
-use rejoin::stream::MAX_THREADS;
 
 /// The server's threads for links, unless its file says otherwise: one per
 /// CPU the process may use, as counted the first time it is asked (so that

@@ -234,7 +234,7 @@ impl Stream {
     /// all are gone is dropped unrun. `None` when the driver runs on the
     /// caller's runtime.
     pub fn home(&self) -> Option<tokio::runtime::Handle> {
-        self.read.shared.home.as_ref().map(|h| h.handle.clone())
+        self.handle().home()
     }
 
     /// The peer of the current (or last) transport, if known.
