@@ -176,6 +176,7 @@ impl Session {
             read: Cipher::Plain,
         };
         let mut session = Session::new(role, id, Key::from_bytes([0; 8]), params, true, plain);
+        session.history = History::rope(params.history);
         session.secrets = Some(secrets);
         session.peer_window = super::sealed::INITIAL_WINDOW;
         session
@@ -405,12 +406,31 @@ impl Session {
     /// many bytes it took. They are then pending in [`Session::poll_transmit`].
     pub fn handle_write(&mut self, plain: &[u8]) -> usize {
         let n = plain.len().min(self.write_capacity());
-        let mut done = 0;
         let cipher = &mut self.ciphers.write;
+        if !cipher.is_encrypting() {
+            self.history.append(&plain[..n]);
+            return n;
+        }
+        let mut done = 0;
         self.history.append_with(n, |out| {
             cipher.apply_into(&plain[done..done + out.len()], out);
             done += out.len();
         });
+        n
+    }
+
+    /// Like [`Session::handle_write`], for bytes that need no encrypting
+    /// (the sealed suite's): a sealed history keeps as many of them as fit
+    /// without a copy, sharing `plain`'s buffer until the peer
+    /// acknowledges them.
+    pub fn handle_write_shared(&mut self, plain: &bytes::Bytes) -> usize {
+        if self.ciphers.write.is_encrypting() {
+            return self.handle_write(plain);
+        }
+        let n = plain.len().min(self.write_capacity());
+        if n > 0 {
+            self.history.append_shared(plain.slice(..n));
+        }
         n
     }
 
@@ -533,6 +553,11 @@ impl Session {
     /// reconnect request or reply).
     pub(crate) fn confirm(&mut self, count: u64) {
         self.floor = self.floor.max(count.min(self.write_count()));
+        if self.is_sealed() {
+            // A sealed history (a rope) lets acknowledged chunks go at once:
+            // they may hold buffers shared with the application.
+            self.release_history();
+        }
     }
 
     /// Switches the session onto a new transport after a successful resume:

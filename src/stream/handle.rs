@@ -346,24 +346,55 @@ fn poll_sent(st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     Poll::Pending
 }
 
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+/// A piece of what the application writes.
+trait Piece: std::ops::Deref<Target = [u8]> {
+    /// Puts the first `n` bytes of it into the session (see [`State::write`]).
+    fn put(&self, st: &mut State, n: usize) -> usize;
+}
+
+impl Piece for io::IoSlice<'_> {
+    fn put(&self, st: &mut State, n: usize) -> usize {
+        st.write(&self[..n])
+    }
+}
+
+impl Piece for bytes::Bytes {
+    fn put(&self, st: &mut State, n: usize) -> usize {
+        if n < SHARE_AT_LEAST {
+            st.write(&self[..n])
+        } else {
+            st.write_shared(&self.slice(..n))
+        }
+    }
+}
+
+/// Pieces at least this long, written with [`WriteHalf::write_shared`],
+/// go into a sealed history without a copy; shorter ones are copied.
+const SHARE_AT_LEAST: usize = 4096;
+
+impl WriteHalf {
+    /// Writes like `write_vectored`, from pieces held as `Bytes`: a sealed
+    /// session keeps those of at least 4 KiB in its history as they are,
+    /// sharing their buffers until the peer acknowledges them, instead of
+    /// copying them (the compatible suite encrypts, so copies them all).
+    /// Returns how many bytes it took, from the front of `pieces`.
+    pub(crate) async fn write_shared(
+        &mut self,
+        pieces: &std::collections::VecDeque<bytes::Bytes>,
+    ) -> io::Result<usize> {
+        let (a, b) = pieces.as_slices();
+        std::future::poll_fn(|cx| match a {
+            [] => self.poll_put(cx, b),
+            _ => self.poll_put(cx, a),
+        })
+        .await
     }
 
     /// Takes as much of `bufs` as the history has room for, up to
-    /// `LOCKED_WRITE` (256 KiB): under one lock, or, when the bytes are encrypted,
-    /// with the encryption outside it.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+    /// `LOCKED_WRITE` (256 KiB): under one lock, or, when the bytes are
+    /// encrypted, with the encryption outside it.
+    fn poll_put<P: Piece>(&mut self, cx: &mut Context<'_>, bufs: &[P]) -> Poll<io::Result<usize>> {
+        let this = self;
         let mut wake = Wake::default();
         let poll = {
             let mut st = this.shared.state.lock();
@@ -410,7 +441,7 @@ impl AsyncWrite for WriteHalf {
                 let mut total = 0;
                 for buf in bufs.iter().filter(|b| !b.is_empty()) {
                     let take = buf.len().min(LOCKED_WRITE - total);
-                    let n = st.write(&buf[..take]);
+                    let n = buf.put(&mut st, take);
                     total += n;
                     if n < buf.len() || total == LOCKED_WRITE {
                         break;
@@ -431,6 +462,27 @@ impl AsyncWrite for WriteHalf {
         };
         wake.fire();
         poll
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    /// Takes as much of `bufs` as the history has room for, up to
+    /// `LOCKED_WRITE` (256 KiB): under one lock, or, when the bytes are encrypted,
+    /// with the encryption outside it.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_put(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -33,7 +33,7 @@
 use bytes::{Buf, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use super::{INITIAL_WINDOW, MAX_FRAME_DATA, MIN_FRAME, TAG_LEN, TRAILER_LEN};
+use super::{INITIAL_WINDOW, MAX_FRAME_DATA, MAX_NOISE_MESSAGE, MIN_FRAME, TAG_LEN, TRAILER_LEN};
 use crate::proto::record::{Control, RecordReader};
 use crate::proto::{Error, Result, Session};
 
@@ -276,19 +276,36 @@ impl Link {
             return Ok(());
         }
         self.sealer()?.clear();
+        let ack = session.read_count();
         let mut laid = 0;
         while laid < OUT_BATCH {
-            let ack = session.read_count();
-            let allowed = session.peer_window().saturating_sub(session.sent());
-            let (a, _) = session.poll_transmit();
-            let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
-            let n = a.len().min(MAX_FRAME_DATA).min(allowed);
-            if n == 0 {
+            // A frame takes the history's pieces (a sealed history is a rope
+            // of them, some only a record header long) until it is full.
+            let sealer = self.sealer()?;
+            let mut framed = 0;
+            while framed < MAX_FRAME_DATA {
+                let allowed = session.peer_window().saturating_sub(session.sent());
+                let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+                let (a, _) = session.poll_transmit();
+                let n = a.len().min(MAX_FRAME_DATA - framed).min(allowed);
+                if n == 0 {
+                    break;
+                }
+                if framed == 0 {
+                    sealer.open_frame()?;
+                }
+                sealer.out.reserve(n + TRAILER_LEN + TAG_LEN);
+                crate::proto::copy::extend(&mut sealer.out, &a[..n]);
+                session.handle_transmitted(n);
+                framed += n;
+            }
+            if framed == 0 {
                 break;
             }
-            self.lay_out(&a[..n], ack, window)?;
-            session.handle_transmitted(n);
-            laid += n;
+            sealer.close_frame(ack, window);
+            self.acked = self.acked.max(ack);
+            self.windowed = self.windowed.max(window);
+            laid += framed;
         }
         if laid == 0 && self.update_due(session.read_count(), window) {
             self.lay_out(&[], session.read_count(), window)?;
@@ -416,17 +433,37 @@ impl Sealer {
     /// trailer and room for the tag, and takes its nonce.
     fn lay_out(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
         debug_assert!(data.len() <= MAX_FRAME_DATA);
-        let nonce = self.send.nonce()?;
-        let len = data.len() + TRAILER_LEN + TAG_LEN;
-        let at = self.out.len();
-        self.out.reserve(2 + len);
-        self.out.extend_from_slice(&(len as u16).to_le_bytes());
+        self.out.reserve(2 + data.len() + TRAILER_LEN + TAG_LEN);
+        self.open_frame()?;
         crate::proto::copy::extend(&mut self.out, data);
+        self.close_frame(ack, window);
+        Ok(())
+    }
+
+    /// Starts a frame at the end of the output and takes its nonce: its
+    /// stream bytes (at most [`MAX_FRAME_DATA`]) are appended to `out`
+    /// next, then [`Sealer::close_frame`] ends it.
+    fn open_frame(&mut self) -> Result<()> {
+        let nonce = self.send.nonce()?;
+        let at = self.out.len();
+        // The length is filled in when the frame is closed.
+        self.out.extend_from_slice(&[0; 2]);
+        self.unsealed.push((at, nonce));
+        Ok(())
+    }
+
+    /// Ends the frame [`Sealer::open_frame`] started: its length, the
+    /// trailer and room for the tag.
+    fn close_frame(&mut self, ack: u64, window: u64) {
+        let Some(&(at, _)) = self.unsealed.last() else {
+            return;
+        };
         self.out.extend_from_slice(&ack.to_le_bytes());
         self.out.extend_from_slice(&window.to_le_bytes());
         self.out.extend_from_slice(&[0; TAG_LEN]);
-        self.unsealed.push((at, nonce));
-        Ok(())
+        let len = self.out.len() - at - 2;
+        debug_assert!(len <= MAX_NOISE_MESSAGE);
+        self.out[at..at + 2].copy_from_slice(&(len as u16).to_le_bytes());
     }
 
     /// Seals the frames laid out, in place and in order. If one fails, the

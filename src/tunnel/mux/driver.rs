@@ -2,7 +2,6 @@
 //! the core onto the stream, the core's timer, and session events out.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +30,6 @@ const OUTBOX_FILL: usize = 256 << 10;
 /// brought less than this); a read that brings this much switches to pooled
 /// ones.
 const SMALL_READ: usize = 4096;
-
-/// Most slices in one vectored write.
-const WRITE_SLICES: usize = 64;
 
 /// How long an ended mux may take to write its last session frames (a
 /// refusal, a goodbye), and then to flush them.
@@ -265,15 +261,10 @@ pub(super) async fn drive(shared: Arc<Shared>, stream: Stream, events: mpsc::Sen
             buf = Some(fresh);
         }
         let keep = cur.len();
-        let slices: Vec<IoSlice<'_>> = out
-            .pieces
-            .iter()
-            .take(WRITE_SLICES)
-            .map(|p| IoSlice::new(p))
-            .collect();
         tokio::select! {
             biased;
-            written = write.write_vectored(&slices), if !slices.is_empty() => match written {
+            // Payloads go into the link's history as they are, not copied.
+            written = write.write_shared(&out.pieces), if !out.pieces.is_empty() => match written {
                 Ok(n) if n > 0 => {
                     out.advance(n);
                     wrote = true;
