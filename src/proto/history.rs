@@ -2,77 +2,83 @@
 //! resend what the peer missed.
 //!
 //! Positioned by absolute stream counts: it holds the bytes `[end − len,
-//! end)` of everything ever written, in one of two stores.
-//!
-//! - **A ring** of fixed capacity (the compatible suite, whose history is
-//!   ciphertext, encrypted into it as written). Memory is taken as bytes are
-//!   written (never more than the capacity), so a session that has sent
-//!   little holds little, and nothing is allocated before the session is
-//!   established.
-//! - **A rope** of chunks (the sealed suite, whose history is plaintext,
-//!   sealed per connection as it goes out). Small writes are copied into a
-//!   tail buffer; a large one given as [`Bytes`] is kept as it is, without a
-//!   copy: the tunnel's payloads, read from a visitor into a buffer that is
-//!   then held here until the peer acknowledges it. Acknowledged chunks are
-//!   dropped at once, so memory follows what the peer has not confirmed.
+//! end)` of everything ever written, as a list of spans. Bytes written by
+//! copy (all of the compatible suite's, encrypted on their way in) go into
+//! a ring of fixed capacity; memory is taken as they are written (never more
+//! than the capacity), so a session that has sent little holds little, and
+//! nothing is allocated before the session is established. Large pieces
+//! given as [`Bytes`] (the tunnel's payloads, in the sealed suite) are kept
+//! as they are, sharing the buffer they were read into instead of being
+//! copied, until the peer acknowledges them.
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
+
+/// Bytes given as [`Bytes`] are kept as they are from this many on; fewer
+/// are copied into the ring. A kept piece holds its whole buffer (the
+/// tunnel reads into 256 KiB ones): at least this much per piece bounds
+/// what held pieces can keep allocated, and how many spans there can be.
+pub const MIN_SHARED: usize = 32 * 1024;
+
+/// Memory below which [`History::release_before`] leaves the ring be.
+const SPARE: usize = 64 * 1024;
 
 /// Send history, positioned by stream counts.
 #[derive(Debug)]
 pub struct History {
-    store: Store,
+    /// Every held byte, in order: `spans[0].at` is the start.
+    spans: VecDeque<Span>,
+    /// The copied bytes.
+    ring: Ring,
     capacity: usize,
     end: u64,
 }
 
+/// A run of held bytes starting at stream count `at`.
 #[derive(Debug)]
-enum Store {
-    /// Grows up to `capacity`; once full, `head` marks the oldest byte.
-    Ring { buf: Vec<u8>, head: usize },
-    /// `chunks` (each with the stream count of its first byte), then `tail`,
-    /// `len` bytes in all.
-    Rope {
-        chunks: VecDeque<(u64, Bytes)>,
-        tail: BytesMut,
-        len: usize,
-    },
+struct Span {
+    at: u64,
+    bytes: Held,
 }
 
-/// A rope's tail is frozen into a chunk at this size, so that acknowledged
-/// bytes can be let go of a chunk at a time.
-const TAIL_CHUNK: usize = 64 * 1024;
+#[derive(Debug)]
+enum Held {
+    /// `len` bytes in the ring, from ring count `from`.
+    Copied { from: u64, len: usize },
+    /// Bytes kept as they were given.
+    Shared(Bytes),
+}
 
-/// The least a rope's tail allocates at a time: the few header bytes
-/// between two shared chunks share one allocation.
-const TAIL_ALLOC: usize = 16 * 1024;
-
-impl History {
-    /// An empty ring history that will hold up to `capacity` bytes (at
-    /// least 1).
-    pub fn new(capacity: usize) -> Self {
-        History {
-            store: Store::Ring {
-                buf: Vec::new(),
-                head: 0,
-            },
-            capacity: capacity.max(1),
-            end: 0,
+impl Span {
+    fn len(&self) -> usize {
+        match &self.bytes {
+            Held::Copied { len, .. } => *len,
+            Held::Shared(b) => b.len(),
         }
     }
 
-    /// An empty rope history that will hold up to `capacity` bytes (at
-    /// least 1).
-    pub fn rope(capacity: usize) -> Self {
+    /// Drops the first `n` bytes (fewer than it holds).
+    fn advance(&mut self, n: usize) {
+        self.at += n as u64;
+        match &mut self.bytes {
+            Held::Copied { from, len } => {
+                *from += n as u64;
+                *len -= n;
+            }
+            Held::Shared(b) => b.advance(n),
+        }
+    }
+}
+
+impl History {
+    /// An empty history that will hold up to `capacity` bytes (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         History {
-            store: Store::Rope {
-                chunks: VecDeque::new(),
-                tail: BytesMut::new(),
-                len: 0,
-            },
-            capacity: capacity.max(1),
+            spans: VecDeque::new(),
+            ring: Ring::new(capacity),
+            capacity,
             end: 0,
         }
     }
@@ -84,15 +90,12 @@ impl History {
 
     /// How many bytes it holds now.
     pub fn len(&self) -> usize {
-        match &self.store {
-            Store::Ring { buf, .. } => buf.len(),
-            Store::Rope { len, .. } => *len,
-        }
+        (self.end - self.start()) as usize
     }
 
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.spans.is_empty()
     }
 
     /// The stream count after the newest byte: everything ever written.
@@ -102,160 +105,231 @@ impl History {
 
     /// The stream count of the oldest byte still held.
     pub fn start(&self) -> u64 {
-        self.end - self.len() as u64
+        self.spans.front().map_or(self.end, |s| s.at)
     }
 
-    /// Bytes of memory currently allocated for it: for a rope, the bytes
-    /// held and the tail's spare room (a shared chunk may pin more: the
-    /// rest of the buffer it was read into).
+    /// Bytes of memory currently allocated for the ring (pieces kept as
+    /// they were given are not counted: their buffers are their givers').
     pub fn allocated(&self) -> usize {
-        match &self.store {
-            Store::Ring { buf, .. } => buf.capacity(),
-            Store::Rope { tail, len, .. } => len + (tail.capacity() - tail.len()),
+        self.ring.allocated()
+    }
+
+    /// Appends `n` bytes, letting `fill` write them into the ring: it is
+    /// called once or twice (when the ring wraps) with consecutive pieces,
+    /// in order. If `n` exceeds the capacity only the last `capacity` bytes
+    /// are kept, but `fill` still sees all of them, in order, so a cipher
+    /// stays in step. The oldest bytes go to make room.
+    pub fn append_with(&mut self, n: usize, fill: impl FnMut(&mut [u8])) {
+        let held = n.min(self.capacity);
+        self.make_room(held);
+        self.ring.append_with(n, fill);
+        self.end += n as u64;
+        if held == 0 {
+            return;
         }
+        let (at, from) = (self.end - held as u64, self.ring.end() - held as u64);
+        if let Some(Span {
+            at: last_at,
+            bytes:
+                Held::Copied {
+                    from: last_from,
+                    len,
+                },
+        }) = self.spans.back_mut()
+            && *last_at + *len as u64 == at
+            && *last_from + *len as u64 == from
+        {
+            *len += held;
+            return;
+        }
+        self.spans.push_back(Span {
+            at,
+            bytes: Held::Copied { from, len: held },
+        });
+    }
+
+    /// Appends `data` as it is.
+    pub fn append(&mut self, data: &[u8]) {
+        let mut done = 0;
+        self.append_with(data.len(), |out| {
+            out.copy_from_slice(&data[done..done + out.len()]);
+            done += out.len();
+        });
+    }
+
+    /// Appends `data`: kept as it is, sharing its buffer, if it is at least
+    /// [`MIN_SHARED`] long (and fits the capacity), else copied.
+    pub fn append_shared(&mut self, data: Bytes) {
+        if data.len() < MIN_SHARED || data.len() > self.capacity {
+            return self.append(&data);
+        }
+        self.make_room(data.len());
+        self.spans.push_back(Span {
+            at: self.end,
+            bytes: Held::Shared(data.clone()),
+        });
+        self.end += data.len() as u64;
+    }
+
+    /// Drops the oldest bytes until `n` more fit in the capacity.
+    fn make_room(&mut self, n: usize) {
+        let over = (self.len() + n).saturating_sub(self.capacity);
+        if over > 0 {
+            self.forget_before(self.start() + over as u64);
+        }
+    }
+
+    /// Drops the bytes before stream count `from` (if held): what was
+    /// kept as given is let go of at once; the ring's memory waits for
+    /// [`History::release_before`].
+    pub fn forget_before(&mut self, from: u64) {
+        let from = from.min(self.end);
+        while let Some(front) = self.spans.front_mut() {
+            if from <= front.at {
+                break;
+            }
+            let n = (from - front.at) as usize;
+            if n < front.len() {
+                front.advance(n);
+                break;
+            }
+            self.spans.pop_front();
+        }
+    }
+
+    /// Lets go of the bytes before stream count `from` and of the memory
+    /// they took: what the ring keeps moves into a buffer of about its own
+    /// size, which grows again as bytes are written. Returns whether
+    /// nothing more is worth letting go of: it keeps the ring's buffer as
+    /// it is (and returns `false`) while most of it is still held from
+    /// `from` on, so that a history whose bytes are still asked for is not
+    /// copied over and over for little; and as it is (returning `true`)
+    /// when less than 64 KiB would be given back, or `from` is not held.
+    pub fn release_before(&mut self, from: u64) -> bool {
+        if from < self.start() || from > self.end {
+            return true;
+        }
+        self.forget_before(from);
+        if self.spans.is_empty() {
+            self.spans = VecDeque::new();
+        }
+        // The oldest copied byte still held, or none.
+        let copied = self.spans.iter().find_map(|s| match s.bytes {
+            Held::Copied { from, .. } => Some(from),
+            Held::Shared(_) => None,
+        });
+        self.ring.release_before(copied.unwrap_or(self.ring.end()))
+    }
+
+    /// The held bytes from stream count `from` on, up to the end of the
+    /// span that holds it, as two slices (the ring's bytes may wrap), or
+    /// `None` if `from` is older than what is held or in the future. A
+    /// caller goes on from where they end.
+    pub fn slices_from(&self, from: u64) -> Option<(&[u8], &[u8])> {
+        if from < self.start() || from > self.end {
+            return None;
+        }
+        // The span holding `from`: the last one starting at or before it.
+        let i = self.spans.partition_point(|s| s.at <= from);
+        let Some(span) = i.checked_sub(1).and_then(|i| self.spans.get(i)) else {
+            return Some((&[], &[]));
+        };
+        let skip = (from - span.at) as usize;
+        let rest = span.len() - skip;
+        match &span.bytes {
+            Held::Shared(b) => Some((&b[skip..], &[])),
+            Held::Copied { from: r, .. } => {
+                let (a, b) = self.ring.slices_from(r + skip as u64)?;
+                Some(if rest <= a.len() {
+                    (&a[..rest], &[])
+                } else {
+                    (a, &b[..rest - a.len()])
+                })
+            }
+        }
+    }
+}
+
+/// A ring of the last bytes copied in, positioned by its own counts.
+#[derive(Debug)]
+struct Ring {
+    /// Grows up to `capacity`; once full, `head` marks the oldest byte.
+    buf: Vec<u8>,
+    capacity: usize,
+    head: usize,
+    end: u64,
+}
+
+impl Ring {
+    /// An empty ring that will hold up to `capacity` bytes (at least 1).
+    fn new(capacity: usize) -> Self {
+        Ring {
+            buf: Vec::new(),
+            capacity: capacity.max(1),
+            head: 0,
+            end: 0,
+        }
+    }
+
+    /// The ring's count after its newest byte: everything ever copied in.
+    fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The ring's count of the oldest byte it still holds.
+    fn start(&self) -> u64 {
+        self.end - self.buf.len() as u64
+    }
+
+    /// Bytes of memory currently allocated for the ring.
+    fn allocated(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Appends `n` bytes, letting `fill` write them: it is called once or
     /// twice (when the ring wraps) with consecutive pieces, in order. If
     /// `n` exceeds the capacity only the last `capacity` bytes are kept,
     /// but `fill` still sees all of them, in order, so a cipher stays in step.
-    pub fn append_with(&mut self, mut n: usize, mut fill: impl FnMut(&mut [u8])) {
-        let Store::Ring { buf, head } = &mut self.store else {
-            let mut bytes = vec![0; n];
-            fill(&mut bytes);
-            self.append(&bytes);
-            return;
-        };
+    fn append_with(&mut self, mut n: usize, mut fill: impl FnMut(&mut [u8])) {
         self.end += n as u64;
         // Grow towards capacity first.
-        if buf.len() < self.capacity {
-            let grow = n.min(self.capacity - buf.len());
-            let len = buf.len();
-            if len + grow > buf.capacity() {
-                let want = (len + grow).max(2 * buf.capacity()).max(4096);
-                buf.reserve_exact(want.min(self.capacity) - len);
+        if self.buf.len() < self.capacity {
+            let grow = n.min(self.capacity - self.buf.len());
+            let len = self.buf.len();
+            if len + grow > self.buf.capacity() {
+                let want = (len + grow).max(2 * self.buf.capacity()).max(4096);
+                self.buf.reserve_exact(want.min(self.capacity) - len);
             }
-            buf.resize(len + grow, 0);
-            fill(&mut buf[len..]);
+            self.buf.resize(len + grow, 0);
+            fill(&mut self.buf[len..]);
             n -= grow;
         }
         // Then overwrite the oldest bytes.
         while n > 0 {
-            let piece = n.min(self.capacity - *head);
-            fill(&mut buf[*head..*head + piece]);
-            *head = (*head + piece) % self.capacity;
+            let piece = n.min(self.capacity - self.head);
+            fill(&mut self.buf[self.head..self.head + piece]);
+            self.head = (self.head + piece) % self.capacity;
             n -= piece;
         }
     }
 
-    /// Appends `data` as it is. Beyond the capacity, the oldest bytes go.
-    pub fn append(&mut self, data: &[u8]) {
-        if matches!(self.store, Store::Ring { .. }) {
-            let mut done = 0;
-            return self.append_with(data.len(), |out| {
-                out.copy_from_slice(&data[done..done + out.len()]);
-                done += out.len();
-            });
-        }
-        let data = &data[self.skip_beyond_capacity(data.len())..];
-        self.make_room(data.len());
-        let Store::Rope { chunks, tail, len } = &mut self.store else {
-            return;
-        };
-        if tail.capacity() - tail.len() < data.len() {
-            freeze_tail(chunks, tail, self.end);
-            *tail = BytesMut::with_capacity(data.len().max(TAIL_ALLOC));
-        }
-        crate::proto::copy::extend(tail, data);
-        *len += data.len();
-        self.end += data.len() as u64;
-        if tail.len() >= TAIL_CHUNK {
-            freeze_tail(chunks, tail, self.end);
-        }
-    }
-
-    /// Appends `data`: a rope keeps it as it is (a slice of a buffer
-    /// shared with whoever gave it), a ring copies it. Beyond the capacity,
-    /// the oldest bytes go.
-    pub fn append_shared(&mut self, mut data: Bytes) {
-        if matches!(self.store, Store::Ring { .. }) || data.is_empty() {
-            return self.append(&data);
-        }
-        data.advance(self.skip_beyond_capacity(data.len()));
-        self.make_room(data.len());
-        let Store::Rope { chunks, tail, len } = &mut self.store else {
-            return;
-        };
-        freeze_tail(chunks, tail, self.end);
-        *len += data.len();
-        chunks.push_back((self.end, data.clone()));
-        self.end += data.len() as u64;
-    }
-
-    /// A rope, before a write of `n` bytes: if they are more than the
-    /// capacity, lets go of everything held and counts the write's first
-    /// bytes, which it will not hold either. Returns how many those are.
-    fn skip_beyond_capacity(&mut self, n: usize) -> usize {
-        let skip = n.saturating_sub(self.capacity);
-        if skip > 0 {
-            self.release_before(self.end);
-            self.end += skip as u64;
-        }
-        skip
-    }
-
-    /// A rope: drops its oldest bytes until `n` more fit in the capacity.
-    fn make_room(&mut self, n: usize) {
-        let over = (self.len() + n).saturating_sub(self.capacity);
-        if over > 0 {
-            let from = self.start() + over as u64;
-            self.release_before(from);
-        }
-    }
-
-    /// Lets go of the bytes before stream count `from` and of the memory
-    /// they took. A rope drops them at once (and its tail's buffer, once
-    /// it holds nothing), and returns `true`. A ring moves what it keeps
-    /// into a buffer of about its own size, which grows again as bytes are
-    /// written. Returns whether nothing more is worth letting go of: it
-    /// keeps the buffer as it is (and returns `false`) while most of it is
-    /// still held from `from` on, so that a history whose bytes are still
-    /// asked for is not copied over and over for little; and as it is
-    /// (returning `true`) when less than [`History::SPARE`] would be given
-    /// back, or `from` is not held.
-    pub fn release_before(&mut self, from: u64) -> bool {
-        let start = self.start();
-        if from < start || from > self.end {
-            return true;
-        }
-        if let Store::Rope { chunks, tail, len } = &mut self.store {
-            let mut drop = (from - start) as usize;
-            *len -= drop;
-            while let Some((at, front)) = chunks.front_mut() {
-                if drop < front.len() {
-                    front.advance(drop);
-                    *at += drop as u64;
-                    drop = 0;
-                    break;
-                }
-                drop -= front.len();
-                chunks.pop_front();
-            }
-            tail.advance(drop);
-            if *len == 0 {
-                *tail = BytesMut::new();
-            }
-            return true;
-        }
+    /// Lets go of the bytes before ring count `from` and of the memory
+    /// they took: what is kept moves into a buffer of about its own size,
+    /// which grows again as bytes are written. Returns whether nothing
+    /// more is worth letting go of: it keeps the buffer as it is (and
+    /// returns `false`) while most of it is still held from `from` on, so
+    /// that a history whose bytes are still asked for is not copied over
+    /// and over for little; and as it is (returning `true`) when less than
+    /// [`SPARE`] would be given back, or `from` is not held.
+    fn release_before(&mut self, from: u64) -> bool {
         let Some((a, b)) = self.slices_from(from) else {
             return true;
         };
         let keep = a.len() + b.len();
-        let allocated = self.allocated();
-        if allocated - keep < Self::SPARE {
+        if self.buf.capacity() - keep < SPARE {
             return true;
         }
-        if keep > allocated / 4 {
+        if keep > self.buf.capacity() / 4 {
             return false;
         }
         let mut buf = if keep == 0 {
@@ -265,65 +339,28 @@ impl History {
         };
         buf.extend_from_slice(a);
         buf.extend_from_slice(b);
-        self.store = Store::Ring { buf, head: 0 };
+        self.buf = buf;
+        self.head = 0;
         true
     }
 
-    /// Memory below which [`History::release_before`] leaves a ring be.
-    pub const SPARE: usize = 64 * 1024;
-
-    /// The held bytes from stream count `from` on, as two slices, or `None`
-    /// if `from` is older than what is held or in the future. A ring gives
-    /// all of them (in two slices where it wraps); a rope gives the rest of
-    /// the chunk holding `from` and the piece after it, so a caller goes on
-    /// from where they end.
-    pub fn slices_from(&self, from: u64) -> Option<(&[u8], &[u8])> {
+    /// The held bytes from ring count `from` to the end, as up to two
+    /// slices, or `None` if `from` is older than what is held or in the future.
+    fn slices_from(&self, from: u64) -> Option<(&[u8], &[u8])> {
         if from < self.start() || from > self.end {
             return None;
         }
         let skip = (from - self.start()) as usize;
-        let (a, b) = match &self.store {
-            Store::Ring { buf, .. } if buf.len() < self.capacity => (&buf[..], &[][..]),
-            Store::Ring { buf, head } => (&buf[*head..], &buf[..*head]),
-            Store::Rope { chunks, tail, .. } => {
-                // The first chunk starting after `from`; the one before it
-                // (if any) holds it.
-                let i = chunks.partition_point(|(at, _)| *at <= from);
-                let Some(held) = i.checked_sub(1) else {
-                    return Some((&tail[(from - self.tail_start()) as usize..], &[]));
-                };
-                let (at, chunk) = &chunks[held];
-                let off = (from - at) as usize;
-                if off < chunk.len() {
-                    let next = chunks.get(i).map_or(&tail[..], |(_, c)| &c[..]);
-                    return Some((&chunk[off..], next));
-                }
-                // Past the last chunk: in the tail.
-                return Some((&tail[(from - self.tail_start()) as usize..], &[]));
-            }
+        let (a, b) = if self.buf.len() < self.capacity {
+            (&self.buf[..], &[][..])
+        } else {
+            (&self.buf[self.head..], &self.buf[..self.head])
         };
         Some(if skip < a.len() {
             (&a[skip..], b)
         } else {
             (&b[skip - a.len()..], &[][..])
         })
-    }
-
-    /// A rope: the stream count of its tail's first byte.
-    fn tail_start(&self) -> u64 {
-        match &self.store {
-            Store::Rope { tail, .. } => self.end - tail.len() as u64,
-            Store::Ring { .. } => self.end,
-        }
-    }
-}
-
-/// Moves a rope's tail bytes (ending at stream count `end`) into a chunk of
-/// their own; the tail keeps the spare room of its buffer.
-fn freeze_tail(chunks: &mut VecDeque<(u64, Bytes)>, tail: &mut BytesMut, end: u64) {
-    if !tail.is_empty() {
-        let at = end - tail.len() as u64;
-        chunks.push_back((at, tail.split().freeze()));
     }
 }
 
@@ -386,9 +423,10 @@ mod tests {
         // Too little to give back: left as it is.
         assert!(h.release_before(h.end() - (cap as u64 - 1000)));
         assert_eq!(h.allocated(), cap);
-        // Most of it still held from there on: left as it is, for now.
+        // Most of it still held from there on: the bytes before are let
+        // go of, the buffer left as it is, for now.
         assert!(!h.release_before(h.end() - (cap as u64 / 2)));
-        assert_eq!((h.len(), h.allocated()), (cap, cap));
+        assert_eq!((h.len(), h.allocated()), (cap / 2, cap));
         // The last 3000 bytes span the ring's wrap point.
         let from = h.end() - 3000;
         assert!(h.release_before(from));
@@ -423,51 +461,64 @@ mod tests {
         }
     }
 
-    /// A rope keeps a shared chunk without copying it, copies small writes
-    /// into its tail, and gives all its memory back once nothing is held.
+    /// A large piece given as `Bytes` is kept as it is between copied
+    /// bytes, read a span at a time, and let go of once forgotten; a small
+    /// one is copied.
     #[test]
-    fn a_rope_keeps_shared_bytes_and_lets_them_go() {
-        let mut h = History::rope(1 << 20);
+    fn large_pieces_are_kept_as_given_and_let_go_of() {
+        let mut h = History::new(1 << 20);
         h.append(b"head");
         let payload = Bytes::from(vec![7u8; 100_000]);
         h.append_shared(payload.slice(..));
+        let small = Bytes::from(vec![9u8; MIN_SHARED - 1]);
+        h.append_shared(small.slice(..));
         h.append(b"tail");
-        assert_eq!((h.start(), h.end(), h.len()), (0, 100_008, 100_008));
+        assert!(small.is_unique(), "a small piece is copied");
+        let end = 100_004 + MIN_SHARED as u64 + 3;
+        assert_eq!((h.start(), h.end(), h.len()), (0, end, end as usize));
         let (a, b) = h.slices_from(4).unwrap();
         assert_eq!(a.as_ptr(), payload.as_ptr(), "not copied");
-        assert_eq!((a.len(), b), (100_000, &b"tail"[..]));
-        assert_eq!(h.slices_from(2).unwrap(), (&b"ad"[..], &payload[..]));
-        assert_eq!(walk(&h, 100_006).unwrap(), b"il");
-        // Acknowledged bytes go at once, the shared buffer with them.
-        assert!(h.release_before(100_004));
-        assert_eq!((h.start(), h.len()), (100_004, 4));
-        assert_eq!(walk(&h, 100_004).unwrap(), b"tail");
+        assert_eq!((a.len(), b.len()), (100_000, 0));
+        assert_eq!(h.slices_from(2).unwrap(), (&b"ad"[..], &[][..]));
+        // The small piece and the tail were copied into one span.
+        assert_eq!(h.slices_from(100_004).unwrap().0.len(), MIN_SHARED - 1 + 4);
+        assert_eq!(walk(&h, end - 2).unwrap(), b"il");
+        // Forgotten bytes go at once, the shared buffer with them.
+        h.forget_before(100_004);
+        assert_eq!(h.start(), 100_004);
         assert!(payload.is_unique(), "the history let go of the payload");
+        assert_eq!(walk(&h, end - 4).unwrap(), b"tail");
         assert!(h.release_before(h.end()));
         assert_eq!((h.len(), h.allocated()), (0, 0));
         assert_eq!(h.slices_from(h.end()), Some((&[][..], &[][..])));
-        // Bytes before the start or after the end are not held.
         assert_eq!(h.slices_from(0), None);
         assert_eq!(h.slices_from(h.end() + 1), None);
     }
 
     proptest! {
-        /// A rope holds the same bytes as the stream written into it, however
-        /// the writes are split between copies and shared chunks and the
-        /// releases fall: the last `capacity` bytes, less what was let go of.
+        /// The history holds the bytes of the stream written into it,
+        /// however the writes are split between copies and pieces kept as
+        /// given and the releases fall: the last `capacity` bytes, less
+        /// what was let go of. The spans stay few: no more than two per
+        /// piece kept, plus one.
         #[test]
-        fn a_rope_holds_what_was_written(
-            cap in 1usize..300,
-            ops in prop::collection::vec((0usize..200, 0u8..3), 0..40),
+        fn it_holds_what_was_written_copied_or_kept(
+            cap in prop::sample::select(vec![1usize, 300, MIN_SHARED, 3 * MIN_SHARED, 1 << 20]),
+            ops in prop::collection::vec((0usize..200, any::<bool>(), 0u8..4), 0..40),
         ) {
-            let mut h = History::rope(cap);
+            let mut h = History::new(cap);
             let mut all: Vec<u8> = Vec::new();
             let mut start = 0u64;
-            for (n, kind) in ops {
-                if kind == 2 {
+            for (n, large, kind) in ops {
+                let n = if large { MIN_SHARED - 100 + n * 100 } else { n };
+                if kind == 3 {
                     let held = all.len() as u64 - start;
-                    let from = start + n as u64 % (held + 1);
-                    prop_assert!(h.release_before(from));
+                    let from = start + (n as u64 * 997) % (held + 1);
+                    if n % 2 == 0 {
+                        h.release_before(from);
+                    } else {
+                        h.forget_before(from);
+                    }
                     start = from;
                 } else {
                     let bytes: Vec<u8> = (all.len()..all.len() + n).map(|x| (x % 251) as u8).collect();
@@ -481,9 +532,12 @@ mod tests {
                 }
                 prop_assert_eq!((h.start(), h.end()), (start, all.len() as u64));
                 prop_assert!(h.len() <= cap);
+                let kept = h.spans.iter().filter(|s| matches!(s.bytes, Held::Shared(_))).count();
+                prop_assert!(h.spans.len() <= 2 * kept + 1);
             }
-            for from in h.start()..=h.end() {
-                prop_assert_eq!(walk(&h, from).unwrap(), all[from as usize..].to_vec());
+            let step = (h.len() / 50).max(1);
+            for from in (h.start()..=h.end()).step_by(step).chain([h.end()]) {
+                prop_assert!(walk(&h, from).unwrap() == all[from as usize..]);
             }
         }
     }

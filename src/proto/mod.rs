@@ -47,6 +47,7 @@ pub mod session;
 
 pub use dh::Key;
 pub use handshake::{ClientHandshake, Incoming, ServerHandshake};
+pub(crate) use history::MIN_SHARED;
 pub use message::{ClientHello, ReconnectRequest, ResumeReply, Welcome};
 pub use resume::{ClientResume, ResumePoint, ServerResume};
 pub use session::Session;

@@ -176,7 +176,6 @@ impl Session {
             read: Cipher::Plain,
         };
         let mut session = Session::new(role, id, Key::from_bytes([0; 8]), params, true, plain);
-        session.history = History::rope(params.history);
         session.secrets = Some(secrets);
         session.peer_window = super::sealed::INITIAL_WINDOW;
         session
@@ -420,9 +419,9 @@ impl Session {
     }
 
     /// Like [`Session::handle_write`], for bytes that need no encrypting
-    /// (the sealed suite's): a sealed history keeps as many of them as fit
-    /// without a copy, sharing `plain`'s buffer until the peer
-    /// acknowledges them.
+    /// (the sealed suite's): the history keeps as many of them as fit
+    /// without a copy if they are many enough (32 KiB),
+    /// sharing `plain`'s buffer until the peer acknowledges them.
     pub fn handle_write_shared(&mut self, plain: &bytes::Bytes) -> usize {
         if self.ciphers.write.is_encrypting() {
             return self.handle_write(plain);
@@ -554,9 +553,9 @@ impl Session {
     pub(crate) fn confirm(&mut self, count: u64) {
         self.floor = self.floor.max(count.min(self.write_count()));
         if self.is_sealed() {
-            // A sealed history (a rope) lets acknowledged chunks go at once:
-            // they may hold buffers shared with the application.
-            self.release_history();
+            // Acknowledged pieces kept as given go at once: they hold
+            // buffers shared with the application.
+            self.history.forget_before(self.safe_floor());
         }
     }
 
@@ -584,8 +583,10 @@ impl Session {
                 },
             );
         }
-        self.confirm(point.peer_read);
+        // Transmission restarts at the peer's read count first: confirming
+        // lets go of nothing from there on.
         self.sent = point.peer_read;
+        self.confirm(point.peer_read);
         self.in_pos = point.reported_read.min(self.read_count);
         if !self.is_sealed() {
             self.resend_end = point.announced_write;
@@ -810,5 +811,50 @@ mod tests {
         s.in_pos = 2;
         assert_eq!(pump(&mut c, &mut s), b"ef");
         assert_eq!(s.read_count(), 6);
+    }
+
+    /// A sealed session resumes from inside a piece its history kept as
+    /// given: the resend starts at the peer's read count, even when the
+    /// peer had acknowledged more than it then reports (a lie that costs
+    /// only its own session, which must still go on).
+    #[test]
+    fn a_resume_resends_from_inside_a_kept_piece() {
+        let ((mut c, _), _) = crate::fuzz::sealed_pair().expect("handshake");
+        let payload = bytes::Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        c.handle_write(b"head");
+        assert_eq!(c.handle_write_shared(&payload), payload.len());
+        assert!(!payload.is_unique(), "kept as given");
+        // Sent up to 50,000 and acknowledged up to 60,000 (past it), then
+        // sent on to 58,000.
+        c.handle_transmitted(50_000);
+        c.confirm(60_000);
+        // Nothing the session has yet to send was let go of.
+        assert_eq!(c.history().start(), 50_000);
+        c.handle_transmitted(8_000);
+        let point = ResumePoint {
+            peer_read: 54_000,
+            peer_write: 0,
+            reported_read: 0,
+            announced_write: c.write_count(),
+            epoch: c.epoch(),
+        };
+        c.resume(point).expect("resumed");
+        let mut resent = Vec::new();
+        for _ in 0..10 {
+            let piece = c.poll_transmit().0.to_vec();
+            if piece.is_empty() {
+                break;
+            }
+            c.handle_transmitted(piece.len());
+            resent.extend_from_slice(&piece);
+        }
+        assert!(
+            resent == payload[54_000 - 4..],
+            "{} bytes resent",
+            resent.len()
+        );
+        c.confirm(c.write_count());
+        assert!(c.history().is_empty());
+        assert!(payload.is_unique(), "let go of once acknowledged");
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::Error;
 use super::shared::{Shared, State, Wake};
 use crate::proto::Cipher;
+use crate::proto::MIN_SHARED;
 use crate::proto::record::Control;
 
 /// Most application bytes one write takes under the session's lock (the
@@ -360,7 +361,7 @@ impl Piece for io::IoSlice<'_> {
 
 impl Piece for bytes::Bytes {
     fn put(&self, st: &mut State, n: usize) -> usize {
-        if n < SHARE_AT_LEAST {
+        if n < MIN_SHARED {
             st.write(&self[..n])
         } else {
             st.write_shared(&self.slice(..n))
@@ -368,26 +369,24 @@ impl Piece for bytes::Bytes {
     }
 }
 
-/// Pieces at least this long, written with [`WriteHalf::write_shared`],
-/// go into a sealed history without a copy; shorter ones are copied.
-const SHARE_AT_LEAST: usize = 4096;
+/// Most pieces one [`WriteHalf::write_shared`] takes under the lock.
+const SHARED_PIECES: usize = 64;
 
 impl WriteHalf {
     /// Writes like `write_vectored`, from pieces held as `Bytes`: a sealed
-    /// session keeps those of at least 4 KiB in its history as they are,
-    /// sharing their buffers until the peer acknowledges them, instead of
-    /// copying them (the compatible suite encrypts, so copies them all).
-    /// Returns how many bytes it took, from the front of `pieces`.
+    /// session keeps those of at least [`MIN_SHARED`] bytes in its history
+    /// as they are, sharing their buffers until the peer acknowledges them,
+    /// instead of copying them (the compatible suite encrypts, so copies
+    /// them all). Returns how many bytes it took, from the front of
+    /// `pieces` (at most 64 of them, and 256 KiB).
     pub(crate) async fn write_shared(
         &mut self,
         pieces: &std::collections::VecDeque<bytes::Bytes>,
     ) -> io::Result<usize> {
-        let (a, b) = pieces.as_slices();
-        std::future::poll_fn(|cx| match a {
-            [] => self.poll_put(cx, b),
-            _ => self.poll_put(cx, a),
-        })
-        .await
+        // (The front slice is empty only when all of it is.)
+        let (front, _) = pieces.as_slices();
+        let front = &front[..front.len().min(SHARED_PIECES)];
+        std::future::poll_fn(|cx| self.poll_put(cx, front)).await
     }
 
     /// Takes as much of `bufs` as the history has room for, up to

@@ -282,7 +282,7 @@ impl Link {
             // A frame takes the history's pieces (a sealed history is a rope
             // of them, some only a record header long) until it is full.
             let sealer = self.sealer()?;
-            let mut framed = 0;
+            let (mut framed, mut at) = (0, 0);
             while framed < MAX_FRAME_DATA {
                 let allowed = session.peer_window().saturating_sub(session.sent());
                 let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
@@ -292,7 +292,7 @@ impl Link {
                     break;
                 }
                 if framed == 0 {
-                    sealer.open_frame()?;
+                    at = sealer.open_frame()?;
                 }
                 sealer.out.reserve(n + TRAILER_LEN + TAG_LEN);
                 crate::proto::copy::extend(&mut sealer.out, &a[..n]);
@@ -302,7 +302,7 @@ impl Link {
             if framed == 0 {
                 break;
             }
-            sealer.close_frame(ack, window);
+            sealer.close_frame(at, ack, window);
             self.acked = self.acked.max(ack);
             self.windowed = self.windowed.max(window);
             laid += framed;
@@ -434,30 +434,29 @@ impl Sealer {
     fn lay_out(&mut self, data: &[u8], ack: u64, window: u64) -> Result<()> {
         debug_assert!(data.len() <= MAX_FRAME_DATA);
         self.out.reserve(2 + data.len() + TRAILER_LEN + TAG_LEN);
-        self.open_frame()?;
+        let at = self.open_frame()?;
         crate::proto::copy::extend(&mut self.out, data);
-        self.close_frame(ack, window);
+        self.close_frame(at, ack, window);
         Ok(())
     }
 
-    /// Starts a frame at the end of the output and takes its nonce: its
-    /// stream bytes (at most [`MAX_FRAME_DATA`]) are appended to `out`
-    /// next, then [`Sealer::close_frame`] ends it.
-    fn open_frame(&mut self) -> Result<()> {
+    /// Starts a frame at the end of the output, takes its nonce and
+    /// returns where it starts: its stream bytes (at most
+    /// [`MAX_FRAME_DATA`]) are appended to `out` next, then
+    /// [`Sealer::close_frame`] ends it, before anything else is laid out.
+    fn open_frame(&mut self) -> Result<usize> {
         let nonce = self.send.nonce()?;
         let at = self.out.len();
         // The length is filled in when the frame is closed.
         self.out.extend_from_slice(&[0; 2]);
         self.unsealed.push((at, nonce));
-        Ok(())
+        Ok(at)
     }
 
-    /// Ends the frame [`Sealer::open_frame`] started: its length, the
-    /// trailer and room for the tag.
-    fn close_frame(&mut self, ack: u64, window: u64) {
-        let Some(&(at, _)) = self.unsealed.last() else {
-            return;
-        };
+    /// Ends the frame [`Sealer::open_frame`] started at `at`: its length,
+    /// the trailer and room for the tag.
+    fn close_frame(&mut self, at: usize, ack: u64, window: u64) {
+        debug_assert_eq!(self.unsealed.last().map(|u| u.0), Some(at));
         self.out.extend_from_slice(&ack.to_le_bytes());
         self.out.extend_from_slice(&window.to_le_bytes());
         self.out.extend_from_slice(&[0; TAG_LEN]);
