@@ -681,4 +681,50 @@ mod tests {
         sl.handle_input(&mut ss, &mut plain).expect("opens");
         assert_eq!(&plain[..], &data[..]);
     }
+
+    /// A frame gathers the history's pieces (copied bytes, then a piece
+    /// kept as given, then copied bytes again) up to its size, and stops
+    /// at the peer's window in the middle of a piece; the rest goes in the
+    /// next frames once the window opens, and the peer gets every byte in
+    /// order.
+    #[test]
+    fn a_frame_gathers_pieces_and_stops_at_the_window() {
+        let ((mut cs, mut cl), (mut ss, mut sl)) = crate::fuzz::sealed_pair().expect("handshake");
+        let kept = bytes::Bytes::from(
+            (0..100_000u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        cs.handle_write(b"head");
+        assert_eq!(cs.handle_write_shared(&kept), kept.len());
+        cs.handle_write(b"tail");
+        let all = [&b"head"[..], &kept[..], b"tail"].concat();
+        let mut got = BytesMut::new();
+        let mut carry = |cs: &mut Session, cl: &mut Link| {
+            let wire = cl.poll_transmit(cs, 1 << 20).expect("sealed").to_vec();
+            cl.handle_transmitted(wire.len());
+            // Frame lengths, in order.
+            let mut lens = Vec::new();
+            let mut at = 0;
+            while at + 2 <= wire.len() {
+                let len = u16::from_le_bytes([wire[at], wire[at + 1]]) as usize;
+                lens.push(len - TRAILER_LEN - TAG_LEN);
+                at += 2 + len;
+            }
+            sl.input_buffer().extend_from_slice(&wire);
+            sl.handle_input(&mut ss, &mut got).expect("opens");
+            lens
+        };
+        // The first window: a full frame of the head and the kept piece's
+        // start, and one that stops at the window inside the piece.
+        let first = usize::try_from(INITIAL_WINDOW).expect("small");
+        assert_eq!(
+            carry(&mut cs, &mut cl),
+            vec![MAX_FRAME_DATA, first - MAX_FRAME_DATA]
+        );
+        // Open: the rest of the kept piece and the tail in one frame.
+        cs.allow(u64::MAX);
+        assert_eq!(carry(&mut cs, &mut cl), vec![all.len() - first]);
+        assert!(got[..] == all[..], "{} of {} bytes", got.len(), all.len());
+    }
 }
