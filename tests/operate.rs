@@ -270,6 +270,10 @@ fn the_admin_endpoint_reports_what_happens() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with(&format!("rejoin {role} ")), "{text}");
         assert!(text.contains("CLIENT") && text.contains("office"), "{text}");
+        if role == "server" {
+            // Which thread carries the client's link.
+            assert!(text.contains("THREAD") && text.contains(thread), "{text}");
+        }
         let service_row = text
             .lines()
             .find(|l| l.contains(&public))

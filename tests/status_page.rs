@@ -153,6 +153,10 @@ fn the_status_page_shows_clients_services_and_visitors() {
     );
     assert!(dom.contains(">up</span>"), "its link is up: {dom}");
     assert!(
+        dom.contains("<td>rj-session-"),
+        "the thread its link runs on: {dom}"
+    );
+    assert!(
         dom.contains(r#"<section id="error" style="display: none;"></section>"#),
         "no error shown: {dom}"
     );
