@@ -164,11 +164,12 @@ impl History {
             return self.append(&data);
         }
         self.make_room(data.len());
+        let n = data.len();
         self.spans.push_back(Span {
             at: self.end,
-            bytes: Held::Shared(data.clone()),
+            bytes: Held::Shared(data),
         });
-        self.end += data.len() as u64;
+        self.end += n as u64;
     }
 
     /// Drops the oldest bytes until `n` more fit in the capacity.
@@ -219,6 +220,45 @@ impl History {
             Held::Shared(_) => None,
         });
         self.ring.release_before(copied.unwrap_or(self.ring.end()))
+    }
+
+    /// Copies the pieces kept as given into the ring, with every other
+    /// held byte, in order, and lets go of their buffers: for a session
+    /// gone quiet or waiting for its peer, whose held bytes are no longer
+    /// on their way out soon.
+    pub fn unshare(&mut self) {
+        if !self
+            .spans
+            .iter()
+            .any(|s| matches!(s.bytes, Held::Shared(_)))
+        {
+            return;
+        }
+        let start = self.start();
+        let mut ring = Ring::new(self.capacity);
+        let mut at = start;
+        while at < self.end {
+            let Some((a, b)) = self.slices_from(at) else {
+                break;
+            };
+            for piece in [a, b] {
+                let mut done = 0;
+                ring.append_with(piece.len(), |out| {
+                    out.copy_from_slice(&piece[done..done + out.len()]);
+                    done += out.len();
+                });
+            }
+            at += (a.len() + b.len()) as u64;
+        }
+        let len = ring.end() as usize;
+        self.ring = ring;
+        self.spans.clear();
+        if len > 0 {
+            self.spans.push_back(Span {
+                at: start,
+                bytes: Held::Copied { from: 0, len },
+            });
+        }
     }
 
     /// The held bytes from stream count `from` on, up to the end of the
@@ -483,6 +523,15 @@ mod tests {
         // The small piece and the tail were copied into one span.
         assert_eq!(h.slices_from(100_004).unwrap().0.len(), MIN_SHARED - 1 + 4);
         assert_eq!(walk(&h, end - 2).unwrap(), b"il");
+        // Copied into the ring, everything held lets its buffers go.
+        let other = Bytes::from(vec![5u8; 50_000]);
+        let mut copy = History::new(1 << 20);
+        copy.append(b"head");
+        copy.append_shared(other.slice(..));
+        assert!(!other.is_unique());
+        copy.unshare();
+        assert!(other.is_unique(), "copied out");
+        assert_eq!(walk(&copy, 0).unwrap(), [&b"head"[..], &other[..]].concat());
         // Forgotten bytes go at once, the shared buffer with them.
         h.forget_before(100_004);
         assert_eq!(h.start(), 100_004);
@@ -503,15 +552,18 @@ mod tests {
         /// piece kept, plus one.
         #[test]
         fn it_holds_what_was_written_copied_or_kept(
-            cap in prop::sample::select(vec![1usize, 300, MIN_SHARED, 3 * MIN_SHARED, 1 << 20]),
-            ops in prop::collection::vec((0usize..200, any::<bool>(), 0u8..4), 0..40),
+            cap in prop::sample::select(vec![1usize, 300, MIN_SHARED, MIN_SHARED + 300, 3 * MIN_SHARED, 1 << 20]),
+            ops in prop::collection::vec((0usize..2000, any::<bool>(), 0u8..5), 0..40),
         ) {
             let mut h = History::new(cap);
             let mut all: Vec<u8> = Vec::new();
             let mut start = 0u64;
             for (n, large, kind) in ops {
-                let n = if large { MIN_SHARED - 100 + n * 100 } else { n };
-                if kind == 3 {
+                let n = if large { MIN_SHARED - 100 + (n % 200) * 100 } else { n };
+                if kind == 4 {
+                    h.unshare();
+                    prop_assert!(h.spans.len() <= 1);
+                } else if kind == 3 {
                     let held = all.len() as u64 - start;
                     let from = start + (n as u64 * 997) % (held + 1);
                     if n % 2 == 0 {
@@ -538,6 +590,10 @@ mod tests {
             let step = (h.len() / 50).max(1);
             for from in (h.start()..=h.end()).step_by(step).chain([h.end()]) {
                 prop_assert!(walk(&h, from).unwrap() == all[from as usize..]);
+                // Both slices (the ring may wrap inside a span).
+                let (a, b) = h.slices_from(from).unwrap();
+                let to = from as usize + a.len() + b.len();
+                prop_assert!([a, b].concat() == all[from as usize..to]);
             }
         }
     }

@@ -347,7 +347,16 @@ impl Session {
             return true;
         }
         let keep_from = self.safe_floor();
-        self.history.release_before(keep_from)
+        let all = self.history.release_before(keep_from);
+        self.history.unshare();
+        all
+    }
+
+    /// Copies what the history keeps of the application's buffers into its
+    /// own, letting the buffers go: for a session waiting for its peer,
+    /// which may hold its history for a long time.
+    pub(crate) fn unshare_history(&mut self) {
+        self.history.unshare();
     }
 
     /// Compatible v1 suite, after a resume: whether the peer may still be
@@ -423,7 +432,8 @@ impl Session {
     /// without a copy if they are many enough (32 KiB),
     /// sharing `plain`'s buffer until the peer acknowledges them.
     pub fn handle_write_shared(&mut self, plain: &bytes::Bytes) -> usize {
-        if self.ciphers.write.is_encrypting() {
+        // Only acks let kept pieces go: without them, copy.
+        if !self.is_sealed() || self.ciphers.write.is_encrypting() {
             return self.handle_write(plain);
         }
         let n = plain.len().min(self.write_capacity());
@@ -856,5 +866,44 @@ mod tests {
         c.confirm(c.write_count());
         assert!(c.history().is_empty());
         assert!(payload.is_unique(), "let go of once acknowledged");
+    }
+
+    /// A session that waits for its peer, or has gone quiet, copies what
+    /// its history kept of the application's buffers into its own and
+    /// lets them go; what it will resend is the same. A compatible
+    /// session, which has no acks to let kept pieces go, copies at once.
+    #[test]
+    fn a_waiting_session_lets_the_applications_buffers_go() {
+        let ((mut c, _), _) = crate::fuzz::sealed_pair().expect("handshake");
+        let payload = bytes::Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        assert_eq!(c.handle_write_shared(&payload), payload.len());
+        assert!(!payload.is_unique());
+        c.unshare_history();
+        assert!(payload.is_unique(), "copied out");
+        let mut out = Vec::new();
+        while !c.poll_transmit().0.is_empty() {
+            let piece = c.poll_transmit().0.to_vec();
+            c.handle_transmitted(piece.len());
+            out.extend_from_slice(&piece);
+        }
+        assert!(out == payload[..]);
+        // Quiet: the trim does the same.
+        assert_eq!(c.handle_write_shared(&payload), payload.len());
+        assert!(!payload.is_unique());
+        c.release_history();
+        assert!(payload.is_unique(), "copied out when quiet");
+
+        let plain = Ciphers {
+            write: Cipher::Plain,
+            read: Cipher::Plain,
+        };
+        let params = Params {
+            history: 1 << 20,
+            ..Params::default()
+        };
+        let key = Key(*b"01234567");
+        let mut compatible = Session::new(Role::Client, 1, key, params, false, plain);
+        assert_eq!(compatible.handle_write_shared(&payload), payload.len());
+        assert!(payload.is_unique(), "a compatible session copies");
     }
 }

@@ -132,6 +132,9 @@ fn disconnected(shared: &Shared, reason: String) {
         st.connected = false;
         // A reconnect forced since the break is this one.
         st.force_reconnect = false;
+        // Held until the peer is back, perhaps for long: in buffers of
+        // the session's own, not the application's.
+        st.session.unshare_history();
     }
     info!(%reason, "disconnected; reconnecting");
     shared.emit(Event::Disconnected { reason });

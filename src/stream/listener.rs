@@ -1037,6 +1037,9 @@ impl<T: Transport> Inner<T> {
             st.connected = false;
             // A drop forced since the break has nothing left to drop.
             st.force_reconnect = false;
+            // Held until the peer is back, perhaps for long: in buffers of
+            // the session's own, not the application's.
+            st.session.unshare_history();
         }
         info!(%reason, "disconnected; waiting for the client");
         shared.emit(Event::Disconnected { reason });

@@ -279,8 +279,8 @@ impl Link {
         let ack = session.read_count();
         let mut laid = 0;
         while laid < OUT_BATCH {
-            // A frame takes the history's pieces (a sealed history is a rope
-            // of them, some only a record header long) until it is full.
+            // A frame takes the history's pieces (copied bytes, such as
+            // record headers, and pieces kept as given) until it is full.
             let sealer = self.sealer()?;
             let (mut framed, mut at) = (0, 0);
             while framed < MAX_FRAME_DATA {
