@@ -15,11 +15,12 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
-/// Bytes given as [`Bytes`] are kept as they are from this many on; fewer
-/// are copied into the ring. A kept piece holds its whole buffer (the
-/// tunnel reads into 256 KiB ones): at least this much per piece bounds
-/// what held pieces can keep allocated, and how many spans there can be.
-pub const MIN_SHARED: usize = 32 * 1024;
+/// Bytes given as [`Bytes`] are kept as they are from this many on (a
+/// whole record's payload: what bulk data fills); fewer are copied into
+/// the ring. A kept piece holds its whole buffer (the tunnel reads into
+/// 256 KiB ones): this much per piece bounds what held pieces can keep
+/// allocated at four times the history, and how many spans there can be.
+pub const MIN_SHARED: usize = super::record::MAX_DATA;
 
 /// Memory below which [`History::release_before`] leaves the ring be.
 const SPARE: usize = 64 * 1024;
@@ -524,7 +525,7 @@ mod tests {
         assert_eq!(h.slices_from(100_004).unwrap().0.len(), MIN_SHARED - 1 + 4);
         assert_eq!(walk(&h, end - 2).unwrap(), b"il");
         // Copied into the ring, everything held lets its buffers go.
-        let other = Bytes::from(vec![5u8; 50_000]);
+        let other = Bytes::from(vec![5u8; 70_000]);
         let mut copy = History::new(1 << 20);
         copy.append(b"head");
         copy.append_shared(other.slice(..));

@@ -429,7 +429,7 @@ impl Session {
 
     /// Like [`Session::handle_write`], for bytes that need no encrypting
     /// (the sealed suite's): the history keeps as many of them as fit
-    /// without a copy if they are many enough (32 KiB),
+    /// without a copy if they fill a record (65,535 bytes),
     /// sharing `plain`'s buffer until the peer acknowledges them.
     pub fn handle_write_shared(&mut self, plain: &bytes::Bytes) -> usize {
         // Only acks let kept pieces go: without them, copy.
