@@ -501,6 +501,14 @@ async fn goodbye_closes_at_once() {
     .await
     .unwrap();
     assert!(down.contains("maintenance"), "{down}");
+    // And takes no new link, nor a resume: its port is closed.
+    let closed = timeout(LIMIT, async {
+        while TcpStream::connect(server.local_addr()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server's port closed");
 }
 
 #[tokio::test]

@@ -446,6 +446,16 @@ impl<T: Transport> Listener<T> {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "listener closed"))
     }
 
+    /// Stops taking connections, for a listener made by [`Listener::bind`]:
+    /// its socket closes, so new connections, new sessions and reconnects
+    /// alike, are refused. Sessions already up go on, and so do handshakes
+    /// under way (their sessions still reach [`Listener::accept`]).
+    pub fn close(&self) {
+        if let Some(task) = &self.accept_task {
+            task.abort();
+        }
+    }
+
     /// The bound address, for a listener made by [`Listener::bind`].
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
@@ -475,9 +485,7 @@ impl<T: Transport> Listener<T> {
 
 impl<T: Transport> Drop for Listener<T> {
     fn drop(&mut self) {
-        if let Some(task) = &self.accept_task {
-            task.abort();
-        }
+        self.close();
     }
 }
 

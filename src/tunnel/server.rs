@@ -559,6 +559,8 @@ impl Server {
     /// after the stream's `close_timeout` at most, so a process may exit
     /// right after without its clients missing the goodbye.
     pub async fn shutdown(&self, reason: &str) {
+        // No new links, nor resumes of the links being told goodbye.
+        self.listener.close();
         self.accept.abort();
         let sessions: Vec<_> = self
             .inner
