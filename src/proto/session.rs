@@ -414,12 +414,8 @@ impl Session {
     /// many bytes it took. They are then pending in [`Session::poll_transmit`].
     pub fn handle_write(&mut self, plain: &[u8]) -> usize {
         let n = plain.len().min(self.write_capacity());
-        let cipher = &mut self.ciphers.write;
-        if !cipher.is_encrypting() {
-            self.history.append(&plain[..n]);
-            return n;
-        }
         let mut done = 0;
+        let cipher = &mut self.ciphers.write;
         self.history.append_with(n, |out| {
             cipher.apply_into(&plain[done..done + out.len()], out);
             done += out.len();

@@ -393,10 +393,9 @@ impl WriteHalf {
     /// `LOCKED_WRITE` (256 KiB): under one lock, or, when the bytes are
     /// encrypted, with the encryption outside it.
     fn poll_put<P: Piece>(&mut self, cx: &mut Context<'_>, bufs: &[P]) -> Poll<io::Result<usize>> {
-        let this = self;
         let mut wake = Wake::default();
         let poll = {
-            let mut st = this.shared.state.lock();
+            let mut st = self.shared.state.lock();
             if let Some(ended) = &st.ended {
                 Poll::Ready(Err(end_error(ended)))
             } else if st.write_shut {
@@ -411,9 +410,9 @@ impl WriteHalf {
                 match st.lend_write() {
                     Some(mut lent) => {
                         drop(st);
-                        let (taken, wire) = lent.fill(bufs, LOCKED_WRITE, &mut this.scratch);
-                        let mut st = this.shared.state.lock();
-                        match st.take_back_write(lent, &this.scratch[..wire], taken) {
+                        let (taken, wire) = lent.fill(bufs, LOCKED_WRITE, &mut self.scratch);
+                        let mut st = self.shared.state.lock();
+                        match st.take_back_write(lent, &self.scratch[..wire], taken) {
                             Err(e) => {
                                 st.end(Err(e.clone()), &mut wake);
                                 Poll::Ready(Err(e.into()))
