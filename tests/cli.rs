@@ -337,6 +337,28 @@ fn tunnel_errors_are_clear() {
         err.contains("--name") && err.contains("holds a control character"),
         "{err}"
     );
+    // So does one with a bidirectional override (it would reorder the
+    // server's log lines): the server would refuse it.
+    let mut run = Proc::start(
+        &[
+            "client",
+            "--server",
+            "127.0.0.1:1",
+            "--token",
+            "t",
+            "--name",
+            "home\u{202e}nimda",
+            "--tcp",
+            "22",
+        ],
+        None,
+    );
+    assert_eq!(run.exit_code(), Some(78));
+    let err = run.stderr();
+    assert!(
+        err.contains("--name") && err.contains("bidirectional override"),
+        "{err}"
+    );
 
     // A thread count tokio cannot take is an error that says so, not a
     // panic (the client reads the variable too: set, it runs on that many).

@@ -238,6 +238,30 @@ async fn bad_input_never_disturbs_others() {
     assert!(link.ended().await, "garbage before login ends the link");
     still_good(&mut visitor, &server).await;
 
+    // A name that would reorder the server's log lines and status rows (a
+    // right-to-left override; our own encoder never sends one): refused
+    // with a reason that says so.
+    let mut link = RawLink::connect(addr).await;
+    let name = "good\u{202e}nimda".as_bytes();
+    let mut hello = header((1 + 32 + name.len()) as u32, kind::HELLO, 0);
+    hello.push(VERSION);
+    hello.extend_from_slice(&[7; 32]);
+    hello.extend_from_slice(name);
+    link.raw(&hello).await;
+    let reason = timeout(LIMIT, async {
+        loop {
+            match link.recv().await {
+                Some(Frame::Goodbye { reason }) => break reason,
+                Some(_) => {}
+                None => panic!("the link ended without a goodbye"),
+            }
+        }
+    })
+    .await
+    .expect("a goodbye");
+    assert!(reason.contains("bidirectional override"), "{reason}");
+    still_good(&mut visitor, &server).await;
+
     // Logged in, then an unknown kind.
     let mut link = RawLink::login(addr, "bad1").await;
     link.raw(&header(0, 0x7e, 0)).await;

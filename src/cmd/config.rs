@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use rejoin::stream::MAX_THREADS;
 use rejoin::tunnel::auth::Token;
 use rejoin::tunnel::client::{ClientConfig, ServiceConfig};
-use rejoin::tunnel::frame::{INITIAL_WINDOW, MAX_NAME, ServiceKind};
+use rejoin::tunnel::frame::{INITIAL_WINDOW, MAX_NAME, ServiceKind, unsafe_char};
 use rejoin::tunnel::mux::MuxConfig;
 use rejoin::tunnel::server::ServerConfig;
 use serde::Deserialize;
@@ -512,10 +512,11 @@ fn local_address(local: &str) -> anyhow::Result<String> {
 }
 
 /// A client or service name as the wire carries it: refused if it holds a
-/// control character (the server refuses those), else [`clip`]ped.
+/// control character or a bidirectional override (the server refuses
+/// those, see [`unsafe_char`]), else [`clip`]ped.
 pub fn wire_name(s: &str) -> anyhow::Result<String> {
-    if s.chars().any(char::is_control) {
-        bail!("the name {s:?} holds a control character");
+    if s.chars().any(unsafe_char) {
+        bail!("the name {s:?} holds a control character or a bidirectional override");
     }
     Ok(clip(s))
 }
@@ -541,7 +542,7 @@ pub fn hostname() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| clip(h.trim()))
-        .filter(|h| !h.is_empty() && !h.contains(char::is_control))
+        .filter(|h| !h.is_empty() && !h.contains(unsafe_char))
         .unwrap_or_else(|| "client".into())
 }
 

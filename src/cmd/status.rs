@@ -9,6 +9,8 @@ use hyper::Request;
 use hyper::body::Bytes;
 
 use super::admin::Status;
+use rejoin::tunnel::frame::unsafe_char;
+
 use super::say;
 
 /// The admin endpoint `rejoin status` asks when not told otherwise.
@@ -147,8 +149,6 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Control characters shown escaped: names come from remote clients, and a
-/// name must not be able to drive the operator's terminal.
 /// The time `secs` after the Unix epoch (the epoch itself if that is past
 /// what the clock can hold: the figures come from the endpoint).
 fn at(secs: u64) -> SystemTime {
@@ -157,12 +157,9 @@ fn at(secs: u64) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// Control characters, and the bidirectional overrides and isolates that
-/// can reorder what follows them on the line.
-fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
+/// Text with unsafe characters shown escaped: names come from remote
+/// clients (and an older server may pass them on), and a name must not be
+/// able to drive the operator's terminal or reorder the line it is on.
 fn clean(text: &str) -> String {
     text.chars()
         .flat_map(|c| {

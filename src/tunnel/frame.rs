@@ -287,13 +287,23 @@ fn put_addr(buf: &mut impl BufMut, addr: &SocketAddr) {
     buf.put_u16_le(addr.port());
 }
 
+/// Whether text on the wire may not hold `c`: a control character (a line
+/// break would let a peer forge a line in the receiver's log, an escape
+/// sequence drive the operator's terminal), or a bidirectional embedding,
+/// override or isolate (U+202A–U+202E, U+2066–U+2069), which reorders
+/// what follows it on the line (a name that makes the rest of a log line
+/// or a status row read differently than it is).
+pub fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    // Control characters are refused by the receiver (they could forge
-    // lines in its logs): each is sent as U+FFFD instead.
-    let s: std::borrow::Cow<'_, str> = if s.chars().any(char::is_control) {
+    // The receiver refuses unsafe characters: each is sent as U+FFFD
+    // instead.
+    let s: std::borrow::Cow<'_, str> = if s.chars().any(unsafe_char) {
         s.chars()
-            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .map(|c| if unsafe_char(c) { '\u{fffd}' } else { c })
             .collect::<String>()
             .into()
     } else {
@@ -523,8 +533,10 @@ fn parse(k: u8, id: u32, mut body: Bytes) -> Result<Frame, FrameError> {
             return Err(bad("text too long"));
         }
         let text = String::from_utf8(body.to_vec()).map_err(|_| bad("text is not UTF-8"))?;
-        if text.chars().any(char::is_control) {
-            return Err(bad("text holds control characters"));
+        if text.chars().any(unsafe_char) {
+            return Err(bad(
+                "text holds control or bidirectional override characters",
+            ));
         }
         Ok(text)
     };
@@ -888,7 +900,7 @@ mod tests {
         assert!(matches!(
             Frame::decode(&mut raw),
             Err(FrameError::Malformed {
-                what: "text holds control characters",
+                what: "text holds control or bidirectional override characters",
                 ..
             })
         ));
@@ -904,5 +916,38 @@ mod tests {
         };
         let sent = forged.replace(char::is_control, "\u{fffd}");
         assert_eq!(name, clip(&sent, MAX_NAME));
+    }
+
+    /// Bidirectional embeddings, overrides and isolates (a name that makes
+    /// the rest of a log line read backwards) are refused like control
+    /// characters, and never sent; other right-to-left text crosses.
+    #[test]
+    fn bidirectional_overrides_never_cross_in_text() {
+        for c in ('\u{202a}'..='\u{202e}').chain('\u{2066}'..='\u{2069}') {
+            let forged = format!("svc{c}txt.exe");
+            let mut raw = BytesMut::new();
+            put_header(&mut raw, forged.len(), kind::GOODBYE, 0);
+            raw.put_slice(forged.as_bytes());
+            assert!(
+                matches!(Frame::decode(&mut raw), Err(FrameError::Malformed { .. })),
+                "{c:?}"
+            );
+            let mut buf = BytesMut::new();
+            Frame::Goodbye { reason: forged }.encode(&mut buf);
+            let Some(Frame::Goodbye { reason }) = Frame::decode(&mut buf).unwrap() else {
+                panic!("a goodbye");
+            };
+            assert_eq!(reason, "svc\u{fffd}txt.exe");
+        }
+        let hebrew = "\u{05e9}\u{05dc}\u{05d5}\u{05dd} \u{200f}svc";
+        let mut buf = BytesMut::new();
+        Frame::Goodbye {
+            reason: hebrew.into(),
+        }
+        .encode(&mut buf);
+        let Some(Frame::Goodbye { reason }) = Frame::decode(&mut buf).unwrap() else {
+            panic!("a goodbye");
+        };
+        assert_eq!(reason, hebrew);
     }
 }
