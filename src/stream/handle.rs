@@ -179,8 +179,6 @@ pub struct ReadHalf {
 /// end-of-file. Dropping it does the same in the background.
 pub struct WriteHalf {
     shared: Arc<Shared>,
-    /// Where an encrypted write is laid out before it joins the history.
-    scratch: Vec<u8>,
 }
 
 /// A resumable stream: `AsyncRead + AsyncWrite` that survives broken
@@ -207,10 +205,7 @@ impl Stream {
                 shared: shared.clone(),
                 cipher,
             },
-            write: WriteHalf {
-                shared,
-                scratch: Vec::new(),
-            },
+            write: WriteHalf { shared },
         }
     }
 
@@ -410,9 +405,9 @@ impl WriteHalf {
                 match st.lend_write() {
                     Some(mut lent) => {
                         drop(st);
-                        let (taken, wire) = lent.fill(bufs, LOCKED_WRITE, &mut self.scratch);
+                        let (taken, wire) = lent.fill(bufs, LOCKED_WRITE);
                         let mut st = self.shared.state.lock();
-                        match st.take_back_write(lent, &self.scratch[..wire], taken) {
+                        match st.take_back_write(lent, wire, taken) {
                             Err(e) => {
                                 st.end(Err(e.clone()), &mut wake);
                                 Poll::Ready(Err(e.into()))

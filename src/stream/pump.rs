@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
@@ -60,10 +59,9 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
-    let mut scratch = BytesMut::new();
     poll_fn(|cx| {
         let mut wake = Wake::default();
-        let poll = turn(shared, io, cfg, &mut timer, &mut scratch, cx, &mut wake);
+        let poll = turn(shared, io, cfg, &mut timer, cx, &mut wake);
         wake.fire();
         poll
     })
@@ -76,14 +74,13 @@ fn turn<T>(
     io: &mut T,
     cfg: PumpConfig,
     timer: &mut Pin<Box<Sleep>>,
-    scratch: &mut BytesMut,
     cx: &mut Context<'_>,
     wake: &mut Wake,
 ) -> Poll<PumpEnd>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let received = match receive(shared, io, scratch, cx, wake) {
+    let received = match receive(shared, io, cx, wake) {
         Received::End(end) => return Poll::Ready(end),
         received => received,
     };
@@ -126,13 +123,7 @@ enum Received {
 /// Reads while there is room, a step's worth at most. The lock is held only
 /// to lend the receiving side out and to take it back: the read and the
 /// decryption happen outside it.
-fn receive<T>(
-    shared: &Shared,
-    io: &mut T,
-    scratch: &mut BytesMut,
-    cx: &mut Context<'_>,
-    wake: &mut Wake,
-) -> Received
+fn receive<T>(shared: &Shared, io: &mut T, cx: &mut Context<'_>, wake: &mut Wake) -> Received
 where
     T: AsyncRead + Unpin,
 {
@@ -155,14 +146,13 @@ where
         let (poll, handled) = if st.reads_in_place() {
             st.read_in_place(io, cx)
         } else {
-            let Some(mut lent) = st.lend(std::mem::take(scratch)) else {
+            let Some(mut lent) = st.lend() else {
                 return Received::Carry;
             };
             drop(st);
             let poll = lent.poll_read(io, cx);
             st = shared.state.lock();
-            let (buf, handled) = st.take_back(lent);
-            *scratch = buf;
+            let handled = st.take_back(lent);
             (poll, handled)
         };
         match poll {
@@ -608,11 +598,11 @@ pub(super) mod tests {
             if rest.is_empty() {
                 break;
             }
-            let mut lent = server.lend(BytesMut::new()).expect("lent");
+            let mut lent = server.lend().expect("lent");
             let before = rest.len();
             let read = lent.poll_read(&mut rest, &mut no_wake);
             assert!(matches!(read, Poll::Ready(Ok(n)) if n == before - rest.len() && n > 0));
-            server.take_back(lent).1.expect("opens");
+            server.take_back(lent).expect("opens");
         }
         assert!(rest.is_empty(), "all read");
         let window = server.window();

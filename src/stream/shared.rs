@@ -33,6 +33,13 @@ pub(crate) struct State {
     /// Received data for the application (record headers already removed).
     pub rx: BytesMut,
     pub rx_limit: usize,
+    /// Compatible suite: the buffer a read from the transport goes into
+    /// and is decrypted in when the driver decrypts (with the record
+    /// layer), and the one an application's write is encrypted into before
+    /// it joins the history. Each is lent out with its side (see [`Lent`],
+    /// [`LentWrite`]) and let go of when the session is quiet.
+    read_scratch: BytesMut,
+    write_scratch: Vec<u8>,
     /// Record layer: the parser of incoming records.
     pub records: Option<RecordReader>,
     /// Compatible suite without records: the read cipher, until the
@@ -121,7 +128,7 @@ pub(crate) const READ_CHUNK: usize = 256 * 1024;
 pub(crate) struct Lent {
     inbound: Inbound,
     opener: Option<Opener>,
-    /// Compatible suite: the driver's scratch buffer the read goes into and
+    /// Compatible suite: the session's scratch buffer the read goes into and
     /// is decrypted in. (Sealed frames are read into the opener's input and
     /// opened in place.)
     tail: BytesMut,
@@ -189,22 +196,25 @@ pub(crate) struct LentWrite {
     /// Free history when lent: the most wire bytes the write may take.
     room: usize,
     records: bool,
+    /// Where the write is laid out. It keeps its length from one write to
+    /// the next (only what a write lays out is used), so it is zeroed as
+    /// it grows, not on every write.
+    out: Vec<u8>,
 }
 
 impl LentWrite {
     /// Lays out up to `most` bytes from `bufs` as they go on the wire (in
     /// DATA records with the record layer, one or more per slice) within
-    /// the room, encrypting them into the front of `out`. Returns how many of
-    /// the application's bytes it took and how many wire bytes it laid out.
-    /// `out` keeps its length from one write to the next (only what a write
-    /// lays out is used), so it is zeroed as it grows, not on every write.
+    /// the room, encrypting them into the front of its buffer. Returns how
+    /// many of the application's bytes it took and how many wire bytes it
+    /// laid out.
     pub fn fill<B: std::ops::Deref<Target = [u8]>>(
         &mut self,
         bufs: &[B],
         most: usize,
-        out: &mut Vec<u8>,
     ) -> (usize, usize) {
         let (mut taken, mut at) = (0, 0);
+        let out = &mut self.out;
         // Grown as needed, never past the room.
         let room_for = |out: &mut Vec<u8>, end: usize| {
             if out.len() < end {
@@ -286,6 +296,8 @@ impl State {
             link: None,
             rx: BytesMut::new(),
             rx_limit,
+            read_scratch: BytesMut::new(),
+            write_scratch: Vec::new(),
             records,
             read_cipher,
             controls: Vec::new(),
@@ -328,7 +340,8 @@ impl State {
     }
 
     /// Lets go of the memory a burst left behind: an empty receive buffer,
-    /// the sealed history's acknowledged bytes, the link's empty buffers.
+    /// the compatible suite's scratch buffers, the sealed history's
+    /// acknowledged bytes, the link's empty buffers.
     /// They grow again when bytes come. Returns whether all of it was let
     /// go of (else bytes not yet read, sent or acknowledged held some back).
     pub fn release_spare(&mut self) -> bool {
@@ -339,6 +352,8 @@ impl State {
         } else {
             all = false;
         }
+        self.read_scratch = BytesMut::new();
+        self.write_scratch = Vec::new();
         all &= self.session.release_history();
         if let Some(link) = &mut self.link {
             all &= link.release_buffers();
@@ -580,7 +595,7 @@ impl State {
     /// Lends the receiving side to the driver for one read from the
     /// transport, which it makes, decrypts or opens outside the lock; see
     /// [`Lent`]. `None` if the sealed link's opener is already out (a bug).
-    pub fn lend(&mut self, mut tail: BytesMut) -> Option<Lent> {
+    pub fn lend(&mut self) -> Option<Lent> {
         let (opener, limit, reserve) = match &mut self.link {
             // Sealed: the peer sends no more than our window, so always read
             // (acks must never wait behind data nobody reads).
@@ -595,6 +610,7 @@ impl State {
                 (None, limit, limit)
             }
         };
+        let mut tail = std::mem::take(&mut self.read_scratch);
         tail.clear();
         tail.reserve(reserve);
         Some(Lent {
@@ -611,7 +627,7 @@ impl State {
 
     /// Takes the receiving side back from the driver and handles what its
     /// read brought, as [`State::received`] and [`State::unseal`] do.
-    pub fn take_back(&mut self, lent: Lent) -> (BytesMut, Result<(), Error>) {
+    pub fn take_back(&mut self, lent: Lent) -> Result<(), Error> {
         let Lent {
             inbound,
             opener,
@@ -654,7 +670,8 @@ impl State {
             (Some(_), Some(parsed)) => self.parsed(parsed),
             (Some(_), None) => self.accept(start, 0).map(|c| self.apply_controls(c)),
         };
-        (tail, handled)
+        self.read_scratch = tail;
+        handled
     }
 
     /// Sealed suite: the window to advertise: the stream count up to which
@@ -834,21 +851,26 @@ impl State {
             outbound: self.session.lend_outbound(),
             room,
             records,
+            out: std::mem::take(&mut self.write_scratch),
         })
     }
 
-    /// Finishes an application write: `wire` (what [`LentWrite::fill`]
-    /// encrypted, carrying `taken` bytes of the application's) goes into
-    /// the history, and the control records that waited for it after.
+    /// Finishes an application write: the `wire` bytes [`LentWrite::fill`]
+    /// encrypted, carrying `taken` bytes of the application's, go into the
+    /// history, and the control records that waited for them after.
     pub fn take_back_write(
         &mut self,
         lent: LentWrite,
-        wire: &[u8],
+        wire: usize,
         taken: usize,
     ) -> Result<(), Error> {
         self.writing = false;
-        let put = self.session.restore_outbound(lent.outbound, wire);
-        if put < wire.len() {
+        let LentWrite { outbound, out, .. } = lent;
+        let wire = &out[..wire.min(out.len())];
+        let put = self.session.restore_outbound(outbound, wire);
+        let short = put < wire.len();
+        self.write_scratch = out;
+        if short {
             return Err(Error::Internal("a write outgrew the room it was given"));
         }
         self.stats.app_written += taken as u64;
@@ -1046,10 +1068,9 @@ mod tests {
         // It stops taking anything while the write is out.
         c.pace(64 << 10, time, start + 2 * time);
         let data = vec![7u8; 1 << 20];
-        let mut scratch = Vec::new();
-        let (took, wire) = lent.fill(&[IoSlice::new(&data)], usize::MAX, &mut scratch);
+        let (took, wire) = lent.fill(&[IoSlice::new(&data)], usize::MAX);
         assert_eq!(took, 1 << 20);
-        c.take_back_write(lent, &scratch[..wire], took)
+        c.take_back_write(lent, wire, took)
             .expect("the write keeps the room it was given");
         // Then the limit follows the connection again.
         c.pace(64 << 10, time, start + 3 * time);
@@ -1060,6 +1081,61 @@ mod tests {
     fn pending(st: &State) -> Vec<u8> {
         let (a, b) = st.session.poll_transmit();
         [a, b].concat()
+    }
+
+    /// A compatible session lets go of its scratch buffers when quiet: the
+    /// one a burst of writes was encrypted into, and the one a burst of
+    /// reads was decrypted in (each as large as the burst's pieces, up to
+    /// 256 KiB, for the session's whole life before).
+    #[test]
+    fn a_quiet_compatible_session_lets_go_of_its_scratch_buffers() {
+        let (mut c, mut s) = pair(true, 4 << 20);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let data = vec![3u8; 200 << 10];
+        let mut lent = c.lend_write().expect("room");
+        let (took, wire) = lent.fill(&[IoSlice::new(&data)], usize::MAX);
+        assert_eq!(took, data.len());
+        c.take_back_write(lent, wire, took).expect("fits");
+        assert!(c.write_scratch.capacity() >= 200 << 10);
+        let sent = pending(&c);
+        c.session.handle_transmitted(sent.len());
+        let mut at = 0;
+        for _ in 0..100 {
+            let mut lent = s.lend().expect("lent");
+            match lent.poll_read(&mut &sent[at..], &mut cx) {
+                Poll::Ready(Ok(n)) => at += n,
+                other => panic!("{other:?}"),
+            }
+            s.take_back(lent).expect("records");
+            if at == sent.len() {
+                break;
+            }
+        }
+        assert_eq!(&s.rx[..], &data[..]);
+        s.rx.clear();
+        assert!(s.read_scratch.capacity() >= 64 << 10);
+        for st in [&mut c, &mut s] {
+            let t0 = st.trim_at;
+            // The first asking sees the burst; the second finds it quiet.
+            assert_eq!(st.trim(t0), Some(t0 + TRIM_EVERY));
+            st.trim(t0 + TRIM_EVERY);
+            assert_eq!(
+                (st.read_scratch.capacity(), st.write_scratch.capacity()),
+                (0, 0)
+            );
+        }
+        // And they grow back when bytes come again.
+        let mut lent = c.lend_write().expect("room");
+        let (took, wire) = lent.fill(&[IoSlice::new(b"again")], usize::MAX);
+        c.take_back_write(lent, wire, took).expect("fits");
+        let again = pending(&c);
+        let mut lent = s.lend().expect("lent");
+        assert!(matches!(
+            lent.poll_read(&mut &again[..], &mut cx),
+            Poll::Ready(Ok(_))
+        ));
+        s.take_back(lent).expect("records");
+        assert_eq!(&s.rx[..], b"again");
     }
 
     /// A record that does not parse ends the session, and nothing of the
@@ -1120,11 +1196,8 @@ mod tests {
                 let (mut lent_out, _) = pair(records, history);
                 let mut lent = lent_out.lend_write().expect("room");
                 assert!(lent_out.lend_write().is_none(), "one write at a time");
-                let mut scratch = Vec::new();
-                let (took, wire) = lent.fill(&bufs, most, &mut scratch);
-                lent_out
-                    .take_back_write(lent, &scratch[..wire], took)
-                    .expect("fits");
+                let (took, wire) = lent.fill(&bufs, most);
+                lent_out.take_back_write(lent, wire, took).expect("fits");
                 assert_eq!(took, locked_took, "{case}");
                 assert_eq!(pending(&lent_out), pending(&locked), "{case}");
                 // The cipher is back: what follows is encrypted as it would be.
@@ -1143,10 +1216,9 @@ mod tests {
             let shared = shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                let mut scratch = Vec::new();
-                let (took, wire) = lent.fill(&[IoSlice::new(b"data")], usize::MAX, &mut scratch);
+                let (took, wire) = lent.fill(&[IoSlice::new(b"data")], usize::MAX);
                 let mut st = shared.state.lock();
-                st.take_back_write(lent, &scratch[..wire], took)
+                st.take_back_write(lent, wire, took)
             })
         };
         let (writing, written) = {
@@ -1165,11 +1237,8 @@ mod tests {
         // A PING answered while the write is out waits for it.
         client.apply_controls(vec![Control::Ping]);
         assert_eq!(client.session.write_count(), 0);
-        let mut scratch = Vec::new();
-        let (took, wire) = lent.fill(&[IoSlice::new(b"data")], usize::MAX, &mut scratch);
-        client
-            .take_back_write(lent, &scratch[..wire], took)
-            .expect("fits");
+        let (took, wire) = lent.fill(&[IoSlice::new(b"data")], usize::MAX);
+        client.take_back_write(lent, wire, took).expect("fits");
         server.rx.extend_from_slice(&pending(&client));
         let controls = server.received(0).expect("records");
         assert_eq!(&server.rx[..], b"data");
@@ -1185,9 +1254,8 @@ mod tests {
         client.session.handle_transmitted(first.len());
         client.write(b"second");
         let second = pending(&client);
-        let mut scratch = BytesMut::new();
         for wire in [first, second] {
-            let mut lent = server.lend(std::mem::take(&mut scratch)).expect("lent");
+            let mut lent = server.lend().expect("lent");
             let before = server.session.read_count();
             let read = lent.poll_read(&mut &wire[..], &mut cx);
             assert!(matches!(read, Poll::Ready(Ok(n)) if n == wire.len()));
@@ -1196,9 +1264,7 @@ mod tests {
             let mut buf = tokio::io::ReadBuf::new(&mut out);
             server.read_into(&mut buf);
             assert_eq!(server.session.read_count(), before, "counted once back");
-            let (back, handled) = server.take_back(lent);
-            handled.expect("records");
-            scratch = back;
+            server.take_back(lent).expect("records");
             assert_eq!(server.session.read_count(), before + wire.len() as u64);
             if before == 0 {
                 assert!(buf.filled().is_empty());
@@ -1346,11 +1412,11 @@ mod tests {
         // bulk read's 256 KiB.
         c.write(&[2; 10]);
         let wire = sealed_out(&mut c);
-        let mut lent = s.lend(BytesMut::new()).expect("lent");
+        let mut lent = s.lend().expect("lent");
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let read = lent.poll_read(&mut &wire[..], &mut cx);
         assert!(matches!(read, Poll::Ready(Ok(n)) if n == wire.len()));
-        s.take_back(lent).1.expect("opened");
+        s.take_back(lent).expect("opened");
         assert!(link_held(&s) <= 4096, "{}", link_held(&s));
         assert_eq!(&s.rx[..], &[2; 10]);
         let mut buf = tokio::io::ReadBuf::new(&mut out);
