@@ -127,15 +127,7 @@ fn pump_config(config: &Config, records: bool) -> super::pump::PumpConfig {
 
 /// Marks the transport lost and tells the listeners.
 fn disconnected(shared: &Shared, reason: String) {
-    {
-        let mut st = shared.state.lock();
-        st.connected = false;
-        // A reconnect forced since the break is this one.
-        st.force_reconnect = false;
-        // Held until the peer is back, perhaps for long: in buffers of
-        // the session's own, not the application's.
-        st.session.unshare_history();
-    }
+    shared.state.lock().transport_lost();
     info!(%reason, "disconnected; reconnecting");
     shared.emit(Event::Disconnected { reason });
 }

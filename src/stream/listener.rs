@@ -1040,15 +1040,7 @@ impl<T: Transport> Inner<T> {
     }
 
     fn disconnected(&self, shared: &Shared, reason: String) {
-        {
-            let mut st = shared.state.lock();
-            st.connected = false;
-            // A drop forced since the break has nothing left to drop.
-            st.force_reconnect = false;
-            // Held until the peer is back, perhaps for long: in buffers of
-            // the session's own, not the application's.
-            st.session.unshare_history();
-        }
+        shared.state.lock().transport_lost();
         info!(%reason, "disconnected; waiting for the client");
         shared.emit(Event::Disconnected { reason });
     }

@@ -361,6 +361,19 @@ impl State {
         all
     }
 
+    /// The transport is gone: the session waits, perhaps for long, for the
+    /// next one (a client reconnecting, a server for its client). Whatever
+    /// the quiet trim would let go of goes now (nothing runs to ask while it
+    /// waits), and the history copies what it kept of the application's
+    /// buffers into its own.
+    pub fn transport_lost(&mut self) {
+        self.connected = false;
+        // A reconnect forced since the break is this one.
+        self.force_reconnect = false;
+        self.release_spare();
+        self.session.unshare_history();
+    }
+
     /// Asks, every [`TRIM_EVERY`], whether the session has gone quiet
     /// (fewer than 64 KiB moved both ways since the last asking), and if
     /// so lets go of its spare memory: a session that once carried a burst
@@ -1136,6 +1149,44 @@ mod tests {
         ));
         s.take_back(lent).expect("records");
         assert_eq!(&s.rx[..], b"again");
+    }
+
+    /// A session whose transport is lost lets go of its spare buffers at
+    /// once (nothing runs to ask whether it is quiet while it waits), and
+    /// keeps what it may have to resend and what the application has not
+    /// read.
+    #[test]
+    fn a_lost_transport_lets_go_of_spare_buffers_at_once() {
+        let (mut c, mut s) = pair(true, 4 << 20);
+        let mut lent = c.lend_write().expect("room");
+        let (took, wire) = lent.fill(&[IoSlice::new(&vec![1u8; 100 << 10])], usize::MAX);
+        c.take_back_write(lent, wire, took).expect("fits");
+        let sent = pending(&c);
+        c.session.handle_transmitted(sent.len());
+        assert!(c.write_scratch.capacity() >= 100 << 10);
+        c.connected = true;
+        c.transport_lost();
+        assert!(!c.connected);
+        assert_eq!(c.write_scratch.capacity(), 0);
+        assert_eq!(c.session.history().len(), sent.len(), "kept for a resend");
+        // Unread bytes stay, with their buffer; an empty buffer goes.
+        s.rx.extend_from_slice(b"unread");
+        s.transport_lost();
+        assert_eq!(&s.rx[..], b"unread");
+        s.rx.clear();
+        s.transport_lost();
+        assert_eq!(s.rx.capacity(), 0);
+
+        // Sealed: the link's empty buffers go too.
+        let (mut c, mut s) = sealed_states();
+        c.write(&vec![2u8; 200 << 10]);
+        carry(&mut c, &mut s);
+        carry(&mut s, &mut c);
+        let link_held = |st: &State| st.link.as_ref().map_or(0, Link::buffered);
+        assert!(link_held(&s) > 0 && s.rx.capacity() > 0);
+        s.rx.clear();
+        s.transport_lost();
+        assert_eq!((link_held(&s), s.rx.capacity()), (0, 0));
     }
 
     /// A record that does not parse ends the session, and nothing of the
