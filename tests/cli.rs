@@ -356,7 +356,7 @@ fn tunnel_errors_are_clear() {
     assert_eq!(run.exit_code(), Some(78));
     let err = run.stderr();
     assert!(
-        err.contains("--name") && err.contains("bidirectional override"),
+        err.contains("--name") && err.contains("bidirectional formatting"),
         "{err}"
     );
 

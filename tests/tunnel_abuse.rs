@@ -259,7 +259,7 @@ async fn bad_input_never_disturbs_others() {
     })
     .await
     .expect("a goodbye");
-    assert!(reason.contains("bidirectional override"), "{reason}");
+    assert!(reason.contains("bidirectional formatting"), "{reason}");
     still_good(&mut visitor, &server).await;
 
     // Logged in, then an unknown kind.

@@ -512,11 +512,14 @@ fn local_address(local: &str) -> anyhow::Result<String> {
 }
 
 /// A client or service name as the wire carries it: refused if it holds a
-/// control character or a bidirectional override (the server refuses
-/// those, see [`unsafe_char`]), else [`clip`]ped.
+/// control character, a line separator or a bidirectional formatting
+/// character (the server refuses those, see [`unsafe_char`]), else
+/// [`clip`]ped.
 pub fn wire_name(s: &str) -> anyhow::Result<String> {
     if s.chars().any(unsafe_char) {
-        bail!("the name {s:?} holds a control character or a bidirectional override");
+        bail!(
+            "the name {s:?} holds a control character, a line separator or a bidirectional formatting character"
+        );
     }
     Ok(clip(s))
 }

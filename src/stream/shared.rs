@@ -40,6 +40,12 @@ pub(crate) struct State {
     /// [`LentWrite`]) and let go of when the session is quiet.
     read_scratch: BytesMut,
     write_scratch: Vec<u8>,
+    /// Compatible suite: whether the last read brought a small read's
+    /// worth or more. Reads get room for as much as one may take while
+    /// bytes come in bulk, and for a small read's while the link is quiet,
+    /// so that a quiet session's pings and small messages do not each make
+    /// it hold a bulk read's buffer again once it let go of it.
+    read_busy: bool,
     /// Record layer: the parser of incoming records.
     pub records: Option<RecordReader>,
     /// Compatible suite without records: the read cipher, until the
@@ -118,6 +124,9 @@ const QUIET_BYTES: u64 = 64 * 1024;
 /// Most bytes taken from the transport in one read (fewer, larger reads:
 /// each costs a system call and a wakeup of the peer).
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+/// The room a read gets while the link is quiet (see `State::read_busy`).
+const SMALL_READ: usize = 4096;
 
 /// The receiving side of a session, lent to its driver for one read: the
 /// read cipher and counts, and the sealed link's opener. The driver reads
@@ -298,6 +307,7 @@ impl State {
             rx_limit,
             read_scratch: BytesMut::new(),
             write_scratch: Vec::new(),
+            read_busy: false,
             records,
             read_cipher,
             controls: Vec::new(),
@@ -354,6 +364,9 @@ impl State {
         }
         self.read_scratch = BytesMut::new();
         self.write_scratch = Vec::new();
+        self.read_busy = false;
+        // (A write under way holds its buffer: it comes back after.)
+        all &= !self.writing;
         all &= self.session.release_history();
         if let Some(link) = &mut self.link {
             all &= link.release_buffers();
@@ -596,13 +609,27 @@ impl State {
         };
         let limit = room.clamp(1, READ_CHUNK);
         let start = self.rx.len();
-        self.rx.reserve(limit);
+        self.rx.reserve(self.read_room(limit));
         let poll = poll_read_buf(Pin::new(io), cx, &mut (&mut self.rx).limit(limit));
+        if let Poll::Ready(Ok(n)) = poll {
+            self.read_busy = n >= SMALL_READ / 2;
+        }
         let handled = match poll {
             Poll::Ready(Ok(n)) if n > 0 => self.received(start).map(|c| self.apply_controls(c)),
             _ => Ok(()),
         };
         (poll, handled)
+    }
+
+    /// The room to make for a read of at most `limit` bytes: all of it
+    /// while bytes come in bulk, a small read's while the link is quiet
+    /// (see `read_busy`).
+    fn read_room(&self, limit: usize) -> usize {
+        if self.read_busy {
+            limit
+        } else {
+            limit.min(SMALL_READ)
+        }
     }
 
     /// Lends the receiving side to the driver for one read from the
@@ -620,7 +647,7 @@ impl State {
                     READ_CHUNK
                 };
                 let limit = room.clamp(1, READ_CHUNK);
-                (None, limit, limit)
+                (None, limit, self.read_room(limit))
             }
         };
         let mut tail = std::mem::take(&mut self.read_scratch);
@@ -652,6 +679,9 @@ impl State {
             ..
         } = lent;
         self.session.restore_inbound(inbound);
+        if let Some(n) = read {
+            self.read_busy = n >= SMALL_READ / 2;
+        }
         let start = self.rx.len();
         let parsed = match (&mut self.link, opener) {
             (Some(link), Some(mut opener)) => {
@@ -879,11 +909,18 @@ impl State {
     ) -> Result<(), Error> {
         self.writing = false;
         let LentWrite { outbound, out, .. } = lent;
-        let wire = &out[..wire.min(out.len())];
-        let put = self.session.restore_outbound(outbound, wire);
-        let short = put < wire.len();
+        let put = match out.get(..wire) {
+            Some(bytes) => self.session.restore_outbound(outbound, bytes),
+            None => {
+                // The cipher moved on by more than there is to append: the
+                // session cannot go on (a bug, never a peer's doing).
+                self.session.restore_outbound(outbound, &[]);
+                self.write_scratch = out;
+                return Err(Error::Internal("a write laid out more than its buffer"));
+            }
+        };
         self.write_scratch = out;
-        if short {
+        if put < wire {
             return Err(Error::Internal("a write outgrew the room it was given"));
         }
         self.stats.app_written += taken as u64;
@@ -1096,6 +1133,47 @@ mod tests {
         [a, b].concat()
     }
 
+    /// A transport with nothing to read yet.
+    struct Silent;
+
+    impl tokio::io::AsyncRead for Silent {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// A compatible session without the record layer reads straight into
+    /// its receive buffer: a bulk read's room while bytes come in bulk, a
+    /// small read's once quiet.
+    #[test]
+    fn a_quiet_compatible_session_reads_into_small_room() {
+        let (mut c, mut s) = pair(false, 4 << 20);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(c.session.handle_write(&vec![4u8; 300 << 10]), 300 << 10);
+        let sent = pending(&c);
+        c.session.handle_transmitted(sent.len());
+        // Quiet to begin with: the first read gets a small read's room.
+        let (read, handled) = s.read_in_place(&mut &sent[..], &mut cx);
+        handled.expect("bytes");
+        assert!(matches!(read, Poll::Ready(Ok(n)) if n <= SMALL_READ));
+        // Then bulk.
+        let (read, handled) = s.read_in_place(&mut &sent[SMALL_READ..], &mut cx);
+        handled.expect("bytes");
+        assert!(matches!(read, Poll::Ready(Ok(n)) if n > SMALL_READ));
+        s.rx.clear();
+        let t0 = s.trim_at;
+        s.trim(t0);
+        s.trim(t0 + TRIM_EVERY);
+        assert_eq!(s.rx.capacity(), 0);
+        let (read, _) = s.read_in_place(&mut Silent, &mut cx);
+        assert!(read.is_pending());
+        assert!(s.rx.capacity() <= SMALL_READ, "{}", s.rx.capacity());
+    }
+
     /// A compatible session lets go of its scratch buffers when quiet: the
     /// one a burst of writes was encrypted into, and the one a burst of
     /// reads was decrypted in (each as large as the burst's pieces, up to
@@ -1137,6 +1215,12 @@ mod tests {
                 (0, 0)
             );
         }
+        // A read while quiet (a ping's, say) gets a small read's room, not
+        // a bulk read's buffer again.
+        let mut lent = s.lend().expect("lent");
+        assert!(lent.poll_read(&mut Silent, &mut cx).is_pending());
+        s.take_back(lent).expect("nothing read");
+        assert!(s.read_scratch.capacity() <= SMALL_READ);
         // And they grow back when bytes come again.
         let mut lent = c.lend_write().expect("room");
         let (took, wire) = lent.fill(&[IoSlice::new(b"again")], usize::MAX);

@@ -287,14 +287,19 @@ fn put_addr(buf: &mut impl BufMut, addr: &SocketAddr) {
     buf.put_u16_le(addr.port());
 }
 
-/// Whether text on the wire may not hold `c`: a control character (a line
-/// break would let a peer forge a line in the receiver's log, an escape
-/// sequence drive the operator's terminal), or a bidirectional embedding,
-/// override or isolate (U+202A–U+202E, U+2066–U+2069), which reorders
-/// what follows it on the line (a name that makes the rest of a log line
-/// or a status row read differently than it is).
+/// Whether text on the wire may not hold `c`: a control character or a
+/// line or paragraph separator (U+2028, U+2029: a line break would let a
+/// peer forge a line in the receiver's log, an escape sequence drive the
+/// operator's terminal), or a bidirectional embedding, override or isolate
+/// (U+202A–U+202E, U+2066–U+2069), which reorders what follows it on the
+/// line (a name that makes the rest of a log line or a status row read
+/// differently than it is).
 pub fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -535,7 +540,7 @@ fn parse(k: u8, id: u32, mut body: Bytes) -> Result<Frame, FrameError> {
         let text = String::from_utf8(body.to_vec()).map_err(|_| bad("text is not UTF-8"))?;
         if text.chars().any(unsafe_char) {
             return Err(bad(
-                "text holds control or bidirectional override characters",
+                "text holds control, line separator or bidirectional formatting characters",
             ));
         }
         Ok(text)
@@ -900,7 +905,7 @@ mod tests {
         assert!(matches!(
             Frame::decode(&mut raw),
             Err(FrameError::Malformed {
-                what: "text holds control or bidirectional override characters",
+                what: "text holds control, line separator or bidirectional formatting characters",
                 ..
             })
         ));
@@ -919,11 +924,12 @@ mod tests {
     }
 
     /// Bidirectional embeddings, overrides and isolates (a name that makes
-    /// the rest of a log line read backwards) are refused like control
-    /// characters, and never sent; other right-to-left text crosses.
+    /// the rest of a log line read backwards) and line and paragraph
+    /// separators are refused like control characters, and never sent;
+    /// other right-to-left text crosses.
     #[test]
     fn bidirectional_overrides_never_cross_in_text() {
-        for c in ('\u{202a}'..='\u{202e}').chain('\u{2066}'..='\u{2069}') {
+        for c in ('\u{2028}'..='\u{202e}').chain('\u{2066}'..='\u{2069}') {
             let forged = format!("svc{c}txt.exe");
             let mut raw = BytesMut::new();
             put_header(&mut raw, forged.len(), kind::GOODBYE, 0);
