@@ -114,7 +114,7 @@ impl Handle {
 
     /// Subscribes to the session's events from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
+        self.shared.subscribe()
     }
 
     /// Drops the current transport at once: a client reconnects (for apps

@@ -199,7 +199,10 @@ impl<T: Transport> Drop for Parked<'_, T> {
     }
 }
 
-/// A resumed transport on its way to its session's driver.
+/// A resumed transport on its way to its session's driver. Sent boxed: a
+/// channel's memory is its slots (32 at a time), and a commit with its
+/// link is over a kilobyte, which every session would pay for in its
+/// channel, idle or not.
 struct Commit<T> {
     io: T,
     point: ResumePoint,
@@ -208,9 +211,12 @@ struct Commit<T> {
     peer: Option<SocketAddr>,
 }
 
+/// Where a session's resumed transports are sent.
+type Commits<T> = mpsc::Sender<Box<Commit<T>>>;
+
 struct Entry<T> {
     shared: Arc<Shared>,
-    commits: mpsc::Sender<Commit<T>>,
+    commits: Commits<T>,
 }
 
 /// Counters of a listener.
@@ -787,13 +793,13 @@ impl<T: Transport> Inner<T> {
         else {
             return Err(Error::Internal("a resume established a new session"));
         };
-        let commit = Commit {
+        let commit = Box::new(Commit {
             io,
             point: resumed.point,
             link: Some(resumed.link),
             leftover: buf,
             peer,
-        };
+        });
         if commits.send(commit).await.is_err() {
             debug!("session ended before the reconnect could commit");
         }
@@ -801,7 +807,7 @@ impl<T: Transport> Inner<T> {
     }
 
     /// The session with conn ID `id`, and the way to its driver.
-    fn entry(&self, id: u64) -> Option<(Arc<Shared>, mpsc::Sender<Commit<T>>)> {
+    fn entry(&self, id: u64) -> Option<(Arc<Shared>, Commits<T>)> {
         let sessions = self.sessions.lock();
         sessions
             .get(&id)
@@ -905,13 +911,13 @@ impl<T: Transport> Inner<T> {
             .await
             .map_err(stopped)?
             .map_err(Error::Handshake)?;
-        let commit = Commit {
+        let commit = Box::new(Commit {
             io,
             point,
             link: None,
             leftover: buf,
             peer,
-        };
+        });
         if commits.send(commit).await.is_err() {
             debug!("session ended before the reconnect could commit");
         }
@@ -964,7 +970,7 @@ impl<T: Transport> Inner<T> {
         self: Arc<Self>,
         shared: Arc<Shared>,
         io: T,
-        mut commits: mpsc::Receiver<Commit<T>>,
+        mut commits: mpsc::Receiver<Box<Commit<T>>>,
     ) {
         let _guard = DriverGuard(shared.clone());
         let io = match self.rehomed(io) {
@@ -997,7 +1003,7 @@ impl<T: Transport> Inner<T> {
         &self,
         shared: &Arc<Shared>,
         io: T,
-        commits: &mut mpsc::Receiver<Commit<T>>,
+        commits: &mut mpsc::Receiver<Box<Commit<T>>>,
         cfg: PumpConfig,
     ) -> Result<(), Error> {
         let mut io = Some(io);
@@ -1050,7 +1056,7 @@ impl<T: Transport> Inner<T> {
     async fn park(
         &self,
         shared: &Arc<Shared>,
-        commits: &mut mpsc::Receiver<Commit<T>>,
+        commits: &mut mpsc::Receiver<Box<Commit<T>>>,
     ) -> Result<Option<T>, Error> {
         if !shared.state.lock().resumable {
             return Err(not_resumable());
@@ -1107,14 +1113,14 @@ impl<T: Transport> Inner<T> {
 
     /// Switches the session onto a resumed transport, unless a newer resume
     /// got there first.
-    async fn commit(&self, shared: &Shared, commit: Commit<T>) -> Option<T> {
+    async fn commit(&self, shared: &Shared, commit: Box<Commit<T>>) -> Option<T> {
         let Commit {
             io,
             point,
             link,
             leftover,
             peer,
-        } = commit;
+        } = *commit;
         let io = match self.rehomed(io) {
             Ok(io) => io,
             Err(e) => {

@@ -973,7 +973,11 @@ impl Drop for DriverGuard {
 /// The state, and the channel events are published on.
 pub(crate) struct Shared {
     pub state: Mutex<State>,
-    pub events: broadcast::Sender<Event>,
+    /// Made when the application first subscribes: a channel's memory is
+    /// its 64 slots (about 12 KiB), which a session nobody listens to
+    /// should not pay for (an event sent before anyone subscribes reaches
+    /// nobody either way).
+    events: std::sync::OnceLock<broadcast::Sender<Event>>,
     pub id: u64,
     /// A value both ends of this session, and nobody else's session, share.
     pub binding: [u8; 32],
@@ -997,7 +1001,7 @@ impl Shared {
         };
         Shared {
             state: Mutex::new(state),
-            events: broadcast::channel(64).0,
+            events: std::sync::OnceLock::new(),
             id,
             binding,
             home: None,
@@ -1030,7 +1034,16 @@ impl Shared {
 
     /// Publishes an event (nobody listening is fine).
     pub fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
+    }
+
+    /// A receiver of the session's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events
+            .get_or_init(|| broadcast::channel(64).0)
+            .subscribe()
     }
 
     /// Ends the session and wakes everyone.
