@@ -159,7 +159,9 @@ async fn run<D: Dialer>(shared: Arc<Shared>, dialer: D, config: Config, io: D::I
         // Close the old transport before dialling: some servers cannot take a
         // reconnect while the old connection is still open.
         drop(io.take());
-        match reconnect(&shared, &dialer, &config).await {
+        // Boxed: a reconnect's state (its handshake among it) would
+        // otherwise be part of every session's driver for its whole life.
+        match Box::pin(reconnect(&shared, &dialer, &config)).await {
             Ok(transport) => io = Some(transport),
             Err(None) => {
                 shared.end(Ok(()));

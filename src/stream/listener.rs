@@ -1015,7 +1015,10 @@ impl<T: Transport> Inner<T> {
                 };
                 match end {
                     Err(Some(commit)) => {
-                        if let Some(new) = self.commit(shared, commit).await {
+                        // (Boxed, here and below: the states of a resume and
+                        // of a wait for one would otherwise be part of every
+                        // session's driver for its whole life.)
+                        if let Some(new) = Box::pin(self.commit(shared, commit)).await {
                             io = Some(new);
                         }
                     }
@@ -1038,7 +1041,7 @@ impl<T: Transport> Inner<T> {
                 }
                 continue;
             }
-            match self.park(shared, commits).await? {
+            match Box::pin(self.park(shared, commits)).await? {
                 Some(transport) => io = Some(transport),
                 None => return Ok(()),
             }
