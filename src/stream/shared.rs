@@ -21,7 +21,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::{Error, Event, Stats};
 use crate::proto::record::{self, Control, RecordReader};
-use crate::proto::sealed::{Acks, Link, MAX_FRAME_DATA, Opener};
+use crate::proto::sealed::{Acks, Link, MAX_FRAME_DATA, Opener, SMALL_READ};
 use crate::proto::{Cipher, Inbound, Outbound, Session};
 
 /// The session state behind one lock.
@@ -124,9 +124,6 @@ const QUIET_BYTES: u64 = 64 * 1024;
 /// Most bytes taken from the transport in one read (fewer, larger reads:
 /// each costs a system call and a wakeup of the peer).
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
-
-/// The room a read gets while the link is quiet (see `State::read_busy`).
-const SMALL_READ: usize = 4096;
 
 /// The receiving side of a session, lent to its driver for one read: the
 /// read cipher and counts, and the sealed link's opener. The driver reads

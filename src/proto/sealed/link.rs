@@ -90,8 +90,8 @@ pub(crate) struct Opener {
 }
 
 /// The room a read gets while the link is quiet (see
-/// [`Opener::read_buffer`]).
-const SMALL_READ: usize = 4096;
+/// [`Opener::read_buffer`]; the compatible suite's reads do the same).
+pub(crate) const SMALL_READ: usize = 4096;
 
 /// What the frames opened by one [`Opener::open`] said: the highest ack and
 /// the highest window (both only ever move up).

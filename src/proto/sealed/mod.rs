@@ -39,7 +39,7 @@ pub use exchange::{
     ServerExchange, ServerOutcome,
 };
 pub use link::Link;
-pub(crate) use link::{Acks, Opener};
+pub(crate) use link::{Acks, Opener, SMALL_READ};
 
 /// Label that starts every handshake's prologue.
 pub const PROLOGUE_LABEL: &[u8] = b"rejoin sealed v1";
