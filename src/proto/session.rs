@@ -341,7 +341,10 @@ impl Session {
     /// never asks for more). The compatible suite has no acks: its peer may
     /// ask for any byte the history holds, so nothing is let go. Returns
     /// whether nothing more is worth letting go of (see
-    /// [`History::release_before`]).
+    /// [`History::release_before`]). What the history kept of the
+    /// application's buffers is copied into its own, and they go: for a
+    /// quiet session, and for one waiting for its peer, which may hold its
+    /// history for a long time.
     pub(crate) fn release_history(&mut self) -> bool {
         if !self.is_sealed() {
             return true;
@@ -350,13 +353,6 @@ impl Session {
         let all = self.history.release_before(keep_from);
         self.history.unshare();
         all
-    }
-
-    /// Copies what the history keeps of the application's buffers into its
-    /// own, letting the buffers go: for a session waiting for its peer,
-    /// which may hold its history for a long time.
-    pub(crate) fn unshare_history(&mut self) {
-        self.history.unshare();
     }
 
     /// Compatible v1 suite, after a resume: whether the peer may still be
@@ -874,7 +870,7 @@ mod tests {
         let payload = bytes::Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
         assert_eq!(c.handle_write_shared(&payload), payload.len());
         assert!(!payload.is_unique());
-        c.unshare_history();
+        c.release_history();
         assert!(payload.is_unique(), "copied out");
         let mut out = Vec::new();
         while !c.poll_transmit().0.is_empty() {

@@ -374,14 +374,12 @@ impl State {
     /// The transport is gone: the session waits, perhaps for long, for the
     /// next one (a client reconnecting, a server for its client). Whatever
     /// the quiet trim would let go of goes now (nothing runs to ask while it
-    /// waits), and the history copies what it kept of the application's
-    /// buffers into its own.
+    /// waits), the application's buffers the history kept among it.
     pub fn transport_lost(&mut self) {
         self.connected = false;
         // A reconnect forced since the break is this one.
         self.force_reconnect = false;
         self.release_spare();
-        self.session.unshare_history();
     }
 
     /// Asks, every [`TRIM_EVERY`], whether the session has gone quiet
@@ -1281,6 +1279,12 @@ mod tests {
         s.rx.clear();
         s.transport_lost();
         assert_eq!((link_held(&s), s.rx.capacity()), (0, 0));
+        // And what the history kept of the application's buffers.
+        let payload = bytes::Bytes::from(vec![6u8; 100_000]);
+        let took = c.write_shared(&payload);
+        assert!(!payload.is_unique(), "kept as given ({took} bytes taken)");
+        c.transport_lost();
+        assert!(payload.is_unique(), "copied out at the break");
     }
 
     /// A record that does not parse ends the session, and nothing of the
