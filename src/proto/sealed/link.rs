@@ -17,7 +17,7 @@
 //! after a resume starts where the resume said.
 //!
 //! The keys are Noise's split of the connection's handshake; frames are
-//! sealed with `ring`'s AES-256-GCM under Noise's nonce layout (4 zero bytes,
+//! sealed with `aws-lc-rs`'s AES-256-GCM under Noise's nonce layout (4 zero bytes,
 //! then the counter big-endian), exactly as a Noise transport message would
 //! be, but in place, so a stream byte is copied once on its way out and once
 //! on its way in.
@@ -30,8 +30,8 @@
 //! the receive buffer); the cryptography and the system calls happen outside
 //! it.
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use bytes::{Buf, BytesMut};
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use super::{INITIAL_WINDOW, MAX_FRAME_DATA, MAX_NOISE_MESSAGE, MIN_FRAME, TAG_LEN, TRAILER_LEN};
 use crate::proto::record::{Control, RecordReader};
