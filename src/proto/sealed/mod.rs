@@ -71,10 +71,10 @@ pub const MIN_FRAME: usize = 2 + TRAILER_LEN + TAG_LEN;
 pub const INITIAL_WINDOW: u64 = 64 * 1024;
 
 /// The Noise protocol names. AES-256-GCM was measured faster than
-/// ChaCha20-Poly1305 on the machines rejoin is benchmarked on; frames are
-/// sealed with `aws-lc-rs`, the fastest backend measured (the handshake's
-/// few small messages go through `snow`'s own RustCrypto ciphers); see
-/// `docs/benchmarks.md`.
+/// ChaCha20-Poly1305 (on the AMD EPYC machine, both through `ring`);
+/// frames are sealed with `aws-lc-rs`, the fastest backend measured (the
+/// handshake's few small messages go through `snow`'s own RustCrypto
+/// ciphers); see `docs/benchmarks.md`.
 pub const NOISE_NN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// See [`NOISE_NN`].
 pub const NOISE_IK: &str = "Noise_IKpsk2_25519_AESGCM_SHA256";
