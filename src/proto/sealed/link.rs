@@ -17,10 +17,10 @@
 //! after a resume starts where the resume said.
 //!
 //! The keys are Noise's split of the connection's handshake; frames are
-//! sealed with `aws-lc-rs`'s AES-256-GCM under Noise's nonce layout (4 zero bytes,
-//! then the counter big-endian), exactly as a Noise transport message would
-//! be, but in place, so a stream byte is copied once on its way out and once
-//! on its way in.
+//! sealed with `aws-lc-rs`'s AES-256-GCM under Noise's nonce layout (4 zero
+//! bytes, then the counter big-endian), exactly as a Noise transport message
+//! would be, but in place, so a stream byte is copied once on its way out
+//! and once on its way in.
 //!
 //! A [`Link`] knows nothing of sockets: [`Link::handle_input`] takes bytes
 //! from the wire, [`Link::poll_transmit`] gives sealed bytes for it. A driver
